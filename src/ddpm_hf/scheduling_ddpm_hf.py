@@ -1,0 +1,451 @@
+# Copyright 2026 The ddpm-hf authors. Licensed under the Apache License, Version 2.0.
+"""DDPM scheduler written from the equations of Ho et al. 2020 and Nichol & Dhariwal 2021.
+
+This file is self-contained (it imports torch, numpy and diffusers only) so that it can be copied into a
+Hub repository and loaded as remote code by ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``.
+
+Notation: the paper counts t = 1..T; code indexes timesteps 0..T-1 (code index i = paper t - 1).
+``alphas_cumprod[i]`` is alphabar at paper step i + 1, and alphabar_0 := 1 (before the first step).
+"""
+
+import math
+
+import numpy as np
+import torch
+from diffusers import ConfigMixin, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
+from diffusers.utils.torch_utils import randn_tensor
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+# Smallest variance used wherever a log or a square root of betatilde is taken: betatilde_1 = 0 (Ho eq. 7).
+_MIN_VARIANCE = 1e-20
+
+
+def betas_from_alphabar_fn(alphabar_fn, num_train_timesteps, max_beta=0.999):
+    """beta_t = min(1 - alphabar(t/T) / alphabar((t-1)/T), max_beta) for t = 1..T (Nichol & Dhariwal eq. 17).
+
+    Args:
+        alphabar_fn: continuous alphabar on [0, 1].
+        num_train_timesteps: T.
+    Returns:
+        float32 tensor of shape (T,).
+    """
+    betas = [
+        min(1.0 - alphabar_fn((i + 1) / num_train_timesteps) / alphabar_fn(i / num_train_timesteps), max_beta)
+        for i in range(num_train_timesteps)
+    ]
+    return torch.tensor(betas, dtype=torch.float32)
+
+
+def cosine_alphabar(u, s=0.008):
+    """alphabar(u) = f(u)/f(0) up to the constant f(0), f(u) = cos^2(((u + s)/(1 + s)) pi/2) (Nichol & Dhariwal eq. 17).
+
+    The constant cancels in the ratio alphabar(t)/alphabar(t-1) used by ``betas_from_alphabar_fn``.
+    """
+    return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+
+def laplace_alphabar(u):
+    """alphabar(u) of the Laplace noise schedule (Hang et al. 2024): log-SNR lambda(u) = -sign(0.5 - u) * 0.5 *
+    log(1 - 2|0.5 - u|), as diffusers defines "laplace"; this returns sqrt(SNR / (1 + SNR)) as diffusers does."""
+    log_snr = -0.5 * math.copysign(1.0, 0.5 - u) * math.log(1 - 2 * abs(0.5 - u) + 1e-6)
+    snr = math.exp(log_snr)
+    return math.sqrt(snr / (1 + snr))
+
+
+def make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end):
+    """The forward-process variances beta_1..beta_T (Ho sec. 2 and 4: linear 1e-4 -> 0.02 over T = 1000).
+
+    Held in float32 exactly as diffusers' DDPMScheduler holds them, so that a model trained with either
+    scheduler sees the same noise levels.
+
+    Returns:
+        float32 tensor of shape (num_train_timesteps,), values in (0, 1).
+    """
+    T = num_train_timesteps
+    if beta_schedule == "linear":  # Ho sec. 4
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":  # latent diffusion: linear in sqrt(beta)
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
+    if beta_schedule == "squaredcos_cap_v2":  # Nichol & Dhariwal eq. 17
+        return betas_from_alphabar_fn(cosine_alphabar, T)
+    if beta_schedule == "laplace":
+        return betas_from_alphabar_fn(laplace_alphabar, T)
+    if beta_schedule == "sigmoid":  # GeoDiff
+        return torch.sigmoid(torch.linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start
+    raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
+
+
+def rescale_to_zero_terminal_snr(betas):
+    """Shift and scale sqrt(alphabar_t) so that alphabar_T = 0 and alphabar_1 is unchanged (Lin et al. 2024, Alg. 1).
+
+    Args:
+        betas: float tensor of shape (T,).
+    Returns:
+        betas of the same shape and dtype, with the last one equal to 1.
+    """
+    sqrt_alphabar = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = sqrt_alphabar[0].clone(), sqrt_alphabar[-1].clone()
+    sqrt_alphabar = (sqrt_alphabar - last) * (first / (first - last))
+    alphabar = sqrt_alphabar**2
+    alphas = torch.cat([alphabar[:1], alphabar[1:] / alphabar[:-1]])
+    return 1.0 - alphas
+
+
+class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
+    """Denoising diffusion probabilistic model sampler (Ho et al. 2020, Algorithm 2) with the variance choices and
+    step skipping of Improved DDPM (Nichol & Dhariwal 2021).
+
+    The configuration surface, its defaults and the numbers ``step`` returns are those of diffusers'
+    ``DDPMScheduler`` (``from_config`` swaps the two both ways). What differs is how it is computed: every
+    coefficient the reverse step needs is tabulated once per ``set_timesteps`` as plain Python floats, so ``step``
+    indexes a row and runs a handful of fused tensor ops, with no host-device synchronisation and no numpy.
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000): T, the number of forward-process steps.
+        beta_start (`float`, defaults to 1e-4): beta_1 of the linear, scaled_linear and sigmoid schedules.
+        beta_end (`float`, defaults to 0.02): beta_T of those schedules.
+        beta_schedule (`str`, defaults to "linear"): one of "linear" (Ho), "scaled_linear", "squaredcos_cap_v2"
+            (cosine, Nichol & Dhariwal eq. 17), "sigmoid", "laplace".
+        trained_betas (array of shape (T,), optional): explicit betas; overrides the schedule.
+        variance_type (`str`, defaults to "fixed_small"): sigma_t^2 of p(x_{t-1}|x_t) (Ho sec. 3.2):
+            "fixed_small" / "fixed_small_log": betatilde_t (Ho eq. 7); "fixed_large" / "fixed_large_log": beta_t;
+            "learned": the second half of the model's channels is sigma_t^2 itself (diffusers' convention);
+            "learned_range": the second half is v in [-1, 1] and
+            log sigma_t^2 = frac log beta_t + (1 - frac) log betatilde_t with frac = (v + 1) / 2
+            (Nichol & Dhariwal eq. 15).
+        clip_sample (`bool`, defaults to True): clamp the predicted x_0 to [-clip_sample_range, clip_sample_range].
+        prediction_type (`str`, defaults to "epsilon"): what the model predicts: "epsilon" (Ho eq. 11),
+            "sample" (x_0) or "v_prediction" (v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x_0).
+        thresholding (`bool`, defaults to False): dynamic thresholding of the predicted x_0 (Saharia et al. 2022).
+        dynamic_thresholding_ratio (`float`, defaults to 0.995): the quantile of |x_0| used by thresholding.
+        clip_sample_range (`float`, defaults to 1.0): see ``clip_sample``.
+        sample_max_value (`float`, defaults to 1.0): the largest threshold of dynamic thresholding.
+        timestep_spacing (`str`, defaults to "leading"): how ``set_timesteps`` picks the kept timesteps
+            ("leading", "trailing", "linspace"; Lin et al. 2024, Table 2).
+        steps_offset (`int`, defaults to 0): added to the "leading" timesteps.
+        rescale_betas_zero_snr (`bool`, defaults to False): rescale betas to zero terminal SNR.
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas=None,
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+    ):
+        for name, value, allowed in (
+            ("variance_type", variance_type, VARIANCE_TYPES),
+            ("prediction_type", prediction_type, PREDICTION_TYPES),
+            ("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if int(num_train_timesteps) < 1:
+            raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+
+        if trained_betas is not None:
+            betas = torch.tensor(np.asarray(trained_betas), dtype=torch.float32).flatten()
+            if betas.numel() != num_train_timesteps:
+                raise ValueError(
+                    f"trained_betas has {betas.numel()} values but num_train_timesteps is {num_train_timesteps}"
+                )
+        else:
+            betas = make_betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
+        if rescale_betas_zero_snr:
+            betas = rescale_to_zero_terminal_snr(betas)
+        if not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError("every beta_t must lie in (0, 1]")
+
+        self.betas = betas
+        self.alphas = 1.0 - betas  # alpha_t (Ho sec. 2)
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # alphabar_t (Ho eq. 4)
+        self.one = torch.tensor(1.0)
+        self.init_noise_sigma = 1.0  # x_T ~ N(0, I)
+        self.variance_type = variance_type
+
+        self.custom_timesteps = False
+        self.num_inference_steps = None
+        # Before set_timesteps the chain is the full one: T-1, ..., 0 (paper T..1).
+        self._set_chain(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64), device=None)
+
+    # ------------------------------------------------------------------ tables
+
+    def _set_chain(self, timesteps, device):
+        """Store the kept timesteps (descending) and tabulate, for each, the coefficients of one reverse step.
+
+        For a kept pair (t, s) with s the next kept timestep (s = -1 after the last one, alphabar_{-1} := 1), the
+        step uses the skipped-step variances beta'_t = 1 - alphabar_t / alphabar_s (Nichol & Dhariwal sec. 4), which
+        equal beta_t when nothing is skipped. Each row holds Python floats (see ``_step_coefficients``), so that
+        ``step`` needs no device transfer and no synchronisation.
+        """
+        self.timesteps = torch.from_numpy(np.ascontiguousarray(timesteps)).to(device)
+        T = self.config.num_train_timesteps
+        rows, index_of = [], {}
+        kept = [int(t) for t in timesteps]
+        for k, t in enumerate(kept):
+            if not 0 <= t < T:
+                raise ValueError(f"timestep {t} is outside [0, {T - 1}]")
+            s = kept[k + 1] if k + 1 < len(kept) else -1
+            rows.append(self._step_coefficients(t, s))
+            index_of.setdefault(t, k)
+        self._rows = rows
+        self._row_of_timestep = index_of
+        self._prev_of_timestep = {t: (kept[k + 1] if k + 1 < len(kept) else -1) for t, k in index_of.items()}
+
+    def _step_coefficients(self, t, s):
+        """One row of the step table for the kept pair t -> s (see ``_set_chain``), from Ho eq. 4, 7, 11 and 15:
+
+        - x_0 from the model output: epsilon: x0 = (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t) (Ho eq. 4
+          solved for x_0, as in Ho eq. 15); v: x0 = sqrt(alphabar_t) x_t - sqrt(1 - alphabar_t) v; sample: x0 = output.
+          Stored as ``(x0_scale, x0_output_coef)`` with x0 = (x_t * a - b * output) / c, see ``step``.
+        - posterior mean mutilde = mean_from_x0 * x0 + mean_from_xt * x_t with
+          mean_from_x0 = sqrt(alphabar_s) beta'_t / (1 - alphabar_t), mean_from_xt = sqrt(alpha'_t) (1 - alphabar_s) /
+          (1 - alphabar_t) (Ho eq. 7).
+        - betatilde'_t = (1 - alphabar_s) / (1 - alphabar_t) beta'_t (Ho eq. 7), floored at 1e-20.
+
+        The arithmetic is float32, in the order the formulas are written, which is also how diffusers' DDPMScheduler
+        evaluates them: the two schedulers then agree to rounding even where x0 is unclipped and huge.
+        """
+        ab_t = self.alphas_cumprod[t]
+        ab_s = self.alphas_cumprod[s] if s >= 0 else self.one
+        one_minus_ab_t = 1 - ab_t
+        alpha_t = ab_t / ab_s  # alpha'_t
+        beta_t = 1 - alpha_t  # beta'_t (Nichol & Dhariwal sec. 4)
+        prediction = self.config.prediction_type
+        if prediction == "epsilon":
+            x0 = (1.0, (one_minus_ab_t**0.5).item(), (ab_t**0.5).item())
+        elif prediction == "v_prediction":
+            x0 = ((ab_t**0.5).item(), (one_minus_ab_t**0.5).item(), 1.0)
+        else:
+            x0 = None
+        mean_from_x0 = (ab_s**0.5 * beta_t / one_minus_ab_t).item()
+        mean_from_xt = (alpha_t**0.5 * (1 - ab_s) / one_minus_ab_t).item()
+        var_small = torch.clamp((1 - ab_s) / one_minus_ab_t * beta_t, min=_MIN_VARIANCE)
+        log_var_small = torch.log(var_small).item()
+        log_var_large = torch.log(beta_t).item()
+        variance_type = self.config.variance_type
+        if variance_type == "fixed_small":
+            sigma = (var_small**0.5).item()
+        elif variance_type == "fixed_small_log":
+            sigma = torch.exp(0.5 * torch.log(var_small)).item()
+        elif variance_type in ("fixed_large", "fixed_large_log"):
+            sigma = (beta_t**0.5).item()
+        else:
+            sigma = None  # from the model output
+        noisy = t > 0  # diffusers draws noise whenever the current timestep is > 0
+        return (x0, mean_from_x0, mean_from_xt, sigma, log_var_small, log_var_large, noisy)
+
+    # ------------------------------------------------------------ diffusers API
+
+    def scale_model_input(self, sample, timestep=None):
+        """DDPM does not scale the model input: returns ``sample`` unchanged."""
+        return sample
+
+    def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None):
+        """Choose the timesteps of the reverse chain (descending) and tabulate the step coefficients for them.
+
+        Args:
+            num_inference_steps (`int`, optional): how many reverse steps, 1..T, spaced by ``timestep_spacing``.
+            device (`str` or `torch.device`, optional): where ``self.timesteps`` lives.
+            timesteps (`list[int]`, optional): explicit strictly descending timesteps in [0, T-1]; excludes
+                ``num_inference_steps``.
+        """
+        T = self.config.num_train_timesteps
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        if timesteps is not None:
+            timesteps = np.asarray(
+                timesteps.tolist() if isinstance(timesteps, torch.Tensor) else timesteps, dtype=np.int64
+            ).flatten()
+            if timesteps.size == 0:
+                raise ValueError("`timesteps` must not be empty.")
+            if (np.diff(timesteps) >= 0).any():
+                raise ValueError("`custom_timesteps` must be in descending order.")
+            if timesteps[0] >= T:
+                raise ValueError(f"`timesteps` must start before `self.config.train_timesteps`: {T}.")
+            if timesteps[-1] < 0:
+                raise ValueError("`timesteps` must be >= 0.")
+            self.custom_timesteps = True
+            self.num_inference_steps = len(timesteps)
+        else:
+            if num_inference_steps is None or int(num_inference_steps) < 1:
+                raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps}")
+            num_inference_steps = int(num_inference_steps)
+            if num_inference_steps > T:
+                raise ValueError(
+                    f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`:"
+                    f" {T} as the unet model trained with this scheduler can only handle maximal {T} timesteps."
+                )
+            self.custom_timesteps = False
+            self.num_inference_steps = num_inference_steps
+            spacing = self.config.timestep_spacing
+            if spacing == "linspace":
+                timesteps = np.linspace(0, T - 1, num_inference_steps).round()[::-1].astype(np.int64)
+            elif spacing == "leading":
+                ratio = T // num_inference_steps
+                timesteps = np.arange(num_inference_steps, dtype=np.int64)[::-1] * ratio + self.config.steps_offset
+            else:  # trailing
+                timesteps = np.round(np.arange(T, 0, -T / num_inference_steps)).astype(np.int64) - 1
+        self._set_chain(timesteps, device)
+
+    def previous_timestep(self, timestep):
+        """The timestep that follows ``timestep`` in the reverse chain (-1 after the last), as a tensor when the
+        chain was set by ``set_timesteps`` (as diffusers returns it), else ``timestep - 1``."""
+        if self.custom_timesteps or self.num_inference_steps:
+            return torch.tensor(self._prev_of_timestep[self._row_index(timestep)[1]])
+        return timestep - 1
+
+    def _row_index(self, timestep):
+        t = int(timestep)  # an int, or a 0-d tensor (the pipeline passes CPU scalars from self.timesteps)
+        try:
+            return self._row_of_timestep[t], t
+        except KeyError:
+            raise ValueError(
+                f"timestep {t} is not in the scheduler's timesteps {self.timesteps.tolist()}; call set_timesteps "
+                "with the schedule you sample with"
+            ) from None
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True):
+        """One reverse step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) (Ho Algorithm 2, with the posterior form of Ho eq. 7).
+
+        x0 = (a x_t - b output) / c as the prediction type says (Ho eq. 15 for epsilon), clipped or thresholded;
+        x_{t-1} = mean_from_x0 * x0 + mean_from_xt * x_t + sigma_t z, z ~ N(0, I) drawn when timestep > 0.
+
+        Args:
+            model_output (`torch.Tensor` of shape (B, C, H, W), or (B, 2C, H, W) for learned variances): the model's
+                prediction (eps, x_0 or v, as ``prediction_type`` says) and, for "learned"/"learned_range", the
+                variance channels after the C prediction channels.
+            timestep (`int` or 0-d tensor): the current timestep, one of ``self.timesteps``.
+            sample (`torch.Tensor` of shape (B, C, H, W)): x_t.
+            generator (`torch.Generator` or a list of B of them, optional): draws z exactly as diffusers does.
+            return_dict (`bool`): return a ``DDPMSchedulerOutput`` rather than a tuple.
+
+        Returns:
+            ``DDPMSchedulerOutput(prev_sample=x_{t-1}, pred_original_sample=x0)`` or the tuple of both.
+        """
+        row, t = self._row_index(timestep)
+        x0, mean_from_x0, mean_from_xt, sigma, log_small, log_large, noisy = self._rows[row]
+        variance_type = self.variance_type
+        predicted_variance = None
+        if variance_type in ("learned", "learned_range"):
+            if model_output.shape[1] != 2 * sample.shape[1]:
+                raise ValueError(
+                    f"variance_type={variance_type!r} needs a model output with twice the sample's channels "
+                    f"({2 * sample.shape[1]}), got {model_output.shape[1]}"
+                )
+            model_output, predicted_variance = model_output.split(sample.shape[1], dim=1)
+
+        if x0 is None:  # prediction_type "sample"
+            pred_original_sample = model_output
+        else:
+            scale, output_coef, divisor = x0
+            scaled = sample if scale == 1.0 else sample * scale
+            pred_original_sample = torch.sub(scaled, model_output, alpha=output_coef)
+            if divisor != 1.0:
+                pred_original_sample.div_(divisor)
+        if self.config.thresholding:
+            pred_original_sample = self._threshold_sample(pred_original_sample)
+        elif self.config.clip_sample:
+            limit = self.config.clip_sample_range
+            pred_original_sample = pred_original_sample.clamp(-limit, limit)
+
+        prev_sample = torch.add(pred_original_sample * mean_from_x0, sample, alpha=mean_from_xt)
+        if noisy:
+            noise = randn_tensor(
+                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
+            )
+            if sigma is not None:
+                prev_sample.add_(noise, alpha=sigma)
+            elif variance_type == "learned_range":
+                # sigma = exp(0.5 log sigma^2), log sigma^2 = frac log beta + (1 - frac) log betatilde,
+                # frac = (v + 1) / 2 (Nichol & Dhariwal eq. 15), folded into exp(a v + b).
+                a = 0.25 * (log_large - log_small)
+                b = 0.25 * (log_large + log_small)
+                prev_sample.addcmul_(torch.exp(predicted_variance * a + b), noise)
+            else:  # learned: the channels are sigma_t^2
+                prev_sample.addcmul_(predicted_variance.sqrt(), noise)
+
+        if not return_dict:
+            return (prev_sample, pred_original_sample)
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+
+    def _threshold_sample(self, sample):
+        """Dynamic thresholding (Saharia et al. 2022, sec. 2.3): s = the ``dynamic_thresholding_ratio`` quantile of
+        |x0| per image, clamped to [1, sample_max_value]; x0 <- clamp(x0, -s, s) / s.
+
+        Args:
+            sample: (B, ...) predicted x_0.
+        """
+        dtype = sample.dtype
+        flat = sample.reshape(sample.shape[0], -1)
+        if dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
+        s = torch.quantile(flat.abs(), self.config.dynamic_thresholding_ratio, dim=1)
+        s = s.clamp(min=1, max=self.config.sample_max_value).unsqueeze(1)
+        return (torch.clamp(flat, -s, s) / s).reshape(sample.shape).to(dtype)
+
+    # ------------------------------------------------------ forward process
+
+    def _alphabar_factors(self, timesteps, like):
+        """sqrt(alphabar_t) and sqrt(1 - alphabar_t) for ``timesteps``, shaped to broadcast against ``like``."""
+        cache = getattr(self, "_sqrt_tables", None)
+        key = (like.device, like.dtype)
+        if cache is None or cache[0] != key:
+            alphabar = self.alphas_cumprod.double()
+            tables = (alphabar.sqrt().to(like.device, like.dtype), (1 - alphabar).sqrt().to(like.device, like.dtype))
+            self._sqrt_tables = cache = (key, tables)
+        sqrt_ab, sqrt_one_minus_ab = cache[1]
+        if not isinstance(timesteps, torch.Tensor):
+            timesteps = torch.as_tensor(timesteps)
+        index = timesteps.to(like.device, torch.long).flatten()
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return sqrt_ab[index].view(shape), sqrt_one_minus_ab[index].view(shape)
+
+    def add_noise(self, original_samples, noise, timesteps):
+        """Sample q(x_t | x_0): x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps (Ho eq. 4).
+
+        Args:
+            original_samples: x_0, shape (B, ...).
+            noise: eps, same shape.
+            timesteps: integer tensor of shape (B,) (or a scalar), values in [0, T-1].
+        Returns:
+            x_t, same shape and dtype as x_0.
+        """
+        a, b = self._alphabar_factors(timesteps, original_samples)
+        return torch.addcmul(b * noise, a, original_samples)
+
+    def get_velocity(self, sample, noise, timesteps):
+        """The v-prediction target v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x_0 (Salimans & Ho 2022).
+
+        Args:
+            sample: x_0, shape (B, ...).
+            noise: eps, same shape.
+            timesteps: integer tensor of shape (B,) (or a scalar).
+        """
+        a, b = self._alphabar_factors(timesteps, sample)
+        return torch.addcmul(-b * sample, a, noise)
+
+    def __len__(self):
+        return self.config.num_train_timesteps
