@@ -1,0 +1,271 @@
+"""The variational bound of DDPM and bits per dimension (Ho et al. 2020 eq. 5, 6, 7, 13; Nichol & Dhariwal 2021).
+
+All functions take a scheduler (ours or diffusers' ``DDPMScheduler``: only ``config`` and ``alphas_cumprod`` are
+read) and integer timesteps in code indexing (code index i = paper t - 1, so i = 0 is the decoder step).
+Tensors are (B, C, H, W) images scaled to [-1, 1]; per-image results are (B,) in nats unless named ``*_bpd``.
+
+Variances follow the scheduler's ``variance_type``. At i = 0 the posterior variance betatilde_1 is 0 (Ho eq. 7), so
+the decoder uses betatilde_2 in its place, as the DDPM and Improved DDPM reference code do (``posterior log variance
+clipped``); sampling never uses that value because the last reverse step adds no noise.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+LOG2 = math.log(2.0)
+
+
+@dataclass
+class DiffusionTables:
+    """Per-timestep float64 tables of the full T-step chain (code index i = paper t - 1), each of shape (T,)."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef_x0: torch.Tensor
+    posterior_mean_coef_xt: torch.Tensor
+
+    @classmethod
+    def from_scheduler(cls, scheduler):
+        """Build the tables from the scheduler's float32 alphabar (the values it trains and samples with)."""
+        ab = scheduler.alphas_cumprod.double().cpu()
+        ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+        betas = 1 - ab / ab_prev
+        # betatilde_t = (1 - alphabar_{t-1}) / (1 - alphabar_t) beta_t (Ho eq. 7)
+        post_var = (1 - ab_prev) / (1 - ab) * betas
+        clipped = torch.cat([post_var[1:2], post_var[1:]]) if len(ab) > 1 else betas.clone()
+        return cls(
+            betas=betas,
+            alphas_cumprod=ab,
+            alphas_cumprod_prev=ab_prev,
+            posterior_variance=post_var,
+            posterior_log_variance_clipped=clipped.log(),
+            # mutilde_t = sqrt(alphabar_{t-1}) beta_t / (1 - alphabar_t) x_0 + sqrt(alpha_t)(1 - alphabar_{t-1})/(1 - alphabar_t) x_t
+            posterior_mean_coef_x0=ab_prev.sqrt() * betas / (1 - ab),
+            posterior_mean_coef_xt=(1 - betas).sqrt() * (1 - ab_prev) / (1 - ab),
+        )
+
+
+def _tables(scheduler):
+    tables = getattr(scheduler, "_ddpm_hf_likelihood_tables", None)
+    if tables is None or not torch.equal(tables.alphas_cumprod, scheduler.alphas_cumprod.double().cpu()):
+        tables = DiffusionTables.from_scheduler(scheduler)
+        scheduler._ddpm_hf_likelihood_tables = tables
+    return tables
+
+
+def _gather(table, t, like):
+    """table[t] as ``like``'s dtype and device, shaped (B, 1, 1, ...) to broadcast against ``like``."""
+    return table.to(like.device)[t.to(like.device)].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
+def q_mean_variance(scheduler, x_start, t):
+    """Mean and variance of q(x_t | x_0) = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I) (Ho eq. 4).
+
+    Returns:
+        (mean of x_start's shape, variance of shape (B, 1, 1, 1)).
+    """
+    ab = _gather(_tables(scheduler).alphas_cumprod, t, x_start)
+    return ab.sqrt() * x_start, 1 - ab
+
+
+def posterior_mean_variance(scheduler, x_start, x_t, t):
+    """q(x_{t-1} | x_t, x_0) = N(mutilde_t(x_t, x_0), betatilde_t I) (Ho eq. 6, 7).
+
+    Returns:
+        (mean of x_t's shape, variance (B,1,1,1), log variance clipped at i = 0 (B,1,1,1)).
+    """
+    tb = _tables(scheduler)
+    mean = _gather(tb.posterior_mean_coef_x0, t, x_t) * x_start + _gather(tb.posterior_mean_coef_xt, t, x_t) * x_t
+    return mean, _gather(tb.posterior_variance, t, x_t), _gather(tb.posterior_log_variance_clipped, t, x_t)
+
+
+def predict_x0(scheduler, model_output, x_t, t):
+    """x_0 implied by the model output for the scheduler's prediction_type:
+    epsilon: (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t) (Ho eq. 4 solved for x_0, Ho eq. 15);
+    v_prediction: sqrt(alphabar_t) x_t - sqrt(1 - alphabar_t) v; sample: the output itself.
+    """
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "sample":
+        return model_output
+    ab = _gather(_tables(scheduler).alphas_cumprod, t, x_t)
+    if prediction_type == "epsilon":
+        return (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt()
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * x_t - (1 - ab).sqrt() * model_output
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def p_mean_variance(scheduler, model_output, x_t, t, clip_denoised=None):
+    """The model's reverse step p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I) (Ho eq. 1, 11).
+
+    mu_theta = mutilde_t(x_t, x0_hat) (Ho eq. 7 with x0_hat from ``predict_x0``; equal to Ho eq. 11 for epsilon).
+    sigma_t^2 by ``variance_type``: fixed_small(_log): betatilde_t; fixed_large(_log): beta_t (betatilde_2 at i = 0);
+    learned: the variance channels are sigma_t^2 (diffusers' convention); learned_range: log sigma_t^2 =
+    frac log beta_t + (1 - frac) log betatilde_t, frac = (v + 1) / 2 (Nichol & Dhariwal eq. 15).
+
+    Args:
+        model_output: (B, C, H, W), or (B, 2C, H, W) for learned variances.
+        clip_denoised: clamp x0_hat to [-r, r] with r = clip_sample_range; defaults to the scheduler's clip_sample.
+    Returns:
+        dict with "mean", "variance", "log_variance" (broadcastable to x_t) and "pred_x0".
+    """
+    config = scheduler.config
+    tb = _tables(scheduler)
+    channels = x_t.shape[1]
+    variance_type = config.variance_type
+    if variance_type in ("learned", "learned_range"):
+        if model_output.shape[1] != 2 * channels:
+            raise ValueError(f"variance_type={variance_type!r} needs {2 * channels} output channels")
+        model_output, var_channels = model_output.split(channels, dim=1)
+        if variance_type == "learned":
+            log_variance = var_channels.clamp(min=1e-20).log()
+        else:
+            min_log = _gather(tb.posterior_log_variance_clipped, t, x_t)
+            max_log = _gather(tb.betas.log(), t, x_t)
+            frac = (var_channels + 1) / 2
+            log_variance = frac * max_log + (1 - frac) * min_log
+        variance = log_variance.exp()
+    elif variance_type in ("fixed_small", "fixed_small_log"):
+        log_variance = _gather(tb.posterior_log_variance_clipped, t, x_t)
+        variance = log_variance.exp()
+    elif variance_type in ("fixed_large", "fixed_large_log"):
+        large = torch.cat([tb.posterior_variance[1:2], tb.betas[1:]])
+        variance = _gather(large, t, x_t)
+        log_variance = variance.log()
+    else:
+        raise ValueError(f"unknown variance_type {variance_type!r}")
+
+    pred_x0 = predict_x0(scheduler, model_output, x_t, t)
+    if clip_denoised is None:
+        clip_denoised = bool(config.clip_sample)
+    if clip_denoised:
+        pred_x0 = pred_x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+    mean, _, _ = posterior_mean_variance(scheduler, pred_x0, x_t, t)
+    return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_x0": pred_x0}
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise, in nats (closed form of the Gaussian KL used
+    by the L_{t-1} terms of Ho eq. 5)."""
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
+
+
+def discretized_gaussian_log_likelihood(x, mean, log_scale):
+    """log p(x) of the discretized Gaussian decoder over 256 bins of data in [-1, 1] (Ho eq. 13), elementwise.
+
+    The bin of x is [x - 1/255, x + 1/255], widened to -inf at x = -1 and +inf at x = 1.
+
+    Args:
+        x: data at bin centres, values in [-1, 1].
+        mean: decoder mean, broadcastable to x.
+        log_scale: log of the decoder standard deviation, broadcastable to x.
+    Returns:
+        log probabilities in nats, x's shape, each <= 0.
+    """
+    inv_std = torch.exp(-log_scale)
+    upper = (x - mean + 1.0 / 255) * inv_std
+    lower = (x - mean - 1.0 / 255) * inv_std
+    # Mass of the bin, taken from the tail it lies in so that neither difference of CDFs underflows.
+    right = (x - mean) > 0
+    middle = torch.where(
+        right,
+        torch.special.ndtr(-lower) - torch.special.ndtr(-upper),
+        torch.special.ndtr(upper) - torch.special.ndtr(lower),
+    )
+    log_middle = torch.log(middle.clamp(min=1e-12))
+    return torch.where(
+        x < -0.999, torch.special.log_ndtr(upper), torch.where(x > 0.999, torch.special.log_ndtr(-lower), log_middle)
+    )
+
+
+def _sum_per_image(x):
+    return x.flatten(1).sum(dim=1)
+
+
+def prior_kl(scheduler, x_start):
+    """L_T = KL(q(x_T | x_0) || N(0, I)) per image, in nats (Ho eq. 5). Has no parameters to train."""
+    t = torch.full((x_start.shape[0],), scheduler.alphas_cumprod.shape[0] - 1, dtype=torch.long)
+    mean, var = q_mean_variance(scheduler, x_start, t)
+    return _sum_per_image(normal_kl(mean, var.log().expand_as(mean), torch.zeros_like(mean), torch.zeros_like(mean)))
+
+
+def vlb_terms(scheduler, model_output, x_start, x_t, t, clip_denoised=None, detach_mean=False):
+    """The terms L_{t-1} of the bound (Ho eq. 5), per image in nats, for code timesteps t of shape (B,):
+    KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) where t > 0, and the decoder
+    L_0 = -log p_theta(x_0 | x_1) (Ho eq. 13) where t = 0.
+
+    detach_mean: stop the gradient through the mean, keeping it through the variance (the L_vlb part of
+    L_hybrid, Nichol & Dhariwal sec. 3.1).
+    """
+    if detach_mean:
+        channels = x_t.shape[1]
+        if model_output.shape[1] == 2 * channels:
+            model_output = torch.cat([model_output[:, :channels].detach(), model_output[:, channels:]], dim=1)
+        else:
+            model_output = model_output.detach()
+    p = p_mean_variance(scheduler, model_output, x_t, t, clip_denoised=clip_denoised)
+    true_mean, _, true_log_var = posterior_mean_variance(scheduler, x_start, x_t, t)
+    kl = _sum_per_image(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"]))
+    decoder_nll = -_sum_per_image(discretized_gaussian_log_likelihood(x_start, p["mean"], 0.5 * p["log_variance"]))
+    return torch.where(t.to(kl.device) == 0, decoder_nll, kl)
+
+
+@dataclass
+class BitsPerDim:
+    """The full T-step variational bound (Ho eq. 5) in bits per dimension, per image.
+
+    total: (B,) = prior + sum of terms; prior: (B,) L_T; decoder: (B,) L_0; terms: (B, T) L_{t-1} for code index
+    t = 0..T-1 (terms[:, 0] is the decoder).
+    """
+
+    total: torch.Tensor
+    prior: torch.Tensor
+    decoder: torch.Tensor
+    terms: torch.Tensor
+
+
+def _model_output(model, x_t, t):
+    out = model(x_t, t)
+    return out.sample if hasattr(out, "sample") else out
+
+
+@torch.no_grad()
+def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, progress=True):
+    """Bits per dimension of images under the full T-step variational bound: L_vlb / (D ln 2), D = C*H*W (Ho eq. 5).
+
+    For each t = T-1..0 one x_t ~ q(x_t | x_0) is drawn with fresh noise and the term L_{t-1} evaluated (Monte
+    Carlo over x_t, exact in everything else).
+
+    Args:
+        model: callable (x_t, timesteps (B,) long) -> output tensor or an object with ``.sample`` (a UNet2DModel).
+        scheduler: DDPMHFScheduler or diffusers DDPMScheduler; its prediction_type and variance_type are used.
+        x_start: (B, C, H, W) images in [-1, 1] on the 256 levels {-1 + 2k/255}.
+        generator: torch.Generator for the noise draws.
+        progress: show a tqdm bar over the T timesteps.
+    """
+    from tqdm.auto import tqdm
+
+    if x_start.min() < -1 or x_start.max() > 1:
+        raise ValueError("bits_per_dim expects images scaled to [-1, 1]")
+    num_t = scheduler.alphas_cumprod.shape[0]
+    batch, dims = x_start.shape[0], x_start[0].numel()
+    terms = torch.zeros(batch, num_t, dtype=torch.float64)
+    tb = _tables(scheduler)
+    for i in tqdm(range(num_t - 1, -1, -1), desc="bits/dim", disable=not progress, leave=False):
+        t = torch.full((batch,), i, dtype=torch.long, device=x_start.device)
+        noise = torch.randn(x_start.shape, generator=generator, dtype=x_start.dtype).to(x_start.device)
+        ab = tb.alphas_cumprod[i].item()
+        x_t = math.sqrt(ab) * x_start + math.sqrt(1 - ab) * noise  # Ho eq. 4
+        out = _model_output(model, x_t, t)
+        terms[:, i] = vlb_terms(scheduler, out, x_start, x_t, t, clip_denoised=clip_denoised).double().cpu()
+    prior = prior_kl(scheduler, x_start).double().cpu()
+    scale = 1.0 / (dims * LOG2)
+    terms_bpd = terms * scale
+    return BitsPerDim(
+        total=prior * scale + terms_bpd.sum(dim=1), prior=prior * scale, decoder=terms_bpd[:, 0], terms=terms_bpd
+    )
