@@ -1,7 +1,17 @@
 """ddpm-hf: a DDPM scheduler, likelihood, UNet presets and pipeline written from the equations, for diffusers."""
 
+from .pipeline_ddpm_hf import DDPMHFPipeline, DDPMHFPipelineOutput
 from .scheduling_ddpm_hf import DDPMHFScheduler
+from .unet_configs import UNET_PRESETS, build_unet, unet_config
 
 __version__ = "0.1.0"
 
-__all__ = ["DDPMHFScheduler", "__version__"]
+__all__ = [
+    "DDPMHFPipeline",
+    "DDPMHFPipelineOutput",
+    "DDPMHFScheduler",
+    "UNET_PRESETS",
+    "build_unet",
+    "unet_config",
+    "__version__",
+]
