@@ -200,62 +200,73 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         equal beta_t when nothing is skipped. Each row holds Python floats (see ``_step_coefficients``), so that
         ``step`` needs no device transfer and no synchronisation.
         """
-        self.timesteps = torch.from_numpy(np.ascontiguousarray(timesteps)).to(device)
-        T = self.config.num_train_timesteps
-        rows, index_of = [], {}
         kept = [int(t) for t in timesteps]
+        T = self.config.num_train_timesteps
+        bad = [t for t in kept if not 0 <= t < T]
+        if bad:
+            raise ValueError(f"timesteps {bad} are outside [0, {T - 1}]")
+        self.timesteps = torch.from_numpy(np.ascontiguousarray(timesteps)).to(device)
+        prev = kept[1:] + [-1]
+        self._rows = self._step_coefficients(torch.tensor(kept), torch.tensor(prev))
+        self._row_of_timestep = {}
         for k, t in enumerate(kept):
-            if not 0 <= t < T:
-                raise ValueError(f"timestep {t} is outside [0, {T - 1}]")
-            s = kept[k + 1] if k + 1 < len(kept) else -1
-            rows.append(self._step_coefficients(t, s))
-            index_of.setdefault(t, k)
-        self._rows = rows
-        self._row_of_timestep = index_of
-        self._prev_of_timestep = {t: (kept[k + 1] if k + 1 < len(kept) else -1) for t, k in index_of.items()}
+            self._row_of_timestep.setdefault(t, k)
+        self._prev_of_timestep = {t: prev[k] for t, k in self._row_of_timestep.items()}
 
     def _step_coefficients(self, t, s):
-        """One row of the step table for the kept pair t -> s (see ``_set_chain``), from Ho eq. 4, 7, 11 and 15:
+        """Rows of the step table for the kept pairs t -> s (see ``_set_chain``), from Ho eq. 4, 7, 11 and 15:
 
         - x_0 from the model output: epsilon: x0 = (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t) (Ho eq. 4
           solved for x_0, as in Ho eq. 15); v: x0 = sqrt(alphabar_t) x_t - sqrt(1 - alphabar_t) v; sample: x0 = output.
-          Stored as ``(x0_scale, x0_output_coef)`` with x0 = (x_t * a - b * output) / c, see ``step``.
+          Stored as ``(a, b, c)`` with x0 = (a x_t - b output) / c, see ``step``; None for "sample".
         - posterior mean mutilde = mean_from_x0 * x0 + mean_from_xt * x_t with
           mean_from_x0 = sqrt(alphabar_s) beta'_t / (1 - alphabar_t), mean_from_xt = sqrt(alpha'_t) (1 - alphabar_s) /
           (1 - alphabar_t) (Ho eq. 7).
-        - betatilde'_t = (1 - alphabar_s) / (1 - alphabar_t) beta'_t (Ho eq. 7), floored at 1e-20.
+        - betatilde'_t = (1 - alphabar_s) / (1 - alphabar_t) beta'_t (Ho eq. 7), floored at 1e-20; sigma_t by
+          variance_type; log betatilde'_t and log beta'_t for "learned_range" (Nichol & Dhariwal eq. 15).
 
-        The arithmetic is float32, in the order the formulas are written, which is also how diffusers' DDPMScheduler
-        evaluates them: the two schedulers then agree to rounding even where x0 is unclipped and huge.
+        The arithmetic is float32, elementwise, in the order the formulas are written, which is also how diffusers'
+        DDPMScheduler evaluates them: the two schedulers then agree to rounding even where x0 is unclipped and huge.
+
+        Args:
+            t, s: long tensors (K,) of current and next timesteps (s = -1 after the last).
+        Returns:
+            K tuples ``(x0, mean_from_x0, mean_from_xt, sigma, log_var_small, log_var_large, noisy)``.
         """
         ab_t = self.alphas_cumprod[t]
-        ab_s = self.alphas_cumprod[s] if s >= 0 else self.one
+        ab_s = torch.where(s >= 0, self.alphas_cumprod[s.clamp(min=0)], self.one)
         one_minus_ab_t = 1 - ab_t
         alpha_t = ab_t / ab_s  # alpha'_t
         beta_t = 1 - alpha_t  # beta'_t (Nichol & Dhariwal sec. 4)
+        ones = torch.ones_like(ab_t)
         prediction = self.config.prediction_type
         if prediction == "epsilon":
-            x0 = (1.0, (one_minus_ab_t**0.5).item(), (ab_t**0.5).item())
+            x0 = zip(ones.tolist(), (one_minus_ab_t**0.5).tolist(), (ab_t**0.5).tolist())
         elif prediction == "v_prediction":
-            x0 = ((ab_t**0.5).item(), (one_minus_ab_t**0.5).item(), 1.0)
+            x0 = zip((ab_t**0.5).tolist(), (one_minus_ab_t**0.5).tolist(), ones.tolist())
         else:
-            x0 = None
-        mean_from_x0 = (ab_s**0.5 * beta_t / one_minus_ab_t).item()
-        mean_from_xt = (alpha_t**0.5 * (1 - ab_s) / one_minus_ab_t).item()
+            x0 = [None] * len(t)
+        mean_from_x0 = ab_s**0.5 * beta_t / one_minus_ab_t
+        mean_from_xt = alpha_t**0.5 * (1 - ab_s) / one_minus_ab_t
         var_small = torch.clamp((1 - ab_s) / one_minus_ab_t * beta_t, min=_MIN_VARIANCE)
-        log_var_small = torch.log(var_small).item()
-        log_var_large = torch.log(beta_t).item()
+        log_var_small = torch.log(var_small)
+        log_var_large = torch.log(beta_t)
         variance_type = self.config.variance_type
         if variance_type == "fixed_small":
-            sigma = (var_small**0.5).item()
+            sigma = (var_small**0.5).tolist()
         elif variance_type == "fixed_small_log":
-            sigma = torch.exp(0.5 * torch.log(var_small)).item()
+            sigma = torch.exp(0.5 * log_var_small).tolist()
         elif variance_type in ("fixed_large", "fixed_large_log"):
-            sigma = (beta_t**0.5).item()
+            sigma = (beta_t**0.5).tolist()
         else:
-            sigma = None  # from the model output
-        noisy = t > 0  # diffusers draws noise whenever the current timestep is > 0
-        return (x0, mean_from_x0, mean_from_xt, sigma, log_var_small, log_var_large, noisy)
+            sigma = [None] * len(t)  # from the model output
+        noisy = (t > 0).tolist()  # diffusers draws noise whenever the current timestep is > 0
+        return list(
+            zip(
+                x0, mean_from_x0.tolist(), mean_from_xt.tolist(), sigma, log_var_small.tolist(),
+                log_var_large.tolist(), noisy,
+            )
+        )
 
     # ------------------------------------------------------------ diffusers API
 

@@ -1,0 +1,220 @@
+"""DDPMHFScheduler against the installed diffusers DDPMScheduler: same timesteps, same steps, same noise draws."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from ddpm_hf import DDPMHFScheduler
+
+BETA_SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"]
+PREDICTION_TYPES = ["epsilon", "sample", "v_prediction"]
+VARIANCE_TYPES = ["fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range"]
+# (clip_sample, thresholding)
+SAMPLE_LIMITS = [(False, False), (True, False), (False, True)]
+
+
+def _close(ours, theirs, amplification=1.0):
+    """|ours - theirs| <= 1e-5 * amplification + 1e-6 |theirs|: 1e-5 absolute at the scale of images, plus float32
+    rounding for the large unclipped x0 that appear at t near T. ``amplification`` is the factor by which the x0
+    formula magnifies the rounding of its inputs (1 / sqrt(alphabar_t) for epsilon)."""
+    diff = (ours.double() - theirs.double()).abs()
+    bound = 1e-5 * amplification + 1e-6 * theirs.double().abs()
+    return bool((diff <= bound).all()), diff.max().item()
+
+
+def _model_output(variance_type, shape, dtype, generator):
+    out = torch.randn(shape, generator=generator, dtype=dtype)
+    if variance_type == "learned":  # diffusers takes these channels as sigma^2 itself
+        var = torch.rand(shape, generator=generator, dtype=dtype) * 0.05 + 1e-4
+        out = torch.cat([out, var], dim=1)
+    elif variance_type == "learned_range":  # v in [-1, 1]
+        out = torch.cat([out, torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1], dim=1)
+    return out
+
+
+def _schedules():
+    """(set_timesteps kwargs) covering several step counts and custom timesteps."""
+    return [
+        dict(num_inference_steps=1000),
+        dict(num_inference_steps=50),
+        dict(num_inference_steps=7),
+        dict(num_inference_steps=1),
+        dict(timesteps=[999, 800, 500, 123, 40, 3, 0]),
+        dict(timesteps=[700, 650, 10]),
+    ]
+
+
+def _compare_chain(kwargs, schedule, shape, dtype, list_generators, rng):
+    ours, theirs = DDPMHFScheduler(**kwargs), DDPMScheduler(**kwargs)
+    ours.set_timesteps(**schedule)
+    theirs.set_timesteps(**schedule)
+    assert torch.equal(ours.timesteps, theirs.timesteps), (kwargs, schedule)
+    timesteps = theirs.timesteps.tolist()
+    # every step of short chains, a spread of steps (ends included) of long ones
+    picks = sorted(set(range(0, len(timesteps), max(1, len(timesteps) // 6))) | {len(timesteps) - 1})
+    seed = int(rng.integers(1 << 30))
+    for k in picks:
+        t = theirs.timesteps[k]
+        sample = torch.randn(shape, generator=torch.Generator().manual_seed(seed + k), dtype=dtype)
+        output = _model_output(kwargs["variance_type"], shape, dtype, torch.Generator().manual_seed(seed - k))
+        if list_generators:
+            g1 = [torch.Generator().manual_seed(seed + 7 * i) for i in range(shape[0])]
+            g2 = [torch.Generator().manual_seed(seed + 7 * i) for i in range(shape[0])]
+        else:
+            g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        a = ours.step(output, t, sample, generator=g1)
+        b = theirs.step(output, t, sample, generator=g2)
+        ok, worst = _close(a.prev_sample, b.prev_sample)
+        assert ok, f"prev_sample differs by {worst} for {kwargs} {schedule} t={int(t)} {dtype}"
+        amplification = 1.0
+        if kwargs.get("prediction_type", "epsilon") == "epsilon":
+            amplification = theirs.alphas_cumprod[int(t)].item() ** -0.5
+        ok, worst = _close(a.pred_original_sample, b.pred_original_sample, amplification)
+        assert ok, f"pred_original_sample differs by {worst} for {kwargs} {schedule} t={int(t)}"
+        assert a.prev_sample.dtype == b.prev_sample.dtype and a.prev_sample.shape == b.prev_sample.shape
+        # the same number of draws from the same generators
+        for x, y in zip(g1 if list_generators else [g1], g2 if list_generators else [g2]):
+            assert torch.equal(x.get_state(), y.get_state())
+        assert ours.previous_timestep(t) == theirs.previous_timestep(t)
+
+
+@pytest.mark.parametrize("variance_type", VARIANCE_TYPES)
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_step_matches_diffusers_over_the_option_grid(variance_type, prediction_type):
+    """Every combination of beta_schedule, clip/threshold, timestep_spacing, steps_offset, rescale_betas_zero_snr;
+    several step counts and custom timesteps; float32 and float64; one generator or a list of them."""
+    rng = np.random.default_rng(abs(hash((variance_type, prediction_type))) % (1 << 32))
+    grid = itertools.product(
+        BETA_SCHEDULES, SAMPLE_LIMITS, ["leading", "trailing", "linspace"], [0, 1], [False, True]
+    )
+    checked = 0
+    for beta_schedule, (clip, threshold), spacing, offset, zero_snr in grid:
+        if zero_snr and prediction_type == "epsilon":
+            continue  # alphabar_T = 0: an epsilon model cannot recover x0 at t = T (both return inf/nan there)
+        kwargs = dict(
+            beta_schedule=beta_schedule,
+            variance_type=variance_type,
+            prediction_type=prediction_type,
+            clip_sample=clip,
+            thresholding=threshold,
+            sample_max_value=1.5,
+            clip_sample_range=1.0 if not clip else 0.8,
+            timestep_spacing=spacing,
+            steps_offset=offset,
+            rescale_betas_zero_snr=zero_snr,
+        )
+        schedule = _schedules()[checked % len(_schedules())]
+        dtype = torch.float64 if checked % 2 else torch.float32
+        shape = [(2, 3, 8, 8), (1, 1, 5, 7), (3, 2, 4, 4)][checked % 3]
+        _compare_chain(kwargs, schedule, shape, dtype, list_generators=checked % 4 == 1, rng=rng)
+        checked += 1
+    assert checked == (90 if prediction_type == "epsilon" else 180)
+
+
+@pytest.mark.parametrize("schedule", _schedules(), ids=lambda s: str(s))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_step_schedule_matches(schedule, dtype):
+    """The default config over every schedule and dtype, every step of the chain."""
+    rng = np.random.default_rng(0)
+    for variance_type in VARIANCE_TYPES:
+        _compare_chain(dict(variance_type=variance_type), schedule, (2, 1, 6, 6), dtype, False, rng)
+
+
+def test_trained_betas_match():
+    betas = np.linspace(1e-4, 0.03, 200) ** 1.1
+    kwargs = dict(num_train_timesteps=200, trained_betas=betas.tolist(), variance_type="fixed_large")
+    _compare_chain(kwargs, dict(num_inference_steps=20), (2, 3, 4, 4), torch.float32, False, np.random.default_rng(1))
+    assert torch.equal(DDPMHFScheduler(**kwargs).alphas_cumprod, DDPMScheduler(**kwargs).alphas_cumprod)
+
+
+@pytest.mark.parametrize("beta_schedule", BETA_SCHEDULES)
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_tables_and_forward_process_match(beta_schedule, zero_snr):
+    kwargs = dict(beta_schedule=beta_schedule, rescale_betas_zero_snr=zero_snr)
+    ours, theirs = DDPMHFScheduler(**kwargs), DDPMScheduler(**kwargs)
+    assert torch.equal(ours.betas, theirs.betas)
+    assert torch.equal(ours.alphas_cumprod, theirs.alphas_cumprod)
+    g = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.float64):
+        x0 = torch.randn(5, 3, 4, 4, generator=g, dtype=dtype)
+        noise = torch.randn(5, 3, 4, 4, generator=g, dtype=dtype)
+        t = torch.tensor([0, 10, 500, 998, 999])
+        for name in ("add_noise", "get_velocity"):
+            a, b = getattr(ours, name)(x0, noise, t), getattr(theirs, name)(x0, noise, t)
+            assert a.dtype == b.dtype == dtype
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+        # a single timestep broadcasts over the batch
+        torch.testing.assert_close(
+            ours.add_noise(x0, noise, torch.tensor(123)), theirs.add_noise(x0, noise, torch.tensor(123)),
+            atol=1e-6, rtol=1e-5,
+        )
+
+
+def test_default_chain_before_set_timesteps():
+    ours, theirs = DDPMHFScheduler(), DDPMScheduler()
+    assert torch.equal(ours.timesteps, theirs.timesteps)
+    for t in (999, 500, 1, 0):
+        assert ours.previous_timestep(t) == theirs.previous_timestep(t) == t - 1
+    x, out = torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    a = ours.step(out, 500, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    b = theirs.step(out, 500, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_fixed_large_log_is_fixed_large():
+    """diffusers' step takes the square root of log(beta_t) for fixed_large_log and returns NaN for every t > 0;
+    ours uses sigma_t^2 = beta_t (its meaning in GLIDE), identical to diffusers' fixed_large."""
+    ours = DDPMHFScheduler(variance_type="fixed_large_log")
+    theirs_large, theirs_log = DDPMScheduler(variance_type="fixed_large"), DDPMScheduler(variance_type="fixed_large_log")
+    for s in (ours, theirs_large, theirs_log):
+        s.set_timesteps(20)
+    x, out = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    t = ours.timesteps[3]
+    a = ours.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    b = theirs_large.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    c = theirs_log.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert torch.isnan(c).all()
+
+
+def test_config_surface_and_from_config_both_ways():
+    theirs = DDPMScheduler()
+    ours = DDPMHFScheduler()
+    assert dict(ours.config) | {"_class_name": None} == dict(theirs.config) | {"_class_name": None}
+    custom = dict(beta_schedule="squaredcos_cap_v2", variance_type="learned_range", prediction_type="v_prediction",
+                  timestep_spacing="trailing", steps_offset=1, clip_sample=False, num_train_timesteps=400)
+    there = DDPMScheduler.from_config(DDPMHFScheduler(**custom).config)
+    back = DDPMHFScheduler.from_config(there.config)
+    for key, value in custom.items():
+        assert there.config[key] == value and back.config[key] == value
+    assert "DDPMScheduler" in DDPMHFScheduler._compatibles
+    assert DDPMHFScheduler.order == 1 and ours.init_noise_sigma == 1.0 and len(ours) == 1000
+    x = torch.randn(1, 3, 2, 2)
+    assert ours.scale_model_input(x, 10) is x
+
+
+def test_bad_input_fails_clearly():
+    with pytest.raises(ValueError, match="variance_type"):
+        DDPMHFScheduler(variance_type="large")
+    with pytest.raises(ValueError, match="beta_schedule"):
+        DDPMHFScheduler(beta_schedule="quadratic")
+    with pytest.raises(ValueError, match="prediction_type"):
+        DDPMHFScheduler(prediction_type="noise")
+    with pytest.raises(ValueError, match="trained_betas"):
+        DDPMHFScheduler(num_train_timesteps=10, trained_betas=[0.1] * 9)
+    s = DDPMHFScheduler()
+    with pytest.raises(ValueError, match="cannot be larger"):
+        s.set_timesteps(1001)
+    with pytest.raises(ValueError, match="descending"):
+        s.set_timesteps(timesteps=[10, 20])
+    with pytest.raises(ValueError, match="one of"):
+        s.set_timesteps(10, timesteps=[5, 1])
+    s.set_timesteps(10)
+    with pytest.raises(ValueError, match="not in the scheduler's timesteps"):
+        s.step(torch.zeros(1, 1, 2, 2), 7, torch.zeros(1, 1, 2, 2))
+    learned = DDPMHFScheduler(variance_type="learned_range")
+    with pytest.raises(ValueError, match="twice the sample's channels"):
+        learned.step(torch.zeros(1, 1, 2, 2), 999, torch.zeros(1, 1, 2, 2))
