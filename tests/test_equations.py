@@ -1,0 +1,163 @@
+"""Each equation on its own: the schedule, q(x_t|x_0) by Monte Carlo, the posterior (Ho eq. 7) derived
+independently by Bayes' rule, and the ancestral step against Ho Algorithm 2."""
+
+import math
+
+import pytest
+import torch
+
+from ddpm_hf import DDPMHFScheduler
+from ddpm_hf.likelihood import posterior_mean_variance
+
+
+def test_linear_schedule_is_ho_section_4():
+    s = DDPMHFScheduler()
+    assert s.betas.shape == (1000,)
+    assert s.betas[0].item() == pytest.approx(1e-4, rel=1e-6)
+    assert s.betas[-1].item() == pytest.approx(0.02, rel=1e-6)
+    steps = s.betas[1:] - s.betas[:-1]
+    torch.testing.assert_close(steps, torch.full_like(steps, (0.02 - 1e-4) / 999), atol=1e-8, rtol=0)
+    # alphabar_t = prod alpha_s (Ho sec. 2), computed here in float64 from the betas
+    alphabar = torch.cumprod(1 - s.betas.double(), 0)
+    torch.testing.assert_close(s.alphas_cumprod.double(), alphabar, atol=1e-6, rtol=1e-4)
+
+
+def test_cosine_schedule_is_nichol_dhariwal_eq_17():
+    T, s0 = 1000, 0.008
+    f = [math.cos((t / T + s0) / (1 + s0) * math.pi / 2) ** 2 for t in range(T + 1)]
+    alphabar = torch.tensor([f[t] / f[0] for t in range(1, T + 1)], dtype=torch.float64)
+    betas = torch.tensor([min(1 - f[t] / f[t - 1], 0.999) for t in range(1, T + 1)], dtype=torch.float64)
+    sched = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2")
+    torch.testing.assert_close(sched.betas.double(), betas, atol=1e-7, rtol=1e-5)
+    # away from the 0.999 cap, alphabar_t = f(t)/f(0)
+    torch.testing.assert_close(sched.alphas_cumprod.double()[:900], alphabar[:900], atol=1e-6, rtol=1e-4)
+
+
+def test_zero_terminal_snr_rescale():
+    s = DDPMHFScheduler(rescale_betas_zero_snr=True)
+    plain = DDPMHFScheduler()
+    assert s.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-12)
+    assert s.alphas_cumprod[0].item() == pytest.approx(plain.alphas_cumprod[0].item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("t", [0, 9, 250, 999])
+def test_q_xt_given_x0_moments_by_monte_carlo(t):
+    """add_noise samples q(x_t|x_0) = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I) (Ho eq. 4)."""
+    s = DDPMHFScheduler()
+    g = torch.Generator().manual_seed(t)
+    x0 = torch.linspace(-1, 1, 6, dtype=torch.float64).view(1, 6)
+    n = 200_000
+    noise = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    xt = s.add_noise(x0.expand(n, 6), noise, torch.full((n,), t))
+    ab = s.alphas_cumprod[t].double()
+    se = math.sqrt((1 - ab.item()) / n)
+    torch.testing.assert_close(xt.mean(0), ab.sqrt() * x0[0], atol=5 * se, rtol=0)
+    torch.testing.assert_close(xt.var(0), (1 - ab).expand(6), atol=5 * (1 - ab.item()) * math.sqrt(2 / n), rtol=0)
+
+
+def test_closed_form_equals_iterated_forward_steps():
+    """t applications of q(x_t|x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I) (Ho eq. 2) have the moments of
+    the closed form q(x_t|x_0) (Ho eq. 4)."""
+    s = DDPMHFScheduler(num_train_timesteps=100, beta_end=0.05)
+    g = torch.Generator().manual_seed(0)
+    n, t_end = 100_000, 60
+    x = torch.full((n,), 0.7, dtype=torch.float64)
+    for t in range(t_end + 1):
+        beta = s.betas[t].double()
+        x = (1 - beta).sqrt() * x + beta.sqrt() * torch.randn(n, generator=g, dtype=torch.float64)
+    ab = s.alphas_cumprod[t_end].double()
+    assert x.mean().item() == pytest.approx((ab.sqrt() * 0.7).item(), abs=5 * math.sqrt(1 / n))
+    assert x.var().item() == pytest.approx((1 - ab).item(), abs=5 * math.sqrt(2 / n))
+
+
+def _bayes_posterior(s, x0, xt, t):
+    """q(x_{t-1}|x_t, x_0) by Bayes' rule on two Gaussians, written independently of Ho eq. 7's coefficients:
+    prior x_{t-1} ~ N(sqrt(alphabar_{t-1}) x0, 1 - alphabar_{t-1}), likelihood x_t ~ N(sqrt(alpha_t) x_{t-1}, beta_t)."""
+    ab_prev = s.alphas_cumprod[t - 1].double() if t > 0 else torch.tensor(1.0, dtype=torch.float64)
+    alpha = s.alphas_cumprod[t].double() / ab_prev
+    beta = 1 - alpha
+    prior_var = 1 - ab_prev
+    if prior_var == 0:  # t = 0: x_{t-1} = x_0 exactly
+        return x0, torch.tensor(0.0, dtype=torch.float64)
+    precision = 1 / prior_var + alpha / beta
+    var = 1 / precision
+    mean = var * (ab_prev.sqrt() * x0 / prior_var + alpha.sqrt() * xt / beta)
+    return mean, var
+
+
+@pytest.mark.parametrize("t", [0, 1, 2, 50, 500, 999])
+def test_posterior_is_bayes_rule(t):
+    s = DDPMHFScheduler()
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 1, 3, 3, generator=g, dtype=torch.float64) * 2 - 1
+    xt = torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64)
+    mean, var, _ = posterior_mean_variance(s, x0, xt, torch.full((4,), t))
+    want_mean, want_var = _bayes_posterior(s, x0, xt, t)
+    torch.testing.assert_close(mean, want_mean, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(var.flatten(), want_var.expand(4), atol=1e-12, rtol=1e-7)
+
+    # the scheduler's step with prediction_type="sample" and x0 as the output draws from the same posterior
+    sched = DDPMHFScheduler(prediction_type="sample", clip_sample=False, variance_type="fixed_small")
+    n = 40_000
+    gen = torch.Generator().manual_seed(2)
+    out = sched.step(x0[:1].expand(n, 1, 3, 3), t, xt[:1].expand(n, 1, 3, 3), generator=gen).prev_sample
+    se = max(math.sqrt(want_var.item() / n), 1e-9)
+    torch.testing.assert_close(out.mean(0), want_mean[0], atol=5 * se + 1e-6, rtol=0)
+    if t > 0:
+        assert out.var(0).mean().item() == pytest.approx(want_var.item(), rel=0.03)
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_large", "fixed_small"])
+def test_ancestral_step_is_algorithm_2(variance_type):
+    """x_{t-1} = (x_t - beta_t / sqrt(1 - alphabar_t) eps) / sqrt(alpha_t) + sigma_t z, z = 0 at t = 1
+    (Ho Algorithm 2 line 4), over the whole 1000-step chain with the scheduler's own noise draws."""
+    s = DDPMHFScheduler(variance_type=variance_type, clip_sample=False)
+    s.set_timesteps(1000)
+    g_model = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=g_model)
+    target = torch.rand(x.shape, dtype=torch.float64, generator=g_model) * 2 - 1
+    for t in s.timesteps.tolist():
+        ab = s.alphas_cumprod[t].double()
+        # the noise a model pointing at `target` would predict, plus an error, so the chain stays bounded
+        eps = (x - ab.sqrt() * target) / (1 - ab).sqrt() + 0.1 * torch.randn(x.shape, dtype=torch.float64, generator=g_model)
+        ab_prev = s.alphas_cumprod[t - 1].double() if t > 0 else torch.tensor(1.0, dtype=torch.float64)
+        beta = s.betas[t].double()
+        sigma2 = beta if variance_type == "fixed_large" else (1 - ab_prev) / (1 - ab) * beta
+        state = torch.Generator().manual_seed(t)
+        z = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(t)) if t > 0 else 0
+        want = (x - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt() + sigma2.sqrt() * z
+        got = s.step(eps, t, x, generator=state).prev_sample
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # float32 coefficient tables
+        x = want
+
+
+def test_skipped_steps_use_recomputed_betas():
+    """With a subsequence, beta'_k = 1 - alphabar_{t_k}/alphabar_{t_{k-1}} (Nichol & Dhariwal sec. 4): the step is
+    Algorithm 2 with beta' in place of beta."""
+    s = DDPMHFScheduler(variance_type="fixed_large", clip_sample=False)
+    s.set_timesteps(timesteps=[900, 600, 321, 0])
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    eps = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    for t, prev in [(900, 600), (600, 321), (321, 0)]:
+        ab, ab_prev = s.alphas_cumprod[t].double(), s.alphas_cumprod[prev].double()
+        beta = 1 - ab / ab_prev
+        z = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(t))
+        want = (x - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt() + beta.sqrt() * z
+        got = s.step(eps, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_v_prediction_target_and_inverse():
+    """v = sqrt(alphabar) eps - sqrt(1 - alphabar) x0, and the step recovers x0 from v exactly."""
+    s = DDPMHFScheduler(prediction_type="v_prediction", clip_sample=False)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([5, 400, 990])
+    ab = s.alphas_cumprod[t].double().view(-1, 1, 1, 1)
+    v = s.get_velocity(x0, eps, t)
+    torch.testing.assert_close(v, ab.sqrt() * eps - (1 - ab).sqrt() * x0, atol=1e-6, rtol=1e-6)
+    xt = s.add_noise(x0, eps, t)
+    for i in range(3):
+        rec = s.step(v[i : i + 1], int(t[i]), xt[i : i + 1], generator=torch.Generator()).pred_original_sample
+        torch.testing.assert_close(rec, x0[i : i + 1], atol=1e-5, rtol=1e-5)
