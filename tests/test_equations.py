@@ -130,7 +130,10 @@ def test_ancestral_step_is_algorithm_2(variance_type):
         z = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(t)) if t > 0 else 0
         want = (x - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt() + sigma2.sqrt() * z
         got = s.step(eps, t, x, generator=state).prev_sample
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)  # float32 coefficient tables
+        # The scheduler evaluates its coefficients in float32 from the float32 alphabar table, as diffusers does;
+        # at small t, 1 - alphabar_t ~ 1e-4 carries ~5e-4 relative rounding, which bounds the agreement with this
+        # float64 evaluation (a wrong coefficient would be off by 1e-2 or more).
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
         x = want
 
 
