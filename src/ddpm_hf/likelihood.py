@@ -170,16 +170,15 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale):
     inv_std = torch.exp(-log_scale)
     upper = (x - mean + 1.0 / 255) * inv_std
     lower = (x - mean - 1.0 / 255) * inv_std
-    # Mass of the bin, taken from the tail it lies in so that neither difference of CDFs underflows.
+    # log(Phi(b) - Phi(a)) = log Phi(b) + log(1 - Phi(a)/Phi(b)) for a < b, taken on the side of the mean the bin
+    # lies on (Phi(-a) - Phi(-b) on the right), so that deep-tail bins keep their tiny but exact mass.
     right = (x - mean) > 0
-    middle = torch.where(
-        right,
-        torch.special.ndtr(-lower) - torch.special.ndtr(-upper),
-        torch.special.ndtr(upper) - torch.special.ndtr(lower),
-    )
-    log_middle = torch.log(middle.clamp(min=1e-12))
+    hi = torch.where(right, -lower, upper)
+    lo = torch.where(right, -upper, lower)
+    log_hi = torch.special.log_ndtr(hi)
+    log_mass = log_hi + torch.log1p(-torch.exp(torch.special.log_ndtr(lo) - log_hi).clamp(max=1 - 1e-16))
     return torch.where(
-        x < -0.999, torch.special.log_ndtr(upper), torch.where(x > 0.999, torch.special.log_ndtr(-lower), log_middle)
+        x < -0.999, torch.special.log_ndtr(upper), torch.where(x > 0.999, torch.special.log_ndtr(-lower), log_mass)
     )
 
 
