@@ -24,6 +24,16 @@ _FROM_PRETRAINED_KWARGS = ("revision", "cache_dir", "token", "local_files_only",
                            "scheduler", "use_safetensors", "force_download", "proxies", "trust_remote_code")
 
 
+def _edit_json(path, edit):
+    """Apply ``edit(dict)`` to a JSON file in place."""
+    with open(path, encoding="utf-8") as f:
+        content = json.load(f)
+    edit(content)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def _own_scheduler_class():
     """DDPMHFScheduler from the module beside this one: ``ddpm_hf.scheduling_ddpm_hf`` when this file is the installed
     package's, ``diffusers_modules.<...>.scheduling_ddpm_hf`` when it was loaded as remote code."""
@@ -77,21 +87,26 @@ class DDPMHFPipeline(DiffusionPipeline):
         """
         hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "private", "token", "commit_message") if k in kwargs}
         super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant, **kwargs)
+        # from_pretrained records where each component came from; a saved (or pushed) folder must not carry that path
+        for config_name in (os.path.join("unet", "config.json"), os.path.join("scheduler", "scheduler_config.json")):
+            config_path = os.path.join(save_directory, config_name)
+            if os.path.isfile(config_path):
+                _edit_json(config_path, lambda config: config.pop("_name_or_path", None))
         pipeline_source = inspect.getsourcefile(type(self))
         pipeline_stem = os.path.splitext(os.path.basename(pipeline_source))[0]
         shutil.copyfile(pipeline_source, os.path.join(save_directory, pipeline_stem + ".py"))
-        index_path = os.path.join(save_directory, "model_index.json")
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-        index.pop("_name_or_path", None)
-        index["_class_name"] = [pipeline_stem, type(self).__name__]
         scheduler_source = inspect.getsourcefile(type(self.scheduler))
-        if os.path.basename(scheduler_source) == SCHEDULER_MODULE + ".py":
+        ours = os.path.basename(scheduler_source) == SCHEDULER_MODULE + ".py"
+        if ours:
             shutil.copyfile(scheduler_source, os.path.join(save_directory, "scheduler", SCHEDULER_MODULE + ".py"))
-            index["scheduler"] = [SCHEDULER_MODULE, type(self.scheduler).__name__]
-        with open(index_path, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-            f.write("\n")
+
+        def point_at_sources(index):
+            index.pop("_name_or_path", None)
+            index["_class_name"] = [pipeline_stem, type(self).__name__]
+            if ours:
+                index["scheduler"] = [SCHEDULER_MODULE, type(self.scheduler).__name__]
+
+        _edit_json(os.path.join(save_directory, "model_index.json"), point_at_sources)
         if push_to_hub:
             from huggingface_hub import create_repo, upload_folder
 
