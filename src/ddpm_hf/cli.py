@@ -109,8 +109,15 @@ def cmd_demo(args, parser):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # the training flags live in ddpm_hf.training (shared with scripts/train.py)
+        from .training import main as train_main
+
+        train_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="ddpm-hf", description="DDPM for Hugging Face diffusers")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train a DDPM (see `ddpm-hf train --help`)", add_help=False)
     commands = {"sample": (_sample_parser(sub), cmd_sample), "demo": (_demo_parser(sub), cmd_demo)}
     args = parser.parse_args(argv)
     sub_parser, run = commands[args.command]

@@ -1,0 +1,160 @@
+"""Image datasets for training: the embedded digits, Hub datasets, local folders; transforms to [-1, 1] tensors.
+
+Everything goes through Hugging Face ``datasets`` so that HF_ENDPOINT, the cache and streaming behave as users
+expect. Small datasets are decoded and transformed once into a uint8 tensor (``cache_images``); random flips then
+happen on batches in torch, which avoids per-item PIL work on every epoch.
+"""
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+DIGITS = "digits"
+
+
+def load_digits_dataset():
+    """scikit-learn's UCI handwritten digits (1,797 grayscale 8x8 images, values 0..16) as a ``datasets.DatasetDict``
+    with "train" (1,617 images) and "test" (180 images, 18 per class, a fixed seeded draw), columns "image" (PIL,
+    mode "L", 0..255) and "label"."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = digits.target.astype(int)
+    rng = np.random.default_rng(0)
+    test = np.concatenate([rng.choice(np.flatnonzero(labels == k), 18, replace=False) for k in range(10)])
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test] = True
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=[str(k) for k in range(10)])})
+
+    def split(mask):
+        return Dataset.from_dict(
+            {"image": [Image.fromarray(p, mode="L") for p in pixels[mask]], "label": labels[mask].tolist()},
+            features=features,
+        )
+
+    return DatasetDict({"train": split(~is_test), "test": split(is_test)})
+
+
+def load_image_dataset(dataset_name=None, dataset_config_name=None, train_data_dir=None, cache_dir=None,
+                       split="train", streaming=False):
+    """The training split of an image dataset.
+
+    Args:
+        dataset_name: None or "digits" (the embedded default), a local folder (a dataset saved with
+            ``save_to_disk``, or images for the "imagefolder" builder), or a Hub repo id (``datasets.load_dataset``).
+        train_data_dir: a folder of images (imagefolder), as in diffusers' train_unconditional.py.
+        split: the split to train on; for digits "train" or "test".
+        streaming: return an ``IterableDataset``.
+    """
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    if train_data_dir is not None:
+        if dataset_name not in (None, DIGITS):
+            raise ValueError("give either --dataset_name or --train_data_dir, not both")
+        return load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, split=split,
+                            streaming=streaming)
+    if dataset_name in (None, DIGITS):
+        data = load_digits_dataset()[split]
+        return data.to_iterable_dataset() if streaming else data
+    if os.path.isdir(dataset_name):
+        if os.path.exists(os.path.join(dataset_name, "dataset_dict.json")) or os.path.exists(
+            os.path.join(dataset_name, "dataset_info.json")
+        ):
+            data = load_from_disk(dataset_name)
+            data = data[split] if isinstance(data, DatasetDict) else data
+            return data.to_iterable_dataset() if streaming else data
+        return load_dataset("imagefolder", data_dir=dataset_name, cache_dir=cache_dir, split=split,
+                            streaming=streaming)
+    return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split, streaming=streaming)
+
+
+def find_image_column(dataset, image_column=None):
+    """The name of the image column: ``image_column`` if given (checked), else the first column whose feature is
+    ``datasets.Image`` (cifar10 calls it "img", mnist "image")."""
+    from datasets import Image as ImageFeature
+
+    features = dataset.features or {}
+    if image_column is not None:
+        if features and image_column not in features:
+            raise ValueError(f"--image_column {image_column!r} is not a column; columns: {list(features)}")
+        return image_column
+    for name, feature in features.items():
+        if isinstance(feature, ImageFeature):
+            return name
+    raise ValueError(f"no image column found among {list(features)}; pass --image_column")
+
+
+def to_mode(image, channels):
+    """Convert a PIL image to "L" (channels=1) or "RGB" (channels=3): palette and alpha images are composited on
+    white, 16-bit grayscale is rescaled to 8 bits."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.round(array / top * 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("L" if channels == 1 else "RGB")
+
+
+def infer_channels(dataset, image_column):
+    """1 if the first image is grayscale (modes L, LA, I, I;16, 1), else 3."""
+    first = next(iter(dataset))[image_column]
+    return 1 if first.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1") else 3
+
+
+def resize_and_crop(image, resolution, center_crop=True, rng=None):
+    """Resize the shorter side to ``resolution`` (bilinear; no-op when it already matches), then crop a square
+    (centred, or at a random position drawn from ``rng``)."""
+    w, h = image.size
+    if min(w, h) != resolution:
+        scale = resolution / min(w, h)
+        image = image.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BILINEAR)
+        w, h = image.size
+    if center_crop or rng is None:
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+    else:
+        left, top = int(rng.integers(0, w - resolution + 1)), int(rng.integers(0, h - resolution + 1))
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def image_to_uint8(image, resolution, channels, center_crop=True, rng=None):
+    """A PIL image as a uint8 tensor (C, resolution, resolution)."""
+    image = resize_and_crop(to_mode(image, channels), resolution, center_crop, rng)
+    array = np.asarray(image, dtype=np.uint8)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(array.copy())
+
+
+def to_model_range(batch_uint8, random_flip=False, generator=None):
+    """uint8 (B, C, H, W) -> float32 in [-1, 1] (x / 127.5 - 1, the 256 levels of Ho eq. 13), flipping each image
+    left-right with probability 1/2 when ``random_flip``."""
+    x = batch_uint8.float().div_(127.5).sub_(1.0)
+    if random_flip:
+        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        x[flip] = x[flip].flip(-1)
+    return x
+
+
+def cache_images(dataset, image_column, resolution, channels, center_crop=True, progress=True):
+    """Decode and transform every image once into a uint8 tensor (N, C, resolution, resolution). Used when the
+    dataset fits in memory; with random crops (``center_crop=False``) the crop is drawn once per image."""
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(0)
+    out = torch.empty((len(dataset), channels, resolution, resolution), dtype=torch.uint8)
+    column = dataset.select_columns([image_column])
+    for i, row in enumerate(tqdm(column, desc="caching images", disable=not progress, leave=False)):
+        out[i] = image_to_uint8(row[image_column], resolution, channels, center_crop, rng)
+    return out
+
+
+def fits_in_memory(dataset, resolution, channels, budget_bytes=2 << 30):
+    return len(dataset) * channels * resolution * resolution <= budget_bytes

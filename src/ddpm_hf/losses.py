@@ -1,0 +1,68 @@
+"""Training losses: L_simple (Ho eq. 14) for each prediction type, min-SNR weighting, and L_hybrid (N&D sec. 3.1)."""
+
+import math
+
+import torch
+
+from .likelihood import vlb_terms
+
+
+def training_target(scheduler, x_start, noise, timesteps):
+    """What the network regresses onto: eps (Ho eq. 14), x_0 ("sample") or v = sqrt(alphabar_t) eps -
+    sqrt(1 - alphabar_t) x_0 ("v_prediction")."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "sample":
+        return x_start
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(x_start, noise, timesteps)
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+def snr(scheduler, timesteps):
+    """SNR(t) = alphabar_t / (1 - alphabar_t), shape (B,)."""
+    ab = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].double()
+    return (ab / (1 - ab)).float()
+
+
+def min_snr_weights(scheduler, timesteps, gamma):
+    """Min-SNR-gamma loss weights (Hang et al. 2023), so that every prediction type weights the implied x_0 error by
+    min(SNR, gamma): the eps-MSE equals SNR times the x0-MSE and the v-MSE equals (SNR + 1) times it, hence
+    epsilon: min(SNR, gamma)/SNR; v_prediction: min(SNR, gamma)/(SNR + 1); sample: min(SNR, gamma)."""
+    s = snr(scheduler, timesteps)
+    clipped = torch.minimum(s, torch.full_like(s, gamma))
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return clipped / s
+    if prediction_type == "v_prediction":
+        return clipped / (s + 1)
+    return clipped
+
+
+def diffusion_loss(scheduler, model_output, x_start, noisy, noise, timesteps, snr_gamma=None, vlb_weight=0.001):
+    """The training loss of one batch and its per-image parts.
+
+    L_simple = mean over pixels of (target - prediction)^2 (Ho eq. 14), optionally min-SNR weighted per image.
+    For learned variances (the model output has 2C channels) L_hybrid = L_simple + vlb_weight * L_vlb, where
+    L_vlb = T * L_{t-1} in bits/dim, the one-sample estimate of the sum over t for uniform t, with the gradient
+    stopped through the mean (N&D sec. 3.1; vlb_weight = 0.001).
+
+    Returns:
+        (loss scalar, per-image L_simple (B,), per-image L_vlb estimate in bits/dim (B,) or None)
+    """
+    channels = x_start.shape[1]
+    prediction = model_output[:, :channels]
+    target = training_target(scheduler, x_start, noise, timesteps)
+    mse = (prediction.float() - target.float()).square().flatten(1).mean(1)
+    weighted = mse * min_snr_weights(scheduler, timesteps, snr_gamma) if snr_gamma else mse
+    loss = weighted.mean()
+    vlb = None
+    if model_output.shape[1] == 2 * channels:
+        T = scheduler.config.num_train_timesteps
+        dims = x_start[0].numel()
+        terms = vlb_terms(scheduler, model_output.float(), x_start.float(), noisy.float(), timesteps,
+                          clip_denoised=False, detach_mean=True)
+        vlb = terms * (T / (dims * math.log(2.0)))
+        loss = loss + vlb_weight * vlb.mean()
+    return loss, mse.detach(), None if vlb is None else vlb.detach()
