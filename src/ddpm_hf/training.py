@@ -10,6 +10,7 @@ bit-identical to one that never stopped.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -357,7 +358,10 @@ def train(args):
 
     if args.overwrite_output_dir and os.path.isdir(args.output_dir):
         shutil.rmtree(args.output_dir)
+    # several processes and no GPU (torchrun on a CPU machine): accelerate needs cpu=True to pick MULTI_CPU (gloo)
+    multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=multi_cpu,
         mixed_precision=args.mixed_precision,
         log_with=None if args.logger == "none" else args.logger,
         project_config=ProjectConfiguration(project_dir=args.output_dir,
@@ -386,8 +390,10 @@ def train(args):
 
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
-                                 num_training_steps=args.max_train_steps)
+    # accelerate steps a prepared LR scheduler once per process each step, hence the factor (as in diffusers' script)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * world,
+                                 num_training_steps=args.max_train_steps * world)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
     ema = None
     if args.use_ema:
@@ -424,7 +430,7 @@ def train(args):
             t = torch.randint(0, T, (x0.shape[0],), generator=g).to(accelerator.device)
             noisy = noise_scheduler.add_noise(x0, noise, t)  # Ho eq. 4
             sync = micro == accum - 1
-            with accelerator.no_sync(unet) if not sync and world > 1 else _nullcontext():
+            with accelerator.no_sync(unet) if not sync and world > 1 else contextlib.nullcontext():
                 with accelerator.autocast():
                     output = unet(noisy, t).sample
                 loss, mse, vlb = diffusion_loss(noise_scheduler, output, x0, noisy, noise, t, args.snr_gamma,
@@ -485,6 +491,13 @@ def train(args):
     # outputs
     metrics = {"steps": step, "images_seen": images_seen, "train_seconds": round(train_seconds, 1),
                "images_per_second": round(images_seen / max(train_seconds, 1e-9), 1), "processes": world}
+    if world > 1:  # checks across ranks: the same weights, different data
+        checks = torch.tensor([_checksum(accelerator.unwrap_model(unet).parameters()),
+                               _checksum([batches.batch(0).float()])], dtype=torch.float64,
+                              device=accelerator.device)
+        gathered = accelerator.gather(checks[None]).view(world, 2).cpu()
+        metrics["weights_identical_across_ranks"] = bool((gathered[:, 0] == gathered[0, 0]).all())
+        metrics["first_batches_distinct_across_ranks"] = len(set(gathered[:, 1].tolist())) == world
     if main:
         pipeline_dir = _save_pipeline(args, accelerator, unet, ema, noise_scheduler)
         pipe = DDPMHFPipeline.from_pretrained(pipeline_dir)
@@ -514,12 +527,13 @@ def train(args):
     return metrics
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+def _checksum(tensors):
+    """A float64 fingerprint of tensors' exact values (sum of value * position weights)."""
+    total = 0.0
+    for i, x in enumerate(tensors):
+        flat = x.detach().double().flatten()
+        total += float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64).sin()).sum()) * (i + 1)
+    return total
 
 
 class _ema_weights:
