@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 env: $(VENV)/.installed
 
 demo: env
-	$(VENV)/bin/ddpm-hf demo --output_dir outputs/demo
+	$(VENV)/bin/ddpm-hf train --output_dir outputs/demo
 
 test: env
 	$(PY) -m pytest -q tests

@@ -142,3 +142,58 @@ def test_two_processes_with_torchrun(tmp_path):
     assert metrics["first_batches_distinct_across_ranks"] is True
     assert sorted(os.listdir(out / "samples")).count("grid.png") == 1
     DDPMHFPipeline.from_pretrained(out / "pipeline")
+
+
+def _png_folder(root, n=12, size=(12, 10), mode="RGB"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).convert(mode).save(folder / f"{i}.png")
+    return root
+
+
+def test_image_folder_rgb_resized(tmp_path):
+    images = _png_folder(tmp_path / "images", mode="P")  # palette PNGs become RGB
+    out = tmp_path / "run"
+    _train("--train_data_dir", str(images), "--resolution", "8", "--random_flip", "--output_dir", str(out),
+           "--max_train_steps", "2", "--train_batch_size", "4", "--checkpointing_steps", "100", cwd=tmp_path)
+    pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
+    assert pipe.unet.config.in_channels == 3 and pipe.unet.config.sample_size == 8
+    assert "bits_per_dim" not in json.loads((out / "metrics.json").read_text())  # no held-out split there
+
+
+def test_streaming_with_bf16(tmp_path):
+    out = tmp_path / "run"
+    _train("--streaming", "--mixed_precision", "bf16", "--output_dir", str(out), "--max_train_steps", "3",
+           "--checkpointing_steps", "100", cwd=tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["images_seen"] == 48
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["streaming"] is True and args["mixed_precision"] == "bf16"
+
+
+def test_hub_dataset_over_loopback(tmp_path):
+    """--dataset_name ns/name goes through datasets.load_dataset to HF_ENDPOINT (a loopback Hub server)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from hub_server import HubServer
+
+    repo = _png_folder(tmp_path / "repo" / "train", n=8, size=(8, 8), mode="L").parent
+    with HubServer(tmp_path / "hub") as hub:
+        hub.seed_repo("someone/tiny-digits", repo, repo_type="dataset")
+        env = hub.client_env(tmp_path / "hf_home")
+        env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        code = ("import sys, datasets; datasets.config.USE_PARQUET_EXPORT = False\n"
+                "from ddpm_hf.training import main; main(sys.argv[1:])")
+        out = tmp_path / "run"
+        r = subprocess.run([sys.executable, "-c", code, *TINY, "--dataset_name", "someone/tiny-digits",
+                            "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "4",
+                            "--checkpointing_steps", "100"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert any("/datasets/someone/tiny-digits" in path for _, path in hub.requests)
+    pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
+    assert pipe.unet.config.in_channels == 1 and pipe.unet.config.sample_size == 32

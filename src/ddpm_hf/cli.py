@@ -1,7 +1,6 @@
-"""The ``ddpm-hf`` command: ``sample`` from a saved pipeline, ``demo`` for the main job."""
+"""The ``ddpm-hf`` command: ``train`` (see ddpm_hf.training) and ``sample`` from a saved pipeline."""
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -77,37 +76,6 @@ def cmd_sample(args, parser):
     print(f"wrote {args.num_images} images and {grid} in {time.time() - start:.1f}s")
 
 
-def _demo_parser(sub):
-    p = sub.add_parser("demo", help="the main job: build a pipeline on the embedded digits, sample, save a grid")
-    p.add_argument("--output_dir", default="outputs/demo", help="default outputs/demo")
-    p.add_argument("--num_images", type=int, default=36)
-    p.add_argument("--num_inference_steps", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    return p
-
-
-def cmd_demo(args, parser):
-    """Until the training issue lands, the demo saves an UNTRAINED cpu-8 pipeline for the 8x8 digits and samples it
-    (so the grid is noise-like), which exercises every other part: presets, scheduler, pipeline, save layout."""
-    _check_positive(parser, num_images=args.num_images, num_inference_steps=args.num_inference_steps)
-    import torch
-
-    from . import DDPMHFPipeline, DDPMHFScheduler, build_unet
-
-    torch.manual_seed(args.seed)
-    pipe = DDPMHFPipeline(unet=build_unet("cpu-8"), scheduler=DDPMHFScheduler())
-    model_dir = os.path.join(args.output_dir, "pipeline")
-    pipe.save_pretrained(model_dir)
-    pipe = DDPMHFPipeline.from_pretrained(model_dir)
-    start = time.time()
-    images, chain = generate(pipe, args.num_images, args.num_images, args.num_inference_steps, args.seed, strip=True)
-    title = f"UNTRAINED cpu-8 pipeline (digits 8x8): {args.num_images} samples, {args.num_inference_steps} steps"
-    grid = write_samples(pipe, images, os.path.join(args.output_dir, "samples"), title, chain)
-    with open(os.path.join(args.output_dir, "demo.json"), "w") as f:
-        json.dump({"trained": False, "sampling_seconds": round(time.time() - start, 2), "grid": grid}, f, indent=2)
-    print(f"saved the pipeline to {model_dir} and the grid to {grid}")
-
-
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the training flags live in ddpm_hf.training (shared with scripts/train.py)
@@ -118,7 +86,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="ddpm-hf", description="DDPM for Hugging Face diffusers")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a DDPM (see `ddpm-hf train --help`)", add_help=False)
-    commands = {"sample": (_sample_parser(sub), cmd_sample), "demo": (_demo_parser(sub), cmd_demo)}
+    commands = {"sample": (_sample_parser(sub), cmd_sample)}
     args = parser.parse_args(argv)
     sub_parser, run = commands[args.command]
     run(args, sub_parser)
