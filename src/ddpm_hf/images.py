@@ -60,7 +60,7 @@ def make_grid(images, nrow=None, tile=64, pad=2, title=None):
     return _labelled(canvas, title)
 
 
-def make_strip(chain, timesteps, columns=10, tile=64, title=None):
+def make_strip(chain, timesteps, columns=10, rows=8, tile=64, title=None):
     """A denoising strip: rows are images, columns are states x_T ... x_0 picked evenly from the chain, each column
     labelled with its timestep.
 
@@ -68,7 +68,9 @@ def make_strip(chain, timesteps, columns=10, tile=64, title=None):
         chain: list of (B, H, W, C) arrays in [0, 1]: x_T first, then the state after each reverse step.
         timesteps: the reverse-step timesteps (len(chain) - 1 of them); chain[k] is the state at timesteps[k].
         columns: how many states to show.
+        rows: how many images (the first ones) to show.
     """
+    chain = [to_uint8(x)[:rows].astype(np.float64) / 255 for x in chain]
     picks = np.unique(np.linspace(0, len(chain) - 1, min(columns, len(chain))).round().astype(int))
     # chain[k] is x at timesteps[k] (chain[0] = x_T) and the last entry is the sample x_0
     labels = [f"t={int(t)}" for t in timesteps] + ["x_0"]
