@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -759,3 +760,42 @@ class _Handler(BaseHTTPRequestHandler):
                 status = 206
         headers["Content-Length"] = str(len(data))
         self._send(status, data, headers, content_type="application/octet-stream")
+
+
+# Put in front of every client script run in a subprocess: only loopback may be resolved or connected to;
+# ARGS (the JSON in argv[1]) and result() carry the test's data in and out.
+CLIENT_PRELUDE = textwrap.dedent(
+    """
+    import ipaddress, json, socket, sys
+
+    def _loopback(host):
+        if isinstance(host, bytes):
+            host = host.decode()
+        if host in ("localhost",):
+            return True
+        try:
+            return ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    _getaddrinfo = socket.getaddrinfo
+    def _guarded_getaddrinfo(host, *args, **kwargs):
+        if host is not None and not _loopback(host):
+            print(f"BLOCKED non-loopback lookup of {host!r}", file=sys.stderr)
+            raise socket.gaierror(socket.EAI_NONAME, f"blocked non-loopback host {host!r}")
+        return _getaddrinfo(host, *args, **kwargs)
+    socket.getaddrinfo = _guarded_getaddrinfo
+
+    _connect = socket.socket.connect
+    def _guarded_connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            print(f"BLOCKED non-loopback connect to {address!r}", file=sys.stderr)
+            raise ConnectionRefusedError(f"blocked non-loopback address {address!r}")
+        return _connect(self, address)
+    socket.socket.connect = _guarded_connect
+
+    ARGS = json.loads(sys.argv[1])
+    def result(obj):
+        print("RESULT:" + json.dumps(obj))
+    """
+)

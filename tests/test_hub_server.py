@@ -20,46 +20,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hub_server import HubServer, git_blob_oid  # noqa: E402
+from hub_server import CLIENT_PRELUDE, HubServer, git_blob_oid  # noqa: E402
 
 PYTHON = sys.executable
 
-# Put in front of every client script: only loopback may be resolved or connected to.
-_GUARD = textwrap.dedent(
-    """
-    import ipaddress, json, socket, sys
-
-    def _loopback(host):
-        if isinstance(host, bytes):
-            host = host.decode()
-        if host in ("localhost",):
-            return True
-        try:
-            return ipaddress.ip_address(host.strip("[]")).is_loopback
-        except ValueError:
-            return False
-
-    _getaddrinfo = socket.getaddrinfo
-    def _guarded_getaddrinfo(host, *args, **kwargs):
-        if host is not None and not _loopback(host):
-            print(f"BLOCKED non-loopback lookup of {host!r}", file=sys.stderr)
-            raise socket.gaierror(socket.EAI_NONAME, f"blocked non-loopback host {host!r}")
-        return _getaddrinfo(host, *args, **kwargs)
-    socket.getaddrinfo = _guarded_getaddrinfo
-
-    _connect = socket.socket.connect
-    def _guarded_connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
-            print(f"BLOCKED non-loopback connect to {address!r}", file=sys.stderr)
-            raise ConnectionRefusedError(f"blocked non-loopback address {address!r}")
-        return _connect(self, address)
-    socket.socket.connect = _guarded_connect
-
-    ARGS = json.loads(sys.argv[1])
-    def result(obj):
-        print("RESULT:" + json.dumps(obj))
-    """
-)
+_GUARD = CLIENT_PRELUDE
 
 
 def run_client(code: str, args: dict, timeout: float = 120) -> dict:

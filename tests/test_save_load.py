@@ -32,7 +32,7 @@ from ddpm_hf import scheduling_ddpm_hf as scheduling_module
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hub_server import HubServer  # noqa: E402
+from hub_server import CLIENT_PRELUDE, HubServer  # noqa: E402
 
 PYTHON = sys.executable
 PACKAGE_DIR = os.path.dirname(os.path.abspath(ddpm_hf.__file__))
@@ -80,39 +80,8 @@ _CHECK_NO_DDPM_HF = textwrap.dedent(
 )
 
 # Every subprocess: only loopback may be resolved or connected to; ARGS and result() for the test's data.
-_GUARD = textwrap.dedent(
+_GUARD = CLIENT_PRELUDE + textwrap.dedent(
     """
-    import ipaddress, json, socket, sys
-
-    def _loopback(host):
-        if isinstance(host, bytes):
-            host = host.decode()
-        if host in ("localhost",):
-            return True
-        try:
-            return ipaddress.ip_address(host.strip("[]")).is_loopback
-        except ValueError:
-            return False
-
-    _getaddrinfo = socket.getaddrinfo
-    def _guarded_getaddrinfo(host, *args, **kwargs):
-        if host is not None and not _loopback(host):
-            print(f"BLOCKED non-loopback lookup of {host!r}", file=sys.stderr)
-            raise socket.gaierror(socket.EAI_NONAME, f"blocked non-loopback host {host!r}")
-        return _getaddrinfo(host, *args, **kwargs)
-    socket.getaddrinfo = _guarded_getaddrinfo
-
-    _connect = socket.socket.connect
-    def _guarded_connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
-            print(f"BLOCKED non-loopback connect to {address!r}", file=sys.stderr)
-            raise ConnectionRefusedError(f"blocked non-loopback address {address!r}")
-        return _connect(self, address)
-    socket.socket.connect = _guarded_connect
-
-    ARGS = json.loads(sys.argv[1])
-    def result(obj):
-        print("RESULT:" + json.dumps(obj))
 
     import numpy as np
     import torch
