@@ -57,7 +57,9 @@ def parse_args(argv=None):
     a("--center_crop", action="store_true", help="centre crop (default random crop when resizing)")
     a("--random_flip", action="store_true", help="flip images left-right at random")
     a("--channels", type=int, choices=(1, 3), default=None, help="force 1 or 3 channels (default: the data's)")
-    a("--dataloader_num_workers", type=int, default=0, help="workers for per-item (non-cached) loading")
+    a("--dataloader_num_workers", type=int, default=0,
+      help="accepted for compatibility with train_unconditional.py; unused: data is cached in memory as uint8 "
+      "tensors, or streamed in-process with --streaming")
     # model and diffusion
     a("--unet_preset", default=DEFAULTS["unet_preset"], choices=sorted(UNET_PRESETS), help="UNet2DModel preset")
     a("--model_config_name_or_path", default=None, help="a UNet2DModel config (folder or json) instead of a preset")
