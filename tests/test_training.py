@@ -197,3 +197,15 @@ def test_hub_dataset_over_loopback(tmp_path):
         assert any("/datasets/someone/tiny-digits" in path for _, path in hub.requests)
     pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
     assert pipe.unet.config.in_channels == 1 and pipe.unet.config.sample_size == 32
+
+
+def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
+    out = tmp_path / "run"
+    _train("--variance_type", "learned_range", "--prediction_type", "v_prediction", "--snr_gamma", "5",
+           "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", cwd=tmp_path)
+    history = json.loads((out / "history.json").read_text())
+    assert all("vlb_bpd" in h and np.isfinite(h["vlb_bpd"]) for h in history)
+    pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
+    assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.variance_type == "learned_range"
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert np.isfinite(json.loads((out / "metrics.json").read_text())["bits_per_dim"])
