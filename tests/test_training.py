@@ -34,6 +34,11 @@ def _train(*args, cwd, launcher=None, timeout=300):
     return r
 
 
+def _history(folder):
+    with open(os.path.join(folder, "history.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
 def _weights(folder):
     return load_file(os.path.join(folder, "pipeline", "unet", "diffusion_pytorch_model.safetensors"))
 
@@ -90,7 +95,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     _train("--output_dir", str(out), "--max_train_steps", "6", "--checkpointing_steps", "2",
            "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path)
     names = set(os.listdir(out))
-    assert {"pipeline", "samples", "loss.png", "training_args.json", "metrics.json", "history.json"} <= names
+    assert {"pipeline", "samples", "loss.png", "training_args.json", "metrics.json", "history.jsonl"} <= names
     assert sorted(n for n in names if n.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
     assert {"grid.png", "strip.png", "sample_0000.png"} <= set(os.listdir(out / "samples"))
     for name in os.listdir(out):
@@ -99,7 +104,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["images_seen"] == 6 * 16
     assert 0 < metrics["bits_per_dim"] < 20 and metrics["num_images"] == 16
-    history = json.loads((out / "history.json").read_text())
+    history = _history(out)
     assert [h["step"] for h in history] == list(range(1, 7)) and all(np.isfinite(h["loss"]) for h in history)
     pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
     assert pipe.scheduler.config.num_train_timesteps == 20 and pipe.unet.config.in_channels == 1
@@ -126,8 +131,8 @@ def test_resume_is_bit_identical(tmp_path):
 
     a, b = _weights(tmp_path / "straight"), _weights(stopped)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    la = [h["loss"] for h in json.loads((tmp_path / "straight" / "history.json").read_text())]
-    lb = [h["loss"] for h in json.loads((stopped / "history.json").read_text())]
+    la = [h["loss"] for h in _history(tmp_path / "straight")]
+    lb = [h["loss"] for h in _history(stopped)]
     assert la == lb
 
 
@@ -203,7 +208,7 @@ def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
     out = tmp_path / "run"
     _train("--variance_type", "learned_range", "--prediction_type", "v_prediction", "--snr_gamma", "5",
            "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", cwd=tmp_path)
-    history = json.loads((out / "history.json").read_text())
+    history = _history(out)
     assert all("vlb_bpd" in h and np.isfinite(h["vlb_bpd"]) for h in history)
     pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
     assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.variance_type == "learned_range"

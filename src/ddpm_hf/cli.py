@@ -26,27 +26,37 @@ def _check_positive(parser, **values):
             parser.error(f"--{name} must be >= 1, got {value}")
 
 
-def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=False):
+def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=False, columns=10, rows=8):
     """Images (N, H, W, C) in [0, 1]; image i is drawn with its own generator seeded seed + i, so the result does
-    not depend on the batch size. With ``strip``, also the chain of the first batch."""
+    not depend on the batch size. With ``strip``, also ``(states, labels)``: the first ``rows`` images of the first
+    batch at ``columns`` evenly spaced points of the chain, recorded by a step callback (the chain is not kept)."""
     import numpy as np
     import torch
 
     steps = num_inference_steps or pipe.scheduler.config.num_train_timesteps
-    images, chain = [], None
+    images, states, labels = [], [], []
+
+    def record(p, i, t, tensors):
+        timesteps = p.scheduler.timesteps.tolist()
+        picks = set(np.linspace(0, len(timesteps) - 1, min(columns, len(timesteps))).round().astype(int).tolist())
+        if i in picks:  # the state after step i is x at the next timestep (x_0 after the last step)
+            states.append(p._to_output(tensors["image"][:rows], "np"))
+            labels.append(f"t={timesteps[i + 1]}" if i + 1 < len(timesteps) else "x_0")
+        return {}
+
     for start in range(0, num_images, batch_size):
         n = min(batch_size, num_images - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
+        callback = record if strip and start == 0 else None
         out = pipe(batch_size=n, generator=generators, num_inference_steps=steps, output_type="np",
-                   return_intermediates=strip and chain is None)
-        if out.intermediates is not None:
-            chain = out.intermediates
+                   callback_on_step_end=callback)
         images.append(out.images)
-    return np.concatenate(images), chain
+    return np.concatenate(images), ((states, labels) if strip else None)
 
 
-def write_samples(pipe, images, output_dir, title, chain=None):
-    """One PNG per image (native resolution), grid.png (upscaled, labelled) and, given a chain, strip.png."""
+def write_samples(pipe, images, output_dir, title, strip=None):
+    """One PNG per image (native resolution), grid.png (upscaled, labelled) and, given ``(states, labels)`` from
+    ``generate``, strip.png."""
     from .images import make_grid, make_strip
 
     os.makedirs(output_dir, exist_ok=True)
@@ -54,10 +64,8 @@ def write_samples(pipe, images, output_dir, title, chain=None):
         image.save(os.path.join(output_dir, f"sample_{i:04d}.png"))
     grid_path = os.path.join(output_dir, "grid.png")
     make_grid(images, title=title).save(grid_path)
-    if chain is not None:
-        make_strip(chain, pipe.scheduler.timesteps.tolist(), title=title + "\ndenoising x_T -> x_0").save(
-            os.path.join(output_dir, "strip.png")
-        )
+    if strip is not None:
+        make_strip(*strip, title=title + "\ndenoising x_T -> x_0").save(os.path.join(output_dir, "strip.png"))
     return grid_path
 
 
@@ -70,9 +78,12 @@ def cmd_sample(args, parser):
     pipe = DDPMHFPipeline.from_pretrained(args.model, **kwargs)
     steps = args.num_inference_steps or pipe.scheduler.config.num_train_timesteps
     start = time.time()
-    images, chain = generate(pipe, args.num_images, args.batch_size, steps, args.seed, strip=args.strip)
+    import torch
+
+    pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+    images, strip = generate(pipe, args.num_images, args.batch_size, steps, args.seed, strip=args.strip)
     title = f"{os.path.basename(os.path.normpath(args.model))}: {args.num_images} samples, {steps} steps, seed {args.seed}"
-    grid = write_samples(pipe, images, args.output_dir, title, chain)
+    grid = write_samples(pipe, images, args.output_dir, title, strip)
     print(f"wrote {args.num_images} images and {grid} in {time.time() - start:.1f}s")
 
 

@@ -60,26 +60,20 @@ def make_grid(images, nrow=None, tile=64, pad=2, title=None):
     return _labelled(canvas, title)
 
 
-def make_strip(chain, timesteps, columns=10, rows=8, tile=64, title=None):
-    """A denoising strip: rows are images, columns are states x_T ... x_0 picked evenly from the chain, each column
-    labelled with its timestep.
+def make_strip(states, labels, tile=64, title=None):
+    """A denoising strip: rows are images, columns are states of the reverse chain (noisy to clean), each column
+    labelled.
 
     Args:
-        chain: list of (B, H, W, C) arrays in [0, 1]: x_T first, then the state after each reverse step.
-        timesteps: the reverse-step timesteps (len(chain) - 1 of them); chain[k] is the state at timesteps[k].
-        columns: how many states to show.
-        rows: how many images (the first ones) to show.
+        states: list of (B, H, W, C) arrays in [0, 1], one per column, the same B images in each.
+        labels: one label per column (e.g. "t=500", "x_0").
     """
-    chain = [to_uint8(x)[:rows].astype(np.float64) / 255 for x in chain]
-    picks = np.unique(np.linspace(0, len(chain) - 1, min(columns, len(chain))).round().astype(int))
-    # chain[k] is x at timesteps[k] (chain[0] = x_T) and the last entry is the sample x_0
-    labels = [f"t={int(t)}" for t in timesteps] + ["x_0"]
-    grid = np.concatenate([to_uint8(chain[k])[:, None] for k in picks], axis=1)  # (B, columns, H, W, C)
-    body = make_grid(grid.reshape(-1, *grid.shape[2:]).astype(np.float64) / 255, nrow=len(picks), tile=tile)
+    grid = np.concatenate([to_uint8(x)[:, None] for x in states], axis=1)  # (B, columns, H, W, C)
+    body = make_grid(grid.reshape(-1, *grid.shape[2:]).astype(np.float64) / 255, nrow=len(states), tile=tile)
     header = Image.new("RGB", (body.width, 16), "white")
     draw = ImageDraw.Draw(header)
-    for j, k in enumerate(picks):
-        draw.text((2 + j * (tile + 2) + 2, 2), labels[k], fill="black", font=ImageFont.load_default())
+    for j, label in enumerate(labels):
+        draw.text((2 + j * (tile + 2) + 2, 2), label, fill="black", font=ImageFont.load_default())
     out = Image.new("RGB", (body.width, body.height + 16), "white")
     out.paste(header, (0, 0))
     out.paste(body, (0, 16))

@@ -176,7 +176,9 @@ def discretized_gaussian_log_likelihood(x, mean, log_scale):
     hi = torch.where(right, -lower, upper)
     lo = torch.where(right, -upper, lower)
     log_hi = torch.special.log_ndtr(hi)
-    log_mass = log_hi + torch.log1p(-torch.exp(torch.special.log_ndtr(lo) - log_hi).clamp(max=1 - 1e-16))
+    # the factor 1 - Phi(a)/Phi(b) = -expm1(log Phi(a) - log Phi(b)), floored at 1e-12 so that a bin narrower than the
+    # dtype resolves never gives log(0)
+    log_mass = log_hi + (-torch.expm1(torch.special.log_ndtr(lo) - log_hi)).clamp(min=1e-12).log()
     return torch.where(
         x < -0.999, torch.special.log_ndtr(upper), torch.where(x > 0.999, torch.special.log_ndtr(-lower), log_mass)
     )

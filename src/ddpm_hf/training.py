@@ -50,11 +50,13 @@ def parse_args(argv=None):
     a("--train_data_dir", default=None, help="a folder of images (imagefolder); excludes --dataset_name")
     a("--cache_dir", default=None, help="datasets/hub cache directory")
     a("--split", default="train", help="split to train on (default train)")
-    a("--eval_split", default="test", help="held-out split for bits/dim (default test; skipped if absent)")
+    a("--eval_split", default="test",
+      help="held-out split for bits/dim (default test; skipped if absent, and with --streaming)")
     a("--image_column", default=None, help="image column (default: found by feature type)")
     a("--streaming", action="store_true", help="train from an IterableDataset, sharded across processes")
     a("--resolution", type=int, default=None, help="image size (default: the dataset's own for digits, else 32)")
-    a("--center_crop", action="store_true", help="centre crop (default random crop when resizing)")
+    a("--center_crop", action="store_true",
+      help="centre crop after resizing (default: a random crop, drawn once per image when the data is cached)")
     a("--random_flip", action="store_true", help="flip images left-right at random")
     a("--channels", type=int, choices=(1, 3), default=None, help="force 1 or 3 channels (default: the data's)")
     a("--dataloader_num_workers", type=int, default=0,
@@ -120,7 +122,8 @@ def parse_args(argv=None):
 def validate_args(parser, args):
     """Fail at start, with one clear message, on contradictory or impossible flags."""
     positive = ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "ddpm_num_steps",
-                "ddpm_num_inference_steps", "checkpointing_steps", "num_sample_images", "eval_max_images")
+                "ddpm_num_inference_steps", "checkpointing_steps", "checkpoints_total_limit", "num_sample_images",
+                "eval_max_images")
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
@@ -305,6 +308,15 @@ def save_loss_plot(history, path, title):
     plt.close(fig)
 
 
+def _read_history(path, last_step):
+    """The records of history.jsonl up to ``last_step``."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if r["step"] <= last_step]
+
+
 def _checkpoint_dirs(output_dir):
     names = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d[11:].isdigit()]
     return sorted(names, key=lambda d: int(d[11:]))
@@ -358,8 +370,6 @@ def train(args):
     from .pipeline_ddpm_hf import DDPMHFPipeline
     from .scheduling_ddpm_hf import DDPMHFScheduler
 
-    if args.overwrite_output_dir and os.path.isdir(args.output_dir):
-        shutil.rmtree(args.output_dir)
     # several processes and no GPU (torchrun on a CPU machine): accelerate needs cpu=True to pick MULTI_CPU (gloo)
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
@@ -372,13 +382,15 @@ def train(args):
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     if main:
+        if args.overwrite_output_dir and os.path.isdir(args.output_dir):
+            shutil.rmtree(args.output_dir)
         os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "training_args.json"), "w") as f:
-            json.dump({k: v for k, v in vars(args).items() if k != "hub_token"}, f, indent=2)
+    accelerator.wait_for_everyone()
     torch.manual_seed(args.seed)  # the same initial weights on every process
 
     # data, model, noise schedule
-    batches, held_out, channels, resolution = prepare_data(args, accelerator)
+    with accelerator.main_process_first():  # one download into the cache, then the other ranks read it
+        batches, held_out, channels, resolution = prepare_data(args, accelerator)
     unet = build_unet(args, channels, resolution)
     noise_scheduler = DDPMHFScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
                                       prediction_type=args.prediction_type, variance_type=args.variance_type)
@@ -387,8 +399,12 @@ def train(args):
     # steps
     accum = args.gradient_accumulation_steps
     if args.max_train_steps is None:
-        args.max_train_steps = args.num_epochs * max(1, batches.per_epoch // accum)
-    steps_per_epoch = max(1, (batches.per_epoch or args.max_train_steps * accum) // accum)
+        args.max_train_steps = args.num_epochs * math.ceil(batches.per_epoch / accum)
+    # with --streaming the epoch length is unknown: the whole run counts as one epoch for --save_*_epochs
+    steps_per_epoch = math.ceil((batches.per_epoch or args.max_train_steps * accum) / accum)
+    if main:
+        with open(os.path.join(args.output_dir, "training_args.json"), "w") as f:
+            json.dump({k: v for k, v in vars(args).items() if k != "hub_token"}, f, indent=2)
 
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
@@ -407,15 +423,23 @@ def train(args):
                                                      if isinstance(v, (int, float, str, bool)) and k != "hub_token"})
 
     # resume
-    step, history, images_seen, elapsed_before = 0, [], 0, 0.0
+    step, images_seen, elapsed_before = 0, 0, 0.0
     resume = _resolve_resume(args) if args.resume_from_checkpoint else None
     if resume:
         accelerator.load_state(resume)
+        if ema is not None:
+            ema.to(accelerator.device)  # load_state leaves the EMA copy on the CPU
         with open(os.path.join(resume, "training_state.json")) as f:
             state = json.load(f)
-        step, history, images_seen, elapsed_before = (state["step"], state["history"], state["images_seen"],
-                                                      state["elapsed"])
+        step, images_seen, elapsed_before = state["step"], state["images_seen"], state["elapsed"]
         accelerator.print(f"resumed from {resume} at step {step}")
+    # per-step records, appended to history.jsonl as they come (a resume drops the records after its checkpoint)
+    history_path = os.path.join(args.output_dir, "history.jsonl")
+    history = _read_history(history_path, step) if resume else []
+    if main:
+        with open(history_path, "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in history)
+    first_batch_checksum = None
 
     # the loop: Ho Algorithm 1 with gradient accumulation, clipping, EMA
     progress = tqdm(total=args.max_train_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
@@ -427,7 +451,10 @@ def train(args):
             k = step * accum + micro  # micro-batch index of the whole run
             g = torch.Generator().manual_seed(_step_seed(args.seed, rank, k))
             torch.manual_seed(_step_seed(args.seed, rank, k, 1))  # dropout
-            x0 = to_model_range(batches.batch(k), args.random_flip, g).to(accelerator.device)
+            raw = batches.batch(k)
+            if first_batch_checksum is None:
+                first_batch_checksum = _checksum([raw.float()])
+            x0 = to_model_range(raw, args.random_flip, g).to(accelerator.device)
             noise = torch.randn(x0.shape, generator=g).to(accelerator.device)
             t = torch.randint(0, T, (x0.shape[0],), generator=g).to(accelerator.device)
             noisy = noise_scheduler.add_noise(x0, noise, t)  # Ho eq. 4
@@ -461,8 +488,11 @@ def train(args):
             if chosen.any():
                 record[f"loss_t_q{q + 1}"] = mse[chosen].mean().item()
         if vlb is not None:
-            record["vlb_bpd"] = vlb.mean().item() / T
+            record["vlb_bpd"] = vlb.mean().item()  # the one-sample estimate T * L_{t-1} of the bound, bits/dim
         history.append(record)
+        if main:
+            with open(history_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         now = time.time()
         rate = window_images / max(now - window_start, 1e-9)
         progress.update(1)
@@ -475,7 +505,7 @@ def train(args):
         epoch = step // steps_per_epoch
         if step % args.checkpointing_steps == 0 and step < args.max_train_steps:
             save_checkpoint(accelerator, args.output_dir, step, {
-                "step": step, "history": history, "images_seen": images_seen,
+                "step": step, "images_seen": images_seen,
                 "elapsed": elapsed_before + time.time() - start_time}, args.checkpoints_total_limit)
         if main and epoch_done and args.save_images_epochs and epoch % args.save_images_epochs == 0:
             _save_samples(args, accelerator, unet, ema, noise_scheduler, f"epoch {epoch}", f"samples-epoch{epoch}")
@@ -495,23 +525,24 @@ def train(args):
                "images_per_second": round(images_seen / max(train_seconds, 1e-9), 1), "processes": world}
     if world > 1:  # checks across ranks: the same weights, different data
         checks = torch.tensor([_checksum(accelerator.unwrap_model(unet).parameters()),
-                               _checksum([batches.batch(0).float()])], dtype=torch.float64,
+                               first_batch_checksum], dtype=torch.float64,
                               device=accelerator.device)
         gathered = accelerator.gather(checks[None]).view(world, 2).cpu()
         metrics["weights_identical_across_ranks"] = bool((gathered[:, 0] == gathered[0, 0]).all())
         metrics["first_batches_distinct_across_ranks"] = len(set(gathered[:, 1].tolist())) == world
     if main:
         pipeline_dir = _save_pipeline(args, accelerator, unet, ema, noise_scheduler)
-        pipe = DDPMHFPipeline.from_pretrained(pipeline_dir)
+        pipe = DDPMHFPipeline.from_pretrained(pipeline_dir).to(accelerator.device)
         pipe.set_progress_bar_config(disable=True)
         sample_start = time.time()
-        images, chain = generate(pipe, args.num_sample_images, args.eval_batch_size, args.ddpm_num_inference_steps,
+        images, strip = generate(pipe, args.num_sample_images, args.eval_batch_size, args.ddpm_num_inference_steps,
                                  args.seed, strip=True)
         metrics["sampling_seconds"] = round(time.time() - sample_start, 1)
-        title = (f"{args.dataset_name or 'digits'}: {step} steps, {args.ddpm_num_inference_steps} sampling steps"
+        name = os.path.basename(os.path.normpath(args.dataset_name or args.train_data_dir or "digits"))
+        title = (f"{name}: {step} steps, {args.ddpm_num_inference_steps} sampling steps"
                  f"{', EMA' if ema is not None else ''}")
-        write_samples(pipe, images, os.path.join(args.output_dir, "samples"), title, chain)
-        save_loss_plot(history, os.path.join(args.output_dir, "loss.png"), f"{args.dataset_name or 'digits'} training loss")
+        write_samples(pipe, images, os.path.join(args.output_dir, "samples"), title, strip)
+        save_loss_plot(history, os.path.join(args.output_dir, "loss.png"), f"{name} training loss")
         if held_out is not None:
             eval_start = time.time()
             metrics.update(evaluate_bits_per_dim(pipe.unet, pipe.scheduler, held_out, args.eval_batch_size, args.seed,
@@ -520,8 +551,6 @@ def train(args):
             accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
-        with open(os.path.join(args.output_dir, "history.json"), "w") as f:
-            json.dump(history, f)
         if args.push_to_hub:
             pipe.save_pretrained(pipeline_dir, push_to_hub=True, repo_id=args.hub_model_id,
                                  private=args.hub_private_repo, token=args.hub_token)
