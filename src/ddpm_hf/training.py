@@ -33,6 +33,7 @@ DEFAULTS = dict(
     ddpm_num_steps=1000,
     ddpm_num_inference_steps=1000,
     ddpm_beta_schedule="squaredcos_cap_v2",
+    variance_type="learned_range",
 )
 
 
@@ -71,8 +72,9 @@ def parse_args(argv=None):
     a("--ddpm_beta_schedule", default=DEFAULTS["ddpm_beta_schedule"],
       choices=("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"))
     a("--prediction_type", default="epsilon", choices=("epsilon", "sample", "v_prediction"))
-    a("--variance_type", default="fixed_small", choices=("fixed_small", "fixed_large", "learned_range"),
-      help="learned_range trains the variances with L_hybrid (Nichol & Dhariwal sec. 3.1)")
+    a("--variance_type", default=DEFAULTS["variance_type"], choices=("fixed_small", "fixed_large", "learned_range"),
+      help="sigma_t^2 of the reverse process; learned_range (default) trains the variances with L_hybrid "
+      "(Nichol & Dhariwal sec. 3.1)")
     a("--vlb_weight", type=float, default=0.001, help="weight of L_vlb in L_hybrid (default 0.001)")
     a("--snr_gamma", type=float, default=None, help="min-SNR-gamma loss weighting (e.g. 5.0)")
     # optimisation
