@@ -5,8 +5,9 @@ Run it as ``accelerate launch scripts/train.py``, ``torchrun --nproc_per_node 2 
 ``examples/unconditional_image_generation/train_unconditional.py``.
 
 Reproducibility: every random draw of micro-step k on rank r (the data order of each epoch, timesteps, noise, flips,
-dropout) comes from seeds derived from (--seed, r, k) or (--seed, epoch), so a run resumed from a checkpoint is
-bit-identical to one that never stopped.
+dropout) comes from seeds derived from (--seed, r, k) or (--seed, epoch), so a run on cached data resumed from a
+checkpoint is bit-identical to one that never stopped (with --streaming and random crops it is not: the crop
+generator is not checkpointed).
 """
 
 import argparse
