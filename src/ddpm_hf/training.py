@@ -557,6 +557,9 @@ def train(args):
         if args.push_to_hub:
             pipe.save_pretrained(pipeline_dir, push_to_hub=True, repo_id=args.hub_model_id,
                                  private=args.hub_private_repo, token=args.hub_token)
+    # every rank waits for rank 0's outputs, then all leave the process group together: a rank that destroys it early
+    # can leave the others hanging in their own destroy_process_group (seen with gloo under torchrun)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
 
