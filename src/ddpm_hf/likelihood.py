@@ -23,7 +23,6 @@ class DiffusionTables:
 
     betas: torch.Tensor
     alphas_cumprod: torch.Tensor
-    alphas_cumprod_prev: torch.Tensor
     posterior_variance: torch.Tensor
     posterior_log_variance_clipped: torch.Tensor
     posterior_mean_coef_x0: torch.Tensor
@@ -41,7 +40,6 @@ class DiffusionTables:
         return cls(
             betas=betas,
             alphas_cumprod=ab,
-            alphas_cumprod_prev=ab_prev,
             posterior_variance=post_var,
             posterior_log_variance_clipped=clipped.log(),
             # mutilde_t = sqrt(alphabar_{t-1}) beta_t / (1 - alphabar_t) x_0 + sqrt(alpha_t)(1 - alphabar_{t-1})/(1 - alphabar_t) x_t

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from .scheduling_ddpm_hf import BETA_SCHEDULES, PREDICTION_TYPES
 from .unet_configs import UNET_PRESETS
 
 # The digits default, chosen by measurement on 2 CPU cores (see BENCHMARKS.md).
@@ -71,8 +72,8 @@ def parse_args(argv=None):
     a("--ddpm_num_inference_steps", type=int, default=DEFAULTS["ddpm_num_inference_steps"],
       help="sampling steps for images written during and after training")
     a("--ddpm_beta_schedule", default=DEFAULTS["ddpm_beta_schedule"],
-      choices=("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"))
-    a("--prediction_type", default="epsilon", choices=("epsilon", "sample", "v_prediction"))
+      choices=BETA_SCHEDULES)
+    a("--prediction_type", default="epsilon", choices=PREDICTION_TYPES)
     a("--variance_type", default=DEFAULTS["variance_type"], choices=("fixed_small", "fixed_large", "learned_range"),
       help="sigma_t^2 of the reverse process; learned_range (default) trains the variances with L_hybrid "
       "(Nichol & Dhariwal sec. 3.1)")
@@ -163,7 +164,9 @@ def _step_seed(seed, *parts):
     return int(np.random.SeedSequence([seed, *parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def build_unet(args, channels, resolution):
+def unet_for_data(args, channels, resolution):
+    """The UNet2DModel of --unet_preset (or --model_config_name_or_path) sized to the data's channels and resolution,
+    with doubled output channels for learned variances."""
     from diffusers import UNet2DModel
 
     from .unet_configs import unet_config
@@ -394,7 +397,7 @@ def train(args):
     # data, model, noise schedule
     with accelerator.main_process_first():  # one download into the cache, then the other ranks read it
         batches, held_out, channels, resolution = prepare_data(args, accelerator)
-    unet = build_unet(args, channels, resolution)
+    unet = unet_for_data(args, channels, resolution)
     noise_scheduler = DDPMHFScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
                                       prediction_type=args.prediction_type, variance_type=args.variance_type)
     T = args.ddpm_num_steps
