@@ -189,7 +189,7 @@ def measure(args, kind, mixed_precision, steps, batch_size):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[16, 128])
-    p.add_argument("--images", type=int, default=6144, help="images per measured run (sets the step count)")
+    p.add_argument("--images", type=int, default=4096, help="images per measured run (sets the step count)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--unet_preset", default="cpu-8")
     p.add_argument("--resolution", type=int, default=8)
@@ -219,7 +219,7 @@ def main():
           f"{args.rounds} rounds", flush=True)
     started = time.time()
     for batch_size in args.batch_sizes:
-        steps = max(10, args.images // batch_size)
+        steps = max(30, args.images // batch_size)
         rates = {f"{kind} {name[mp]}": [] for kind, mp in kinds}
         for round_ in range(args.rounds):
             for kind, mp in kinds:

@@ -123,8 +123,8 @@ def test_bad_flags_fail_at_start(capsys):
 
 def test_tiny_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
-    _train("--output_dir", str(out), "--max_train_steps", "6", "--checkpointing_steps", "2",
-           "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path)
+    _train("--output_dir", str(out), "--max_train_steps", "6", "--checkpointing_steps", "2", "--logger",
+           "tensorboard", "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path)
     names = set(os.listdir(out))
     assert {"pipeline", "samples", "loss.png", "training_args.json", "metrics.json", "history.jsonl"} <= names
     assert sorted(n for n in names if n.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
@@ -139,13 +139,30 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert [h["step"] for h in history] == list(range(1, 7)) and all(np.isfinite(h["loss"]) for h in history)
     pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
     assert pipe.scheduler.config.num_train_timesteps == 20 and pipe.unet.config.in_channels == 1
+    # tensorboard: the scalars of every step, the held-out bits/dim and the sample grid and strip as images
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "logs" / "ddpm-hf"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss", "lr", "grad_norm", "eval/bits_per_dim"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == list(range(1, 7))
+    assert {"samples/grid", "samples/strip"} <= set(tags["images"])
+    grid = events.Images("samples/grid")[-1]
+    assert grid.step == 6 and grid.width >= 8 * 8 and grid.height >= 8 * 8  # upscaled, not 8x8 thumbnails
 
 
-def test_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("data", ["cached", "streamed"])
+def test_resume_is_bit_identical(tmp_path, data):
     """A run killed after its step-4 checkpoint and resumed to step 8 ends with the same weights (EMA included)
-    as an uninterrupted 8-step run."""
+    as an uninterrupted 8-step run: on the cached digits, and streamed from an image folder with random crops
+    and flips (12x10 images cropped to 8x8 after resizing, so every crop position is drawn)."""
     common = ["--max_train_steps", "8", "--checkpointing_steps", "4", "--eval_max_images", "1",
               "--num_sample_images", "1"]
+    if data == "streamed":
+        images = _png_folder(tmp_path / "images", n=20, size=(12, 10), mode="RGB")
+        common += ["--train_data_dir", str(images), "--streaming", "--resolution", "8", "--random_flip",
+                   "--train_batch_size", "4"]
     _train("--output_dir", str(tmp_path / "straight"), *common, cwd=tmp_path)
 
     stopped = tmp_path / "stopped"
@@ -170,10 +187,12 @@ def test_resume_is_bit_identical(tmp_path):
 def test_two_processes_with_torchrun(tmp_path):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    _train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "2", cwd=tmp_path,
-           launcher=launcher)
+    _train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "2", "--eval_steps", "2",
+           "--eval_max_images", "15", cwd=tmp_path, launcher=launcher)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["images_seen"] == 3 * 16 * 2
+    # held-out bits/dim split across the ranks (8 + 7 images) and gathered: every image counted once
+    assert metrics["num_images"] == 15 and 0 < metrics["bits_per_dim"] < 20
     assert metrics["weights_identical_across_ranks"] is True
     assert metrics["first_batches_distinct_across_ranks"] is True
     assert sorted(os.listdir(out / "samples")).count("grid.png") == 1

@@ -56,17 +56,18 @@ def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=Fals
 
 def write_samples(pipe, images, output_dir, title, strip=None):
     """One PNG per image (native resolution), grid.png (upscaled, labelled) and, given ``(states, labels)`` from
-    ``generate``, strip.png."""
+    ``generate``, strip.png. Returns the pictures written, {"grid": PIL image, "strip": PIL image (with strip)}."""
     from .images import make_grid, make_strip
 
     os.makedirs(output_dir, exist_ok=True)
     for i, image in enumerate(pipe.numpy_to_pil(images)):
         image.save(os.path.join(output_dir, f"sample_{i:04d}.png"))
-    grid_path = os.path.join(output_dir, "grid.png")
-    make_grid(images, title=title).save(grid_path)
+    pictures = {"grid": make_grid(images, title=title)}
     if strip is not None:
-        make_strip(*strip, title=title + "\ndenoising x_T -> x_0").save(os.path.join(output_dir, "strip.png"))
-    return grid_path
+        pictures["strip"] = make_strip(*strip, title=title + "\ndenoising x_T -> x_0")
+    for name, picture in pictures.items():
+        picture.save(os.path.join(output_dir, f"{name}.png"))
+    return pictures
 
 
 def cmd_sample(args, parser):
@@ -83,7 +84,8 @@ def cmd_sample(args, parser):
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     images, strip = generate(pipe, args.num_images, args.batch_size, steps, args.seed, strip=args.strip)
     title = f"{os.path.basename(os.path.normpath(args.model))}: {args.num_images} samples, {steps} steps, seed {args.seed}"
-    grid = write_samples(pipe, images, args.output_dir, title, strip)
+    write_samples(pipe, images, args.output_dir, title, strip)
+    grid = os.path.join(args.output_dir, "grid.png")
     print(f"wrote {args.num_images} images and {grid} in {time.time() - start:.1f}s")
 
 

@@ -5,9 +5,8 @@ Run it as ``accelerate launch scripts/train.py``, ``torchrun --nproc_per_node 2 
 ``examples/unconditional_image_generation/train_unconditional.py``.
 
 Reproducibility: every random draw of micro-step k on rank r (the data order of each epoch, timesteps, noise, flips,
-dropout) comes from seeds derived from (--seed, r, k) or (--seed, epoch), so a run on cached data resumed from a
-checkpoint is bit-identical to one that never stopped (with --streaming and random crops it is not: the crop
-generator is not checkpointed).
+dropout) comes from seeds derived from (--seed, r, k) or (--seed, epoch), random crops of streamed images included, so a run
+resumed from a checkpoint is bit-identical to one that never stopped.
 """
 
 import argparse
@@ -231,7 +230,7 @@ class StreamBatches:
         self.column, self.resolution, self.channels = image_column, resolution, channels
         self.center_crop, self.batch_size, self.seed = center_crop, batch_size, seed
         self.per_epoch, self._next, self._iter, self._epoch = None, 0, None, 0
-        self._rng = np.random.default_rng(seed + rank)
+        self.rank = rank
         self.transform_seconds = 0.0  # transforms happen per batch, inside the training loop
 
     def _rows(self):
@@ -247,12 +246,11 @@ class StreamBatches:
         while self._next <= k:
             images = [next(self._iter) for _ in range(self.batch_size)]
             self._next += 1
-        return torch.stack([self._to_uint8(im) for im in images])
-
-    def _to_uint8(self, image):
         from .data import image_to_uint8
 
-        return image_to_uint8(image, self.resolution, self.channels, self.center_crop, self._rng)
+        rng = np.random.default_rng([self.seed, self.rank, k])  # batch k's crops: the same after a resume
+        return torch.stack([image_to_uint8(im, self.resolution, self.channels, self.center_crop, rng)
+                            for im in images])
 
 
 def prepare_data(args, accelerator):
@@ -289,26 +287,48 @@ def prepare_data(args, accelerator):
     return batches, held_out, channels, resolution
 
 
-def evaluate_bits_per_dim(unet, scheduler, held_out, batch_size, seed, progress):
-    """Mean bits/dim of the held-out images under the full T-step bound (Ho eq. 5), with its terms."""
+def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False):
+    """Per-image bits/dim of uint8 images under the full T-step bound (Ho eq. 5), as a (N, 3) float64 tensor of
+    [total, prior term, decoder term]."""
     from .data import to_model_range
     from .likelihood import bits_per_dim
 
-    totals, priors, decoders = [], [], []
+    rows = []
     g = torch.Generator().manual_seed(seed)
     device = next(unet.parameters()).device
-    for start in range(0, len(held_out), batch_size):
-        x = to_model_range(held_out[start : start + batch_size]).to(device)
+    for start in range(0, len(images), batch_size):
+        x = to_model_range(images[start : start + batch_size]).to(device)
         r = bits_per_dim(unet, scheduler, x, generator=g, progress=progress)
-        totals.append(r.total), priors.append(r.prior), decoders.append(r.decoder)
-    total = torch.cat(totals)
+        rows.append(torch.stack([r.total, r.prior, r.decoder], 1).double().cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+
+
+def summarize_bits(terms):
+    """Mean bits/dim, its standard error and the mean prior and decoder terms of ``held_out_bits`` rows."""
+    total = terms[:, 0]
     return {
         "bits_per_dim": total.mean().item(),
         "bits_per_dim_stderr": (total.std() / math.sqrt(len(total))).item() if len(total) > 1 else 0.0,
-        "prior_bits_per_dim": torch.cat(priors).mean().item(),
-        "decoder_bits_per_dim": torch.cat(decoders).mean().item(),
+        "prior_bits_per_dim": terms[:, 1].mean().item(),
+        "decoder_bits_per_dim": terms[:, 2].mean().item(),
         "num_images": len(total),
     }
+
+
+def evaluate_bits_per_dim(unet, scheduler, held_out, batch_size, seed, progress):
+    """Mean bits/dim of the held-out images under the full T-step bound (Ho eq. 5), with its terms (one process)."""
+    return summarize_bits(held_out_bits(unet, scheduler, held_out, batch_size, seed, progress))
+
+
+def evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, batch_size, seed):
+    """``evaluate_bits_per_dim`` split across processes: rank r scores every world-th image from r (with its own
+    noise seed) and the rows are gathered, so no rank idles, or times out in a collective, while one evaluates."""
+    from accelerate.utils import gather_object
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    terms = held_out_bits(unet, scheduler, held_out[rank::world], batch_size, seed + rank,
+                          progress=accelerator.is_local_main_process)
+    return summarize_bits(torch.cat(gather_object([terms])))
 
 
 def save_loss_plot(history, path, title):
@@ -503,8 +523,10 @@ def train(args):
             images_seen += x0.shape[0] * world
             window_images += x0.shape[0] * world
         grad_norm = None
-        if args.max_grad_norm > 0:
-            grad_norm = accelerator.clip_grad_norm_([flat], args.max_grad_norm)
+        if args.max_grad_norm > 0:  # torch's clip_grad_norm_, as one norm and one scaling of the flat gradient
+            accelerator.unscale_gradients()  # (fp16 only)
+            grad_norm = torch.linalg.vector_norm(flat.grad)
+            flat.grad.mul_((args.max_grad_norm / (grad_norm + 1e-6)).clamp(max=1.0))
         optimizer.step()
         lr_scheduler.step()
         flat.grad.zero_()  # the gradient views must stay (see flatten_parameters)
@@ -516,11 +538,12 @@ def train(args):
         record = {"step": step, "loss": total_loss, "lr": lr_scheduler.get_last_lr()[0]}
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
-        quartile = (t.float() / T * 4).long().clamp(max=3)
-        for q in range(4):
-            chosen = quartile == q
-            if chosen.any():
-                record[f"loss_t_q{q + 1}"] = mse[chosen].mean().item()
+        quartile = (t * 4 // T).clamp(max=3)  # L_simple of the last micro-batch by timestep quartile
+        sums = torch.zeros(4, dtype=mse.dtype, device=mse.device).index_add_(0, quartile, mse)
+        counts = torch.bincount(quartile, minlength=4)
+        for q, (total, n) in enumerate(zip(sums.tolist(), counts.tolist())):
+            if n:
+                record[f"loss_t_q{q + 1}"] = total / n
         if vlb is not None:
             record["vlb_bpd"] = vlb.mean().item()  # the one-sample estimate T * L_{t-1} of the bound, bits/dim
         history.append(record)
@@ -542,14 +565,17 @@ def train(args):
                 "step": step, "images_seen": images_seen,
                 "elapsed": elapsed_before + time.time() - start_time}, args.checkpoints_total_limit)
         if main and epoch_done and args.save_images_epochs and epoch % args.save_images_epochs == 0:
-            _save_samples(args, model, flat, ema, noise_scheduler, f"epoch {epoch}", f"samples-epoch{epoch}")
+            pictures = _save_samples(args, model, flat, ema, noise_scheduler, f"epoch {epoch}",
+                                     f"samples-epoch{epoch}")
+            _log_pictures(accelerator, args, pictures, step)
         if main and epoch_done and args.save_model_epochs and epoch % args.save_model_epochs == 0:
             _save_pipeline(args, model, flat, ema, noise_scheduler)
-        if main and args.eval_steps and step % args.eval_steps == 0 and step < args.max_train_steps and held_out is not None:
+        if args.eval_steps and step % args.eval_steps == 0 and step < args.max_train_steps and held_out is not None:
             with _ema_weights(model, flat, ema) as ema_unet:
-                result = evaluate_bits_per_dim(ema_unet, noise_scheduler, held_out, args.eval_batch_size, args.seed, False)
+                result = evaluate_on_all_ranks(accelerator, ema_unet, noise_scheduler, held_out, args.eval_batch_size,
+                                               args.seed)
             accelerator.log({"eval/bits_per_dim": result["bits_per_dim"]}, step=step)
-            unet.train()
+            model.train()
     progress.close()
     train_seconds = elapsed_before + time.time() - start_time
     accelerator.wait_for_everyone()
@@ -565,6 +591,13 @@ def train(args):
         gathered = accelerator.gather(checks[None]).view(world, 2).cpu()
         metrics["weights_identical_across_ranks"] = bool((gathered[:, 0] == gathered[0, 0]).all())
         metrics["first_batches_distinct_across_ranks"] = len(set(gathered[:, 1].tolist())) == world
+    if held_out is not None:  # held-out bits/dim of the weights that are saved (EMA if on), on every rank
+        eval_start = time.time()
+        with _ema_weights(model, flat, ema) as ema_unet:
+            metrics.update(evaluate_on_all_ranks(accelerator, ema_unet, noise_scheduler, held_out,
+                                                 args.eval_batch_size, args.seed))
+        metrics["eval_seconds"] = round(time.time() - eval_start, 1)
+        accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
     if main:
         pipeline_dir = _save_pipeline(args, model, flat, ema, noise_scheduler)
         pipe = DDPMHFPipeline.from_pretrained(pipeline_dir).to(accelerator.device)
@@ -576,14 +609,9 @@ def train(args):
         name = os.path.basename(os.path.normpath(args.dataset_name or args.train_data_dir or "digits"))
         title = (f"{name}: {step} steps, {args.ddpm_num_inference_steps} sampling steps"
                  f"{', EMA' if ema is not None else ''}")
-        write_samples(pipe, images, os.path.join(args.output_dir, "samples"), title, strip)
+        pictures = write_samples(pipe, images, os.path.join(args.output_dir, "samples"), title, strip)
+        _log_pictures(accelerator, args, pictures, step)
         save_loss_plot(history, os.path.join(args.output_dir, "loss.png"), f"{name} training loss")
-        if held_out is not None:
-            eval_start = time.time()
-            metrics.update(evaluate_bits_per_dim(pipe.unet, pipe.scheduler, held_out, args.eval_batch_size, args.seed,
-                                                 accelerator.is_local_main_process))
-            metrics["eval_seconds"] = round(time.time() - eval_start, 1)
-            accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
         if args.push_to_hub:
@@ -647,8 +675,19 @@ def _save_samples(args, model, flat, ema, noise_scheduler, label, folder):
         pipe.set_progress_bar_config(disable=True)
         images, _ = generate(pipe, args.num_sample_images, args.eval_batch_size, args.ddpm_num_inference_steps,
                              args.seed)
-        write_samples(pipe, images, os.path.join(args.output_dir, folder), f"{label}, {args.ddpm_num_inference_steps} steps")
+        pictures = write_samples(pipe, images, os.path.join(args.output_dir, folder),
+                                 f"{label}, {args.ddpm_num_inference_steps} steps")
     model.train()
+    return pictures
+
+
+def _log_pictures(accelerator, args, pictures, step):
+    """The sample grid and denoising strip as tensorboard images (tags samples/grid, samples/strip)."""
+    if args.logger != "tensorboard":
+        return
+    writer = accelerator.get_tracker("tensorboard", unwrap=True)
+    for name, picture in pictures.items():
+        writer.add_image(f"samples/{name}", np.asarray(picture.convert("RGB")), step, dataformats="HWC")
 
 
 def main(argv=None):
