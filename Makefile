@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo test bench clean
+.PHONY: env demo test bench bench-train clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: env
 
 bench: env
 	$(PY) benchmarks/bench_scheduler.py
+
+bench-train: env
+	$(PY) benchmarks/bench_train.py --rounds 5 --images 3072
 
 clean:
 	rm -rf $(VENV) outputs

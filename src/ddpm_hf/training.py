@@ -99,6 +99,10 @@ def parse_args(argv=None):
     a("--ema_power", type=float, default=3 / 4)
     a("--ema_max_decay", type=float, default=0.9999)
     a("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
+    a("--dynamo_backend", default=None, choices=("no", "eager", "aot_eager", "inductor"),
+      help="torch.compile the UNet for training through accelerate (as `accelerate launch --dynamo_backend`); "
+      "inductor trained the digits UNet's forward+backward 1.2-1.3x faster on 2 CPU cores after a one-off compile "
+      "of about 2 minutes (seconds with a warm cache); default: accelerate's setting, off")
     a("--seed", type=int, default=0)
     # outputs
     a("--output_dir", default="outputs/train")
@@ -425,6 +429,7 @@ def train(args):
     accelerator = Accelerator(
         cpu=multi_cpu,
         mixed_precision=args.mixed_precision,
+        dynamo_backend=args.dynamo_backend,
         log_with=None if args.logger == "none" else args.logger,
         project_config=ProjectConfiguration(project_dir=args.output_dir,
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)),
@@ -497,7 +502,7 @@ def train(args):
 
     # the loop: Ho Algorithm 1 with gradient accumulation, clipping, EMA
     progress = tqdm(total=args.max_train_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
-    start_time, window_start, window_images = time.time(), time.time(), 0
+    start_time, window_start, window_images, first_step_seconds = time.time(), time.time(), 0, None
     unet.train()
     while step < args.max_train_steps:
         total_loss = 0.0
@@ -533,6 +538,8 @@ def train(args):
         if ema is not None:
             ema.step([flat])
         step += 1
+        if first_step_seconds is None:  # includes one-off costs: a torch.compile, first-call allocations
+            first_step_seconds = time.time() - start_time
 
         # bookkeeping
         record = {"step": step, "loss": total_loss, "lr": lr_scheduler.get_last_lr()[0]}
@@ -582,7 +589,7 @@ def train(args):
 
     # outputs
     metrics = {"steps": step, "images_seen": images_seen, "data_seconds": round(batches.transform_seconds, 2),
-               "train_seconds": round(train_seconds, 2),
+               "train_seconds": round(train_seconds, 2), "first_step_seconds": round(first_step_seconds or 0.0, 2),
                "images_per_second": round(images_seen / max(train_seconds, 1e-9), 1), "processes": world}
     if world > 1:  # checks across ranks: the same weights, different data
         checks = torch.tensor([_checksum(model.parameters()),
