@@ -447,7 +447,7 @@ def train(args):
     with accelerator.main_process_first():  # one download into the cache, then the other ranks read it
         batches, held_out, channels, resolution = prepare_data(args, accelerator)
     unet = unet_for_data(args, channels, resolution).to(accelerator.device)
-    model = unet  # the bare UNet; `unet` becomes the DDP wrapper under several processes
+    model = unet  # the bare UNet; `unet` becomes the DDP wrapper and/or the compiled module after prepare()
     flat = flatten_parameters(model)  # one tensor for the optimizer, clipping and EMA
     noise_scheduler = DDPMHFScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
                                       prediction_type=args.prediction_type, variance_type=args.variance_type)
