@@ -101,8 +101,8 @@ def parse_args(argv=None):
     a("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
     a("--dynamo_backend", default=None, choices=("no", "eager", "aot_eager", "inductor"),
       help="torch.compile the UNet for training through accelerate (as `accelerate launch --dynamo_backend`); "
-      "inductor trained the digits UNet's forward+backward 1.2-1.3x faster on 2 CPU cores after a one-off compile "
-      "of about 2 minutes (seconds with a warm cache); default: accelerate's setting, off")
+      "a one-off compile of about 2 minutes (less with a warm cache); on 2 CPU cores it sped up the digits UNet's "
+      "forward+backward 1.2-1.3x but not a whole 1200-step run (BENCHMARKS.md); default: accelerate's, off")
     a("--seed", type=int, default=0)
     # outputs
     a("--output_dir", default="outputs/train")
