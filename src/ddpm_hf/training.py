@@ -5,8 +5,8 @@ Run it as ``accelerate launch scripts/train.py``, ``torchrun --nproc_per_node 2 
 ``examples/unconditional_image_generation/train_unconditional.py``.
 
 Reproducibility: every random draw of micro-step k on rank r (the data order of each epoch, timesteps, noise, flips,
-dropout) comes from seeds derived from (--seed, r, k) or (--seed, epoch), random crops of streamed images included, so a run
-resumed from a checkpoint is bit-identical to one that never stopped.
+dropout, random crops of streamed images) comes from seeds derived from (--seed, r, k) or (--seed, epoch), so a
+run resumed from a checkpoint is bit-identical to one that never stopped.
 """
 
 import argparse
