@@ -528,10 +528,9 @@ def train(args):
             images_seen += x0.shape[0] * world
             window_images += x0.shape[0] * world
         grad_norm = None
-        if args.max_grad_norm > 0:  # torch's clip_grad_norm_, as one norm and one scaling of the flat gradient
+        if args.max_grad_norm > 0:  # one norm and one scaling of the flat gradient
             accelerator.unscale_gradients()  # (fp16 only)
-            grad_norm = torch.linalg.vector_norm(flat.grad)
-            flat.grad.mul_((args.max_grad_norm / (grad_norm + 1e-6)).clamp(max=1.0))
+            grad_norm = torch.nn.utils.clip_grad_norm_([flat], args.max_grad_norm, foreach=False)
         optimizer.step()
         lr_scheduler.step()
         flat.grad.zero_()  # the gradient views must stay (see flatten_parameters)
