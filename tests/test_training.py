@@ -137,6 +137,8 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert 0 < metrics["bits_per_dim"] < 20 and metrics["num_images"] == 16
     history = _history(out)
     assert [h["step"] for h in history] == list(range(1, 7)) and all(np.isfinite(h["loss"]) for h in history)
+    seconds = [h["seconds"] for h in history]  # wall time since the start, for loss-against-time plots
+    assert seconds == sorted(seconds) and 0 < seconds[-1] <= metrics["train_seconds"] + 0.01
     pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
     assert pipe.scheduler.config.num_train_timesteps == 20 and pipe.unet.config.in_channels == 1
     # tensorboard: the scalars of every step, the held-out bits/dim and the sample grid and strip as images

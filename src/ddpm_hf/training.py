@@ -541,7 +541,9 @@ def train(args):
             first_step_seconds = time.time() - start_time
 
         # bookkeeping
-        record = {"step": step, "loss": total_loss, "lr": lr_scheduler.get_last_lr()[0]}
+        now = time.time()
+        record = {"step": step, "seconds": round(elapsed_before + now - start_time, 3), "loss": total_loss,
+                  "lr": lr_scheduler.get_last_lr()[0]}
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
         quartile = (t * 4 // T).clamp(max=3)  # L_simple of the last micro-batch by timestep quartile
@@ -556,13 +558,12 @@ def train(args):
         if main:
             with open(history_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        now = time.time()
         rate = window_images / max(now - window_start, 1e-9)
         progress.update(1)
         progress.set_postfix(loss=f"{total_loss:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{rate:.0f}")
         if step % 50 == 0:
             window_start, window_images = now, 0
-        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        accelerator.log({k: v for k, v in record.items() if k not in ("step", "seconds")}, step=step)
 
         epoch_done = step % steps_per_epoch == 0
         epoch = step // steps_per_epoch
