@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo test bench bench-train clean
+.PHONY: env demo model-card test bench bench-train clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ env: $(VENV)/.installed
 
 demo: env
 	$(VENV)/bin/ddpm-hf train --output_dir outputs/demo
+
+# after `make demo`: its model card, pictures and records (no weights) into model_cards/, the example card
+model-card: env
+	$(VENV)/bin/ddpm-hf card outputs/demo
+	rm -rf model_cards/ddpm-digits-8
+	mkdir -p model_cards/ddpm-digits-8/pipeline/unet model_cards/ddpm-digits-8/pipeline/scheduler
+	cp outputs/demo/training_args.json outputs/demo/metrics.json model_cards/ddpm-digits-8/
+	cp -r outputs/demo/pipeline/README.md outputs/demo/pipeline/images model_cards/ddpm-digits-8/pipeline/
+	cp outputs/demo/pipeline/unet/config.json model_cards/ddpm-digits-8/pipeline/unet/
+	cp outputs/demo/pipeline/scheduler/scheduler_config.json model_cards/ddpm-digits-8/pipeline/scheduler/
 
 test: env
 	$(PY) -m pytest -q tests

@@ -1,4 +1,5 @@
-"""The ``ddpm-hf`` command: ``train`` (see ddpm_hf.training) and ``sample`` from a saved pipeline."""
+"""The ``ddpm-hf`` command: ``train`` (see ddpm_hf.training), ``sample`` from a saved pipeline, ``card`` and ``push``
+a finished training run."""
 
 import argparse
 import os
@@ -18,6 +19,47 @@ def _sample_parser(sub):
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--strip", action="store_true", help="also write a denoising strip x_T ... x_0")
     return p
+
+
+def _card_parser(sub):
+    p = sub.add_parser("card", help="(re)write the model card of a training run: OUTPUT_DIR/pipeline/README.md")
+    p.add_argument("output_dir", help="the --output_dir of a finished training run")
+    p.add_argument("--hub_model_id", default=None, help="the Hub repo id the card's loading example names")
+    return p
+
+
+def _push_parser(sub):
+    p = sub.add_parser("push", help="upload a training run's pipeline with its model card to the Hub")
+    p.add_argument("output_dir", help="the --output_dir of a finished training run")
+    p.add_argument("--hub_model_id", required=True, help="the repo id to push to (namespace/name)")
+    p.add_argument("--hub_private_repo", action="store_true", help="create the repo private")
+    p.add_argument("--hub_token", default=None, help="a Hub token (default: HF_TOKEN or the stored login)")
+    return p
+
+
+def _check_run(parser, output_dir):
+    for name in ("training_args.json", "metrics.json", os.path.join("pipeline", "model_index.json")):
+        if not os.path.isfile(os.path.join(output_dir, name)):
+            parser.error(f"{output_dir} is not a finished training run: {name} is missing")
+
+
+def cmd_card(args, parser):
+    _check_run(parser, args.output_dir)
+    from .model_card import write_model_card
+
+    print(f"wrote {write_model_card(args.output_dir, repo_id=args.hub_model_id)}")
+
+
+def cmd_push(args, parser):
+    _check_run(parser, args.output_dir)
+    from . import DDPMHFPipeline
+    from .model_card import write_model_card
+
+    write_model_card(args.output_dir, repo_id=args.hub_model_id)
+    folder = os.path.join(args.output_dir, "pipeline")
+    DDPMHFPipeline.from_pretrained(folder).save_pretrained(
+        folder, push_to_hub=True, repo_id=args.hub_model_id, private=args.hub_private_repo, token=args.hub_token)
+    print(f"pushed {folder} to {args.hub_model_id}")
 
 
 def _check_positive(parser, **values):
@@ -99,7 +141,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="ddpm-hf", description="DDPM for Hugging Face diffusers")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a DDPM (see `ddpm-hf train --help`)", add_help=False)
-    commands = {"sample": (_sample_parser(sub), cmd_sample)}
+    commands = {"sample": (_sample_parser(sub), cmd_sample), "card": (_card_parser(sub), cmd_card),
+                "push": (_push_parser(sub), cmd_push)}
     args = parser.parse_args(argv)
     sub_parser, run = commands[args.command]
     run(args, sub_parser)

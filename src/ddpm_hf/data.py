@@ -40,6 +40,13 @@ def load_digits_dataset():
     return DatasetDict({"train": split(~is_test), "test": split(is_test)})
 
 
+def dataset_source(dataset_name=None, train_data_dir=None):
+    """Where ``load_image_dataset`` takes the data from: "digits", "local" (a folder) or "hub" (a repo id)."""
+    if train_data_dir is not None or (dataset_name not in (None, DIGITS) and os.path.isdir(dataset_name)):
+        return "local"
+    return DIGITS if dataset_name in (None, DIGITS) else "hub"
+
+
 def load_image_dataset(dataset_name=None, dataset_config_name=None, train_data_dir=None, cache_dir=None,
                        split="train", streaming=False):
     """The training split of an image dataset.

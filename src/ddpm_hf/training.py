@@ -418,9 +418,13 @@ def train(args):
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
+    import diffusers
+
+    from . import __version__
     from .cli import generate, write_samples
-    from .data import to_model_range
+    from .data import dataset_source, to_model_range
     from .losses import diffusion_loss
+    from .model_card import write_model_card
     from .pipeline_ddpm_hf import DDPMHFPipeline
     from .scheduling_ddpm_hf import DDPMHFScheduler
 
@@ -590,7 +594,12 @@ def train(args):
     # outputs
     metrics = {"steps": step, "images_seen": images_seen, "data_seconds": round(batches.transform_seconds, 2),
                "train_seconds": round(train_seconds, 2), "first_step_seconds": round(first_step_seconds or 0.0, 2),
-               "images_per_second": round(images_seen / max(train_seconds, 1e-9), 1), "processes": world}
+               "images_per_second": round(images_seen / max(train_seconds, 1e-9), 1), "processes": world,
+               "device": accelerator.device.type, "parameters": flat.numel(), "dataset_source": dataset_source(args.dataset_name,
+                                                                                   args.train_data_dir),
+               "versions": {"ddpm-hf": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}}
+    if getattr(batches, "images", None) is not None:
+        metrics["train_images"] = len(batches.images)
     if world > 1:  # checks across ranks: the same weights, different data
         checks = torch.tensor([_checksum(model.parameters()),
                                first_batch_checksum], dtype=torch.float64,
@@ -621,6 +630,7 @@ def train(args):
         save_loss_plot(history, os.path.join(args.output_dir, "loss.png"), f"{name} training loss")
         with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
+        write_model_card(args.output_dir, repo_id=args.hub_model_id)  # pipeline/README.md and pipeline/images/
         if args.push_to_hub:
             pipe.save_pretrained(pipeline_dir, push_to_hub=True, repo_id=args.hub_model_id,
                                  private=args.hub_private_repo, token=args.hub_token)

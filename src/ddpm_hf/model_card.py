@@ -1,0 +1,192 @@
+"""The model card of a trained pipeline: ``pipeline/README.md`` with Hub metadata, samples, metrics and how to load it.
+
+``write_model_card(output_dir)`` reads what a training run left in ``output_dir`` (training_args.json, metrics.json,
+the saved pipeline's configs and weights, the sample grid, denoising strip and loss plot), copies the pictures to
+``pipeline/images/`` and renders ``model_card_template.md`` through huggingface_hub's ``ModelCard``. The card
+names no local path and no token: local datasets appear by their folder's name only.
+"""
+
+import json
+import os
+import shutil
+
+from .data import DIGITS, dataset_source
+
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
+# pictures of the run -> their name in the pipeline folder (and so in the Hub repo)
+PICTURES = {"samples": ("samples/grid.png", "images/samples.png"),
+            "strip": ("samples/strip.png", "images/denoising.png"),
+            "loss": ("loss.png", "images/loss.png")}
+BETA_SCHEDULES = {
+    "linear": "linear, 1e-4 to 0.02 (Ho et al. sec. 4)",
+    "scaled_linear": "scaled linear (sqrt-space linear, as Stable Diffusion)",
+    "squaredcos_cap_v2": "cosine (Nichol & Dhariwal eq. 17)",
+    "sigmoid": "sigmoid",
+}
+PREDICTIONS = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_prediction": "v (Salimans & Ho 2022)"}
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _dataset(args, metrics):
+    """The run's training data: {"text": for the card, "short": a short name, "id": a name without spaces,
+    "hub": the Hub dataset id or None, "license": a license id or None}."""
+    name, data_dir = args.get("dataset_name"), args.get("train_data_dir")
+    source = metrics.get("dataset_source") or dataset_source(name, data_dir)
+    if source == DIGITS:
+        return {"text": "the UCI handwritten digits as scikit-learn ships them (`sklearn.datasets.load_digits`: "
+                        "1,797 8x8 grayscale digits with 17 grey levels, scaled to 0-255; 180 held out, 18 per class)",
+                "short": "the UCI digits", "name": "UCI handwritten digits (scikit-learn)", "id": DIGITS, "hub": None,
+                "license": "cc-by-4.0"}
+    if source == "local":
+        folder = os.path.basename(os.path.normpath(data_dir or name))
+        return {"text": f"a local image folder (`{folder}`)", "short": f"`{folder}`", "name": folder, "id": folder,
+                "hub": None, "license": None}
+    config = f", configuration `{args['dataset_config_name']}`" if args.get("dataset_config_name") else ""
+    return {"text": f"[{name}](https://huggingface.co/datasets/{name}) (split `{args.get('split') or 'train'}`"
+                    f"{config})", "short": name, "name": name, "id": name, "hub": name, "license": None}
+
+
+def _parameters(pipeline_dir):
+    """Number of UNet parameters, read from the safetensors header (no weights are loaded); for runs whose
+    metrics.json does not record it."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(os.path.join(pipeline_dir, "unet", "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            count = 1
+            for size in f.get_slice(key).get_shape():
+                count *= size
+            total += count
+    return total
+
+
+def _count(n, singular, plural=None):
+    return f"{n} {singular if n == 1 else plural or singular + 'es'}"
+
+
+def _eval_rows(metrics, args):
+    if "bits_per_dim" not in metrics:
+        return [("bits/dim", "not computed (no held-out split)")]
+    split = args.get("eval_split") or "test"
+    bound = metrics.get("num_timesteps", args.get("ddpm_num_steps", 1000))
+    rows = [(f"bits/dim on {metrics['num_images']} held-out images of split `{split}` (the variational bound, "
+             f"Ho eq. 5, all {bound} terms; lower is better)",
+             f"**{metrics['bits_per_dim']:.3f}** +- {metrics['bits_per_dim_stderr']:.3f} (standard error)")]
+    if "prior_bits_per_dim" in metrics:
+        rows.append(("of which the prior term L_T", f"{metrics['prior_bits_per_dim']:.3f}"))
+    if "decoder_bits_per_dim" in metrics:
+        rows.append(("of which the decoder term L_0 (Ho eq. 13)", f"{metrics['decoder_bits_per_dim']:.3f}"))
+    if "fid" in metrics:
+        rows.append(("FID", f"{metrics['fid']:.2f}"))
+    else:
+        rows.append(("FID", "not computed (it needs Inception weights that this run did not have)"))
+    return rows
+
+
+def _training_rows(args, metrics, unet, scheduler, parameters):
+    augment = ", random horizontal flips" if args.get("random_flip") else ""
+    count = f"{metrics['train_images']:,} images of " if "train_images" in metrics else ""
+    attention = sorted({unet["sample_size"] // 2 ** i for i, kind in enumerate(unet["down_block_types"])
+                        if kind.startswith("Attn")})
+    preset = args.get("model_config_name_or_path") and "a given config" or f"preset `{args.get('unet_preset')}`"
+    network = (f"diffusers `UNet2DModel` ({preset}): {parameters:,} parameters, channels "
+               f"{tuple(unet['block_out_channels'])}, {unet['layers_per_block']} res blocks per level, self-attention "
+               f"at {', '.join(f'{a}x{a}' for a in attention) or 'no level'}, dropout {unet.get('dropout', 0.0)}")
+    variance = scheduler.get("variance_type", "fixed_small")
+    if variance in ("learned", "learned_range"):
+        loss = (f"L_hybrid = L_simple + {args.get('vlb_weight', 0.001)} L_vlb, the bound's gradient stopped through "
+                f"the mean (Nichol & Dhariwal sec. 3.1)")
+    else:
+        loss = "L_simple, the mean squared error of the prediction (Ho eq. 14)"
+    if args.get("snr_gamma"):
+        loss += f", min-SNR weighted with gamma {args['snr_gamma']} (Hang et al. 2023)"
+    processes, accum = metrics.get("processes", 1), args.get("gradient_accumulation_steps", 1)
+    batch = args["train_batch_size"] * processes * accum
+    optimiser = (f"AdamW, learning rate {args['learning_rate']:g} ({args['lr_scheduler']} schedule, "
+                 f"{args['lr_warmup_steps']} warm-up steps), betas ({args['adam_beta1']:g}, {args['adam_beta2']:g}), "
+                 f"weight decay {args['adam_weight_decay']:g}, eps {args['adam_epsilon']:g}")
+    if args.get("max_grad_norm"):
+        optimiser += f", gradients clipped to norm {args['max_grad_norm']:g}"
+    ema = (f"on: decay warm-up with inv_gamma {args['ema_inv_gamma']:g}, power {args['ema_power']:g}, "
+           f"at most {args['ema_max_decay']:g}; the weights here are the EMA" if args.get("use_ema") else "off")
+    rows = [
+        ("data", f"{count}{_dataset(args, metrics)['short']}, {unet['sample_size']}x{unet['sample_size']}{augment}"),
+        ("network", network),
+        ("diffusion", f"T = {scheduler['num_train_timesteps']}, beta schedule "
+                      f"{BETA_SCHEDULES.get(scheduler['beta_schedule'], scheduler['beta_schedule'])}, the network "
+                      f"predicts {PREDICTIONS.get(scheduler['prediction_type'], scheduler['prediction_type'])}, "
+                      f"variances `{variance}`"),
+        ("loss", loss),
+        ("optimiser", optimiser),
+        ("EMA of the weights", ema),
+        ("batch", f"{batch} images per step ({args['train_batch_size']} per process and micro-batch, "
+                  f"{_count(processes, 'process')}, {_count(accum, 'micro-batch', 'micro-batches')} per step)"),
+        ("steps", f"{metrics['steps']:,} ({metrics['images_seen']:,} images seen)"),
+        ("precision", {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(
+            args.get("mixed_precision") or "no", args.get("mixed_precision"))),
+        ("compute", f"{metrics['train_seconds']:,.0f} s of training on {metrics.get('device', 'an unrecorded device')}"
+                    f" ({_count(processes, 'process')}), {metrics['images_per_second']:,.0f} images/s"),
+        ("seed", str(args.get("seed"))),
+    ]
+    if metrics.get("versions"):
+        rows.append(("software", ", ".join(f"{k} {v}" for k, v in metrics["versions"].items())))
+    return rows
+
+
+def model_card(output_dir, repo_id=None):
+    """The ``huggingface_hub.ModelCard`` of the training run in ``output_dir`` (see module docstring); the images it
+    links are the ``images/...`` paths of ``PICTURES``, relative to the pipeline folder."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    args = _read_json(os.path.join(output_dir, "training_args.json"))
+    metrics = _read_json(os.path.join(output_dir, "metrics.json"))
+    pipeline_dir = os.path.join(output_dir, "pipeline")
+    unet = _read_json(os.path.join(pipeline_dir, "unet", "config.json"))
+    scheduler = _read_json(os.path.join(pipeline_dir, "scheduler", "scheduler_config.json"))
+    data = _dataset(args, metrics)
+    resolution, channels = unet["sample_size"], unet["in_channels"]
+    model_name = repo_id.split("/")[-1] if repo_id else f"ddpm-{data['id'].split('/')[-1]}-{resolution}"
+    eval_results = None
+    if "bits_per_dim" in metrics:
+        eval_results = [EvalResult(
+            task_type="unconditional-image-generation", dataset_type=data["id"], dataset_name=data["name"],
+            dataset_split=args.get("eval_split") or "test", metric_type="bits_per_dim",
+            metric_name="bits/dim (variational bound)", metric_value=round(metrics["bits_per_dim"], 3))]
+    card_data = ModelCardData(
+        library_name="diffusers", pipeline_tag="unconditional-image-generation", license=data["license"],
+        datasets=[data["hub"]] if data["hub"] else None, model_name=model_name, eval_results=eval_results,
+        tags=["diffusers", "ddpm", "ddpm-hf", "unconditional-image-generation", "pytorch"])
+    variance = scheduler.get("variance_type", "fixed_small")
+    variance_text = ("reverse-process variances are learned (Nichol & Dhariwal sec. 3.1)"
+                     if variance in ("learned", "learned_range") else
+                     f"reverse-process variances are fixed (`{variance}`, Ho sec. 3.2)")
+    images = {key: new for key, (old, new) in PICTURES.items()
+              if os.path.isfile(os.path.join(output_dir, old)) or os.path.isfile(os.path.join(pipeline_dir, new))}
+    parameters = metrics.get("parameters") or _parameters(pipeline_dir)
+    return ModelCard.from_template(
+        card_data, template_path=TEMPLATE, model_name=model_name, data_text=data['text'], data_short=data['short'],
+        resolution=resolution, channels_text="grayscale" if channels == 1 else f"{channels} channels",
+        variance_text=variance_text, pil_mode="L" if channels == 1 else "RGB",
+        num_samples=args.get("num_sample_images"), use_ema=args.get("use_ema"),
+        inference_steps=args.get("ddpm_num_inference_steps"), seed=args.get("seed"),
+        load_id=repo_id or "path/to/this/folder", samples_image=images.get("samples"),
+        strip_image=images.get("strip"), loss_image=images.get("loss"), eval_rows=_eval_rows(metrics, args),
+        training_rows=_training_rows(args, metrics, unet, scheduler, parameters))
+
+
+def write_model_card(output_dir, repo_id=None):
+    """Write ``output_dir/pipeline/README.md`` and copy the run's pictures to ``pipeline/images/``. Returns the
+    card's path."""
+    pipeline_dir = os.path.join(output_dir, "pipeline")
+    for old, new in PICTURES.values():
+        if os.path.isfile(os.path.join(output_dir, old)):
+            os.makedirs(os.path.join(pipeline_dir, os.path.dirname(new)), exist_ok=True)
+            shutil.copyfile(os.path.join(output_dir, old), os.path.join(pipeline_dir, new))
+    path = os.path.join(pipeline_dir, "README.md")
+    model_card(output_dir, repo_id).save(path)
+    return path

@@ -1,0 +1,137 @@
+"""Model cards: written by training runs, re-rendered by `ddpm-hf card`, pushed by `ddpm-hf push` to a loopback Hub,
+read back with huggingface_hub and loaded from the pushed repo with diffusers' remote code."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from ddpm_hf import DDPMHFPipeline
+from ddpm_hf.model_card import model_card
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_training import TINY, _env, _png_folder, _train  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "hf_not_a_real_token_value_111111111"
+
+
+def _linked_images(card_text):
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card_text)
+
+
+def _cli(*args, env=None):
+    r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *args], env=env or _env(), capture_output=True,
+                       text=True, timeout=300)
+    return r
+
+
+def test_digits_run_card(tmp_path):
+    out = tmp_path / "run"
+    _train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", "--hub_model_id",
+           "someone/tiny-digits", "--hub_token", TOKEN, cwd=tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    path = out / "pipeline" / "README.md"
+    text = path.read_text()
+    card = ModelCard.load(path)
+    data = card.data
+    assert data.library_name == "diffusers" and data.pipeline_tag == "unconditional-image-generation"
+    assert {"ddpm", "ddpm-hf", "diffusers"} <= set(data.tags) and data.license == "cc-by-4.0"
+    assert data.model_name == "tiny-digits" and not data.datasets  # digits are not a Hub dataset
+    (result,) = data.eval_results
+    assert result.metric_type == "bits_per_dim" and result.dataset_split == "test"
+    assert result.metric_value == round(metrics["bits_per_dim"], 3)
+    # the numbers in the text are the run's, counted independently here
+    pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
+    assert f"{pipe.unet.num_parameters():,} parameters" in text
+    assert f"{metrics['bits_per_dim']:.3f}** +- {metrics['bits_per_dim_stderr']:.3f}" in text
+    assert f"{metrics['train_images']:,} images of the UCI digits" in text and metrics["train_images"] == 1617
+    assert "T = 20," in text and "3 (48 images seen)" in text and "on cpu" in text
+    assert 'from_pretrained("someone/tiny-digits", trust_remote_code=True)' in text
+    # pictures: linked relative to the card, present, upscaled so an 8x8 digit is visible
+    links = _linked_images(text)
+    assert links == ["images/samples.png", "images/denoising.png", "images/loss.png"]
+    for link in links:
+        with Image.open(out / "pipeline" / link) as image:
+            assert image.width >= 64 and image.height >= 64
+    # nothing of the machine or the login
+    assert TOKEN not in text and str(tmp_path) not in text and os.path.expanduser("~") + os.sep not in text
+
+
+def test_local_folder_card_and_cli_rerender(tmp_path):
+    images = _png_folder(tmp_path / "my-faces", mode="RGB")
+    out = tmp_path / "run"
+    _train("--train_data_dir", str(images), "--resolution", "8", "--output_dir", str(out), "--max_train_steps", "2",
+           "--train_batch_size", "4", "--checkpointing_steps", "100", "--variance_type", "fixed_small",
+           "--num_sample_images", "2", cwd=tmp_path)
+    text = (out / "pipeline" / "README.md").read_text()
+    card = ModelCard.load(out / "pipeline" / "README.md")
+    assert not card.data.datasets and card.data.license is None and not card.data.eval_results
+    assert "a local image folder (`my-faces`)" in text and str(tmp_path) not in text
+    assert "not computed (no held-out split)" in text and 'mode "RGB"' in text and "variances are fixed" in text
+    assert 'from_pretrained("path/to/this/folder"' in text
+    # `ddpm-hf card` re-renders it for a repo id; the same run gives the same card otherwise
+    r = _cli("card", str(out), "--hub_model_id", "ns/faces-8")
+    assert r.returncode == 0, r.stderr
+    again = (out / "pipeline" / "README.md").read_text()
+    assert 'from_pretrained("ns/faces-8"' in again and ModelCard.load(out / "pipeline" / "README.md").data.model_name \
+        == "faces-8"
+    assert again.replace('"ns/faces-8"', '"path/to/this/folder"').replace("faces-8", "ddpm-my-faces-8") == text
+    # a folder that is not a finished run: one clear error
+    r = _cli("card", str(tmp_path / "my-faces"))
+    assert r.returncode == 2 and "is not a finished training run" in r.stderr
+
+
+def test_push_run_with_card_over_loopback(tmp_path):
+    """`ddpm-hf train --push_to_hub` uploads the pipeline with its card and pictures; a fresh client reads the card
+    with huggingface_hub and loads the repo with DiffusionPipeline.from_pretrained(..., trust_remote_code=True)."""
+    from hub_server import HubServer
+
+    out = tmp_path / "run"
+    with HubServer(tmp_path / "hub") as hub:
+        env = hub.client_env(tmp_path / "hf_home")
+        env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *TINY, "--output_dir",
+                            str(out), "--max_train_steps", "2", "--checkpointing_steps", "100", "--push_to_hub",
+                            "--hub_model_id", "ns/digits-tiny"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert hub.repo_exists("ns/digits-tiny")
+        code = """
+import json, sys, numpy as np, torch
+from diffusers import DiffusionPipeline
+from huggingface_hub import ModelCard, hf_hub_download
+card = ModelCard.load("ns/digits-tiny")
+grid = hf_hub_download("ns/digits-tiny", "images/samples.png")
+pipe = DiffusionPipeline.from_pretrained("ns/digits-tiny", trust_remote_code=True)
+images = pipe(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="np").images
+print(json.dumps({"name": card.data.model_name, "bits": card.data.eval_results[0].metric_value,
+                  "text": card.text, "grid": grid, "class": type(pipe).__name__, "shape": list(images.shape)}))
+"""
+        fresh = hub.client_env(tmp_path / "fresh_home")  # an empty cache: everything comes over HTTP
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=fresh, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert got["name"] == "digits-tiny" and got["bits"] == round(metrics["bits_per_dim"], 3)
+    assert 'from_pretrained("ns/digits-tiny", trust_remote_code=True)' in got["text"]
+    assert got["class"] == "DDPMHFPipeline" and got["shape"] == [2, 8, 8, 1]
+    with Image.open(got["grid"]) as grid, Image.open(out / "samples" / "grid.png") as local:
+        assert np.array_equal(np.asarray(grid), np.asarray(local))
+
+
+def test_example_card_is_what_the_code_renders():
+    """model_cards/ holds the card of `make demo` (with the run's records, without weights): it must be what the
+    current code renders from those records, so the example never drifts from the code."""
+    run = os.path.join(ROOT, "model_cards", "ddpm-digits-8")
+    with open(os.path.join(run, "pipeline", "README.md")) as f:
+        stored = f.read()
+    assert str(model_card(run)) == stored.rstrip("\n") or str(model_card(run)) + "\n" == stored
+    for link in _linked_images(stored):
+        assert os.path.isfile(os.path.join(run, "pipeline", link)), link
