@@ -117,8 +117,9 @@ def parse_args(argv=None):
     a("--resume_from_checkpoint", default=None, help='a checkpoint folder, or "latest"')
     a("--logger", default="tensorboard", choices=("tensorboard", "none"))
     a("--logging_dir", default="logs", help="relative to --output_dir")
-    a("--push_to_hub", action="store_true")
-    a("--hub_model_id", default=None)
+    a("--push_to_hub", action="store_true",
+      help="at the end, upload the pipeline with its model card (pipeline/README.md) and pictures to --hub_model_id")
+    a("--hub_model_id", default=None, help="the Hub repo id (namespace/name), also named in the model card")
     a("--hub_private_repo", action="store_true")
     a("--hub_token", default=None, help="a token (prefer `hf auth login` or HF_TOKEN); never written to disk")
     args = p.parse_args(argv)
