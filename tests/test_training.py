@@ -254,6 +254,11 @@ def test_hub_dataset_over_loopback(tmp_path):
         assert any("/datasets/someone/tiny-digits" in path for _, path in hub.requests)
     pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
     assert pipe.unet.config.in_channels == 1 and pipe.unet.config.sample_size == 32
+    from huggingface_hub import ModelCard  # the card links the Hub dataset in its metadata and text
+
+    card = ModelCard.load(out / "pipeline" / "README.md")
+    assert card.data.datasets == ["someone/tiny-digits"]
+    assert "[someone/tiny-digits](https://huggingface.co/datasets/someone/tiny-digits)" in card.text
 
 
 def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
