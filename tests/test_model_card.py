@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from huggingface_hub import ModelCard
@@ -135,3 +136,40 @@ def test_example_card_is_what_the_code_renders():
     assert str(model_card(run)) == stored.rstrip("\n") or str(model_card(run)) + "\n" == stored
     for link in _linked_images(stored):
         assert os.path.isfile(os.path.join(run, "pipeline", link)), link
+
+
+def test_push_needs_a_login_at_start(tmp_path):
+    env = {k: v for k, v in _env().items() if not k.startswith(("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))}
+    env["HF_HOME"] = str(tmp_path / "no_login")  # no stored token there
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--push_to_hub", "--hub_model_id",
+                        "ns/x", "--output_dir", str(tmp_path / "run")], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "needs a Hub login" in r.stderr
+    assert not (tmp_path / "run").exists()  # nothing trained
+
+
+def test_failed_upload_loses_nothing(tmp_path):
+    """The Hub is unreachable when training ends: the run fails saying where the pipeline is and how to upload it;
+    `ddpm-hf push` then uploads it, card included, once the Hub answers."""
+    from hub_server import HubServer
+
+    out = tmp_path / "run"
+    with HubServer(tmp_path / "hub") as hub:
+        env = hub.client_env(tmp_path / "hf_home")
+        env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        unreachable = dict(env, HF_ENDPOINT="http://127.0.0.1:9")  # the discard port: connection refused
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *TINY, "--output_dir",
+                            str(out), "--max_train_steps", "2", "--checkpointing_steps", "100", "--push_to_hub",
+                            "--hub_model_id", "ns/later"], cwd=tmp_path, env=unreachable, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode != 0 and "the upload to ns/later failed" in r.stderr
+        assert f"ddpm-hf push {out} --hub_model_id ns/later" in r.stderr
+        assert (out / "pipeline" / "README.md").is_file() and (out / "metrics.json").is_file()
+        assert not hub.repo_exists("ns/later")
+        r = _cli("push", str(out), "--hub_model_id", "ns/later", env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert hub.repo_exists("ns/later")
+        stored = Path(hub.repo_dir("ns/later"))
+    assert ModelCard.load(out / "pipeline" / "README.md").data.model_name == "later"
+    assert (stored / "README.md").read_bytes() == (out / "pipeline" / "README.md").read_bytes()
+    assert (stored / "images" / "samples.png").read_bytes() == (out / "samples" / "grid.png").read_bytes()

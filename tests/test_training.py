@@ -112,6 +112,7 @@ def test_bad_flags_fail_at_start(capsys):
         (["--dataset_name", "x/y", "--train_data_dir", "d"], "not both"),
         (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "would delete"),
         (["--push_to_hub"], "--hub_model_id"),
+        (["--hub_model_id", "not a/valid/id"], "is not a Hub repo id"),
         (["--variance_type", "fixed_small", "--vlb_weight", "0.01"], "learned_range"),
         (["--unet_preset", "huge"], "invalid choice"),
         (["--no_such_flag"], "unrecognized arguments"),

@@ -69,13 +69,12 @@ def _count(n, singular, plural=None):
     return f"{n} {singular if n == 1 else plural or singular + 'es'}"
 
 
-def _eval_rows(metrics, args):
+def _eval_rows(metrics, args, num_timesteps):
     if "bits_per_dim" not in metrics:
         return [("bits/dim", "not computed (no held-out split)")]
     split = args.get("eval_split") or "test"
-    bound = metrics.get("num_timesteps", args.get("ddpm_num_steps", 1000))
     rows = [(f"bits/dim on {metrics['num_images']} held-out images of split `{split}` (the variational bound, "
-             f"Ho eq. 5, all {bound} terms; lower is better)",
+             f"Ho eq. 5, all {num_timesteps} terms; lower is better)",
              f"**{metrics['bits_per_dim']:.3f}** +- {metrics['bits_per_dim_stderr']:.3f} (standard error)")]
     if "prior_bits_per_dim" in metrics:
         rows.append(("of which the prior term L_T", f"{metrics['prior_bits_per_dim']:.3f}"))
@@ -93,7 +92,7 @@ def _training_rows(args, metrics, unet, scheduler, parameters):
     count = f"{metrics['train_images']:,} images of " if "train_images" in metrics else ""
     attention = sorted({unet["sample_size"] // 2 ** i for i, kind in enumerate(unet["down_block_types"])
                         if kind.startswith("Attn")})
-    preset = args.get("model_config_name_or_path") and "a given config" or f"preset `{args.get('unet_preset')}`"
+    preset = "a given config" if args.get("model_config_name_or_path") else f"preset `{args.get('unet_preset')}`"
     network = (f"diffusers `UNet2DModel` ({preset}): {parameters:,} parameters, channels "
                f"{tuple(unet['block_out_channels'])}, {unet['layers_per_block']} res blocks per level, self-attention "
                f"at {', '.join(f'{a}x{a}' for a in attention) or 'no level'}, dropout {unet.get('dropout', 0.0)}")
@@ -175,7 +174,7 @@ def model_card(output_dir, repo_id=None):
         num_samples=args.get("num_sample_images"), use_ema=args.get("use_ema"),
         inference_steps=args.get("ddpm_num_inference_steps"), seed=args.get("seed"),
         load_id=repo_id or "path/to/this/folder", samples_image=images.get("samples"),
-        strip_image=images.get("strip"), loss_image=images.get("loss"), eval_rows=_eval_rows(metrics, args),
+        strip_image=images.get("strip"), loss_image=images.get("loss"), eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
         training_rows=_training_rows(args, metrics, unet, scheduler, parameters))
 
 

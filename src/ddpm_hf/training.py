@@ -148,6 +148,16 @@ def validate_args(parser, args):
         parser.error("--overwrite_output_dir would delete the checkpoints that --resume_from_checkpoint needs")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    if args.hub_model_id is not None:  # checked now, not after hours of training
+        from huggingface_hub import get_token
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(args.hub_model_id)
+        except HFValidationError as error:
+            parser.error(f"--hub_model_id {args.hub_model_id!r} is not a Hub repo id: {error}")
+        if args.push_to_hub and not (args.hub_token or get_token()):
+            parser.error("--push_to_hub needs a Hub login: `hf auth login`, HF_TOKEN or --hub_token")
     if args.learning_rate <= 0:
         parser.error("--learning_rate must be > 0")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
@@ -413,13 +423,12 @@ def _resolve_resume(args):
 def train(args):
     """Train, then save the pipeline (EMA weights if --use_ema), sample grid, denoising strip, loss plot,
     training_args.json and metrics.json in --output_dir. Returns the metrics dict."""
+    import diffusers
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
-
-    import diffusers
 
     from . import __version__
     from .cli import generate, write_samples
@@ -596,8 +605,8 @@ def train(args):
     metrics = {"steps": step, "images_seen": images_seen, "data_seconds": round(batches.transform_seconds, 2),
                "train_seconds": round(train_seconds, 2), "first_step_seconds": round(first_step_seconds or 0.0, 2),
                "images_per_second": round(images_seen / max(train_seconds, 1e-9), 1), "processes": world,
-               "device": accelerator.device.type, "parameters": flat.numel(), "dataset_source": dataset_source(args.dataset_name,
-                                                                                   args.train_data_dir),
+               "device": accelerator.device.type, "parameters": flat.numel(),
+               "dataset_source": dataset_source(args.dataset_name, args.train_data_dir),
                "versions": {"ddpm-hf": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}}
     if getattr(batches, "images", None) is not None:
         metrics["train_images"] = len(batches.images)
@@ -633,8 +642,14 @@ def train(args):
             json.dump(metrics, f, indent=2)
         write_model_card(args.output_dir, repo_id=args.hub_model_id)  # pipeline/README.md and pipeline/images/
         if args.push_to_hub:
-            pipe.save_pretrained(pipeline_dir, push_to_hub=True, repo_id=args.hub_model_id,
-                                 private=args.hub_private_repo, token=args.hub_token)
+            try:
+                pipe.save_pretrained(pipeline_dir, push_to_hub=True, repo_id=args.hub_model_id,
+                                     private=args.hub_private_repo, token=args.hub_token)
+            except Exception as error:  # the run is saved: say how to upload it without training again
+                raise RuntimeError(
+                    f"the upload to {args.hub_model_id} failed ({type(error).__name__}: {error}). The trained "
+                    f"pipeline and its model card are saved in {pipeline_dir}; upload them with "
+                    f"`ddpm-hf push {args.output_dir} --hub_model_id {args.hub_model_id}`") from error
     # every rank waits for rank 0's outputs, then all leave the process group together: a rank that destroys it early
     # can leave the others hanging in their own destroy_process_group (seen with gloo under torchrun)
     accelerator.wait_for_everyone()
