@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.data import load_digits_dataset, to_mode
 from ddpm_hf.training import EpochBatches, flatten_parameters, parse_args
+from ddpm_hf.unet_configs import unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "scripts", "train.py")
@@ -277,8 +278,13 @@ def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
 def test_dynamo_backend_inductor_trains_like_eager(tmp_path):
     """--dynamo_backend inductor (accelerate compiles the UNet): the same losses as eager to float tolerance, and the
     saved pipeline is a plain UNet2DModel (the compiled wrapper is not saved)."""
+    # a small UNet (one level, one res block, attention) keeps the cold compile short
+    config = tmp_path / "unet.json"
+    config.write_text(json.dumps(unet_config("cpu-8", channels=1, block_out_channels=(32,), layers_per_block=1,
+                                             down_block_types=("AttnDownBlock2D",),
+                                             up_block_types=("AttnUpBlock2D",))))
     common = ["--max_train_steps", "2", "--checkpointing_steps", "100", "--eval_max_images", "4",
-              "--num_sample_images", "1", "--train_batch_size", "4"]
+              "--num_sample_images", "1", "--train_batch_size", "4", "--model_config_name_or_path", str(config)]
     _train("--output_dir", str(tmp_path / "eager"), *common, cwd=tmp_path)
     _train("--output_dir", str(tmp_path / "compiled"), *common, "--dynamo_backend", "inductor", cwd=tmp_path,
            timeout=600)
