@@ -17,13 +17,13 @@ TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_
 PICTURES = {"samples": ("samples/grid.png", "images/samples.png"),
             "strip": ("samples/strip.png", "images/denoising.png"),
             "loss": ("loss.png", "images/loss.png")}
-BETA_SCHEDULES = {
+BETA_SCHEDULE_TEXT = {
     "linear": "linear, 1e-4 to 0.02 (Ho et al. sec. 4)",
     "scaled_linear": "scaled linear (sqrt-space linear, as Stable Diffusion)",
     "squaredcos_cap_v2": "cosine (Nichol & Dhariwal eq. 17)",
     "sigmoid": "sigmoid",
 }
-PREDICTIONS = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_prediction": "v (Salimans & Ho 2022)"}
+PREDICTION_TEXT = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_prediction": "v (Salimans & Ho 2022)"}
 
 
 def _read_json(path):
@@ -117,8 +117,8 @@ def _training_rows(args, metrics, unet, scheduler, parameters):
         ("data", f"{count}{_dataset(args, metrics)['short']}, {unet['sample_size']}x{unet['sample_size']}{augment}"),
         ("network", network),
         ("diffusion", f"T = {scheduler['num_train_timesteps']}, beta schedule "
-                      f"{BETA_SCHEDULES.get(scheduler['beta_schedule'], scheduler['beta_schedule'])}, the network "
-                      f"predicts {PREDICTIONS.get(scheduler['prediction_type'], scheduler['prediction_type'])}, "
+                      f"{BETA_SCHEDULE_TEXT.get(scheduler['beta_schedule'], scheduler['beta_schedule'])}, the network "
+                      f"predicts {PREDICTION_TEXT.get(scheduler['prediction_type'], scheduler['prediction_type'])}, "
                       f"variances `{variance}`"),
         ("loss", loss),
         ("optimiser", optimiser),
@@ -174,7 +174,8 @@ def model_card(output_dir, repo_id=None):
         num_samples=args.get("num_sample_images"), use_ema=args.get("use_ema"),
         inference_steps=args.get("ddpm_num_inference_steps"), seed=args.get("seed"),
         load_id=repo_id or "path/to/this/folder", samples_image=images.get("samples"),
-        strip_image=images.get("strip"), loss_image=images.get("loss"), eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
+        strip_image=images.get("strip"), loss_image=images.get("loss"),
+        eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
         training_rows=_training_rows(args, metrics, unet, scheduler, parameters))
 
 
