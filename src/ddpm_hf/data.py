@@ -60,23 +60,20 @@ def load_image_dataset(dataset_name=None, dataset_config_name=None, train_data_d
     """
     from datasets import DatasetDict, load_dataset, load_from_disk
 
-    if train_data_dir is not None:
-        if dataset_name not in (None, DIGITS):
-            raise ValueError("give either --dataset_name or --train_data_dir, not both")
-        return load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, split=split,
-                            streaming=streaming)
-    if dataset_name in (None, DIGITS):
+    if train_data_dir is not None and dataset_name not in (None, DIGITS):
+        raise ValueError("give either --dataset_name or --train_data_dir, not both")
+    source = dataset_source(dataset_name, train_data_dir)
+    if source == DIGITS:
         data = load_digits_dataset()[split]
         return data.to_iterable_dataset() if streaming else data
-    if os.path.isdir(dataset_name):
-        if os.path.exists(os.path.join(dataset_name, "dataset_dict.json")) or os.path.exists(
-            os.path.join(dataset_name, "dataset_info.json")
-        ):
-            data = load_from_disk(dataset_name)
+    if source == "local":
+        folder = train_data_dir or dataset_name
+        saved = any(os.path.exists(os.path.join(folder, name)) for name in ("dataset_dict.json", "dataset_info.json"))
+        if saved and train_data_dir is None:  # a dataset written by save_to_disk
+            data = load_from_disk(folder)
             data = data[split] if isinstance(data, DatasetDict) else data
             return data.to_iterable_dataset() if streaming else data
-        return load_dataset("imagefolder", data_dir=dataset_name, cache_dir=cache_dir, split=split,
-                            streaming=streaming)
+        return load_dataset("imagefolder", data_dir=folder, cache_dir=cache_dir, split=split, streaming=streaming)
     return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split, streaming=streaming)
 
 

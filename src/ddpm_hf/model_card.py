@@ -1,7 +1,7 @@
 """The model card of a trained pipeline: ``pipeline/README.md`` with Hub metadata, samples, metrics and how to load it.
 
 ``write_model_card(output_dir)`` reads what a training run left in ``output_dir`` (training_args.json, metrics.json,
-the saved pipeline's configs and weights, the sample grid, denoising strip and loss plot), copies the pictures to
+the saved pipeline's configs, the sample grid, denoising strip and loss plot), copies the pictures to
 ``pipeline/images/`` and renders ``model_card_template.md`` through huggingface_hub's ``ModelCard``. The card
 names no local path and no token: local datasets appear by their folder's name only.
 """
@@ -50,21 +50,6 @@ def _dataset(args, metrics):
                     f"{config})", "short": name, "name": name, "id": name, "hub": name, "license": None}
 
 
-def _parameters(pipeline_dir):
-    """Number of UNet parameters, read from the safetensors header (no weights are loaded); for runs whose
-    metrics.json does not record it."""
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(os.path.join(pipeline_dir, "unet", "diffusion_pytorch_model.safetensors"), framework="pt") as f:
-        for key in f.keys():
-            count = 1
-            for size in f.get_slice(key).get_shape():
-                count *= size
-            total += count
-    return total
-
-
 def _count(n, singular, plural=None):
     return f"{n} {singular if n == 1 else plural or singular + 'es'}"
 
@@ -87,13 +72,14 @@ def _eval_rows(metrics, args, num_timesteps):
     return rows
 
 
-def _training_rows(args, metrics, unet, scheduler, parameters):
+def _training_rows(args, metrics, data, unet, scheduler):
     augment = ", random horizontal flips" if args.get("random_flip") else ""
     count = f"{metrics['train_images']:,} images of " if "train_images" in metrics else ""
     attention = sorted({unet["sample_size"] // 2 ** i for i, kind in enumerate(unet["down_block_types"])
                         if kind.startswith("Attn")})
     preset = "a given config" if args.get("model_config_name_or_path") else f"preset `{args.get('unet_preset')}`"
-    network = (f"diffusers `UNet2DModel` ({preset}): {parameters:,} parameters, channels "
+    parameters = f"{metrics['parameters']:,} parameters, " if "parameters" in metrics else ""
+    network = (f"diffusers `UNet2DModel` ({preset}): {parameters}channels "
                f"{tuple(unet['block_out_channels'])}, {unet['layers_per_block']} res blocks per level, self-attention "
                f"at {', '.join(f'{a}x{a}' for a in attention) or 'no level'}, dropout {unet.get('dropout', 0.0)}")
     variance = scheduler.get("variance_type", "fixed_small")
@@ -114,7 +100,7 @@ def _training_rows(args, metrics, unet, scheduler, parameters):
     ema = (f"on: decay warm-up with inv_gamma {args['ema_inv_gamma']:g}, power {args['ema_power']:g}, "
            f"at most {args['ema_max_decay']:g}; the weights here are the EMA" if args.get("use_ema") else "off")
     rows = [
-        ("data", f"{count}{_dataset(args, metrics)['short']}, {unet['sample_size']}x{unet['sample_size']}{augment}"),
+        ("data", f"{count}{data['short']}, {unet['sample_size']}x{unet['sample_size']}{augment}"),
         ("network", network),
         ("diffusion", f"T = {scheduler['num_train_timesteps']}, beta schedule "
                       f"{BETA_SCHEDULE_TEXT.get(scheduler['beta_schedule'], scheduler['beta_schedule'])}, the network "
@@ -138,8 +124,8 @@ def _training_rows(args, metrics, unet, scheduler, parameters):
 
 
 def model_card(output_dir, repo_id=None):
-    """The ``huggingface_hub.ModelCard`` of the training run in ``output_dir`` (see module docstring); the images it
-    links are the ``images/...`` paths of ``PICTURES``, relative to the pipeline folder."""
+    """The ``huggingface_hub.ModelCard`` of the training run in ``output_dir`` (see module docstring); it links the
+    ``images/...`` of ``PICTURES`` that are in the pipeline folder (``write_model_card`` copies them there)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     args = _read_json(os.path.join(output_dir, "training_args.json"))
@@ -164,9 +150,7 @@ def model_card(output_dir, repo_id=None):
     variance_text = ("reverse-process variances are learned (Nichol & Dhariwal sec. 3.1)"
                      if variance in ("learned", "learned_range") else
                      f"reverse-process variances are fixed (`{variance}`, Ho sec. 3.2)")
-    images = {key: new for key, (old, new) in PICTURES.items()
-              if os.path.isfile(os.path.join(output_dir, old)) or os.path.isfile(os.path.join(pipeline_dir, new))}
-    parameters = metrics.get("parameters") or _parameters(pipeline_dir)
+    images = {key: new for key, (_, new) in PICTURES.items() if os.path.isfile(os.path.join(pipeline_dir, new))}
     return ModelCard.from_template(
         card_data, template_path=TEMPLATE, model_name=model_name, data_text=data['text'], data_short=data['short'],
         resolution=resolution, channels_text="grayscale" if channels == 1 else f"{channels} channels",
@@ -176,7 +160,7 @@ def model_card(output_dir, repo_id=None):
         load_id=repo_id or "path/to/this/folder", samples_image=images.get("samples"),
         strip_image=images.get("strip"), loss_image=images.get("loss"),
         eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
-        training_rows=_training_rows(args, metrics, unet, scheduler, parameters))
+        training_rows=_training_rows(args, metrics, data, unet, scheduler))
 
 
 def write_model_card(output_dir, repo_id=None):

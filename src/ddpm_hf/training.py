@@ -608,7 +608,7 @@ def train(args):
                "device": accelerator.device.type, "parameters": flat.numel(),
                "dataset_source": dataset_source(args.dataset_name, args.train_data_dir),
                "versions": {"ddpm-hf": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}}
-    if getattr(batches, "images", None) is not None:
+    if isinstance(batches, EpochBatches):  # cached data: the number of training images is known
         metrics["train_images"] = len(batches.images)
     if world > 1:  # checks across ranks: the same weights, different data
         checks = torch.tensor([_checksum(model.parameters()),
