@@ -23,11 +23,11 @@ demo: env
 model-card: env
 	$(VENV)/bin/ddpm-hf card outputs/demo
 	rm -rf model_cards/ddpm-digits-8
-	mkdir -p model_cards/ddpm-digits-8/pipeline/unet model_cards/ddpm-digits-8/pipeline/scheduler
-	cp outputs/demo/training_args.json outputs/demo/metrics.json model_cards/ddpm-digits-8/
-	cp -r outputs/demo/pipeline/README.md outputs/demo/pipeline/images model_cards/ddpm-digits-8/pipeline/
-	cp outputs/demo/pipeline/unet/config.json model_cards/ddpm-digits-8/pipeline/unet/
-	cp outputs/demo/pipeline/scheduler/scheduler_config.json model_cards/ddpm-digits-8/pipeline/scheduler/
+	mkdir -p model_cards/ddpm-digits-8/unet model_cards/ddpm-digits-8/scheduler
+	cp outputs/demo/training_args.json outputs/demo/metrics.json outputs/demo/model_index.json model_cards/ddpm-digits-8/
+	cp -r outputs/demo/README.md outputs/demo/images model_cards/ddpm-digits-8/
+	cp outputs/demo/unet/config.json model_cards/ddpm-digits-8/unet/
+	cp outputs/demo/scheduler/scheduler_config.json model_cards/ddpm-digits-8/scheduler/
 
 test: env
 	$(PY) -m pytest -q tests

@@ -35,7 +35,7 @@ def main():
 
     from ddpm_hf.data import cache_images, load_digits_dataset
     from ddpm_hf.images import make_grid
-    from ddpm_hf.training import evaluate_bits_per_dim
+    from ddpm_hf.evaluation import evaluate_bits_per_dim
     from ddpm_hf.unet_configs import unet_config
 
     torch.manual_seed(args.seed)

@@ -31,7 +31,9 @@ def main():
         pipe = DDPMHFPipeline.from_pretrained(folder)
         pipe.set_progress_bar_config(disable=True)
         variance = pipe.scheduler.config.variance_type
-        name = os.path.basename(os.path.dirname(os.path.normpath(folder))) or "pipeline"
+        name = os.path.basename(os.path.normpath(folder))  # a run's --output_dir (or an old run's pipeline/)
+        if name == "pipeline":
+            name = os.path.basename(os.path.dirname(os.path.normpath(folder))) or name
         for steps in args.steps:
             start = time.time()
             generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]

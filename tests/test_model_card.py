@@ -37,7 +37,7 @@ def test_digits_run_card(tmp_path):
     _train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", "--hub_model_id",
            "someone/tiny-digits", "--hub_token", TOKEN, cwd=tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
-    path = out / "pipeline" / "README.md"
+    path = out / "README.md"
     text = path.read_text()
     card = ModelCard.load(path)
     data = card.data
@@ -48,7 +48,7 @@ def test_digits_run_card(tmp_path):
     assert result.metric_type == "bits_per_dim" and result.dataset_split == "test"
     assert result.metric_value == round(metrics["bits_per_dim"], 3)
     # the numbers in the text are the run's, counted independently here
-    pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
+    pipe = DDPMHFPipeline.from_pretrained(out)
     assert f"{pipe.unet.num_parameters():,} parameters" in text
     assert f"{metrics['bits_per_dim']:.3f}** +- {metrics['bits_per_dim_stderr']:.3f}" in text
     assert f"{metrics['train_images']:,} images of the UCI digits" in text and metrics["train_images"] == 1617
@@ -58,7 +58,7 @@ def test_digits_run_card(tmp_path):
     links = _linked_images(text)
     assert links == ["images/samples.png", "images/denoising.png", "images/loss.png"]
     for link in links:
-        with Image.open(out / "pipeline" / link) as image:
+        with Image.open(out / link) as image:
             assert image.width >= 64 and image.height >= 64
     # nothing of the machine or the login
     assert TOKEN not in text and str(tmp_path) not in text and os.path.expanduser("~") + os.sep not in text
@@ -70,8 +70,8 @@ def test_local_folder_card_and_cli_rerender(tmp_path):
     _train("--train_data_dir", str(images), "--resolution", "8", "--output_dir", str(out), "--max_train_steps", "2",
            "--train_batch_size", "4", "--checkpointing_steps", "100", "--variance_type", "fixed_small",
            "--num_sample_images", "2", cwd=tmp_path)
-    text = (out / "pipeline" / "README.md").read_text()
-    card = ModelCard.load(out / "pipeline" / "README.md")
+    text = (out / "README.md").read_text()
+    card = ModelCard.load(out / "README.md")
     assert not card.data.datasets and card.data.license is None and not card.data.eval_results
     assert "a local image folder (`my-faces`)" in text and str(tmp_path) not in text
     assert "not computed (no held-out split)" in text and 'mode "RGB"' in text and "variances are fixed" in text
@@ -79,8 +79,8 @@ def test_local_folder_card_and_cli_rerender(tmp_path):
     # `ddpm-hf card` re-renders it for a repo id; the same run gives the same card otherwise
     r = _cli("card", str(out), "--hub_model_id", "ns/faces-8")
     assert r.returncode == 0, r.stderr
-    again = (out / "pipeline" / "README.md").read_text()
-    assert 'from_pretrained("ns/faces-8"' in again and ModelCard.load(out / "pipeline" / "README.md").data.model_name \
+    again = (out / "README.md").read_text()
+    assert 'from_pretrained("ns/faces-8"' in again and ModelCard.load(out / "README.md").data.model_name \
         == "faces-8"
     assert again.replace('"ns/faces-8"', '"path/to/this/folder"').replace("faces-8", "ddpm-my-faces-8") == text
     # a folder that is not a finished run: one clear error
@@ -131,11 +131,11 @@ def test_example_card_is_what_the_code_renders():
     """model_cards/ holds the card of `make demo` (with the run's records, without weights): it must be what the
     current code renders from those records, so the example never drifts from the code."""
     run = os.path.join(ROOT, "model_cards", "ddpm-digits-8")
-    with open(os.path.join(run, "pipeline", "README.md")) as f:
+    with open(os.path.join(run, "README.md")) as f:
         stored = f.read()
     assert str(model_card(run)) == stored.rstrip("\n") or str(model_card(run)) + "\n" == stored
     for link in _linked_images(stored):
-        assert os.path.isfile(os.path.join(run, "pipeline", link)), link
+        assert os.path.isfile(os.path.join(run, link)), link
 
 
 def test_push_needs_a_login_at_start(tmp_path):
@@ -164,12 +164,12 @@ def test_failed_upload_loses_nothing(tmp_path):
                            text=True, timeout=300)
         assert r.returncode != 0 and "the upload to ns/later failed" in r.stderr
         assert f"ddpm-hf push {out} --hub_model_id ns/later" in r.stderr
-        assert (out / "pipeline" / "README.md").is_file() and (out / "metrics.json").is_file()
+        assert (out / "README.md").is_file() and (out / "metrics.json").is_file()
         assert not hub.repo_exists("ns/later")
         r = _cli("push", str(out), "--hub_model_id", "ns/later", env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         assert hub.repo_exists("ns/later")
         stored = Path(hub.repo_dir("ns/later"))
-    assert ModelCard.load(out / "pipeline" / "README.md").data.model_name == "later"
-    assert (stored / "README.md").read_bytes() == (out / "pipeline" / "README.md").read_bytes()
+    assert ModelCard.load(out / "README.md").data.model_name == "later"
+    assert (stored / "README.md").read_bytes() == (out / "README.md").read_bytes()
     assert (stored / "images" / "samples.png").read_bytes() == (out / "samples" / "grid.png").read_bytes()

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 
 from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.data import load_digits_dataset, to_mode
-from ddpm_hf.training import EpochBatches, flatten_parameters, parse_args
+from ddpm_hf.batches import EpochBatches, StreamBatches
+from ddpm_hf.flat_parameters import flatten_parameters
+from ddpm_hf.training import micro_batches, parse_args
 from ddpm_hf.unet_configs import unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +43,7 @@ def _history(folder):
 
 
 def _weights(folder):
-    return load_file(os.path.join(folder, "pipeline", "unet", "diffusion_pytorch_model.safetensors"))
+    return load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
 
 
 def test_digits_default_dataset():
@@ -128,7 +130,8 @@ def test_tiny_run_writes_every_output(tmp_path):
     _train("--output_dir", str(out), "--max_train_steps", "6", "--checkpointing_steps", "2", "--logger",
            "tensorboard", "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path)
     names = set(os.listdir(out))
-    assert {"pipeline", "samples", "loss.png", "training_args.json", "metrics.json", "history.jsonl"} <= names
+    assert {"model_index.json", "unet", "scheduler", "pipeline_ddpm_hf.py", "README.md", "images", "samples", "loss.png",
+            "training_args.json", "metrics.json", "history.jsonl"} <= names
     assert sorted(n for n in names if n.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-4"]
     assert {"grid.png", "strip.png", "sample_0000.png"} <= set(os.listdir(out / "samples"))
     for name in os.listdir(out):
@@ -141,7 +144,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert [h["step"] for h in history] == list(range(1, 7)) and all(np.isfinite(h["loss"]) for h in history)
     seconds = [h["seconds"] for h in history]  # wall time since the start, for loss-against-time plots
     assert seconds == sorted(seconds) and 0 < seconds[-1] <= metrics["train_seconds"] + 0.01
-    pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
+    pipe = DDPMHFPipeline.from_pretrained(out)
     assert pipe.scheduler.config.num_train_timesteps == 20 and pipe.unet.config.in_channels == 1
     # tensorboard: the scalars of every step, the held-out bits/dim and the sample grid and strip as images
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -200,7 +203,7 @@ def test_two_processes_with_torchrun(tmp_path):
     assert metrics["weights_identical_across_ranks"] is True
     assert metrics["first_batches_distinct_across_ranks"] is True
     assert sorted(os.listdir(out / "samples")).count("grid.png") == 1
-    DDPMHFPipeline.from_pretrained(out / "pipeline")
+    DDPMHFPipeline.from_pretrained(out)
 
 
 def _png_folder(root, n=12, size=(12, 10), mode="RGB"):
@@ -220,7 +223,7 @@ def test_image_folder_rgb_resized(tmp_path):
     out = tmp_path / "run"
     _train("--train_data_dir", str(images), "--resolution", "8", "--random_flip", "--output_dir", str(out),
            "--max_train_steps", "2", "--train_batch_size", "4", "--checkpointing_steps", "100", cwd=tmp_path)
-    pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
+    pipe = DDPMHFPipeline.from_pretrained(out)
     assert pipe.unet.config.in_channels == 3 and pipe.unet.config.sample_size == 8
     assert "bits_per_dim" not in json.loads((out / "metrics.json").read_text())  # no held-out split there
 
@@ -254,11 +257,11 @@ def test_hub_dataset_over_loopback(tmp_path):
                            timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         assert any("/datasets/someone/tiny-digits" in path for _, path in hub.requests)
-    pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
+    pipe = DDPMHFPipeline.from_pretrained(out)
     assert pipe.unet.config.in_channels == 1 and pipe.unet.config.sample_size == 32
     from huggingface_hub import ModelCard  # the card links the Hub dataset in its metadata and text
 
-    card = ModelCard.load(out / "pipeline" / "README.md")
+    card = ModelCard.load(out / "README.md")
     assert card.data.datasets == ["someone/tiny-digits"]
     assert "[someone/tiny-digits](https://huggingface.co/datasets/someone/tiny-digits)" in card.text
 
@@ -269,7 +272,7 @@ def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
            "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", cwd=tmp_path)
     history = _history(out)
     assert all("vlb_bpd" in h and np.isfinite(h["vlb_bpd"]) for h in history)
-    pipe = DDPMHFPipeline.from_pretrained(out / "pipeline")
+    pipe = DDPMHFPipeline.from_pretrained(out)
     assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.variance_type == "learned_range"
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert np.isfinite(json.loads((out / "metrics.json").read_text())["bits_per_dim"])

@@ -22,14 +22,15 @@ def _sample_parser(sub):
 
 
 def _card_parser(sub):
-    p = sub.add_parser("card", help="(re)write the model card of a training run: OUTPUT_DIR/pipeline/README.md")
+    p = sub.add_parser("card", help="(re)write the model card of a training run: OUTPUT_DIR/README.md")
     p.add_argument("output_dir", help="the --output_dir of a finished training run")
     p.add_argument("--hub_model_id", default=None, help="the Hub repo id the card's loading example names")
     return p
 
 
 def _push_parser(sub):
-    p = sub.add_parser("push", help="upload a training run's pipeline with its model card to the Hub")
+    p = sub.add_parser("push", help="upload a training run's pipeline with its model card, pictures, metrics.json "
+                       "and training_args.json to the Hub (never checkpoints or logs)")
     p.add_argument("output_dir", help="the --output_dir of a finished training run")
     p.add_argument("--hub_model_id", required=True, help="the repo id to push to (namespace/name)")
     p.add_argument("--hub_private_repo", action="store_true", help="create the repo private")
@@ -38,9 +39,12 @@ def _push_parser(sub):
 
 
 def _check_run(parser, output_dir):
-    for name in ("training_args.json", "metrics.json", os.path.join("pipeline", "model_index.json")):
-        if not os.path.isfile(os.path.join(output_dir, name)):
-            parser.error(f"{output_dir} is not a finished training run: {name} is missing")
+    from .model_card import LayoutError, check_run
+
+    try:
+        check_run(output_dir)
+    except LayoutError as error:
+        parser.error(str(error))
 
 
 def cmd_card(args, parser):
@@ -52,14 +56,11 @@ def cmd_card(args, parser):
 
 def cmd_push(args, parser):
     _check_run(parser, args.output_dir)
-    from . import DDPMHFPipeline
-    from .model_card import write_model_card
+    from .model_card import push_run, write_model_card
 
     write_model_card(args.output_dir, repo_id=args.hub_model_id)
-    folder = os.path.join(args.output_dir, "pipeline")
-    DDPMHFPipeline.from_pretrained(folder).save_pretrained(
-        folder, push_to_hub=True, repo_id=args.hub_model_id, private=args.hub_private_repo, token=args.hub_token)
-    print(f"pushed {folder} to {args.hub_model_id}")
+    push_run(args.output_dir, args.hub_model_id, private=args.hub_private_repo, token=args.hub_token)
+    print(f"pushed {args.output_dir} to {args.hub_model_id}")
 
 
 def _check_positive(parser, **values):
@@ -68,54 +69,11 @@ def _check_positive(parser, **values):
             parser.error(f"--{name} must be >= 1, got {value}")
 
 
-def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=False, columns=10, rows=8):
-    """Images (N, H, W, C) in [0, 1]; image i is drawn with its own generator seeded seed + i, so the result does
-    not depend on the batch size. With ``strip``, also ``(states, labels)``: the first ``rows`` images of the first
-    batch at ``columns`` evenly spaced points of the chain, recorded by a step callback (the chain is not kept)."""
-    import numpy as np
-    import torch
-
-    steps = num_inference_steps or pipe.scheduler.config.num_train_timesteps
-    images, states, labels = [], [], []
-
-    def record(p, i, t, tensors):
-        timesteps = p.scheduler.timesteps.tolist()
-        picks = set(np.linspace(0, len(timesteps) - 1, min(columns, len(timesteps))).round().astype(int).tolist())
-        if i in picks:  # the state after step i is x at the next timestep (x_0 after the last step)
-            states.append(p._to_output(tensors["image"][:rows], "np"))
-            labels.append(f"t={timesteps[i + 1]}" if i + 1 < len(timesteps) else "x_0")
-        return {}
-
-    for start in range(0, num_images, batch_size):
-        n = min(batch_size, num_images - start)
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
-        callback = record if strip and start == 0 else None
-        out = pipe(batch_size=n, generator=generators, num_inference_steps=steps, output_type="np",
-                   callback_on_step_end=callback)
-        images.append(out.images)
-    return np.concatenate(images), ((states, labels) if strip else None)
-
-
-def write_samples(pipe, images, output_dir, title, strip=None):
-    """One PNG per image (native resolution), grid.png (upscaled, labelled) and, given ``(states, labels)`` from
-    ``generate``, strip.png. Returns the pictures written, {"grid": PIL image, "strip": PIL image (with strip)}."""
-    from .images import make_grid, make_strip
-
-    os.makedirs(output_dir, exist_ok=True)
-    for i, image in enumerate(pipe.numpy_to_pil(images)):
-        image.save(os.path.join(output_dir, f"sample_{i:04d}.png"))
-    pictures = {"grid": make_grid(images, title=title)}
-    if strip is not None:
-        pictures["strip"] = make_strip(*strip, title=title + "\ndenoising x_T -> x_0")
-    for name, picture in pictures.items():
-        picture.save(os.path.join(output_dir, f"{name}.png"))
-    return pictures
-
-
 def cmd_sample(args, parser):
     _check_positive(parser, num_images=args.num_images, batch_size=args.batch_size,
                     num_inference_steps=args.num_inference_steps)
     from . import DDPMHFPipeline
+    from .sampling import generate, write_samples
 
     kwargs = {"revision": args.revision} if args.revision else {}
     pipe = DDPMHFPipeline.from_pretrained(args.model, **kwargs)

@@ -78,3 +78,28 @@ def make_strip(states, labels, tile=64, title=None):
     out.paste(header, (0, 0))
     out.paste(body, (0, 16))
     return _labelled(out, title)
+
+
+def save_loss_plot(history, path, title):
+    """loss.png: the training loss per step (and its running mean) against the step, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    loss = np.array([h["loss"] for h in history])
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, loss, lw=0.6, alpha=0.4, label="loss")
+    window = max(1, len(loss) // 50)
+    if len(loss) >= window:
+        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"running mean ({window} steps)")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

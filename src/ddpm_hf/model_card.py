@@ -1,9 +1,11 @@
-"""The model card of a trained pipeline: ``pipeline/README.md`` with Hub metadata, samples, metrics and how to load it.
+"""The model card of a trained pipeline and its upload to the Hub.
 
 ``write_model_card(output_dir)`` reads what a training run left in ``output_dir`` (training_args.json, metrics.json,
 the saved pipeline's configs, the sample grid, denoising strip and loss plot), copies the pictures to
-``pipeline/images/`` and renders ``model_card_template.md`` through huggingface_hub's ``ModelCard``. The card
-names no local path and no token: local datasets appear by their folder's name only.
+``output_dir/images/`` and renders ``model_card_template.md`` through huggingface_hub's ``ModelCard`` into
+``output_dir/README.md``, beside the pipeline (train_unconditional.py's layout). The card names no local path and no
+token: local datasets appear by their folder's name only. ``push_run`` uploads the pipeline, card, pictures,
+metrics.json and training_args.json, never checkpoints or logs.
 """
 
 import json
@@ -13,7 +15,7 @@ import shutil
 from .data import DIGITS, dataset_source
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
-# pictures of the run -> their name in the pipeline folder (and so in the Hub repo)
+# pictures of the run -> their name beside the card (and so in the Hub repo)
 PICTURES = {"samples": ("samples/grid.png", "images/samples.png"),
             "strip": ("samples/strip.png", "images/denoising.png"),
             "loss": ("loss.png", "images/loss.png")}
@@ -24,6 +26,30 @@ BETA_SCHEDULE_TEXT = {
     "sigmoid": "sigmoid",
 }
 PREDICTION_TEXT = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_prediction": "v (Salimans & Ho 2022)"}
+
+
+# what a push leaves out of --output_dir (huggingface_hub ignore_patterns, as diffusers' scripts pass them)
+PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "samples/**", "samples-*/**", "history.jsonl",
+                        "loss.png", "*.tmp", "*.tmp/**"]
+
+
+class LayoutError(ValueError):
+    """A folder that is not a finished training run in this version's layout."""
+
+
+def check_run(output_dir):
+    """Raise LayoutError unless ``output_dir`` is a finished training run with the pipeline at its root; a run of an
+    older ddpm-hf (pipeline in ``output_dir/pipeline``) gets a message that says so."""
+    if not os.path.isfile(os.path.join(output_dir, "model_index.json")) and os.path.isfile(
+            os.path.join(output_dir, "pipeline", "model_index.json")):
+        raise LayoutError(
+            f"{output_dir} is a run of an older ddpm-hf that saved its pipeline in {os.path.join(output_dir, 'pipeline')}"
+            f"; this version keeps the pipeline at the run's top level, as diffusers' train_unconditional.py does. "
+            f"`ddpm-hf sample {os.path.join(output_dir, 'pipeline')}` still loads it; to card or push it, move the "
+            f"contents of pipeline/ up into {output_dir}")
+    for name in ("training_args.json", "metrics.json", "model_index.json"):
+        if not os.path.isfile(os.path.join(output_dir, name)):
+            raise LayoutError(f"{output_dir} is not a finished training run: {name} is missing")
 
 
 def _read_json(path):
@@ -99,7 +125,12 @@ def _training_rows(args, metrics, data, unet, scheduler):
         optimiser += f", gradients clipped to norm {args['max_grad_norm']:g}"
     ema = (f"on: decay warm-up with inv_gamma {args['ema_inv_gamma']:g}, power {args['ema_power']:g}, "
            f"at most {args['ema_max_decay']:g}; the weights here are the EMA" if args.get("use_ema") else "off")
+    recipe = args.get("recipe")
+    if recipe:
+        changed = args.get("recipe_overrides") or []
+        recipe = f"`{recipe}`" + (f", with {', '.join(f'`--{k}`' for k in changed)} set explicitly" if changed else "")
     rows = [
+        ("recipe", recipe or "none recorded"),
         ("data", f"{count}{data['short']}, {unet['sample_size']}x{unet['sample_size']}{augment}"),
         ("network", network),
         ("diffusion", f"T = {scheduler['num_train_timesteps']}, beta schedule "
@@ -125,12 +156,12 @@ def _training_rows(args, metrics, data, unet, scheduler):
 
 def model_card(output_dir, repo_id=None):
     """The ``huggingface_hub.ModelCard`` of the training run in ``output_dir`` (see module docstring); it links the
-    ``images/...`` of ``PICTURES`` that are in the pipeline folder (``write_model_card`` copies them there)."""
+    ``images/...`` of ``PICTURES`` that are beside it (``write_model_card`` copies them there)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     args = _read_json(os.path.join(output_dir, "training_args.json"))
     metrics = _read_json(os.path.join(output_dir, "metrics.json"))
-    pipeline_dir = os.path.join(output_dir, "pipeline")
+    pipeline_dir = output_dir
     unet = _read_json(os.path.join(pipeline_dir, "unet", "config.json"))
     scheduler = _read_json(os.path.join(pipeline_dir, "scheduler", "scheduler_config.json"))
     data = _dataset(args, metrics)
@@ -164,13 +195,26 @@ def model_card(output_dir, repo_id=None):
 
 
 def write_model_card(output_dir, repo_id=None):
-    """Write ``output_dir/pipeline/README.md`` and copy the run's pictures to ``pipeline/images/``. Returns the
-    card's path."""
-    pipeline_dir = os.path.join(output_dir, "pipeline")
+    """Write ``output_dir/README.md`` and copy the run's pictures to ``output_dir/images/``. Returns the card's
+    path."""
+    check_run(output_dir)
     for old, new in PICTURES.values():
         if os.path.isfile(os.path.join(output_dir, old)):
-            os.makedirs(os.path.join(pipeline_dir, os.path.dirname(new)), exist_ok=True)
-            shutil.copyfile(os.path.join(output_dir, old), os.path.join(pipeline_dir, new))
-    path = os.path.join(pipeline_dir, "README.md")
+            os.makedirs(os.path.join(output_dir, os.path.dirname(new)), exist_ok=True)
+            shutil.copyfile(os.path.join(output_dir, old), os.path.join(output_dir, new))
+    path = os.path.join(output_dir, "README.md")
     model_card(output_dir, repo_id).save(path)
     return path
+
+
+def push_run(output_dir, repo_id, private=None, token=None, revision=None, commit_message=None):
+    """Upload a finished run to the Hub repo ``repo_id`` (created if missing): the pipeline, README.md, images/,
+    metrics.json and training_args.json; ``PUSH_IGNORE_PATTERNS`` keeps checkpoints, logs and samples out. Returns
+    the commit info."""
+    from huggingface_hub import create_repo, upload_folder
+
+    check_run(output_dir)
+    repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+    return upload_folder(repo_id=repo_id, folder_path=output_dir, token=token, revision=revision,
+                         ignore_patterns=PUSH_IGNORE_PATTERNS,
+                         commit_message=commit_message or "Upload DDPMHFPipeline trained with ddpm-hf")

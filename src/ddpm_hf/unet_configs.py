@@ -48,6 +48,19 @@ UNET_PRESETS = {
     # Ho et al. 2020, 256x256 CelebA-HQ and LSUN: ch_mult (1, 1, 2, 2, 4, 4), attention at 16x16.
     "ddpm-celebahq-256": _levels(256, (128, 128, 256, 256, 512, 512), {16}),
     "ddpm-lsun-256": _levels(256, (128, 128, 256, 256, 512, 512), {16}),
+    # Nichol & Dhariwal 2021 CIFAR-10 (improved-diffusion README: 128 channels, ch_mult (1, 2, 2, 2), 3 res blocks,
+    # attention at 16x16 and 8x8, dropout 0.3), as a UNet2DModel: diffusers' blocks, not improved-diffusion's
+    # scale-shift norm and multi-head attention, so the parameter count differs from the paper's.
+    "improved-ddpm-cifar10-32": _levels(32, (128, 256, 256, 256), {16, 8}, layers=3, dropout=0.3),
+    # diffusers' examples/unconditional_image_generation/train_unconditional.py builds this UNet for every run: six
+    # levels (128, 128, 256, 256, 512, 512), attention in the fifth down and second up block, UNet2DModel defaults
+    # otherwise; it needs a resolution divisible by 32.
+    "diffusers-unconditional": dict(
+        sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(128, 128, 256, 256, 512, 512),
+        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+    ),
     # Small networks for a CPU; grayscale by default (channels=3 for RGB). cpu-8 (1.6M parameters) trains at about
     # 2.2x the images/s of a (64, 128, 128) variant on 2 cores, which buys more steps in the digits demo.
     "cpu-8": _levels(8, (32, 64, 64), {4}, in_channels=1),
@@ -55,6 +68,21 @@ UNET_PRESETS = {
     "cpu-28": _levels(28, (32, 64, 128), {14}, in_channels=1),
     "cpu-32": _levels(32, (64, 128, 128, 128), {16}, in_channels=1),
 }
+
+
+def resolution_divisor(config):
+    """The UNet halves the image between levels, so the resolution must be a multiple of 2^(levels - 1)."""
+    return 2 ** (len(config["down_block_types"]) - 1)
+
+
+def check_resolution(name, resolution):
+    """Raise ValueError, naming sizes that work, if preset ``name`` cannot take images of ``resolution`` pixels."""
+    divisor = resolution_divisor(UNET_PRESETS[name])
+    if resolution % divisor:
+        fits = [divisor * k for k in range(1, 5)] + [divisor * 8]
+        raise ValueError(f"--unet_preset {name} halves the image {len(UNET_PRESETS[name]['down_block_types']) - 1} "
+                         f"times, so it needs a resolution divisible by {divisor} (e.g. "
+                         f"{', '.join(map(str, fits))}); got {resolution}")
 
 
 def unet_config(name, channels=None, learned_variance=False, **overrides):

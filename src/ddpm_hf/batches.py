@@ -1,0 +1,114 @@
+"""Training batches: a cached uint8 tensor in a fresh permutation per epoch, or a shuffled stream; both sharded
+across processes and addressed by micro-batch index, so a resumed run reads exactly the batches it would have read.
+"""
+
+import time
+
+import numpy as np
+import torch
+
+from .data import DIGITS, cache_images, find_image_column, fits_in_memory, image_to_uint8, infer_channels
+from .data import load_image_dataset
+
+
+def step_seed(seed, *parts):
+    """A 63-bit seed derived from ``seed`` and integers (rank, step, epoch, ...)."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class EpochBatches:
+    """Batches of a cached uint8 image tensor (N, C, H, W), in a fresh permutation each epoch seeded by (seed, epoch),
+    sharded across processes, last partial batch dropped. ``batch(k)`` is micro-batch k of the whole run (micro-batch
+    k % per_epoch of epoch k // per_epoch), so resuming at any step needs no iterator state."""
+
+    def __init__(self, images, batch_size, seed, rank=0, world=1):
+        self.images, self.batch_size, self.seed, self.rank, self.world = images, batch_size, seed, rank, world
+        self.per_epoch = len(images) // (batch_size * world)
+        if self.per_epoch < 1:
+            raise ValueError(f"{len(images)} images are fewer than one batch of {batch_size} x {world} processes")
+        self._epoch, self._order = None, None
+        self.transform_seconds = 0.0
+
+    def batch(self, k):
+        epoch, i = divmod(k, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(step_seed(self.seed, epoch))
+            self._order = torch.randperm(len(self.images), generator=g)[self.rank :: self.world]
+            self._epoch = epoch
+        return self.images[self._order[i * self.batch_size : (i + 1) * self.batch_size]]
+
+
+class StreamBatches:
+    """Batches from an IterableDataset (``--streaming``), shuffled through a buffer of ``buffer_size`` images seeded
+    by (seed, epoch) and reshuffled every epoch; the shards of the shuffled stream are split disjointly across
+    processes (``datasets.distributed.split_dataset_by_node``). The epoch length is unknown, so ``per_epoch`` is None
+    and ``batch(k)`` must be called with k = 0, 1, 2, ... (on resume the first k batches are read and skipped, which
+    reproduces the same order)."""
+
+    def __init__(self, dataset, image_column, resolution, channels, center_crop, batch_size, seed, rank, world,
+                 buffer_size=1000):
+        from datasets.distributed import split_dataset_by_node
+
+        dataset = dataset.shuffle(seed=seed % 2**32, buffer_size=buffer_size)  # set_epoch(e) reseeds it with seed + e
+        self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world) if world > 1 else dataset
+        self.column, self.resolution, self.channels = image_column, resolution, channels
+        self.center_crop, self.batch_size, self.seed, self.rank = center_crop, batch_size, seed, rank
+        self.per_epoch, self._next, self._iter, self.epoch = None, 0, None, 0
+        self.transform_seconds = 0.0  # transforms happen per batch, inside the training loop
+
+    def _rows(self):
+        while True:
+            self.dataset.set_epoch(self.epoch)
+            empty = True
+            for row in self.dataset:
+                empty = False
+                yield row[self.column]
+            if empty:
+                raise ValueError("the streamed dataset (this process's shard) holds no images")
+            self.epoch += 1
+
+    def batch(self, k):
+        if self._iter is None:
+            self._iter = self._rows()
+        if k < self._next - 1:
+            raise ValueError(f"StreamBatches reads forwards only: asked for batch {k} after {self._next - 1}")
+        while self._next <= k:
+            images = [next(self._iter) for _ in range(self.batch_size)]
+            self._next += 1
+        rng = np.random.default_rng([self.seed, self.rank, k])  # batch k's crops: the same after a resume
+        return torch.stack([image_to_uint8(im, self.resolution, self.channels, self.center_crop, rng)
+                            for im in images])
+
+
+def prepare_data(args, rank, world, progress=True):
+    """The training batches, the held-out images (uint8, or None) for bits/dim, channels and resolution."""
+    train = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.cache_dir,
+                               args.split, args.streaming)
+    column = find_image_column(train, args.image_column)
+    channels = args.channels or infer_channels(train, column)
+    resolution = args.resolution
+    if args.streaming:
+        batches = StreamBatches(train, column, resolution, channels, args.center_crop, args.train_batch_size,
+                                args.seed, rank, world, args.shuffle_buffer_size)
+    else:
+        if not fits_in_memory(train, resolution, channels):
+            raise ValueError("the dataset does not fit in memory as uint8 tensors; use --streaming")
+        cache_start = time.time()
+        images = cache_images(train, column, resolution, channels, args.center_crop, progress=progress)
+        batches = EpochBatches(images, args.train_batch_size, args.seed, rank, world)
+        batches.transform_seconds = time.time() - cache_start  # decoding and transforms, done once
+    held_out = None
+    if args.eval_split and not args.streaming:
+        try:
+            test = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir,
+                                      args.cache_dir, args.eval_split)
+        except (ValueError, KeyError):
+            test = None
+        if test is not None:
+            test = test.select(range(min(len(test), args.eval_max_images)))
+            held_out = cache_images(test, column, resolution, channels, center_crop=True, progress=False)
+    return batches, held_out, channels, resolution
+
+
+def is_digits(args):
+    return args.dataset_name in (None, DIGITS) and args.train_data_dir is None

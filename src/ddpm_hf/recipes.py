@@ -1,0 +1,89 @@
+"""Named sets of training defaults (``--recipe``): explicit flags override them, flags left unset take them.
+
+Each value's source is the paper section or script it comes from (README's recipe table repeats them). ``digits`` is
+the default for the embedded digits, ``diffusers`` (train_unconditional.py's own defaults) for any other data.
+"""
+
+RECIPES = {
+    # The CPU default for the embedded 8x8 digits, chosen by measurement on 2 cores (BENCHMARKS.md).
+    "digits": dict(
+        unet_preset="cpu-8", resolution=8, train_batch_size=128, eval_batch_size=256, num_sample_images=36,
+        learning_rate=1e-3, lr_scheduler="cosine", lr_warmup_steps=100, max_train_steps=1400,
+        adam_beta1=0.95, adam_beta2=0.999, adam_weight_decay=1e-6, max_grad_norm=1.0,
+        ddpm_num_steps=1000, ddpm_num_inference_steps=1000, ddpm_beta_schedule="squaredcos_cap_v2",
+        variance_type="learned_range", prediction_type="epsilon", use_ema=True, ema_max_decay=0.9999,
+        random_flip=False, dropout=None,
+    ),
+    # diffusers' examples/unconditional_image_generation/train_unconditional.py, its argparse defaults and its UNet.
+    "diffusers": dict(
+        unet_preset="diffusers-unconditional", resolution=64, train_batch_size=16, eval_batch_size=16,
+        num_sample_images=16, learning_rate=1e-4, lr_scheduler="cosine", lr_warmup_steps=500, num_epochs=100,
+        adam_beta1=0.95, adam_beta2=0.999, adam_weight_decay=1e-6, max_grad_norm=1.0,
+        ddpm_num_steps=1000, ddpm_num_inference_steps=1000, ddpm_beta_schedule="linear",
+        variance_type="fixed_small", prediction_type="epsilon", use_ema=True, ema_max_decay=0.9999,
+        random_flip=False, dropout=None, save_images_epochs=10, save_model_epochs=10,
+    ),
+    # Ho et al. 2020, sec. 4 and appendix B: T = 1000, linear betas 1e-4..0.02, the 35.7M-parameter network,
+    # dropout 0.1, Adam (no weight decay, the TF defaults 0.9 / 0.999) at 2e-4 with 5000 warm-up steps, batch 128,
+    # gradient clipping at 1 (the released code), EMA 0.9999, random horizontal flips, 800k steps; fixed_large
+    # variances (sigma_t^2 = beta_t, the CIFAR-10 choice of sec. 3.2 and the released code).
+    "ddpm-cifar10": dict(
+        unet_preset="ddpm-cifar10-32", resolution=32, train_batch_size=128, eval_batch_size=128,
+        num_sample_images=64, learning_rate=2e-4, lr_scheduler="constant_with_warmup", lr_warmup_steps=5000,
+        max_train_steps=800_000, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0, max_grad_norm=1.0,
+        ddpm_num_steps=1000, ddpm_num_inference_steps=1000, ddpm_beta_schedule="linear",
+        variance_type="fixed_large", prediction_type="epsilon", use_ema=True, ema_max_decay=0.9999,
+        random_flip=True, dropout=0.1,
+    ),
+    # Nichol & Dhariwal 2021 (sec. 2-3 and the improved-diffusion README's CIFAR-10 flags): cosine schedule with
+    # T = 4000, learned variances trained with L_hybrid (lambda = 0.001), 3 res blocks, attention at 16 and 8,
+    # dropout 0.3, Adam at 1e-4 with no warm-up, no weight decay and no clipping, batch 128, EMA 0.9999, flips,
+    # 500k steps.
+    "improved-ddpm-cifar10": dict(
+        unet_preset="improved-ddpm-cifar10-32", resolution=32, train_batch_size=128, eval_batch_size=128,
+        num_sample_images=64, learning_rate=1e-4, lr_scheduler="constant", lr_warmup_steps=0,
+        max_train_steps=500_000, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0, max_grad_norm=0.0,
+        ddpm_num_steps=4000, ddpm_num_inference_steps=4000, ddpm_beta_schedule="squaredcos_cap_v2",
+        variance_type="learned_range", prediction_type="epsilon", use_ema=True, ema_max_decay=0.9999,
+        random_flip=True, dropout=0.3,
+    ),
+    # Ho et al. 2020, appendix B, 256x256 CelebA-HQ: the 256 network, lr 2e-5 ("unstable ... with the larger
+    # learning rate"), batch 64, dropout 0, flips, 500k steps; otherwise as ddpm-cifar10.
+    "ddpm-celebahq-256": dict(
+        unet_preset="ddpm-celebahq-256", resolution=256, train_batch_size=64, eval_batch_size=16,
+        num_sample_images=16, learning_rate=2e-5, lr_scheduler="constant_with_warmup", lr_warmup_steps=5000,
+        max_train_steps=500_000, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0, max_grad_norm=1.0,
+        ddpm_num_steps=1000, ddpm_num_inference_steps=1000, ddpm_beta_schedule="linear",
+        variance_type="fixed_large", prediction_type="epsilon", use_ema=True, ema_max_decay=0.9999,
+        random_flip=True, dropout=0.0,
+    ),
+}
+
+# flags whose default comes from the recipe
+RECIPE_FLAGS = sorted({key for recipe in RECIPES.values() for key in recipe})
+
+
+def default_recipe(is_digits):
+    return "digits" if is_digits else "diffusers"
+
+
+def apply_recipe(args, is_digits):
+    """Fill every flag the user left unset (None) from ``args.recipe`` (default: ``default_recipe``), in place.
+
+    The step budget (``max_train_steps`` or ``num_epochs``) is taken from the recipe only when neither flag was
+    given. Records ``args.recipe`` and ``args.recipe_overrides`` (the recipe values that explicit flags replaced).
+    """
+    args.recipe = args.recipe or default_recipe(is_digits)
+    recipe = RECIPES[args.recipe]
+    budget_given = args.max_train_steps is not None or args.num_epochs is not None
+    overrides = []
+    for key, value in recipe.items():
+        if key in ("max_train_steps", "num_epochs") and budget_given:
+            continue
+        current = getattr(args, key, None)
+        if current is None:
+            setattr(args, key, value)
+        elif current != value:
+            overrides.append(key)
+    args.recipe_overrides = sorted(overrides)
+    return args

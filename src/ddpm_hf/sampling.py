@@ -1,0 +1,48 @@
+"""Drawing samples from a pipeline and writing them for people: one PNG per image, a labelled upscaled grid and a
+denoising strip."""
+
+import os
+
+import numpy as np
+import torch
+
+
+def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=False, columns=10, rows=8):
+    """Images (N, H, W, C) in [0, 1]; image i is drawn with its own generator seeded seed + i, so the result does
+    not depend on the batch size. With ``strip``, also ``(states, labels)``: the first ``rows`` images of the first
+    batch at ``columns`` evenly spaced points of the chain, recorded by a step callback (the chain is not kept)."""
+    steps = num_inference_steps or pipe.scheduler.config.num_train_timesteps
+    images, states, labels = [], [], []
+
+    def record(p, i, t, tensors):
+        timesteps = p.scheduler.timesteps.tolist()
+        picks = set(np.linspace(0, len(timesteps) - 1, min(columns, len(timesteps))).round().astype(int).tolist())
+        if i in picks:  # the state after step i is x at the next timestep (x_0 after the last step)
+            states.append(p._to_output(tensors["image"][:rows], "np"))
+            labels.append(f"t={timesteps[i + 1]}" if i + 1 < len(timesteps) else "x_0")
+        return {}
+
+    for start in range(0, num_images, batch_size):
+        n = min(batch_size, num_images - start)
+        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
+        callback = record if strip and start == 0 else None
+        out = pipe(batch_size=n, generator=generators, num_inference_steps=steps, output_type="np",
+                   callback_on_step_end=callback)
+        images.append(out.images)
+    return np.concatenate(images), ((states, labels) if strip else None)
+
+
+def write_samples(pipe, images, output_dir, title, strip=None):
+    """One PNG per image (native resolution), grid.png (upscaled, labelled) and, given ``(states, labels)`` from
+    ``generate``, strip.png. Returns the pictures written, {"grid": PIL image, "strip": PIL image (with strip)}."""
+    from .images import make_grid, make_strip
+
+    os.makedirs(output_dir, exist_ok=True)
+    for i, image in enumerate(pipe.numpy_to_pil(images)):
+        image.save(os.path.join(output_dir, f"sample_{i:04d}.png"))
+    pictures = {"grid": make_grid(images, title=title)}
+    if strip is not None:
+        pictures["strip"] = make_strip(*strip, title=title + "\ndenoising x_T -> x_0")
+    for name, picture in pictures.items():
+        picture.save(os.path.join(output_dir, f"{name}.png"))
+    return pictures
