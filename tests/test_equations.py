@@ -5,9 +5,11 @@ import math
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from ddpm_hf import DDPMHFScheduler
 from ddpm_hf.likelihood import posterior_mean_variance
+from ddpm_hf.scheduling_ddpm_hf import posterior_coefficients, x0_coefficients
 
 
 def test_linear_schedule_is_ho_section_4():
@@ -70,10 +72,12 @@ def test_closed_form_equals_iterated_forward_steps():
     assert x.var().item() == pytest.approx((1 - ab).item(), abs=5 * math.sqrt(2 / n))
 
 
-def _bayes_posterior(s, x0, xt, t):
+def _bayes_posterior(s, x0, xt, t, prev=None):
     """q(x_{t-1}|x_t, x_0) by Bayes' rule on two Gaussians, written independently of Ho eq. 7's coefficients:
-    prior x_{t-1} ~ N(sqrt(alphabar_{t-1}) x0, 1 - alphabar_{t-1}), likelihood x_t ~ N(sqrt(alpha_t) x_{t-1}, beta_t)."""
-    ab_prev = s.alphas_cumprod[t - 1].double() if t > 0 else torch.tensor(1.0, dtype=torch.float64)
+    prior x_{t-1} ~ N(sqrt(alphabar_{t-1}) x0, 1 - alphabar_{t-1}), likelihood x_t ~ N(sqrt(alpha_t) x_{t-1}, beta_t).
+    With ``prev``, the same for x_prev, alpha' = alphabar_t / alphabar_prev (Nichol & Dhariwal sec. 4)."""
+    prev = t - 1 if prev is None else prev
+    ab_prev = s.alphas_cumprod[prev].double() if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
     alpha = s.alphas_cumprod[t].double() / ab_prev
     beta = 1 - alpha
     prior_var = 1 - ab_prev
@@ -105,6 +109,48 @@ def test_posterior_is_bayes_rule(t):
     torch.testing.assert_close(out.mean(0), want_mean[0], atol=5 * se + 1e-6, rtol=0)
     if t > 0:
         assert out.var(0).mean().item() == pytest.approx(want_var.item(), rel=0.03)
+
+
+@pytest.mark.parametrize("t,prev", [(999, 600), (600, 321), (321, 0), (5, 4), (99, -1), (0, -1)])
+def test_posterior_coefficients_are_bayes_rule_for_skipped_steps(t, prev):
+    """``posterior_coefficients`` in float64, the formulas both the scheduler and the likelihood use: beta'_t is the
+    variance of the skipped forward step (alpha'_t is the product of the alphas skipped) and the mean coefficients
+    and betatilde'_t are q(x_prev | x_t, x_0) by Bayes' rule (Ho eq. 7, Nichol & Dhariwal sec. 4)."""
+    s = DDPMHFScheduler()
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.rand(4, 1, 3, 3, generator=g, dtype=torch.float64) * 2 - 1
+    xt = torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64)
+    ab_t = s.alphas_cumprod[t].double()
+    ab_s = s.alphas_cumprod[prev].double() if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+    beta, var, from_x0, from_xt = posterior_coefficients(ab_t, ab_s)
+    assert beta.dtype == var.dtype == from_x0.dtype == from_xt.dtype == torch.float64
+    torch.testing.assert_close(1 - beta, torch.prod(1 - s.betas[prev + 1 : t + 1].double()), atol=0, rtol=1e-5)
+    want_mean, want_var = _bayes_posterior(s, x0, xt, t, prev)
+    torch.testing.assert_close(from_x0 * x0 + from_xt * xt, want_mean, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(var, want_var, atol=1e-12, rtol=1e-7)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_x0_coefficients_invert_the_forward_process(prediction_type):
+    """(a x_t - b output) / c with ``x0_coefficients`` recovers x_0 from x_t = sqrt(alphabar_t) x_0 +
+    sqrt(1 - alphabar_t) eps (Ho eq. 4) and the output a perfect model gives: eps, x_0 or v, as diffusers'
+    DDPMScheduler computes x_t and v."""
+    theirs = DDPMScheduler()
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.rand(4, 2, 3, 3, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 17, 500, 999])
+    xt = theirs.add_noise(x0, eps, t)
+    output = {"epsilon": eps, "sample": x0, "v_prediction": theirs.get_velocity(x0, eps, t)}[prediction_type]
+    coefficients = x0_coefficients(theirs.alphas_cumprod[t].double().view(-1, 1, 1, 1), prediction_type)
+    if prediction_type == "sample":
+        assert coefficients is None
+        return
+    a, b, c = coefficients
+    assert a.dtype == b.dtype == c.dtype == torch.float64
+    torch.testing.assert_close((a * xt - b * output) / c, x0, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="prediction_type"):
+        x0_coefficients(theirs.alphas_cumprod, "noise")
 
 
 @pytest.mark.parametrize("variance_type", ["fixed_large", "fixed_small"])

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from ddpm_hf import DDPMHFScheduler
 from ddpm_hf.likelihood import (
@@ -115,6 +116,24 @@ def test_variance_types():
     # v = 0 is the geometric mean (Nichol & Dhariwal eq. 15)
     out = torch.cat([x, torch.zeros_like(x)], dim=1)
     torch.testing.assert_close(variance(learned_range, out)[2], (betas[600] * post[600]).sqrt())
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
+def test_diffusers_scheduler_gives_the_same_bound(prediction_type, variance_type):
+    """The likelihood reads only ``config`` and ``alphas_cumprod``: diffusers' DDPMScheduler gives the same terms."""
+    kwargs = dict(prediction_type=prediction_type, variance_type=variance_type, num_train_timesteps=100)
+    ours, theirs = DDPMHFScheduler(**kwargs), DDPMScheduler(**kwargs)
+    g = torch.Generator().manual_seed(4)
+    x0 = torch.rand(3, 2, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    xt = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64)
+    channels = 4 if variance_type == "learned_range" else 2
+    out = torch.rand(3, channels, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
+    t = torch.tensor([0, 1, 99])
+    p_ours, p_theirs = p_mean_variance(ours, out, xt, t), p_mean_variance(theirs, out, xt, t)
+    for key in ("mean", "variance", "log_variance", "pred_x0"):
+        assert torch.equal(p_ours[key], p_theirs[key]), key
+    assert torch.equal(vlb_terms(ours, out, x0, xt, t), vlb_terms(theirs, out, x0, xt, t))
 
 
 def test_detach_mean_sends_the_vlb_gradient_to_the_variance_only():

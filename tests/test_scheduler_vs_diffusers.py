@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 
 from ddpm_hf import DDPMHFScheduler
 
@@ -47,7 +48,29 @@ def _schedules():
     ]
 
 
+def _generators(seed, batch, as_list):
+    if as_list:
+        return [torch.Generator().manual_seed(seed + 7 * i) for i in range(batch)]
+    return torch.Generator().manual_seed(seed)
+
+
+def _diffusers_noise(theirs, t, output, shape, dtype, generator):
+    """The sigma_t z that diffusers' ``step`` adds at t > 0, rebuilt from its own ``_get_variance`` and a generator
+    in the state its ``step`` starts from."""
+    z = randn_tensor(shape, generator=generator, dtype=dtype)
+    predicted_variance = output[:, shape[1]:] if output.shape[1] == 2 * shape[1] else None
+    variance = theirs._get_variance(t, predicted_variance=predicted_variance)
+    if theirs.variance_type == "fixed_small_log":  # _get_variance returns a standard deviation
+        return variance * z
+    if theirs.variance_type == "learned_range":  # a log variance
+        return torch.exp(0.5 * variance) * z
+    return variance**0.5 * z
+
+
 def _compare_chain(kwargs, schedule, shape, dtype, list_generators, rng):
+    """Step both schedulers from the same x_t and output with equally seeded generators. Everywhere but at the last
+    step of a chain ending above timestep 0 they must agree; there ours adds no noise (Ho Algorithm 2) and diffusers
+    adds sigma_t z, so ours must equal diffusers' result minus that noise, and ours must leave the generator alone."""
     ours, theirs = DDPMHFScheduler(**kwargs), DDPMScheduler(**kwargs)
     ours.set_timesteps(**schedule)
     theirs.set_timesteps(**schedule)
@@ -60,14 +83,16 @@ def _compare_chain(kwargs, schedule, shape, dtype, list_generators, rng):
         t = theirs.timesteps[k]
         sample = torch.randn(shape, generator=torch.Generator().manual_seed(seed + k), dtype=dtype)
         output = _model_output(kwargs["variance_type"], shape, dtype, torch.Generator().manual_seed(seed - k))
-        if list_generators:
-            g1 = [torch.Generator().manual_seed(seed + 7 * i) for i in range(shape[0])]
-            g2 = [torch.Generator().manual_seed(seed + 7 * i) for i in range(shape[0])]
-        else:
-            g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        g1, g2 = (_generators(seed, shape[0], list_generators) for _ in range(2))
         a = ours.step(output, t, sample, generator=g1)
         b = theirs.step(output, t, sample, generator=g2)
-        ok, worst = _close(a.prev_sample, b.prev_sample)
+        last_above_0 = k == len(timesteps) - 1 and int(t) > 0
+        want = b.prev_sample
+        if last_above_0:
+            want = want - _diffusers_noise(
+                theirs, t, output, shape, dtype, _generators(seed, shape[0], list_generators)
+            )
+        ok, worst = _close(a.prev_sample, want)
         assert ok, f"prev_sample differs by {worst} for {kwargs} {schedule} t={int(t)} {dtype}"
         amplification = 1.0
         if kwargs.get("prediction_type", "epsilon") == "epsilon":
@@ -75,8 +100,10 @@ def _compare_chain(kwargs, schedule, shape, dtype, list_generators, rng):
         ok, worst = _close(a.pred_original_sample, b.pred_original_sample, amplification)
         assert ok, f"pred_original_sample differs by {worst} for {kwargs} {schedule} t={int(t)}"
         assert a.prev_sample.dtype == b.prev_sample.dtype and a.prev_sample.shape == b.prev_sample.shape
-        # the same number of draws from the same generators
-        for x, y in zip(g1 if list_generators else [g1], g2 if list_generators else [g2]):
+        # the same number of draws from the same generators (none at our last step)
+        untouched = _generators(seed, shape[0], list_generators)
+        reference = untouched if last_above_0 else g2
+        for x, y in zip(*(g if list_generators else [g] for g in (g1, reference))):
             assert torch.equal(x.get_state(), y.get_state())
         assert ours.previous_timestep(t) == theirs.previous_timestep(t)
 
@@ -218,3 +245,94 @@ def test_bad_input_fails_clearly():
     learned = DDPMHFScheduler(variance_type="learned_range")
     with pytest.raises(ValueError, match="twice the sample's channels"):
         learned.step(torch.zeros(1, 1, 2, 2), 999, torch.zeros(1, 1, 2, 2))
+
+
+# (config, set_timesteps kwargs) of chains whose last timestep is above 0
+CHAINS_ENDING_ABOVE_0 = [
+    (dict(timestep_spacing="trailing"), dict(num_inference_steps=10)),  # 999, 899, ..., 99
+    (dict(steps_offset=1), dict(num_inference_steps=10)),  # 901, 801, ..., 1
+    ({}, dict(timesteps=[700, 650, 10])),
+]
+
+
+@pytest.mark.parametrize("config,schedule", CHAINS_ENDING_ABOVE_0, ids=["trailing", "steps_offset", "custom"])
+def test_last_step_adds_no_noise_when_the_chain_ends_above_0(config, schedule):
+    """Ho Algorithm 2 sets z = 0 at the chain's last step. There alphabar_s = 1, so the posterior mean (Ho eq. 7) is
+    x0_hat itself (mean_from_x0 = 1, mean_from_xt = 0): ours returns it whatever the generator. diffusers adds
+    sigma z whenever t > 0, with sigma^2 = beta' = 1 - alphabar_t for fixed_large: measured here."""
+    kwargs = dict(variance_type="fixed_large", **config)
+    ours, theirs = DDPMHFScheduler(**kwargs), DDPMScheduler(**kwargs)
+    ours.set_timesteps(**schedule)
+    theirs.set_timesteps(**schedule)
+    t = ours.timesteps[-1]
+    assert int(t) > 0 and ours.previous_timestep(t) == theirs.previous_timestep(t) == -1
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(16, 3, 32, 32, generator=g), torch.randn(16, 3, 32, 32, generator=g)
+    ab = theirs.alphas_cumprod[int(t)].double()
+    x0 = ((x.double() - (1 - ab).sqrt() * eps.double()) / ab.sqrt()).clamp(-1, 1)  # Ho eq. 15, clipped
+
+    finals = [ours.step(eps, t, x, generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    for out in finals:
+        assert torch.equal(out.prev_sample, out.pred_original_sample)
+        assert torch.equal(out.prev_sample, finals[0].prev_sample)
+    torch.testing.assert_close(finals[0].prev_sample.double(), x0, atol=1e-5, rtol=0)
+
+    theirs_final = theirs.step(eps, t, x, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(theirs_final.pred_original_sample, finals[0].pred_original_sample, atol=1e-6, rtol=0)
+    std = (theirs_final.prev_sample - finals[0].prev_sample).double().std().item()
+    assert std == pytest.approx((1 - ab).sqrt().item(), rel=0.02)
+    if config.get("timestep_spacing") == "trailing":
+        assert std > 0.1, std  # 0.32 measured with diffusers 0.42.1 (T = 1000, linear betas, 10 trailing steps)
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_large", "learned_range"])
+def test_chain_ending_at_0_matches_diffusers_to_the_final_image(variance_type):
+    """With the chain ending at timestep 0 (leading spacing) the last step of both adds no noise (t = 0): the whole
+    chain, from the same x_T with equally seeded generators, gives diffusers' final image."""
+    ours, theirs = (cls(variance_type=variance_type) for cls in (DDPMHFScheduler, DDPMScheduler))
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    assert ours.timesteps[-1] == 0
+    g_ours, g_theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    x_ours = x_theirs = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for t in theirs.timesteps:
+        out = 0.5 * x_theirs + 0.3 * torch.randn(x_theirs.shape, generator=torch.Generator().manual_seed(int(t)))
+        if variance_type == "learned_range":
+            out = torch.cat([out, torch.rand(out.shape, generator=torch.Generator().manual_seed(-int(t))) * 2 - 1], 1)
+        x_ours = ours.step(out, t, x_ours, generator=g_ours).prev_sample
+        x_theirs = theirs.step(out, t, x_theirs, generator=g_theirs).prev_sample
+    torch.testing.assert_close(x_ours, x_theirs, atol=1e-5, rtol=0)
+    assert torch.equal(g_ours.get_state(), g_theirs.get_state())
+
+
+ALL_VARIANCE_TYPES = ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"]
+
+
+@pytest.mark.parametrize("variance_type", ALL_VARIANCE_TYPES)
+def test_get_variance_matches_diffusers(variance_type):
+    """``_get_variance`` returns what diffusers' does (a variance, a std or a log variance by type), bit for bit:
+    before and after set_timesteps, leading and trailing, the config's type or an override, float32 and float64
+    predicted variances."""
+    g = torch.Generator().manual_seed(0)
+    predicted = [torch.rand(2, 3, 4, 4, generator=g) * 2 - 1, torch.rand(2, 3, 4, 4, generator=g, dtype=torch.float64)]
+    checked = 0
+    for spacing, schedule in [
+        ("leading", None), ("leading", dict(num_inference_steps=10)), ("trailing", dict(num_inference_steps=10)),
+        ("trailing", dict(timesteps=[900, 450, 3])),
+    ]:
+        kwargs = dict(variance_type=variance_type, timestep_spacing=spacing)
+        ours, theirs = DDPMHFScheduler(**kwargs), DDPMScheduler(**kwargs)
+        if schedule is None:
+            timesteps = [999, 500, 1, 0]
+        else:
+            ours.set_timesteps(**schedule)
+            theirs.set_timesteps(**schedule)
+            timesteps = [theirs.timesteps[0], theirs.timesteps[len(theirs.timesteps) // 2], theirs.timesteps[-1]]
+        for t, override, pv in itertools.product(timesteps, [None] + ALL_VARIANCE_TYPES, predicted):
+            pv = pv if (override or variance_type).startswith("learned") else None
+            a = ours._get_variance(t, predicted_variance=pv, variance_type=override)
+            b = theirs._get_variance(t, predicted_variance=pv, variance_type=override)
+            assert a.dtype == b.dtype and a.shape == b.shape, (spacing, schedule, int(t), override)
+            assert torch.equal(a, b), (spacing, schedule, int(t), override)
+            checked += 1
+    assert checked == (4 + 3 * 3) * 7 * 2

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .scheduling_ddpm_hf import posterior_coefficients, x0_coefficients
+
 LOG2 = math.log(2.0)
 
 
@@ -30,21 +32,20 @@ class DiffusionTables:
 
     @classmethod
     def from_scheduler(cls, scheduler):
-        """Build the tables from the scheduler's float32 alphabar (the values it trains and samples with)."""
+        """Build the tables from the scheduler's float32 alphabar (the values it trains and samples with):
+        beta_t, betatilde_t and the posterior mean coefficients of Ho eq. 7 by ``posterior_coefficients`` with
+        alphabar_{t-1} (alphabar_0 = 1), in float64; log betatilde_t with betatilde_2 in place of betatilde_1 = 0."""
         ab = scheduler.alphas_cumprod.double().cpu()
         ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
-        betas = 1 - ab / ab_prev
-        # betatilde_t = (1 - alphabar_{t-1}) / (1 - alphabar_t) beta_t (Ho eq. 7)
-        post_var = (1 - ab_prev) / (1 - ab) * betas
+        betas, post_var, coef_x0, coef_xt = posterior_coefficients(ab, ab_prev)
         clipped = torch.cat([post_var[1:2], post_var[1:]]) if len(ab) > 1 else betas.clone()
         return cls(
             betas=betas,
             alphas_cumprod=ab,
             posterior_variance=post_var,
             posterior_log_variance_clipped=clipped.log(),
-            # mutilde_t = sqrt(alphabar_{t-1}) beta_t / (1 - alphabar_t) x_0 + sqrt(alpha_t)(1 - alphabar_{t-1})/(1 - alphabar_t) x_t
-            posterior_mean_coef_x0=ab_prev.sqrt() * betas / (1 - ab),
-            posterior_mean_coef_xt=(1 - betas).sqrt() * (1 - ab_prev) / (1 - ab),
+            posterior_mean_coef_x0=coef_x0,
+            posterior_mean_coef_xt=coef_xt,
         )
 
 
@@ -83,19 +84,17 @@ def posterior_mean_variance(scheduler, x_start, x_t, t):
 
 
 def predict_x0(scheduler, model_output, x_t, t):
-    """x_0 implied by the model output for the scheduler's prediction_type:
-    epsilon: (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t) (Ho eq. 4 solved for x_0, Ho eq. 15);
-    v_prediction: sqrt(alphabar_t) x_t - sqrt(1 - alphabar_t) v; sample: the output itself.
+    """x_0 implied by the model output for the scheduler's prediction_type, x_0 = (a x_t - b output) / c with the
+    float64 coefficients of ``x0_coefficients`` (Ho eq. 15 for epsilon; the output itself for "sample").
+
+    Returns:
+        a tensor of x_t's shape and dtype.
     """
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type == "sample":
+    coefficients = x0_coefficients(_tables(scheduler).alphas_cumprod, scheduler.config.prediction_type)
+    if coefficients is None:
         return model_output
-    ab = _gather(_tables(scheduler).alphas_cumprod, t, x_t)
-    if prediction_type == "epsilon":
-        return (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt()
-    if prediction_type == "v_prediction":
-        return ab.sqrt() * x_t - (1 - ab).sqrt() * model_output
-    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+    a, b, c = (_gather(k, t, x_t) for k in coefficients)
+    return (a * x_t - b * model_output) / c
 
 
 def p_mean_variance(scheduler, model_output, x_t, t, clip_denoised=None):

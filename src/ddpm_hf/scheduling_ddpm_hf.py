@@ -98,12 +98,65 @@ def rescale_to_zero_terminal_snr(betas):
     return 1.0 - alphas
 
 
+def posterior_coefficients(alphabar_t, alphabar_s):
+    """The forward step t -> s < t and the posterior q(x_s | x_t, x_0) = N(mean_from_x0 x_0 + mean_from_xt x_t,
+    betatilde'_t I) (Ho eq. 6, 7), for a chain that may skip steps (Nichol & Dhariwal sec. 4):
+
+        alpha'_t = alphabar_t / alphabar_s,  beta'_t = 1 - alpha'_t
+        betatilde'_t = (1 - alphabar_s) / (1 - alphabar_t) beta'_t
+        mean_from_x0 = sqrt(alphabar_s) beta'_t / (1 - alphabar_t)
+        mean_from_xt = sqrt(alpha'_t) (1 - alphabar_s) / (1 - alphabar_t)
+
+    With s = t - 1 these are beta_t and Ho eq. 7 exactly. Evaluated elementwise in the order written, which is the
+    order of diffusers' DDPMScheduler (so float32 inputs give its numbers bit for bit).
+
+    Args:
+        alphabar_t: tensor of alphabar at the current timesteps, values in [0, 1).
+        alphabar_s: tensor of the same shape at the next timesteps (1 after the last step), >= alphabar_t.
+    Returns:
+        (beta', betatilde', mean_from_x0, mean_from_xt), tensors of the inputs' shape and dtype. betatilde' is 0
+        where alphabar_s = 1 (the last step): callers that take its log must floor or replace it.
+    """
+    one_minus_ab_t = 1 - alphabar_t
+    alpha_t = alphabar_t / alphabar_s
+    beta_t = 1 - alpha_t
+    posterior_variance = (1 - alphabar_s) / one_minus_ab_t * beta_t
+    mean_from_x0 = alphabar_s**0.5 * beta_t / one_minus_ab_t
+    mean_from_xt = alpha_t**0.5 * (1 - alphabar_s) / one_minus_ab_t
+    return beta_t, posterior_variance, mean_from_x0, mean_from_xt
+
+
+def x0_coefficients(alphabar_t, prediction_type):
+    """(a, b, c) with x_0 = (a x_t - b output) / c, the x_0 a model output implies under q(x_t | x_0) (Ho eq. 4):
+
+    - "epsilon": a = 1, b = sqrt(1 - alphabar_t), c = sqrt(alphabar_t) (Ho eq. 4 solved for x_0, as in Ho eq. 15);
+    - "v_prediction": a = sqrt(alphabar_t), b = sqrt(1 - alphabar_t), c = 1, from v = sqrt(alphabar_t) eps -
+      sqrt(1 - alphabar_t) x_0 (Salimans & Ho 2022);
+    - "sample": None (the output is x_0).
+
+    Args:
+        alphabar_t: tensor of alphabar at the current timesteps, values in [0, 1).
+        prediction_type: one of ``PREDICTION_TYPES``.
+    Returns:
+        a tuple of three tensors of alphabar_t's shape and dtype, or None.
+    """
+    if prediction_type == "sample":
+        return None
+    ones = torch.ones_like(alphabar_t)
+    if prediction_type == "epsilon":
+        return ones, (1 - alphabar_t) ** 0.5, alphabar_t**0.5
+    if prediction_type == "v_prediction":
+        return alphabar_t**0.5, (1 - alphabar_t) ** 0.5, ones
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
 class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
     """Denoising diffusion probabilistic model sampler (Ho et al. 2020, Algorithm 2) with the variance choices and
     step skipping of Improved DDPM (Nichol & Dhariwal 2021).
 
     The configuration surface, its defaults and the numbers ``step`` returns are those of diffusers'
-    ``DDPMScheduler`` (``from_config`` swaps the two both ways). What differs is how it is computed: every
+    ``DDPMScheduler`` (``from_config`` swaps the two both ways), except that the last step of a chain that ends
+    above timestep 0 adds no noise (Ho Algorithm 2; diffusers adds some). What differs is how it is computed: every
     coefficient the reverse step needs is tabulated once per ``set_timesteps`` as plain Python floats, so ``step``
     indexes a row and runs a handful of fused tensor ops, with no host-device synchronisation and no numpy.
 
@@ -214,41 +267,31 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         self._prev_of_timestep = {t: prev[k] for t, k in self._row_of_timestep.items()}
 
     def _step_coefficients(self, t, s):
-        """Rows of the step table for the kept pairs t -> s (see ``_set_chain``), from Ho eq. 4, 7, 11 and 15:
+        """Rows of the step table for the kept pairs t -> s (see ``_set_chain``):
 
-        - x_0 from the model output: epsilon: x0 = (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t) (Ho eq. 4
-          solved for x_0, as in Ho eq. 15); v: x0 = sqrt(alphabar_t) x_t - sqrt(1 - alphabar_t) v; sample: x0 = output.
-          Stored as ``(a, b, c)`` with x0 = (a x_t - b output) / c, see ``step``; None for "sample".
-        - posterior mean mutilde = mean_from_x0 * x0 + mean_from_xt * x_t with
-          mean_from_x0 = sqrt(alphabar_s) beta'_t / (1 - alphabar_t), mean_from_xt = sqrt(alpha'_t) (1 - alphabar_s) /
-          (1 - alphabar_t) (Ho eq. 7).
-        - betatilde'_t = (1 - alphabar_s) / (1 - alphabar_t) beta'_t (Ho eq. 7), floored at 1e-20; sigma_t by
-          variance_type; log betatilde'_t and log beta'_t for "learned_range" (Nichol & Dhariwal eq. 15).
+        - x_0 from the model output: ``(a, b, c)`` of ``x0_coefficients`` (Ho eq. 15 for epsilon), None for "sample";
+        - mean_from_x0, mean_from_xt of the posterior mean and betatilde'_t from ``posterior_coefficients`` (Ho eq. 7),
+          betatilde'_t floored at 1e-20 as diffusers floors it;
+        - sigma_t by variance_type (Ho sec. 3.2): sqrt(betatilde'_t) or sqrt(beta'_t); None for learned variances,
+          which take log betatilde'_t and log beta'_t (Nichol & Dhariwal eq. 15);
+        - noisy: whether the step adds sigma_t z. Every step but the last of the chain does (s = -1): Ho Algorithm 2
+          sets z = 0 at t = 1, improved-diffusion's p_sample masks the noise of the chain's last step. diffusers draws
+          noise whenever t > 0, which agrees when the chain ends at 0 and otherwise leaves noise in the final sample.
 
-        The arithmetic is float32, elementwise, in the order the formulas are written, which is also how diffusers'
-        DDPMScheduler evaluates them: the two schedulers then agree to rounding even where x0 is unclipped and huge.
+        The arithmetic is float32 and elementwise, as diffusers' DDPMScheduler evaluates it: the two schedulers then
+        agree to rounding even where x0 is unclipped and huge.
 
         Args:
             t, s: long tensors (K,) of current and next timesteps (s = -1 after the last).
         Returns:
-            K tuples ``(x0, mean_from_x0, mean_from_xt, sigma, log_var_small, log_var_large, noisy)``.
+            K tuples ``(x0, mean_from_x0, mean_from_xt, sigma, log_var_small, log_var_large, noisy)`` of Python values.
         """
         ab_t = self.alphas_cumprod[t]
         ab_s = torch.where(s >= 0, self.alphas_cumprod[s.clamp(min=0)], self.one)
-        one_minus_ab_t = 1 - ab_t
-        alpha_t = ab_t / ab_s  # alpha'_t
-        beta_t = 1 - alpha_t  # beta'_t (Nichol & Dhariwal sec. 4)
-        ones = torch.ones_like(ab_t)
-        prediction = self.config.prediction_type
-        if prediction == "epsilon":
-            x0 = zip(ones.tolist(), (one_minus_ab_t**0.5).tolist(), (ab_t**0.5).tolist())
-        elif prediction == "v_prediction":
-            x0 = zip((ab_t**0.5).tolist(), (one_minus_ab_t**0.5).tolist(), ones.tolist())
-        else:
-            x0 = [None] * len(t)
-        mean_from_x0 = ab_s**0.5 * beta_t / one_minus_ab_t
-        mean_from_xt = alpha_t**0.5 * (1 - ab_s) / one_minus_ab_t
-        var_small = torch.clamp((1 - ab_s) / one_minus_ab_t * beta_t, min=_MIN_VARIANCE)
+        beta_t, var_small, mean_from_x0, mean_from_xt = posterior_coefficients(ab_t, ab_s)
+        var_small = torch.clamp(var_small, min=_MIN_VARIANCE)
+        x0 = x0_coefficients(ab_t, self.config.prediction_type)
+        x0 = [None] * len(t) if x0 is None else zip(*(c.tolist() for c in x0))
         log_var_small = torch.log(var_small)
         log_var_large = torch.log(beta_t)
         variance_type = self.config.variance_type
@@ -260,13 +303,57 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
             sigma = (beta_t**0.5).tolist()
         else:
             sigma = [None] * len(t)  # from the model output
-        noisy = (t > 0).tolist()  # diffusers draws noise whenever the current timestep is > 0
+        noisy = (s >= 0).tolist()
         return list(
             zip(
                 x0, mean_from_x0.tolist(), mean_from_xt.tolist(), sigma, log_var_small.tolist(),
                 log_var_large.tolist(), noisy,
             )
         )
+
+    def _get_variance(self, t, predicted_variance=None, variance_type=None):
+        """diffusers' ``DDPMScheduler._get_variance``, with its return values (diffusers' pipelines and tests call it).
+
+        With s = ``previous_timestep(t)`` and betatilde'_t floored at 1e-20 (``posterior_coefficients``), it returns,
+        by ``variance_type`` (the config's when None):
+
+        - "fixed_small": betatilde'_t, a variance;
+        - "fixed_small_log": exp(0.5 log betatilde'_t) = sqrt(betatilde'_t), a standard deviation;
+        - "fixed_large": beta'_t, a variance;
+        - "fixed_large_log": log beta'_t, a log variance;
+        - "learned": ``predicted_variance`` unchanged (the channels are sigma_t^2);
+        - "learned_range": frac log beta'_t + (1 - frac) log betatilde'_t with frac = (v + 1) / 2, v =
+          ``predicted_variance``: a log variance (Nichol & Dhariwal eq. 15).
+
+        ``step`` does not call it: it reads the same quantities from the table built by ``set_timesteps``.
+
+        Args:
+            t (`int` or 0-d tensor): a timestep of the chain (any t in [0, T-1] before ``set_timesteps``).
+            predicted_variance (`torch.Tensor`, optional): the model's variance channels, any shape.
+            variance_type (`str`, optional): overrides the config's.
+        Returns:
+            a 0-d float tensor, or a tensor of ``predicted_variance``'s shape for the learned types.
+        """
+        prev_t = self.previous_timestep(t)
+        ab_t = self.alphas_cumprod[t]
+        ab_s = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        beta_t, variance, _, _ = posterior_coefficients(ab_t, ab_s)
+        variance = torch.clamp(variance, min=_MIN_VARIANCE)
+        variance_type = self.config.variance_type if variance_type is None else variance_type
+        if variance_type == "fixed_small":
+            return variance
+        if variance_type == "fixed_small_log":
+            return torch.exp(0.5 * torch.log(variance))
+        if variance_type == "fixed_large":
+            return beta_t
+        if variance_type == "fixed_large_log":
+            return torch.log(beta_t)
+        if variance_type == "learned":
+            return predicted_variance
+        if variance_type == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * torch.log(beta_t) + (1 - frac) * torch.log(variance)
+        raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
 
     # ------------------------------------------------------------ diffusers API
 
@@ -342,7 +429,8 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         """One reverse step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) (Ho Algorithm 2, with the posterior form of Ho eq. 7).
 
         x0 = (a x_t - b output) / c as the prediction type says (Ho eq. 15 for epsilon), clipped or thresholded;
-        x_{t-1} = mean_from_x0 * x0 + mean_from_xt * x_t + sigma_t z, z ~ N(0, I) drawn when timestep > 0.
+        x_{t-1} = mean_from_x0 * x0 + mean_from_xt * x_t + sigma_t z, z ~ N(0, I) drawn at every step but the last
+        of the chain, where z = 0 (Ho Algorithm 2; diffusers draws z whenever timestep > 0).
 
         Args:
             model_output (`torch.Tensor` of shape (B, C, H, W), or (B, 2C, H, W) for learned variances): the model's
