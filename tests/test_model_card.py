@@ -4,6 +4,7 @@ read back with huggingface_hub and loaded from the pushed repo with diffusers' r
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,11 @@ TOKEN = "hf_not_a_real_token_value_111111111"
 
 def _linked_images(card_text):
     return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", card_text)
+
+
+def _files(folder):
+    return {os.path.relpath(os.path.join(d, f), folder).replace(os.sep, "/") for d, _, fs in os.walk(folder)
+            for f in fs if not f.startswith(".")}
 
 
 def _cli(*args, env=None):
@@ -86,6 +92,19 @@ def test_local_folder_card_and_cli_rerender(tmp_path):
     # a folder that is not a finished run: one clear error
     r = _cli("card", str(tmp_path / "my-faces"))
     assert r.returncode == 2 and "is not a finished training run" in r.stderr
+    # a run of the old layout (pipeline in run/pipeline/): sampling it still works, card and push say what it is
+    old = tmp_path / "old_run"
+    shutil.copytree(out, old)
+    (old / "pipeline").mkdir()
+    for name in ("model_index.json", "unet", "scheduler", "pipeline_ddpm_hf.py", "README.md", "images"):
+        shutil.move(old / name, old / "pipeline" / name)
+    r = _cli("sample", str(old / "pipeline"), "--num_images", "1", "--num_inference_steps", "2", "--output_dir",
+             str(tmp_path / "old_samples"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "old_samples" / "grid.png").is_file()
+    for command in (["card", str(old)], ["push", str(old), "--hub_model_id", "ns/old"]):
+        r = _cli(*command)
+        assert r.returncode == 2 and "older ddpm-hf" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_push_run_with_card_over_loopback(tmp_path):
@@ -98,11 +117,20 @@ def test_push_run_with_card_over_loopback(tmp_path):
         env = hub.client_env(tmp_path / "hf_home")
         env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
         r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *TINY, "--output_dir",
-                            str(out), "--max_train_steps", "2", "--checkpointing_steps", "100", "--push_to_hub",
+                            str(out), "--max_train_steps", "2", "--checkpointing_steps", "1", "--logger", "tensorboard",
+                            "--push_to_hub",
                             "--hub_model_id", "ns/digits-tiny"], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         assert hub.repo_exists("ns/digits-tiny")
+        # the pipeline, card, pictures and records go up; checkpoints, logs, samples and history stay local
+        stored = _files(hub.repo_dir("ns/digits-tiny"))
+        assert {"README.md", "model_index.json", "pipeline_ddpm_hf.py", "scheduler/scheduling_ddpm_hf.py",
+                "unet/diffusion_pytorch_model.safetensors", "images/samples.png", "metrics.json",
+                "training_args.json"} <= stored
+        assert (out / "checkpoint-1").is_dir() and (out / "logs").is_dir() and (out / "history.jsonl").is_file()
+        assert not [f for f in stored if f.startswith(("checkpoint-", "logs/", "samples/")) or f in (
+            "history.jsonl", "loss.png")]
         code = """
 import json, sys, numpy as np, torch
 from diffusers import DiffusionPipeline

@@ -146,6 +146,25 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert seconds == sorted(seconds) and 0 < seconds[-1] <= metrics["train_seconds"] + 0.01
     pipe = DDPMHFPipeline.from_pretrained(out)
     assert pipe.scheduler.config.num_train_timesteps == 20 and pipe.unet.config.in_channels == 1
+    # the run's folder is the pipeline, as train_unconditional.py leaves it: diffusers' own loader takes it
+    from diffusers import DiffusionPipeline, UNet2DModel
+
+    remote = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
+    assert type(remote).__name__ == "DDPMHFPipeline"
+    saved = _weights(out)
+    assert all(torch.equal(v, remote.unet.state_dict()[k]) for k, v in saved.items())
+    # checkpoints a diffusers user opens with UNet2DModel: the training weights and the EMA with its state
+    for sub in ("unet", "unet_ema"):
+        assert (out / "checkpoint-4" / sub / "diffusion_pytorch_model.safetensors").is_file()
+    ema = UNet2DModel.from_pretrained(out / "checkpoint-4", subfolder="unet_ema")
+    raw = UNet2DModel.from_pretrained(out / "checkpoint-4", subfolder="unet")
+    assert ema.config["optimization_step"] == 4 and ema.config["use_ema_warmup"] is True
+    assert any(not torch.equal(a, b) for a, b in zip(ema.parameters(), raw.parameters()))  # EMA != raw weights
+    assert not any(name.endswith((".bin", ".pkl")) and "model" in name for name in os.listdir(out / "checkpoint-4"))
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["recipe"] == "digits" and args["unet_preset"] == "cpu-8" and args["resolution"] == 8
+    assert args["recipe_overrides"] == ["ddpm_num_inference_steps", "ddpm_num_steps", "lr_warmup_steps",
+                                        "max_train_steps", "num_sample_images", "train_batch_size"]
     # tensorboard: the scalars of every step, the held-out bits/dim and the sample grid and strip as images
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -191,19 +210,69 @@ def test_resume_is_bit_identical(tmp_path, data):
     assert la == lb
 
 
-def test_two_processes_with_torchrun(tmp_path):
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_nodes(*args, cwd):
+    """The same run as two one-process torchrun "nodes" (node ranks 0 and 1) meeting on 127.0.0.1, as two machines
+    would; returns both processes' results."""
+    port = _free_port()
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
+               TRAIN, *TINY, *args]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    return results
+
+
+def test_two_processes_one_node_two_nodes_and_one_process(tmp_path):
+    """torchrun with 2 processes on one node, the same run on two simulated nodes, a two-node resume from a
+    checkpoint name, and the learning rate of every step for 1 and 2 processes and 1 and 2 accumulation steps."""
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    _train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "2", "--eval_steps", "2",
-           "--eval_max_images", "15", cwd=tmp_path, launcher=launcher)
+    common = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_max_images", "15"]
+    _train("--output_dir", str(out), *common, "--eval_steps", "2", cwd=tmp_path, launcher=launcher)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["processes"] == 2 and metrics["images_seen"] == 3 * 16 * 2
+    assert metrics["processes"] == 2 and metrics["images_seen"] == 4 * 16 * 2
     # held-out bits/dim split across the ranks (8 + 7 images) and gathered: every image counted once
     assert metrics["num_images"] == 15 and 0 < metrics["bits_per_dim"] < 20
     assert metrics["weights_identical_across_ranks"] is True
     assert metrics["first_batches_distinct_across_ranks"] is True
     assert sorted(os.listdir(out / "samples")).count("grid.png") == 1
     DDPMHFPipeline.from_pretrained(out)
+    assert os.listdir(out / "checkpoint-2").count("random_states_1.pkl") == 1  # rank 1's part is in the checkpoint
+
+    # two machines: the same weights and losses as one machine with two processes
+    nodes = tmp_path / "nodes"
+    _two_nodes("--output_dir", str(nodes), *common, cwd=tmp_path)
+    a, b = _weights(out), _weights(nodes)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in _history(nodes)] == [h["loss"] for h in _history(out)]
+    # ... and a two-node resume from a checkpoint named as diffusers' script names it ends the same
+    _, err = _two_nodes("--output_dir", str(nodes), *common, "--resume_from_checkpoint", "checkpoint-2",
+                        cwd=tmp_path)[0]
+    c = _weights(nodes)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    assert [h["step"] for h in _history(nodes)] == [1, 2, 3, 4]
+
+    # the LR of optimizer step s does not depend on the number of processes or on gradient accumulation
+    lrs = [h["lr"] for h in _history(out)]
+    for extra in ([], ["--gradient_accumulation_steps", "2", "--train_batch_size", "8"]):
+        one = tmp_path / f"one{len(extra)}"
+        _train("--output_dir", str(one), *common, "--eval_split", "", *extra, cwd=tmp_path)
+        assert [h["lr"] for h in _history(one)] == lrs
+    # and it is diffusers' warm-up + cosine over 4 steps (logged after each step, as train_unconditional.py logs it)
+    np.testing.assert_allclose(lrs, [1e-3 * 1 / 2, 1e-3, 1e-3 * (1 + np.cos(np.pi / 2)) / 2, 0.0], atol=1e-12)
 
 
 def _png_folder(root, n=12, size=(12, 10), mode="RGB"):
@@ -299,3 +368,64 @@ def test_dynamo_backend_inductor_trains_like_eager(tmp_path):
     # tiny gradients can move weights apart by up to 2 lr in 2 steps; anything beyond that is a real difference
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 2.5e-3
 
+
+
+def _sorted_class_folder(root, per_class=16):
+    """An imagefolder sorted by class, as such folders are stored: class a's images, then class b's; image i is a
+    flat 8x8 grey of value i (class a) or 128 + i (class b), so a batch tells which images it holds."""
+    from PIL import Image
+
+    for name, base in (("a", 0), ("b", 128)):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((8, 8), base + i, dtype=np.uint8)).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def test_streamed_batches_are_shuffled_each_epoch_and_disjoint_across_ranks(tmp_path):
+    """--streaming on a class-sorted folder: batches mix classes, each epoch has a new order, two ranks read
+    disjoint halves that together are the whole epoch, and the order is the same when read again (resume)."""
+    from ddpm_hf.data import load_image_dataset
+
+    folder = _sorted_class_folder(tmp_path / "sorted")
+
+    def stream(rank=0, world=1, seed=0):
+        data = load_image_dataset(train_data_dir=str(folder), streaming=True)
+        return StreamBatches(data, "image", 8, 1, True, 8, seed, rank, world)
+
+    def ids(batch):
+        return batch[:, 0, 0, 0].tolist()
+
+    one = stream()
+    epochs = [[ids(one.batch(k)) for k in range(e * 4, e * 4 + 4)] for e in range(2)]
+    for epoch in epochs:
+        assert sorted(sum(epoch, [])) == list(range(16)) + list(range(128, 144))  # every image once per epoch
+        assert any(min(b) < 128 <= max(b) for b in epoch)  # classes mixed within batches
+    assert epochs[0] != epochs[1]  # reshuffled every epoch
+    again = stream()
+    assert [ids(again.batch(k)) for k in range(8)] == sum(epochs, [])  # the same order when read again
+    assert [ids(stream(seed=1).batch(k)) for k in range(4)] != epochs[0]  # and another for another seed
+    halves = [sum((ids(stream(rank, 2).batch(k)) for k in range(2)), []) for rank in range(2)]
+    assert not set(halves[0]) & set(halves[1]) and len(halves[0]) == len(halves[1]) == 16
+
+
+def test_micro_batches_of_each_step():
+    # 6 micro-batches per epoch with 4 accumulated: steps of 4 then 2 micro-batches, epochs never straddled
+    assert [list(micro_batches(s, 4, 6)) for s in range(4)] == [[0, 1, 2, 3], [4, 5], [6, 7, 8, 9], [10, 11]]
+    assert [list(micro_batches(s, 1, 3)) for s in range(3)] == [[0], [1], [2]]
+    assert list(micro_batches(5, 2, None)) == [10, 11]  # streaming: no epochs
+
+
+def test_num_epochs_with_gradient_accumulation(tmp_path):
+    """--num_epochs 2 with 4 accumulated micro-batches over 6 micro-batches an epoch: 2 optimizer steps an epoch (the
+    second with the 2 remaining micro-batches), so the run sees exactly 2 epochs of images and epoch-based saving
+    happens at the end of epoch 1."""
+    images = _png_folder(tmp_path / "images", n=12, size=(8, 8), mode="L")
+    out = tmp_path / "run"
+    _train("--train_data_dir", str(images), "--resolution", "8", "--output_dir", str(out), "--num_epochs", "2",
+           "--train_batch_size", "2", "--gradient_accumulation_steps", "4", "--save_images_epochs", "1",
+           "--checkpointing_steps", "100", cwd=tmp_path)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and metrics["images_seen"] == 2 * 12
+    assert [h["epoch"] for h in _history(out)] == [1, 1, 2, 2]
+    assert (out / "samples-epoch1" / "grid.png").is_file() and not (out / "samples-epoch2").exists()

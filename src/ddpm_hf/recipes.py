@@ -76,14 +76,15 @@ def apply_recipe(args, is_digits):
     args.recipe = args.recipe or default_recipe(is_digits)
     recipe = RECIPES[args.recipe]
     budget_given = args.max_train_steps is not None or args.num_epochs is not None
-    overrides = []
+    overrides = [k for k in ("max_train_steps", "num_epochs")
+                 if getattr(args, k) is not None and getattr(args, k) != recipe.get(k)]
     for key, value in recipe.items():
         if key in ("max_train_steps", "num_epochs") and budget_given:
             continue
         current = getattr(args, key, None)
         if current is None:
             setattr(args, key, value)
-        elif current != value:
+        elif current != value and key not in overrides:
             overrides.append(key)
     args.recipe_overrides = sorted(overrides)
     return args

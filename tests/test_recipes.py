@@ -1,0 +1,71 @@
+"""--recipe: named sets of defaults that explicit flags override, resolved at parse time and checked at start."""
+
+import pytest
+
+from ddpm_hf import build_unet
+from ddpm_hf.recipes import RECIPES
+from ddpm_hf.training import parse_args
+
+
+def test_digits_is_the_default_for_the_embedded_digits():
+    args = parse_args([])
+    assert args.recipe == "digits" and args.recipe_overrides == []
+    for key, value in RECIPES["digits"].items():
+        assert getattr(args, key) == value, key
+    assert args.unet_preset == "cpu-8" and args.learning_rate == 1e-3 and args.max_train_steps == 1400
+
+
+def test_diffusers_is_the_default_for_other_data():
+    """train_unconditional.py's argparse defaults and UNet for any dataset that is not the digits."""
+    args = parse_args(["--dataset_name", "someone/faces"])
+    assert args.recipe == "diffusers"
+    assert (args.resolution, args.train_batch_size, args.learning_rate, args.lr_warmup_steps) == (64, 16, 1e-4, 500)
+    assert (args.num_epochs, args.max_train_steps) == (100, None)  # 100 epochs, steps follow from the data
+    assert args.ddpm_beta_schedule == "linear" and args.variance_type == "fixed_small"
+    assert (args.save_images_epochs, args.save_model_epochs, args.use_ema) == (10, 10, True)
+    assert args.unet_preset == "diffusers-unconditional"
+    # train_unconditional.py's UNet2DModel, built with its own arguments here (examples/unconditional_image_generation)
+    from diffusers import UNet2DModel
+
+    theirs = UNet2DModel(sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
+                         block_out_channels=(128, 128, 256, 256, 512, 512),
+                         down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D", "DownBlock2D",
+                                           "AttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D",
+                                         "UpBlock2D"))
+    assert build_unet("diffusers-unconditional").num_parameters() == theirs.num_parameters()
+    assert dict(build_unet("diffusers-unconditional").config) == dict(theirs.config)
+
+
+def test_paper_recipes_and_explicit_flags_win():
+    args = parse_args(["--recipe", "ddpm-cifar10", "--learning_rate", "1e-3", "--no-random_flip"])
+    assert args.learning_rate == 1e-3 and args.random_flip is False
+    assert args.recipe_overrides == ["learning_rate", "random_flip"]
+    assert (args.train_batch_size, args.lr_warmup_steps, args.max_train_steps, args.ema_max_decay) == \
+        (128, 5000, 800_000, 0.9999)
+    assert (args.ddpm_num_steps, args.ddpm_beta_schedule, args.dropout) == (1000, "linear", 0.1)
+    assert build_unet(args.unet_preset).num_parameters() == 35_746_307  # Ho et al.'s CIFAR-10 network
+    improved = parse_args(["--recipe", "improved-ddpm-cifar10"])
+    assert (improved.ddpm_beta_schedule, improved.variance_type, improved.learning_rate) == \
+        ("squaredcos_cap_v2", "learned_range", 1e-4)
+    assert improved.ddpm_num_steps == 4000 and improved.dropout == 0.3
+    celeb = parse_args(["--recipe", "ddpm-celebahq-256", "--max_train_steps", "10"])
+    assert (celeb.resolution, celeb.learning_rate, celeb.train_batch_size) == (256, 2e-5, 64)
+    assert celeb.max_train_steps == 10 and celeb.recipe_overrides == ["max_train_steps"]
+    # a step budget given as epochs replaces the recipe's step budget
+    epochs = parse_args(["--num_epochs", "3"])
+    assert epochs.num_epochs == 3 and epochs.max_train_steps is None and epochs.recipe_overrides == ["num_epochs"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--unet_preset", "ddpm-cifar10-32", "--resolution", "20"], "divisible by 8 (e.g. 8, 16, 24, 32, 64); got 20"),
+    (["--recipe", "diffusers", "--resolution", "48"], "divisible by 32"),
+    (["--recipe", "nope"], "invalid choice"),
+    (["--resume_from_checkpoint", "checkpoint-9"], "no such checkpoint"),
+    (["--resume_from_checkpoint", "/no/such/folder"], "no such checkpoint"),
+    (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+])
+def test_impossible_settings_fail_at_start(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args([*argv, "--output_dir", str(tmp_path / "run")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
