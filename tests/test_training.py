@@ -244,6 +244,7 @@ def test_two_processes_one_node_two_nodes_and_one_process(tmp_path):
     _train("--output_dir", str(out), *common, "--eval_steps", "2", cwd=tmp_path, launcher=launcher)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["images_seen"] == 4 * 16 * 2
+    assert metrics["process_group_timeout_seconds"] == 7200  # --ddp_timeout reached the live process group
     # held-out bits/dim split across the ranks (8 + 7 images) and gathered: every image counted once
     assert metrics["num_images"] == 15 and 0 < metrics["bits_per_dim"] < 20
     assert metrics["weights_identical_across_ranks"] is True

@@ -4,7 +4,7 @@ from .pipeline_ddpm_hf import DDPMHFPipeline, DDPMHFPipelineOutput
 from .scheduling_ddpm_hf import DDPMHFScheduler
 from .unet_configs import UNET_PRESETS, build_unet, unet_config
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DDPMHFPipeline",

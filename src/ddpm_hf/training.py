@@ -442,6 +442,7 @@ def train(args):
         gathered = accelerator.gather(checks[None]).view(world, 2).cpu()
         metrics["weights_identical_across_ranks"] = bool((gathered[:, 0] == gathered[0, 0]).all())
         metrics["first_batches_distinct_across_ranks"] = len(set(gathered[:, 1].tolist())) == world
+        metrics["process_group_timeout_seconds"] = _process_group_timeout(accelerator.device)
     if held_out is not None:  # held-out bits/dim of the weights that are saved (EMA if on), on every rank
         eval_start = time.time()
         with ema_weights(model, flat, ema) as ema_unet:
@@ -488,6 +489,15 @@ def _checksum(tensors):
         flat = x.detach().double().flatten()
         total += float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64).sin()).sum()) * (i + 1)
     return total
+
+
+def _process_group_timeout(device):
+    """The timeout of the live default process group in seconds (what --ddp_timeout set), or None if unreadable."""
+    try:
+        backend = torch.distributed.group.WORLD._get_backend(device)
+        return backend.options._timeout.total_seconds()
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def _save_pipeline(args, model, flat, ema, noise_scheduler):
