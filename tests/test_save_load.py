@@ -10,7 +10,9 @@ no module of the package was imported and no module was loaded from the package'
 also refuses name lookups and connections that are not loopback, so nothing can silently reach the real Hub.
 """
 
+import copy
 import json
+import logging
 import os
 import re
 import runpy
@@ -24,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers.utils import logging as diffusers_logging
 
 import ddpm_hf
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler, build_unet
@@ -353,13 +356,22 @@ raise RuntimeError("code from the saved folder was executed: {name}")
 """
 
 
+def make_hostile(folder, marker):
+    """Replace the saved code files under ``folder`` with code that writes ``marker`` and raises; return them."""
+    hostile_files = [path for path in (folder / "pipeline_ddpm_hf.py", folder / "scheduler" / "scheduling_ddpm_hf.py")
+                     if path.exists()]
+    assert hostile_files
+    for path in hostile_files:
+        path.write_text(_HOSTILE.format(marker=str(marker), name=path.name))
+    return hostile_files
+
+
 def test_package_from_pretrained_executes_no_folder_code(saved, tmp_path):
     folder = tmp_path / "tampered"
     shutil.copytree(saved.folder, folder)
     marker = tmp_path / "MARKER"
-    hostile_files = [folder / "pipeline_ddpm_hf.py", folder / "scheduler" / "scheduling_ddpm_hf.py"]
-    for path in hostile_files:
-        path.write_text(_HOSTILE.format(marker=str(marker), name=path.name))
+    hostile_files = make_hostile(folder, marker)
+    assert len(hostile_files) == 2
     # positive control: the replaced files do write the marker and raise when executed
     for path in hostile_files:
         with pytest.raises(RuntimeError, match="was executed"):
@@ -383,6 +395,24 @@ def test_package_from_pretrained_executes_no_folder_code(saved, tmp_path):
     ]
     assert from_folder == [] and not any(n.startswith("diffusers_modules") for n in new_modules), new_modules
     assert not marker.exists()
+
+
+def test_package_from_pretrained_refuses_other_folder_code_even_with_trust_remote_code(saved, tmp_path):
+    """from_pretrained hands the folder to DiffusionPipeline.from_pretrained but never passes trust_remote_code on:
+    a component whose class only the folder's code defines is refused, not run."""
+    folder = tmp_path / "other-code"
+    shutil.copytree(saved.folder, folder)
+    marker = tmp_path / "MARKER"
+    make_hostile(folder, marker)
+    other = folder / "scheduler" / "scheduling_other.py"
+    other.write_text(_HOSTILE.format(marker=str(marker), name=other.name))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["scheduling_other", "OtherScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    for kwargs in ({}, {"trust_remote_code": True}):
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            DDPMHFPipeline.from_pretrained(folder, **kwargs)
+        assert not marker.exists()
 
 
 # ------------------------------------------------------------------------------------------------ 4. interop
@@ -452,7 +482,144 @@ def test_scheduler_configs_round_trip_with_diffusers(saved, tmp_path):
     assert type(from_theirs) is DDPMHFScheduler and public_config(from_theirs.config) == public_config(theirs.config)
 
 
-# ------------------------------------------------------------------------------------------------ 5. loopback Hub
+# ------------------------------------------------------------------------------------------ 5. diffusers' arguments
+
+
+@pytest.fixture
+def folders(saved, tmp_path):
+    """``ours``: the saved remote-code folder with its code files replaced by hostile ones (``marker``);
+    ``theirs``: the same UNet saved by diffusers' DDPMPipeline with a DDPMScheduler of the same config, the oracle
+    for what DiffusionPipeline.from_pretrained does with an argument."""
+    ours = tmp_path / "ours"
+    shutil.copytree(saved.folder, ours)
+    marker = tmp_path / "MARKER"
+    make_hostile(ours, marker)
+    theirs = tmp_path / "theirs"
+    DDPMPipeline(unet=saved.pipe.unet, scheduler=DDPMScheduler(**SCHEDULER_KWARGS)).save_pretrained(theirs)
+    yield SimpleNamespace(ours=ours, theirs=theirs, marker=marker)
+    assert not marker.exists(), "code from the saved folder was executed"
+
+
+@pytest.fixture
+def diffusers_warnings(caplog):
+    """caplog that also sees the diffusers.* records (diffusers' root logger does not propagate by default)."""
+    root = logging.getLogger("diffusers")
+    propagate = root.propagate
+    diffusers_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.WARNING):
+            yield caplog
+    finally:
+        root.propagate = propagate
+
+
+def remove_one_weight(folder):
+    """Drop one tensor from the folder's UNet checkpoint; return its name."""
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors")
+    state = load_file(path)
+    name = sorted(state)[-1]
+    del state[name]
+    save_file(state, path, metadata={"format": "pt"})
+    return name
+
+
+@pytest.mark.filterwarnings("ignore:`torch_dtype` is deprecated:FutureWarning")
+@pytest.mark.parametrize("argument", ["torch_dtype", "dtype"])
+def test_from_pretrained_dtype_reaches_the_unet(saved, folders, argument):
+    pipe = DDPMHFPipeline.from_pretrained(folders.ours, **{argument: torch.float64})
+    reference = DDPMPipeline.from_pretrained(folders.theirs, **{argument: torch.float64})
+    assert reference.unet.dtype == torch.float64  # what diffusers does with the argument
+    assert type(pipe) is DDPMHFPipeline and type(pipe.scheduler) is DDPMHFScheduler
+    assert pipe.unet.dtype == torch.float64
+    params = dict(pipe.unet.named_parameters())
+    for name, tensor in saved.pipe.unet.named_parameters():
+        assert params[name].dtype == torch.float64 and torch.equal(params[name], tensor.double()), name
+    # it samples as the saved pipeline does when converted to float64 (float64 noise is not float32 noise)
+    converted = DDPMHFPipeline(unet=copy.deepcopy(saved.pipe.unet).double(), scheduler=saved.pipe.scheduler)
+    np.testing.assert_allclose(generate(pipe), generate(converted), rtol=0, atol=1e-6)
+
+
+def test_from_pretrained_device_map_reaches_the_unet(saved, folders):
+    pipe = DDPMHFPipeline.from_pretrained(folders.ours, device_map="cpu")
+    reference = DDPMPipeline.from_pretrained(folders.theirs, device_map="cpu")
+    assert type(pipe) is DDPMHFPipeline and type(pipe.scheduler) is DDPMHFScheduler
+    assert pipe.hf_device_map == reference.hf_device_map == "cpu"
+    # the UNet was dispatched by accelerate, as diffusers' own pipeline's is
+    assert pipe.unet.hf_device_map == reference.unet.hf_device_map == {"": torch.device("cpu")}
+    np.testing.assert_allclose(generate(pipe), saved.images, rtol=0, atol=1e-6)
+
+
+def test_from_pretrained_low_cpu_mem_usage_reaches_the_unet(folders):
+    """With low_cpu_mem_usage=True diffusers builds the UNet on the meta device and fills in the checkpoint, so a
+    weight the checkpoint lacks stays on the meta device; with False it is a real tensor."""
+    missing = remove_one_weight(folders.ours)
+    assert remove_one_weight(folders.theirs) == missing
+    for low_cpu_mem_usage in (True, False):
+        pipe = DDPMHFPipeline.from_pretrained(folders.ours, low_cpu_mem_usage=low_cpu_mem_usage)
+        reference = DDPMPipeline.from_pretrained(folders.theirs, low_cpu_mem_usage=low_cpu_mem_usage)
+        unet = UNet2DModel.from_pretrained(folders.ours, subfolder="unet", low_cpu_mem_usage=low_cpu_mem_usage)
+        on_meta = [dict(m.named_parameters())[missing].is_meta for m in (pipe.unet, reference.unet, unet)]
+        assert on_meta == [low_cpu_mem_usage] * 3, (low_cpu_mem_usage, on_meta)
+        # the weights the checkpoint has are loaded either way
+        assert not dict(pipe.unet.named_parameters())["conv_in.weight"].is_meta
+
+
+def test_from_pretrained_unknown_argument_is_ignored_with_a_warning_as_in_diffusers(saved, folders,
+                                                                                     diffusers_warnings):
+    reference = DDPMPipeline.from_pretrained(folders.theirs, not_a_loading_argument=1)
+    theirs = [r.getMessage() for r in diffusers_warnings.records if "not_a_loading_argument" in r.getMessage()]
+    diffusers_warnings.clear()
+    pipe = DDPMHFPipeline.from_pretrained(folders.ours, not_a_loading_argument=1)
+    ours = [r.getMessage() for r in diffusers_warnings.records if "not_a_loading_argument" in r.getMessage()]
+    assert type(reference) is DDPMPipeline and type(pipe) is DDPMHFPipeline
+    assert len(theirs) == len(ours) == 1
+    assert ours == [theirs[0].replace("DDPMPipeline", "DDPMHFPipeline")]
+    assert "ignored" in ours[0]
+    np.testing.assert_allclose(generate(pipe), saved.images, rtol=0, atol=1e-6)
+
+
+def test_from_pretrained_refuses_custom_pipeline(folders):
+    with pytest.raises(ValueError, match="custom_pipeline"):
+        DDPMHFPipeline.from_pretrained(folders.ours, custom_pipeline=str(folders.ours / "pipeline_ddpm_hf.py"))
+
+
+def test_from_pretrained_logs_the_ddpm_scheduler_conversion(saved, tmp_path, caplog):
+    # our layout with a diffusers DDPMScheduler, and hostile code beside it
+    folder = tmp_path / "with-ddpm-scheduler"
+    DDPMHFPipeline(unet=saved.pipe.unet, scheduler=DDPMScheduler(**SCHEDULER_KWARGS)).save_pretrained(folder)
+    assert json.loads((folder / "model_index.json").read_text())["scheduler"] == ["diffusers", "DDPMScheduler"]
+    marker = tmp_path / "MARKER"
+    make_hostile(folder, marker)
+    logger_name = pipeline_module.__name__
+
+    def conversions(**kwargs):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=logger_name):
+            pipe = DDPMHFPipeline.from_pretrained(folder, **kwargs)
+        messages = [r.getMessage() for r in caplog.records if r.name == logger_name]
+        return pipe, [m for m in messages if "DDPMScheduler" in m and "DDPMHFScheduler" in m]
+
+    pipe, logged = conversions()
+    assert type(pipe.scheduler) is DDPMHFScheduler
+    assert public_config(pipe.scheduler.config) == public_config(saved.pipe.scheduler.config)
+    assert len(logged) == 1 and str(folder) in logged[0]
+    np.testing.assert_allclose(generate(pipe), saved.images, rtol=0, atol=1e-6)
+
+    # a passed scheduler is used as it is: nothing converted, nothing logged
+    pipe, logged = conversions(scheduler=DDPMScheduler(**SCHEDULER_KWARGS))
+    assert type(pipe.scheduler) is DDPMScheduler and logged == []
+    assert not marker.exists()
+
+    # a saved DDPMHFScheduler needs no conversion
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=logger_name):
+        DDPMHFPipeline.from_pretrained(saved.folder)
+    assert not [r for r in caplog.records if r.name == logger_name and "DDPMScheduler" in r.getMessage()]
+
+
+# ------------------------------------------------------------------------------------------------ 6. loopback Hub
 
 
 @pytest.fixture
@@ -505,7 +672,8 @@ def test_hub_load_with_package(saved, hub, tmp_path):
         import ddpm_hf
         from ddpm_hf import DDPMHFPipeline
 
-        pipe = DDPMHFPipeline.from_pretrained(ARGS["repo"])
+        # with diffusers' Hub and loading arguments
+        pipe = DDPMHFPipeline.from_pretrained(ARGS["repo"], revision="main", device_map="cpu", low_cpu_mem_usage=True)
         np.save(ARGS["out"], generate(pipe))
         cache = os.environ["HF_MODULES_CACHE"]
         result({
@@ -518,12 +686,14 @@ def test_hub_load_with_package(saved, hub, tmp_path):
             ) if os.path.isdir(cache) else [],
             "name_or_path": pipe.config._name_or_path,
             "scheduler_config": public_config(pipe.scheduler.config),
+            "device_maps": [pipe.hf_device_map, str(pipe.unet.hf_device_map[""])],
         })
         """,
         {"repo": "ns/ddpm-cpu8", "out": str(tmp_path / "images.npy")},
         env=hub_env(hub, tmp_path),
     )
     assert out["own_classes"] is True
+    assert out["device_maps"] == ["cpu", "cpu"]
     assert out["pipeline"] == "ddpm_hf.pipeline_ddpm_hf.DDPMHFPipeline"
     assert out["scheduler"] == "ddpm_hf.scheduling_ddpm_hf.DDPMHFScheduler"
     assert out["dynamic_modules"] == [] and out["modules_cache_files"] == []

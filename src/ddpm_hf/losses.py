@@ -40,22 +40,44 @@ def min_snr_weights(scheduler, timesteps, gamma):
     return clipped
 
 
+def loss_weights(scheduler, timesteps, snr_gamma=None):
+    """Per-image weights of the squared error in the target's space, shape (B,), or None for none.
+
+    Without min-SNR: "sample" is weighted by SNR(t) = alphabar_t / (1 - alphabar_t), as diffusers'
+    examples/unconditional_image_generation/train_unconditional.py does (``snr_weights = alpha_t / (1 - alpha_t)``):
+    an x_0 error d implies the eps error sqrt(SNR) d (Ho eq. 4), so SNR * |x0_hat - x_0|^2 is Ho's L_simple (eq. 14) of
+    the implied eps prediction. "epsilon" is L_simple itself; "v_prediction" (which train_unconditional.py does not
+    offer) keeps its plain v-MSE. With ``snr_gamma``: the min-SNR weights (see ``min_snr_weights``), which for
+    "sample" are min(SNR, gamma)."""
+    if snr_gamma:
+        return min_snr_weights(scheduler, timesteps, snr_gamma)
+    if scheduler.config.prediction_type == "sample":
+        return snr(scheduler, timesteps)
+    return None
+
+
 def diffusion_loss(scheduler, model_output, x_start, noisy, noise, timesteps, snr_gamma=None, vlb_weight=0.001):
     """The training loss of one batch and its per-image parts.
 
-    L_simple = mean over pixels of (target - prediction)^2 (Ho eq. 14), optionally min-SNR weighted per image.
+    L_simple = mean over pixels of (target - prediction)^2 (Ho eq. 14), per image weighted by ``loss_weights``:
+    for "epsilon" the plain MSE; for "sample" the x_0 MSE times SNR(t), as in diffusers'
+    examples/unconditional_image_generation/train_unconditional.py, which is exactly the eps-MSE (Ho eq. 14) of the
+    implied eps_hat = (x_t - sqrt(alphabar_t) x0_hat) / sqrt(1 - alphabar_t) (Ho eq. 4); for "v_prediction" the plain
+    v-MSE; with ``snr_gamma`` the min-SNR weights instead, min(SNR, gamma) times the implied x_0 MSE for every type.
     For learned variances (the model output has 2C channels) L_hybrid = L_simple + vlb_weight * L_vlb, where
     L_vlb = T * L_{t-1} in bits/dim, the one-sample estimate of the sum over t for uniform t, with the gradient
     stopped through the mean (N&D sec. 3.1; vlb_weight = 0.001).
 
     Returns:
-        (loss scalar, per-image L_simple (B,), per-image L_vlb estimate in bits/dim (B,) or None)
+        (loss scalar, per-image unweighted MSE in the target's space (B,) (for "epsilon" L_simple itself; the
+        training loop logs it by timestep quartile), per-image L_vlb estimate in bits/dim (B,) or None)
     """
     channels = x_start.shape[1]
     prediction = model_output[:, :channels]
     target = training_target(scheduler, x_start, noise, timesteps)
     mse = (prediction.float() - target.float()).square().flatten(1).mean(1)
-    weighted = mse * min_snr_weights(scheduler, timesteps, snr_gamma) if snr_gamma else mse
+    weights = loss_weights(scheduler, timesteps, snr_gamma)
+    weighted = mse if weights is None else mse * weights
     loss = weighted.mean()
     vlb = None
     if model_output.shape[1] == 2 * channels:

@@ -13,15 +13,19 @@ import os
 import shutil
 from dataclasses import dataclass
 
-import diffusers
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
+
+logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 SCHEDULER_MODULE = "scheduling_ddpm_hf"  # file stem of the scheduler's source, beside this file
-_FROM_PRETRAINED_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "torch_dtype", "variant", "unet",
-                           "scheduler", "use_safetensors", "force_download", "proxies", "trust_remote_code")
+# Scheduler classes of a saved pipeline that this module loads as its own DDPMHFScheduler (with the same config).
+_OWN_SCHEDULER_NAMES = ("DDPMScheduler", "DDPMHFScheduler")
+# from_pretrained arguments that locate a Hub repository's files (DiffusionPipeline.download's own names).
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
 
 
 def _edit_json(path, edit):
@@ -121,55 +125,89 @@ class DDPMHFPipeline(DiffusionPipeline):
             )
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved pipeline (a folder or a Hub repo id) with this module's own classes.
+    def download(cls, pretrained_model_name, **kwargs):
+        """Download a Hub repository (``huggingface_hub.snapshot_download``) and return its local folder.
 
-        Unlike ``DiffusionPipeline.from_pretrained``, this executes no code from the folder or repository, so it
-        needs no ``trust_remote_code``. It reads our layout (see ``save_pretrained``) and diffusers' DDPMPipeline
-        layout (e.g. google/ddpm-cifar10-32): a saved ``DDPMScheduler`` or ``DDPMHFScheduler`` becomes a
-        ``DDPMHFScheduler`` with the same config; any other diffusers scheduler is loaded as its own class.
+        ``DiffusionPipeline.download`` resolves the pipeline class while it downloads, which for our layout means
+        importing the repository's ``pipeline_ddpm_hf.py`` (or refusing without ``trust_remote_code``); this class
+        needs no class from the repository, so it only fetches the files.
 
         Args:
-            pretrained_model_name_or_path: a local folder or a Hub repo id ("namespace/name").
-            kwargs: revision, cache_dir, token, local_files_only, force_download, proxies (Hub download);
-                torch_dtype, variant, use_safetensors (UNet weights); unet, scheduler (ready components).
+            pretrained_model_name: a Hub repo id ("namespace/name").
+            kwargs: revision, cache_dir, token, local_files_only, force_download, proxies; the other arguments of
+                ``DiffusionPipeline.download`` (variant, use_safetensors, ...) are accepted and do not narrow the
+                download.
         """
-        unknown = sorted(set(kwargs) - set(_FROM_PRETRAINED_KWARGS))
-        if unknown:
-            raise TypeError(f"{cls.__name__}.from_pretrained got unexpected arguments {unknown}")
-        kwargs.pop("trust_remote_code", None)  # nothing remote is executed either way
-        path = str(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download
 
-            hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only",
-                                               "force_download", "proxies") if k in kwargs}
-            path = snapshot_download(path, **hub)
-        index_path = os.path.join(path, "model_index.json")
-        if not os.path.isfile(index_path):
-            raise OSError(f"{pretrained_model_name_or_path} has no model_index.json: not a saved pipeline")
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
-        for name in ("unet", "scheduler"):
-            if name not in index and name not in kwargs:
-                raise OSError(f"{pretrained_model_name_or_path}: model_index.json has no {name!r} component")
+        hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
+        return snapshot_download(str(pretrained_model_name), **hub)
 
-        unet = kwargs.get("unet")
-        if unet is None:
-            unet_kwargs = {k: kwargs[k] for k in ("torch_dtype", "variant", "use_safetensors") if k in kwargs}
-            unet = UNet2DModel.from_pretrained(path, subfolder="unet", **unet_kwargs)
-        scheduler = kwargs.get("scheduler")
-        if scheduler is None:
-            library, class_name = index["scheduler"]
-            if class_name in ("DDPMScheduler", "DDPMHFScheduler"):
-                scheduler_class = _own_scheduler_class()
-            elif library == "diffusers" and hasattr(diffusers, class_name):
-                scheduler_class = getattr(diffusers, class_name)
-            else:
-                raise ValueError(f"cannot load scheduler {library}.{class_name} without running its code")
-            scheduler = scheduler_class.from_pretrained(path, subfolder="scheduler")
-        pipe = cls(unet=unet, scheduler=scheduler)
-        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, return_unused_kwargs=False, return_commit_hash=False,
+                    **kwargs):
+        """``model_index.json`` as this class loads it (see ``_as_installed``): ``ConfigMixin.load_config`` with the
+        entries that name code saved in the folder replaced by this process's own classes."""
+        outputs = super().load_config(pretrained_model_name_or_path, return_unused_kwargs=return_unused_kwargs,
+                                      return_commit_hash=return_commit_hash, **kwargs)
+        if isinstance(outputs, tuple):
+            return (cls._as_installed(outputs[0]), *outputs[1:])
+        return cls._as_installed(outputs)
+
+    @classmethod
+    def _as_installed(cls, index):
+        """Rewrite a model_index.json dict so that DiffusionPipeline.from_pretrained imports nothing from the folder:
+
+        - ``_class_name`` becomes ``cls.__name__``: a list ``["pipeline_ddpm_hf", "DDPMHFPipeline"]`` would make
+          diffusers import the folder's ``pipeline_ddpm_hf.py`` as a custom pipeline;
+        - a ``DDPMScheduler`` or ``DDPMHFScheduler`` scheduler entry (``["diffusers", "DDPMScheduler"]``,
+          ``["scheduling_ddpm_hf", "DDPMHFScheduler"]``) becomes ``[module, "DDPMHFScheduler"]`` with the module this
+          file imports its scheduler from (``ddpm_hf.scheduling_ddpm_hf`` when installed), already imported, which
+          diffusers resolves in-process (``_get_library_or_raise``) like any component class saved from an imported
+          module. Other entries (``["diffusers", "DDIMScheduler"]``, ``["diffusers", "UNet2DModel"]``) are kept.
+        """
+        index = dict(index)
+        if "_class_name" in index:
+            index["_class_name"] = cls.__name__
+        entry = index.get("scheduler")
+        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] in _OWN_SCHEDULER_NAMES:
+            scheduler_class = _own_scheduler_class()
+            index["scheduler"] = [scheduler_class.__module__, scheduler_class.__name__]
+        return index
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved pipeline (a folder or a Hub repo id) as this class, with ``DiffusionPipeline.from_pretrained``.
+
+        All of diffusers' arguments work as they do there (torch_dtype/dtype, device_map, low_cpu_mem_usage, variant,
+        use_safetensors, revision, token, ready ``unet=`` / ``scheduler=`` components, ...; unknown ones are warned
+        about and ignored), with two differences, so that no code from the folder or repository runs and no
+        ``trust_remote_code`` is needed:
+
+        - the pipeline class is always ``cls``, and a saved ``DDPMScheduler`` or ``DDPMHFScheduler`` becomes this
+          module's ``DDPMHFScheduler`` with the same config (see ``load_config``); any other diffusers scheduler is
+          loaded as its own class. This reads our layout (see ``save_pretrained``) and diffusers' DDPMPipeline layout
+          (e.g. google/ddpm-cifar10-32).
+        - a Hub repository is fetched with ``download`` (a plain snapshot). ``trust_remote_code`` is accepted and
+          ignored (diffusers is never asked to run remote code); ``custom_pipeline`` is refused.
+        """
+        if kwargs.pop("custom_pipeline", None) is not None:
+            raise ValueError(
+                f"{cls.__name__}.from_pretrained always loads {cls.__name__} and runs no code from the folder; use "
+                "DiffusionPipeline.from_pretrained(..., custom_pipeline=...) to load a custom pipeline"
+            )
+        kwargs.pop("trust_remote_code", None)
+        name_or_path = str(pretrained_model_name_or_path)
+        folder = name_or_path if os.path.isdir(name_or_path) else cls.download(name_or_path, **kwargs)
+        if "scheduler" not in kwargs:
+            entry = super().load_config(folder).get("scheduler")  # as saved, before _as_installed
+            if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] == "DDPMScheduler":
+                logger.info(
+                    f"{name_or_path}: loading the saved diffusers DDPMScheduler ({entry[0]}.{entry[1]}) as "
+                    f"{_own_scheduler_class().__name__} with the same config"
+                )
+        pipe = super().from_pretrained(folder, **kwargs)
+        pipe.register_to_config(_name_or_path=name_or_path)
         return pipe
 
     # ------------------------------------------------------------------ sampling
