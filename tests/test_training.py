@@ -328,7 +328,9 @@ def test_hub_dataset_over_loopback(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         assert any("/datasets/someone/tiny-digits" in path for _, path in hub.requests)
     pipe = DDPMHFPipeline.from_pretrained(out)
-    assert pipe.unet.config.in_channels == 1 and pipe.unet.config.sample_size == 32
+    # any data but the digits gets the diffusers recipe: train_unconditional.py's resolution 64
+    assert pipe.unet.config.in_channels == 1 and pipe.unet.config.sample_size == 64
+    assert json.loads((out / "training_args.json").read_text())["recipe"] == "diffusers"
     from huggingface_hub import ModelCard  # the card links the Hub dataset in its metadata and text
 
     card = ModelCard.load(out / "README.md")

@@ -195,7 +195,8 @@ def validate_args(parser, args):
     if args.variance_type != "learned_range" and args.vlb_weight != 0.001:
         parser.error("--vlb_weight only applies with --variance_type learned_range")
     if args.streaming and args.num_epochs is not None and args.max_train_steps is None:
-        parser.error("--streaming trains by --max_train_steps, not --num_epochs (the stream's length is unknown)")
+        parser.error("--streaming needs --max_train_steps: the stream's length is unknown, so epochs (--num_epochs, "
+                     f"or the {args.recipe} recipe's budget) cannot be counted")
 
 
 def unet_for_data(args, channels, resolution):
