@@ -1,20 +1,37 @@
 """A minimal Hugging Face Hub HTTP server for loopback tests (standard library only).
 
-It speaks the subset of the Hub protocol that huggingface_hub 2.x, datasets and diffusers use to create repos,
-commit regular (non-LFS) files, read repo info, list trees and download files (see shared/HUB_PROTOCOL.md).
+It speaks the subset of the Hub protocol that huggingface_hub 2.x, datasets and diffusers use to create repos and
+branches, commit files (regular ones inline, large or binary ones through the Git LFS batch API), read repo info,
+list trees and download files (see shared/HUB_PROTOCOL.md).
 
     with HubServer(tmp_path / "hub") as hub:
         env["HF_ENDPOINT"] = hub.endpoint          # "http://127.0.0.1:PORT"
         hub.seed_repo("ns/model", folder)          # store a local folder as a repo without HTTP
+        hub.add_fault("500", method="PUT", path="/lfs-upload/", times=1)   # the next LFS upload answers 500
         ...
         assert ("GET", "/api/models/ns/model/revision/main") in hub.requests
 
-Storage: the files of each repo sit under ``root_dir/<models|datasets|spaces>/<namespace>/<name>/``; the repo's
-metadata (head commit sha, commit counter, visibility, commit history) sits in ``root_dir/.hub/<type>/<ns>/<name>.json``.
-Only the head of the ``main`` branch is kept: a revision is either ``main`` or the current head sha; anything else
-answers ``RevisionNotFound``. Preupload answers every file "regular", so neither LFS nor Xet is ever involved; a
-commit that carries an ``lfsFile`` line is refused with a 400 that says so. Unknown routes answer 404 and are
-logged (logger ``hub_server``) and recorded in ``hub.unknown_requests``.
+Storage: the files of each repo's ``main`` branch sit under ``root_dir/<models|datasets|spaces>/<namespace>/<name>/``
+(other branches under ``root_dir/.hub/branches/``), always as their real bytes, LFS files included; the repo's
+metadata (head commit sha of each branch, commit counter, visibility, commit history, which paths are LFS) sits in
+``root_dir/.hub/<type>/<ns>/<name>.json`` and uploaded LFS objects in ``root_dir/.hub/lfs/<type>/<ns>/<name>/<oid>``.
+A revision is a branch name (``refs/heads/`` optional) or the head sha of a branch; anything else answers
+``RevisionNotFound``.
+
+Upload modes, as the Hub answers ``preupload``: a file is "lfs" when it is larger than 10 MB, when its 512-byte
+sample looks binary (a NUL byte, or not UTF-8), or when its name matches the Hub's default ``.gitattributes`` LFS
+patterns (``*.safetensors``, ``*.bin``, ``*.pt``, ...); otherwise "regular". The ``oid`` of a file already in the repo
+is its sha256 for LFS files and its git blob sha1 for regular ones (what the client compares to skip unchanged files).
+LFS (basic transfer): ``POST {P}{repo}.git/info/lfs/objects/batch`` answers, for each object not stored yet, an
+``upload`` action (a signed URL on this server, PUT without Authorization, checked against oid and size) and a
+``verify`` action (``POST {P}{repo}.git/info/lfs/objects/verify``); the commit's ``lfsFile`` lines must name
+uploaded objects. ``resolve`` serves an LFS file's bytes with ``X-Linked-Etag`` (the sha256) and ``X-Linked-Size``.
+
+Fault injection (``add_fault``): answer 500, 429 with ``Retry-After``, or drop the connection after reading part of
+the request body, for requests matching a method and a path regex, a given number of times. ``requests`` records
+(method, path) of every request and ``raw_requests`` every request whole (target, headers, body); ``faults_served``
+what was injected. Unknown routes answer 404 and are logged (logger ``hub_server``) and recorded in
+``hub.unknown_requests``.
 
 The server binds to a loopback address only and runs in daemon threads; ``__exit__`` shuts it down.
 
@@ -28,12 +45,17 @@ constants (the agent-harness registry fetch, datasets' URLs) aimed at the real H
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
+import hmac
 import ipaddress
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
+import socket
 import textwrap
 import threading
 import time
@@ -49,6 +71,44 @@ URL_PREFIX = {"models": "", "datasets": "datasets/", "spaces": "spaces/"}
 def git_blob_oid(data: bytes) -> str:
     """The git blob sha1 of ``data`` (what the Hub calls a regular file's oid)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+# The LFS patterns of the .gitattributes the Hub writes into every new repo, and its size limit for regular files.
+DEFAULT_LFS_PATTERNS = (
+    "*.7z", "*.arrow", "*.bin", "*.bz2", "*.ckpt", "*.ftz", "*.gz", "*.h5", "*.joblib", "*.lfs.*", "*.mlmodel",
+    "*.model", "*.msgpack", "*.npy", "*.npz", "*.onnx", "*.ot", "*.parquet", "*.pb", "*.pickle", "*.pkl", "*.pt",
+    "*.pth", "*.rar", "*.safetensors", "saved_model/**/*", "*.tar.*", "*.tar", "*.tflite", "*.tgz", "*.wasm", "*.xz",
+    "*.zip", "*.zst", "*tfevents*",
+)
+REGULAR_MAX_SIZE = 10 * 1024 * 1024
+
+
+def looks_binary(sample: bytes) -> bool:
+    """A NUL byte, or bytes that are not UTF-8 (a multi-byte character cut by the 512-byte sample is fine)."""
+    if b"\0" in sample:
+        return True
+    for cut in range(4):
+        try:
+            sample[: len(sample) - cut].decode("utf-8")
+            return False
+        except UnicodeDecodeError:
+            continue
+    return True
+
+
+def upload_mode(path: str, size: int, sample: bytes) -> str:
+    """"lfs" or "regular", the way the Hub's preupload endpoint decides."""
+    name = path.rsplit("/", 1)[-1]
+    if size > REGULAR_MAX_SIZE or looks_binary(sample):
+        return "lfs"
+    if any(fnmatch.fnmatchcase(path if "/" in pat else name, pat) for pat in DEFAULT_LFS_PATTERNS):
+        return "lfs"
+    return "regular"
+
+
+def lfs_pointer(oid: str, size: int) -> bytes:
+    """The git-lfs pointer file that git stores in place of an LFS file."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n".encode()
 
 
 def _iso(ts: float) -> str:

@@ -118,18 +118,20 @@ def test_push_run_with_card_over_loopback(tmp_path):
         env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
         r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *TINY, "--output_dir",
                             str(out), "--max_train_steps", "2", "--checkpointing_steps", "1", "--logger", "tensorboard",
-                            "--push_to_hub",
+                            "--logging_dir", "tb", "--push_to_hub",
                             "--hub_model_id", "ns/digits-tiny"], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         assert hub.repo_exists("ns/digits-tiny")
-        # the pipeline, card, pictures and records go up; checkpoints, logs, samples and history stay local
+        # the pipeline, card, pictures and records go up; checkpoints, logs (--logging_dir tb), samples and history
+        # stay local
         stored = _files(hub.repo_dir("ns/digits-tiny"))
         assert {"README.md", "model_index.json", "pipeline_ddpm_hf.py", "scheduler/scheduling_ddpm_hf.py",
                 "unet/diffusion_pytorch_model.safetensors", "images/samples.png", "metrics.json",
                 "training_args.json"} <= stored
-        assert (out / "checkpoint-1").is_dir() and (out / "logs").is_dir() and (out / "history.jsonl").is_file()
-        assert not [f for f in stored if f.startswith(("checkpoint-", "logs/", "samples/")) or f in (
+        assert (out / "checkpoint-1").is_dir() and any((out / "tb").rglob("events.out.tfevents.*"))
+        assert (out / "history.jsonl").is_file()
+        assert not [f for f in stored if f.startswith(("checkpoint-", "tb/", "samples/")) or f in (
             "history.jsonl", "loss.png")]
         code = """
 import json, sys, numpy as np, torch

@@ -22,7 +22,7 @@ def test_diffusers_is_the_default_for_other_data():
     assert (args.resolution, args.train_batch_size, args.learning_rate, args.lr_warmup_steps) == (64, 16, 1e-4, 500)
     assert (args.num_epochs, args.max_train_steps) == (100, None)  # 100 epochs, steps follow from the data
     assert args.ddpm_beta_schedule == "linear" and args.variance_type == "fixed_small"
-    assert (args.save_images_epochs, args.save_model_epochs, args.use_ema) == (10, 10, True)
+    assert (args.save_images_epochs, args.save_model_epochs, args.use_ema) == (10, 10, False)  # store_true there
     assert args.unet_preset == "diffusers-unconditional"
     # train_unconditional.py's UNet2DModel, built with its own arguments here (examples/unconditional_image_generation)
     from diffusers import UNet2DModel
@@ -64,8 +64,18 @@ def test_paper_recipes_and_explicit_flags_win():
     (["--resume_from_checkpoint", "checkpoint-9"], "no such checkpoint"),
     (["--resume_from_checkpoint", "/no/such/folder"], "no such checkpoint"),
     (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["--streaming", "--max_train_steps", "9", "--save_images_epochs", "2"], "a --streaming run cannot"),
+    (["--streaming", "--max_train_steps", "9", "--save_model_epochs", "2"], "a --streaming run cannot"),
 ])
 def test_impossible_settings_fail_at_start(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         parse_args([*argv, "--output_dir", str(tmp_path / "run")])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_streaming_has_no_epochs_to_save_by():
+    """A stream's length is unknown (explicit --save_*_epochs with --streaming fail at start, above); the diffusers
+    recipe's every-10-epochs saves are dropped for a stream (the run still saves at its end)."""
+    args = parse_args(["--dataset_name", "someone/faces", "--streaming", "--max_train_steps", "10"])
+    assert args.recipe == "diffusers" and (args.save_images_epochs, args.save_model_epochs) == (None, None)
+    assert parse_args(["--dataset_name", "someone/faces"]).save_images_epochs == 10  # not streamed: kept

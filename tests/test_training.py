@@ -208,6 +208,30 @@ def test_resume_is_bit_identical(tmp_path, data):
     la = [h["loss"] for h in _history(tmp_path / "straight")]
     lb = [h["loss"] for h in _history(stopped)]
     assert la == lb
+    if data == "streamed":  # 20 images in batches of 4: the stream's second pass starts at step 6
+        assert [h["epoch"] for h in _history(stopped)] == [1] * 5 + [2] * 3
+
+
+def test_resuming_earlier_prunes_the_abandoned_later_checkpoints(tmp_path):
+    """A run resumed from checkpoint-2 after an abandoned run left checkpoint-6 and -8: publishing checkpoint-4
+    deletes the later ones (else `latest` would pick the abandoned run's) and keeps the newest --checkpoints_total_limit
+    among the rest, never the one just written. Real accelerate save_state on one process."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from ddpm_hf.checkpointing import checkpoint_dirs, read_training_state, resolve_checkpoint, save_checkpoint
+
+    for n in (1, 2, 6, 8):
+        (tmp_path / f"checkpoint-{n}").mkdir()
+    accelerator = Accelerator(cpu=True)
+    try:
+        save_checkpoint(accelerator, str(tmp_path), 4, {"step": 4}, total_limit=2)
+        assert checkpoint_dirs(str(tmp_path)) == ["checkpoint-2", "checkpoint-4"]
+        assert read_training_state(resolve_checkpoint("latest", str(tmp_path))) == {"step": 4}
+        save_checkpoint(accelerator, str(tmp_path), 5, {"step": 5}, total_limit=1)
+        assert checkpoint_dirs(str(tmp_path)) == ["checkpoint-5"] and not list(tmp_path.glob("*.tmp"))
+    finally:
+        AcceleratorState._reset_state(True)
 
 
 def _free_port():
@@ -407,6 +431,9 @@ def test_streamed_batches_are_shuffled_each_epoch_and_disjoint_across_ranks(tmp_
     assert epochs[0] != epochs[1]  # reshuffled every epoch
     again = stream()
     assert [ids(again.batch(k)) for k in range(8)] == sum(epochs, [])  # the same order when read again
+    assert ids(again.batch(7)) == epochs[1][-1]  # the batch just read, asked for again (a retried step)
+    with pytest.raises(ValueError, match="forwards only"):
+        again.batch(5)
     assert [ids(stream(seed=1).batch(k)) for k in range(4)] != epochs[0]  # and another for another seed
     halves = [sum((ids(stream(rank, 2).batch(k)) for k in range(2)), []) for rank in range(2)]
     assert not set(halves[0]) & set(halves[1]) and len(halves[0]) == len(halves[1]) == 16

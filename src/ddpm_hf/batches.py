@@ -53,7 +53,7 @@ class StreamBatches:
         self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world) if world > 1 else dataset
         self.column, self.resolution, self.channels = image_column, resolution, channels
         self.center_crop, self.batch_size, self.seed, self.rank = center_crop, batch_size, seed, rank
-        self.per_epoch, self._next, self._iter, self.epoch = None, 0, None, 0
+        self.per_epoch, self._next, self._iter, self.epoch, self._last = None, 0, None, 0, None
         self.transform_seconds = 0.0  # transforms happen per batch, inside the training loop
 
     def _rows(self):
@@ -73,8 +73,9 @@ class StreamBatches:
         if k < self._next - 1:
             raise ValueError(f"StreamBatches reads forwards only: asked for batch {k} after {self._next - 1}")
         while self._next <= k:
-            images = [next(self._iter) for _ in range(self.batch_size)]
+            self._last = [next(self._iter) for _ in range(self.batch_size)]
             self._next += 1
+        images = self._last  # batch k (read now, or the one read last time when asked again)
         rng = np.random.default_rng([self.seed, self.rank, k])  # batch k's crops: the same after a resume
         return torch.stack([image_to_uint8(im, self.resolution, self.channels, self.center_crop, rng)
                             for im in images])

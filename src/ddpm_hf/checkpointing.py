@@ -18,13 +18,18 @@ EMA_STATE_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step"
                   "power")
 
 
+def checkpoint_step(name):
+    """N of a ``checkpoint-N`` folder name."""
+    return int(name[len(CHECKPOINT_PREFIX):])
+
+
 def checkpoint_dirs(output_dir):
     """The names of the complete checkpoints in ``output_dir``, oldest first (``checkpoint-N``, N ascending)."""
     if not os.path.isdir(output_dir):
         return []
     names = [d for d in os.listdir(output_dir)
              if d.startswith(CHECKPOINT_PREFIX) and d[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(names, key=lambda d: int(d[len(CHECKPOINT_PREFIX):]))
+    return sorted(names, key=checkpoint_step)
 
 
 def resolve_checkpoint(value, output_dir):
@@ -84,7 +89,8 @@ def register_unet_hooks(accelerator, model, flat, ema):
 def save_checkpoint(accelerator, output_dir, step, state, total_limit):
     """``accelerator.save_state`` (weights through ``register_unet_hooks``, optimizer, LR schedule, RNG) plus our
     counters into ``checkpoint-{step}.tmp``; after every rank has written its part, the main process renames it to
-    ``checkpoint-{step}`` and keeps the newest ``total_limit`` checkpoints."""
+    ``checkpoint-{step}`` and keeps the newest ``total_limit`` checkpoints. Checkpoints of later steps (left by a run
+    that was resumed from an earlier checkpoint) are deleted, so ``latest`` is always this run's newest."""
     final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
     tmp = final + ".tmp"
     if accelerator.is_main_process and os.path.exists(tmp):
@@ -95,11 +101,17 @@ def save_checkpoint(accelerator, output_dir, step, state, total_limit):
     if accelerator.is_main_process:
         with open(os.path.join(tmp, "training_state.json"), "w") as f:
             json.dump(state, f)
-        if os.path.exists(final):
-            shutil.rmtree(final)
+        # checkpoints past this step belong to an abandoned run (resumed from an earlier one): `latest` must not
+        # pick them, so they go before this one is published
+        for name in checkpoint_dirs(output_dir):
+            if checkpoint_step(name) >= step:
+                shutil.rmtree(os.path.join(output_dir, name))
         os.replace(tmp, final)
-        for old in checkpoint_dirs(output_dir)[:-total_limit]:
-            shutil.rmtree(os.path.join(output_dir, old))
+        # the oldest go, among those up to this step; the one just written always stays
+        kept = checkpoint_dirs(output_dir)
+        for name in kept[:max(len(kept) - total_limit, 0)]:
+            if name != os.path.basename(final):
+                shutil.rmtree(os.path.join(output_dir, name))
     accelerator.wait_for_everyone()
 
 

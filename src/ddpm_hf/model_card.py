@@ -207,14 +207,29 @@ def write_model_card(output_dir, repo_id=None):
     return path
 
 
+def push_ignore_patterns(output_dir):
+    """``PUSH_IGNORE_PATTERNS`` plus the run's own ``--logging_dir`` (from training_args.json) when it lies inside
+    ``output_dir``."""
+    patterns = list(PUSH_IGNORE_PATTERNS)
+    args_path = os.path.join(output_dir, "training_args.json")
+    if os.path.isfile(args_path):
+        with open(args_path) as f:
+            logging_dir = json.load(f).get("logging_dir")
+        if logging_dir:
+            relative = os.path.relpath(os.path.join(output_dir, logging_dir), output_dir).replace(os.sep, "/")
+            if not relative.startswith(".."):
+                patterns.append(f"{relative}/**")
+    return patterns
+
+
 def push_run(output_dir, repo_id, private=None, token=None, revision=None, commit_message=None):
     """Upload a finished run to the Hub repo ``repo_id`` (created if missing): the pipeline, README.md, images/,
-    metrics.json and training_args.json; ``PUSH_IGNORE_PATTERNS`` keeps checkpoints, logs and samples out. Returns
+    metrics.json and training_args.json; ``push_ignore_patterns`` keeps checkpoints, logs and samples out. Returns
     the commit info."""
     from huggingface_hub import create_repo, upload_folder
 
     check_run(output_dir)
     repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
     return upload_folder(repo_id=repo_id, folder_path=output_dir, token=token, revision=revision,
-                         ignore_patterns=PUSH_IGNORE_PATTERNS,
+                         ignore_patterns=push_ignore_patterns(output_dir),
                          commit_message=commit_message or "Upload DDPMHFPipeline trained with ddpm-hf")

@@ -14,13 +14,14 @@ RECIPES = {
         variance_type="learned_range", prediction_type="epsilon", use_ema=True, ema_max_decay=0.9999,
         random_flip=False, dropout=None,
     ),
-    # diffusers' examples/unconditional_image_generation/train_unconditional.py, its argparse defaults and its UNet.
+    # diffusers' examples/unconditional_image_generation/train_unconditional.py, its argparse defaults and its UNet
+    # (its --use_ema is a store_true flag: off unless asked for; --use_ema turns it on with decay 0.9999).
     "diffusers": dict(
         unet_preset="diffusers-unconditional", resolution=64, train_batch_size=16, eval_batch_size=16,
         num_sample_images=16, learning_rate=1e-4, lr_scheduler="cosine", lr_warmup_steps=500, num_epochs=100,
         adam_beta1=0.95, adam_beta2=0.999, adam_weight_decay=1e-6, max_grad_norm=1.0,
         ddpm_num_steps=1000, ddpm_num_inference_steps=1000, ddpm_beta_schedule="linear",
-        variance_type="fixed_small", prediction_type="epsilon", use_ema=True, ema_max_decay=0.9999,
+        variance_type="fixed_small", prediction_type="epsilon", use_ema=False, ema_max_decay=0.9999,
         random_flip=False, dropout=None, save_images_epochs=10, save_model_epochs=10,
     ),
     # Ho et al. 2020, sec. 4 and appendix B: T = 1000, linear betas 1e-4..0.02, the 35.7M-parameter network,
@@ -71,20 +72,24 @@ def apply_recipe(args, is_digits):
     """Fill every flag the user left unset (None) from ``args.recipe`` (default: ``default_recipe``), in place.
 
     The step budget (``max_train_steps`` or ``num_epochs``) is taken from the recipe only when neither flag was
-    given. Records ``args.recipe`` and ``args.recipe_overrides`` (the recipe values that explicit flags replaced).
+    given. Records ``args.recipe``, ``args.recipe_overrides`` (the recipe values that explicit flags replaced) and
+    ``args.recipe_filled`` (the flags that took the recipe's value).
     """
     args.recipe = args.recipe or default_recipe(is_digits)
     recipe = RECIPES[args.recipe]
     budget_given = args.max_train_steps is not None or args.num_epochs is not None
     overrides = [k for k in ("max_train_steps", "num_epochs")
                  if getattr(args, k) is not None and getattr(args, k) != recipe.get(k)]
+    filled = []
     for key, value in recipe.items():
         if key in ("max_train_steps", "num_epochs") and budget_given:
             continue
         current = getattr(args, key, None)
         if current is None:
             setattr(args, key, value)
+            filled.append(key)
         elif current != value and key not in overrides:
             overrides.append(key)
     args.recipe_overrides = sorted(overrides)
+    args.recipe_filled = sorted(filled)
     return args

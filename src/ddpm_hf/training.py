@@ -194,6 +194,12 @@ def validate_args(parser, args):
         parser.error("--snr_gamma must be > 0")
     if args.variance_type != "learned_range" and args.vlb_weight != 0.001:
         parser.error("--vlb_weight only applies with --variance_type learned_range")
+    for name in ("save_images_epochs", "save_model_epochs"):  # a stream has no epochs to count
+        if args.streaming and getattr(args, name) is not None:
+            if name not in args.recipe_filled:
+                parser.error(f"--{name} counts epochs, which a --streaming run cannot; use --checkpointing_steps "
+                             "(the end of the run saves the pipeline and a sample grid)")
+            setattr(args, name, None)  # the recipe's value does not apply to a stream
     if args.streaming and args.num_epochs is not None and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps: the stream's length is unknown, so epochs (--num_epochs, "
                      f"or the {args.recipe} recipe's budget) cannot be counted")
@@ -381,6 +387,8 @@ def train(args):
         now = time.time()
         epoch_done = step % steps_per_epoch == 0
         epoch = math.ceil(step / steps_per_epoch)  # the epoch this step belongs to, from 1
+        if per_epoch is None:
+            epoch = batches.epoch + 1  # streaming: this rank's pass over its shard of the stream, from 1
         record = {"step": step, "epoch": epoch, "seconds": round(elapsed_before + now - start_time, 3),
                   "loss": total_loss, "lr": lr_scheduler.get_last_lr()[0]}
         if grad_norm is not None:
