@@ -56,6 +56,7 @@ import re
 import secrets
 import shutil
 import socket
+import struct
 import textwrap
 import threading
 import time
@@ -162,7 +163,11 @@ class HubServer:
         self.user = user
         self.tree_page_size = tree_page_size
         self.requests: list[tuple[str, str]] = []
+        self.raw_requests: list[dict] = []
         self.unknown_requests: list[tuple[str, str]] = []
+        self.faults: list[dict] = []
+        self.faults_served: list[tuple[str, str, str]] = []
+        self._secret = secrets.token_bytes(16)  # signs the LFS upload URLs
         self._lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -238,6 +243,49 @@ class HubServer:
             env["HF_TOKEN"] = token
         return env
 
+    # ------------------------------------------------------------------ fault injection
+    def add_fault(
+        self,
+        kind: str,
+        method: str | None = None,
+        path: str = "",
+        times: int | None = 1,
+        retry_after: int | None = 0,
+        after_bytes: int | None = None,
+    ) -> dict:
+        """Answer the next ``times`` requests (None: every one) whose method is ``method`` (None: any) and whose path
+        matches the regex ``path`` with a fault instead of the normal answer:
+
+        - ``"500"``: a 500 Internal Server Error (the request body is read first);
+        - ``"429"``: a 429 Too Many Requests with ``Retry-After: retry_after`` (omitted if None);
+        - ``"drop"``: read ``after_bytes`` bytes of the body (default: half of Content-Length) then close the
+          connection without answering, as a connection lost in the middle of an upload.
+
+        Returns the rule; its ``served`` count says how many requests it hit."""
+        if kind not in ("500", "429", "drop"):
+            raise ValueError(f"unknown fault kind {kind!r}")
+        rule = {"kind": kind, "method": method, "path": path, "times": times, "retry_after": retry_after,
+                "after_bytes": after_bytes, "served": 0}
+        with self._lock:
+            self.faults.append(rule)
+        return rule
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
+    def _take_fault(self, method: str, path: str) -> dict | None:
+        with self._lock:
+            for rule in self.faults:
+                if rule["times"] is not None and rule["served"] >= rule["times"]:
+                    continue
+                if rule["method"] not in (None, method) or not re.search(rule["path"], path):
+                    continue
+                rule["served"] += 1
+                self.faults_served.append((rule["kind"], method, path))
+                return rule
+        return None
+
     # ------------------------------------------------------------------ storage
     @staticmethod
     def _type_dir(repo_type: str | None) -> str:
@@ -255,14 +303,23 @@ class HubServer:
             raise HubError(400, f"repo id must be 'namespace/name', got {repo_id!r}")
         return parts[0], parts[1]
 
-    def repo_dir(self, repo_id: str, repo_type: str = "model") -> str:
-        """The folder holding the files of a repo."""
-        ns, name = self._split_id(repo_id)
-        return os.path.join(self.root_dir, self._type_dir(repo_type), ns, name)
+    def _branch_dir(self, t: str, repo_id: str, branch: str = "main") -> str:
+        if branch == "main":
+            return os.path.join(self.root_dir, t, *self._split_id(repo_id))
+        return os.path.join(self.root_dir, ".hub", "branches", t, *self._split_id(repo_id), quote(branch, safe=""))
+
+    def repo_dir(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> str:
+        """The folder holding the files of a branch of a repo (LFS files as their real bytes)."""
+        return self._branch_dir(self._type_dir(repo_type), repo_id, revision)
 
     def _meta_path(self, t: str, repo_id: str) -> str:
         ns, name = self._split_id(repo_id)
         return os.path.join(self.root_dir, ".hub", t, ns, name + ".json")
+
+    def _lfs_path(self, t: str, repo_id: str, oid: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", oid or ""):
+            raise HubError(400, f"invalid LFS oid {oid!r}: expected a sha256 in hex")
+        return os.path.join(self.root_dir, ".hub", "lfs", t, *self._split_id(repo_id), oid)
 
     def _load_meta(self, t: str, repo_id: str) -> dict | None:
         try:
@@ -279,9 +336,14 @@ class HubServer:
             json.dump(meta, f, indent=1)
         os.replace(tmp, path)
 
-    def _files(self, t: str, repo_id: str) -> dict[str, str]:
-        """{repo path: absolute file path} of every file of the repo."""
-        base = os.path.join(self.root_dir, t, *self._split_id(repo_id))
+    @staticmethod
+    def _head(meta: dict, branch: str) -> dict:
+        """The record of a branch: sha, history, lfs ({path: sha256}), last_modified. main's sits at the top level."""
+        return meta if branch == "main" else meta["branches"][branch]
+
+    def _files(self, t: str, repo_id: str, branch: str = "main") -> dict[str, str]:
+        """{repo path: absolute file path} of every file of a branch of the repo."""
+        base = self._branch_dir(t, repo_id, branch)
         out = {}
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames.sort()
@@ -290,25 +352,33 @@ class HubServer:
                 out[os.path.relpath(full, base).replace(os.sep, "/")] = full
         return dict(sorted(out.items()))
 
-    def _file_entry(self, rel: str, full: str) -> dict:
+    @staticmethod
+    def _file_entry(rel: str, full: str, lfs_oid: str | None = None) -> dict:
+        """A tree entry; an LFS file's oid is the blob oid of its pointer and it carries an ``lfs`` field."""
         with open(full, "rb") as f:
             data = f.read()
-        return {"type": "file", "oid": git_blob_oid(data), "size": len(data), "path": rel}
+        if lfs_oid is None:
+            return {"type": "file", "oid": git_blob_oid(data), "size": len(data), "path": rel}
+        pointer = lfs_pointer(lfs_oid, len(data))
+        return {"type": "file", "oid": git_blob_oid(pointer), "size": len(data), "path": rel,
+                "lfs": {"oid": lfs_oid, "size": len(data), "pointerSize": len(pointer)}}
 
-    def _commit(self, t: str, repo_id: str, meta: dict, summary: str, description: str = "") -> str:
-        """Record a new commit of the repo's current files; return its sha."""
-        files = self._files(t, repo_id)
+    def _commit(self, t: str, repo_id: str, meta: dict, summary: str, description: str = "",
+                branch: str = "main") -> str:
+        """Record a new commit of the branch's current files; return its sha."""
+        head = self._head(meta, branch)
+        files = self._files(t, repo_id, branch)
         h = hashlib.sha1()
-        h.update(f"{t}/{repo_id}\n{meta['counter'] + 1}\n{meta.get('sha') or ''}\n{summary}\n".encode())
+        h.update(f"{t}/{repo_id}@{branch}\n{meta['counter'] + 1}\n{head.get('sha') or ''}\n{summary}\n".encode())
         for rel, full in files.items():
             with open(full, "rb") as f:
                 h.update(rel.encode() + b"\0" + git_blob_oid(f.read()).encode() + b"\n")
         sha = h.hexdigest()
         now = time.time()
         meta["counter"] += 1
-        meta["sha"] = sha
-        meta["last_modified"] = now
-        meta.setdefault("history", []).insert(
+        head["sha"] = sha
+        head["last_modified"] = now
+        head.setdefault("history", []).insert(
             0,
             {"id": sha, "title": summary, "message": description or "", "date": _iso(now)},
         )
@@ -322,37 +392,80 @@ class HubServer:
             meta = self._load_meta(t, repo_id)
             if meta is not None:
                 return False, meta["sha"]
-            os.makedirs(os.path.join(self.root_dir, t, *self._split_id(repo_id)), exist_ok=True)
-            meta = {"counter": 0, "sha": None, "private": bool(private), "created_at": time.time(), "history": []}
+            os.makedirs(self._branch_dir(t, repo_id), exist_ok=True)
+            meta = {"counter": 0, "sha": None, "private": bool(private), "created_at": time.time(), "history": [],
+                    "lfs": {}, "branches": {}}
             return True, self._commit(t, repo_id, meta, "initial commit")
+
+    def create_branch(self, repo_id: str, branch: str, repo_type: str = "model", starting_point: str = "main") -> str:
+        """Create ``branch`` at the head of ``starting_point`` (a branch or a branch head sha); return its sha."""
+        t = self._type_dir(repo_type)
+        with self._lock:
+            meta = self._load_meta(t, repo_id)
+            if meta is None:
+                raise HubError(404, "Repository not found", "RepoNotFound")
+            if not branch or branch == "main" or branch in meta.setdefault("branches", {}) or ".." in branch \
+                    or branch.startswith(("/", "refs/")) or "\\" in branch:
+                raise HubError(409 if branch == "main" or branch in meta["branches"] else 400,
+                               f"Reference {branch!r} already exists or is not a valid branch name")
+            source = self._check_revision(meta, starting_point)
+            src = self._head(meta, source)
+            dst = self._branch_dir(t, repo_id, branch)
+            if os.path.exists(dst):
+                shutil.rmtree(dst)
+            shutil.copytree(self._branch_dir(t, repo_id, source), dst)
+            meta["branches"][branch] = {"sha": src["sha"], "history": list(src.get("history", [])),
+                                        "lfs": dict(src.get("lfs", {})), "last_modified": time.time()}
+            self._save_meta(t, repo_id, meta)
+            return src["sha"]
 
     def seed_repo(
         self, repo_id: str, folder, repo_type: str = "model", private: bool = False, message: str = "Seed repo"
     ) -> str:
-        """Store a local folder as the whole content of a repo (created if needed); return the new commit sha.
+        """Store a local folder as the whole content of a repo's main branch (created if needed); return the new
+        commit sha.
 
-        ``.git`` folders are skipped; existing files of the repo are replaced."""
+        ``.git`` folders are skipped; existing files of the repo are replaced; every file is stored as regular."""
         t = self._type_dir(repo_type)
         folder = os.fspath(folder)
         with self._lock:
             self.create_repo(repo_id, repo_type=repo_type, private=private)
-            base = self.repo_dir(repo_id, t)
+            base = self._branch_dir(t, repo_id)
             shutil.rmtree(base)
             shutil.copytree(folder, base, ignore=shutil.ignore_patterns(".git"))
             meta = self._load_meta(t, repo_id)
+            meta["lfs"] = {}
             return self._commit(t, repo_id, meta, message)
 
-    def repo_sha(self, repo_id: str, repo_type: str = "model") -> str | None:
-        """Head commit sha of a repo, or None if it does not exist."""
+    def repo_sha(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> str | None:
+        """Head commit sha of a branch of a repo, or None if the repo or the branch does not exist."""
         meta = self._load_meta(self._type_dir(repo_type), repo_id)
-        return None if meta is None else meta["sha"]
+        if meta is None or (revision != "main" and revision not in meta.get("branches", {})):
+            return None
+        return self._head(meta, revision)["sha"]
 
     def repo_exists(self, repo_id: str, repo_type: str = "model") -> bool:
         return self.repo_sha(repo_id, repo_type) is not None
 
+    def repo_private(self, repo_id: str, repo_type: str = "model") -> bool | None:
+        """The repo's visibility as stored (None if it does not exist)."""
+        meta = self._load_meta(self._type_dir(repo_type), repo_id)
+        return None if meta is None else bool(meta.get("private"))
+
+    def lfs_files(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> dict[str, str]:
+        """{path: sha256} of the files of a branch that are stored through LFS."""
+        meta = self._load_meta(self._type_dir(repo_type), repo_id)
+        return {} if meta is None else dict(self._head(meta, revision).get("lfs", {}))
+
     def commit_count(self, repo_id: str, repo_type: str = "model") -> int:
+        """How many commits the repo has, all branches together (the initial commit included)."""
         meta = self._load_meta(self._type_dir(repo_type), repo_id)
         return 0 if meta is None else meta["counter"]
+
+    def commits(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> list[dict]:
+        """The history of a branch, newest first: [{"id", "title", "message", "date"}]."""
+        meta = self._load_meta(self._type_dir(repo_type), repo_id)
+        return [] if meta is None else list(self._head(meta, revision).get("history", []))
 
     # ------------------------------------------------------------------ request helpers
     def _repo_url(self, t: str, repo_id: str) -> str:
@@ -362,20 +475,34 @@ class HubServer:
         meta = self._load_meta(t, repo_id)
         if meta is None or (meta.get("private") and not authorized):
             raise HubError(404, "Repository not found", "RepoNotFound")
+        meta.setdefault("branches", {})
+        meta.setdefault("lfs", {})
         return meta
 
     @staticmethod
-    def _check_revision(meta: dict, rev: str) -> None:
-        if rev not in ("main", "refs/heads/main", meta["sha"]):
-            raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+    def _check_revision(meta: dict, rev: str) -> str:
+        """The branch a revision names (a branch, refs/heads/<branch>, or a branch's head sha)."""
+        rev = unquote(rev)
+        name = rev[len("refs/heads/"):] if rev.startswith("refs/heads/") else rev
+        branches = meta.get("branches", {})
+        if name == "main" or rev == meta["sha"]:
+            return "main"
+        if name in branches:
+            return name
+        for branch, head in branches.items():
+            if rev == head["sha"]:
+                return branch
+        raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
 
-    def _tree_entries(self, t: str, repo_id: str, prefix: str, recursive: bool) -> list[dict]:
-        files = self._files(t, repo_id)
+    def _tree_entries(self, t: str, repo_id: str, prefix: str, recursive: bool, meta: dict,
+                      branch: str = "main") -> list[dict]:
+        files = self._files(t, repo_id, branch)
+        lfs = self._head(meta, branch).get("lfs", {})
         if prefix:
             if prefix in files:
                 raise HubError(404, f"{prefix} is a file, not a folder", "EntryNotFound")
             if not any(p.startswith(prefix + "/") for p in files):
-                raise HubError(404, f"{prefix} does not exist on \"main\"", "EntryNotFound")
+                raise HubError(404, f"{prefix} does not exist on \"{branch}\"", "EntryNotFound")
         start = prefix + "/" if prefix else ""
         dirs: dict[str, list[str]] = {}
         entries = []
@@ -388,7 +515,7 @@ class HubServer:
                 d = start + "/".join(rest[:i])
                 dirs.setdefault(d, []).append(rel)
             if recursive or len(rest) == 1:
-                entries.append(self._file_entry(rel, full))
+                entries.append(self._file_entry(rel, full, lfs.get(rel)))
         for d, members in dirs.items():
             if recursive or "/" not in d[len(start):]:
                 oid = hashlib.sha1(("tree\0" + "\n".join(sorted(members))).encode()).hexdigest()
@@ -396,37 +523,41 @@ class HubServer:
         entries.sort(key=lambda e: e["path"])
         return entries
 
-    def _path_info(self, t: str, repo_id: str, path: str) -> dict | None:
-        files = self._files(t, repo_id)
+    def _path_info(self, t: str, repo_id: str, path: str, meta: dict, branch: str = "main") -> dict | None:
+        files = self._files(t, repo_id, branch)
         path = path.strip("/")
         if path in files:
-            return self._file_entry(path, files[path])
+            return self._file_entry(path, files[path], self._head(meta, branch).get("lfs", {}).get(path))
         members = sorted(p for p in files if p.startswith(path + "/"))
         if path and members:
             oid = hashlib.sha1(("tree\0" + "\n".join(members)).encode()).hexdigest()
             return {"type": "directory", "oid": oid, "size": 0, "path": path}
         return None
 
-    def _with_last_commit(self, entry: dict, meta: dict) -> dict:
-        h = meta["history"][0] if meta.get("history") else {"id": meta["sha"], "title": "", "date": _iso(0)}
+    def _with_last_commit(self, entry: dict, meta: dict, branch: str = "main") -> dict:
+        head = self._head(meta, branch)
+        h = head["history"][0] if head.get("history") else {"id": head["sha"], "title": "", "date": _iso(0)}
         return {**entry, "lastCommit": {"id": h["id"], "title": h["title"], "date": h["date"]}}
 
-    def _repo_info(self, t: str, repo_id: str, meta: dict, query: dict) -> dict:
+    def _repo_info(self, t: str, repo_id: str, meta: dict, query: dict, branch: str = "main") -> dict:
         ns, name = self._split_id(repo_id)
+        head = self._head(meta, branch)
         blobs = query.get("blobs", ["false"])[0].lower() in ("1", "true")
         siblings = []
-        for rel, full in self._files(t, repo_id).items():
+        for rel, full in self._files(t, repo_id, branch).items():
             s = {"rfilename": rel}
             if blobs:
-                e = self._file_entry(rel, full)
+                e = self._file_entry(rel, full, head.get("lfs", {}).get(rel))
                 s.update(size=e["size"], blobId=e["oid"])
+                if "lfs" in e:
+                    s["lfs"] = {"sha256": e["lfs"]["oid"], "size": e["size"], "pointerSize": e["lfs"]["pointerSize"]}
             siblings.append(s)
         info = {
             "_id": hashlib.sha1(f"{t}/{repo_id}".encode()).hexdigest()[:24],
             "id": repo_id,
             "author": ns,
-            "sha": meta["sha"],
-            "lastModified": _iso(meta.get("last_modified", meta["created_at"])),
+            "sha": head["sha"],
+            "lastModified": _iso(head.get("last_modified", meta["created_at"])),
             "createdAt": _iso(meta["created_at"]),
             "private": bool(meta.get("private")),
             "gated": False,
@@ -440,11 +571,69 @@ class HubServer:
             info["modelId"] = repo_id
         return info
 
-    def _apply_commit(self, t: str, repo_id: str, meta: dict, body: bytes, query: dict) -> dict:
+    # ------------------------------------------------------------------ LFS
+    def _upload_signature(self, t: str, repo_id: str, oid: str, size: int) -> str:
+        return hmac.new(self._secret, f"{t}/{repo_id}/{oid}/{size}".encode(), hashlib.sha256).hexdigest()
+
+    def _lfs_batch(self, t: str, repo_id: str, meta: dict, payload: dict) -> dict:
+        if payload.get("operation") != "upload":
+            raise HubError(400, "this test Hub server only answers LFS batch uploads (operation 'upload')")
+        transfers = payload.get("transfers") or ["basic"]
+        if "basic" not in transfers:
+            raise HubError(400, f"no transfer this server speaks among {transfers} (it speaks 'basic')")
+        if payload.get("ref"):
+            self._check_revision(meta, payload["ref"].get("name") or "main")
+        objects = []
+        for obj in payload.get("objects", []):
+            oid, size = obj.get("oid"), obj.get("size")
+            if not isinstance(size, int) or size < 0:
+                raise HubError(400, f"invalid size for LFS object {oid!r}")
+            path = self._lfs_path(t, repo_id, oid)
+            answer = {"oid": oid, "size": size, "authenticated": True}
+            if not (os.path.isfile(path) and os.path.getsize(path) == size):
+                sig = self._upload_signature(t, repo_id, oid, size)
+                answer["actions"] = {
+                    "upload": {"href": f"{self.endpoint}/lfs-upload/{t}/{repo_id}/{oid}?size={size}&sig={sig}",
+                               "expires_in": 900},
+                    "verify": {"href": f"{self._repo_url(t, repo_id)}.git/info/lfs/objects/verify",
+                               "expires_in": 900},
+                }
+            objects.append(answer)
+        return {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
+
+    def _lfs_store(self, t: str, repo_id: str, oid: str, query: dict, body: bytes) -> None:
+        try:
+            size = int(query.get("size", [""])[0])
+        except ValueError:
+            raise HubError(400, "missing size in the upload URL")
+        if not hmac.compare_digest(query.get("sig", [""])[0], self._upload_signature(t, repo_id, oid, size)):
+            raise HubError(403, "bad signature on the LFS upload URL")
+        if len(body) != size:
+            raise HubError(400, f"LFS upload of {oid}: got {len(body)} bytes, the batch announced {size}")
+        if hashlib.sha256(body).hexdigest() != oid:
+            raise HubError(400, f"LFS upload: the bytes' sha256 is not {oid}")
+        path = self._lfs_path(t, repo_id, oid)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(body)
+        os.replace(tmp, path)
+
+    def _lfs_verify(self, t: str, repo_id: str, payload: dict) -> None:
+        oid, size = payload.get("oid"), payload.get("size")
+        path = self._lfs_path(t, repo_id, oid)
+        if not os.path.isfile(path):
+            raise HubError(404, f"LFS object {oid} was not uploaded")
+        if os.path.getsize(path) != size:
+            raise HubError(422, f"LFS object {oid} has size {os.path.getsize(path)}, not {size}")
+
+    # ------------------------------------------------------------------ commits
+    def _apply_commit(self, t: str, repo_id: str, meta: dict, body: bytes, query: dict, branch: str = "main") -> dict:
         if query.get("create_pr", ["0"])[0] not in ("0", "", "false"):
             raise HubError(400, "this test Hub server does not support pull requests (create_pr)")
+        head = self._head(meta, branch)
         header: dict = {}
-        ops: list[tuple[str, str, bytes | None]] = []
+        ops: list[tuple[str, str, bytes | None, str | None]] = []
         for n, line in enumerate(body.splitlines()):
             if not line.strip():
                 continue
@@ -462,25 +651,32 @@ class HubServer:
                     content = base64.b64decode(value.get("content", ""), validate=True)
                 except (ValueError, TypeError):
                     raise HubError(400, f"bad base64 content for {value.get('path')!r}")
-                ops.append(("add", _check_repo_path(value.get("path")), content))
+                ops.append(("add", _check_repo_path(value.get("path")), content, None))
             elif key == "lfsFile":
-                raise HubError(
-                    400,
-                    "LFS files are not supported by this test Hub server (preupload answers every file 'regular'): "
-                    f"got lfsFile {value.get('path')!r}",
-                )
+                path = _check_repo_path(value.get("path"))
+                if value.get("algo", "sha256") != "sha256":
+                    raise HubError(400, f"unsupported LFS algo {value.get('algo')!r} for {path!r}")
+                oid = value.get("oid")
+                stored = self._lfs_path(t, repo_id, oid)
+                if not os.path.isfile(stored):
+                    raise HubError(422, f"lfsFile {path!r}: LFS object {oid} was never uploaded")
+                with open(stored, "rb") as f:
+                    content = f.read()
+                if len(content) != value.get("size"):
+                    raise HubError(422, f"lfsFile {path!r}: size {value.get('size')} but the object has {len(content)}")
+                ops.append(("add", path, content, oid))
             elif key in ("deletedFile", "deletedFolder"):
-                ops.append((key, _check_repo_path(value.get("path")), None))
+                ops.append((key, _check_repo_path(value.get("path")), None, None))
             else:
                 raise HubError(400, f"unsupported commit operation {key!r}")
         summary = header.get("summary") or "Upload files"
         parent = header.get("parentCommit")
-        if parent and parent != meta["sha"]:
-            raise HubError(412, f"parentCommit {parent} is not the head of main ({meta['sha']})")
+        if parent and parent != head["sha"]:
+            raise HubError(412, f"parentCommit {parent} is not the head of {branch} ({head['sha']})")
 
         # Validate every operation against the simulated file set before touching the disk.
-        paths = set(self._files(t, repo_id))
-        for kind, path, _ in ops:
+        paths = set(self._files(t, repo_id, branch))
+        for kind, path, _, _ in ops:
             if kind == "add":
                 if any(path.startswith(p + "/") for p in paths) or path in {
                     q.rsplit("/", i)[0] for q in paths for i in range(1, q.count("/") + 1)
@@ -497,22 +693,30 @@ class HubServer:
                     raise HubError(404, f"cannot delete folder {path!r}: no such folder", "EntryNotFound")
                 paths -= inside
 
-        base = os.path.join(self.root_dir, t, *self._split_id(repo_id))
-        for kind, path, content in ops:
+        base = self._branch_dir(t, repo_id, branch)
+        lfs = head.setdefault("lfs", {})
+        for kind, path, content, oid in ops:
             full = os.path.join(base, *path.split("/"))
             if kind == "add":
                 os.makedirs(os.path.dirname(full), exist_ok=True)
                 with open(full, "wb") as f:
                     f.write(content)
+                if oid is None:
+                    lfs.pop(path, None)
+                else:
+                    lfs[path] = oid
             elif kind == "deletedFile":
                 os.remove(full)
+                lfs.pop(path, None)
             else:
                 shutil.rmtree(full)
+                for p in [p for p in lfs if p.startswith(path + "/")]:
+                    del lfs[p]
         # drop folders left empty
         for dirpath, _dirnames, _filenames in sorted(os.walk(base), key=lambda w: -len(w[0])):
             if dirpath != base and not os.listdir(dirpath):
                 os.rmdir(dirpath)
-        sha = self._commit(t, repo_id, meta, summary, header.get("description") or "")
+        sha = self._commit(t, repo_id, meta, summary, header.get("description") or "", branch)
         return {
             "success": True,
             "commitOid": sha,
@@ -578,11 +782,23 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         with hub._lock:
             hub.requests.append((self.command, split.path))
+        fault = hub._take_fault(self.command, split.path)
+        if fault is not None and fault["kind"] == "drop":
+            return self._drop(fault)
         try:
             body = self._read_body()
         except (ValueError, OSError):
             self.close_connection = True
             return
+        with hub._lock:
+            hub.raw_requests.append({"method": self.command, "target": self.path,
+                                     "headers": list(self.headers.items()), "body": body})
+        if fault is not None:
+            headers = {"X-Error-Message": f"injected fault {fault['kind']}"}
+            if fault["kind"] == "429" and fault["retry_after"] is not None:
+                headers["Retry-After"] = str(fault["retry_after"])
+            status = int(fault["kind"])
+            return self._json(status, {"error": f"injected fault: {status}"}, headers)
         query = parse_qs(split.query, keep_blank_values=True)
         try:
             self._route(split.path, query, body)
@@ -601,6 +817,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(500, {"error": f"test hub server error: {exc!r}"})
             except OSError:
                 self.close_connection = True
+
+    def _drop(self, fault: dict):
+        """Read part of the request body, then cut the connection (RST) without an answer."""
+        length = int(self.headers.get("Content-Length") or 0)
+        n = fault["after_bytes"] if fault["after_bytes"] is not None else length // 2
+        try:
+            partial = self.rfile.read(min(n, length)) if n else b""
+        except OSError:
+            partial = b""
+        with self.server_hub._lock:
+            self.server_hub.raw_requests.append({"method": self.command, "target": self.path,
+                                                 "headers": list(self.headers.items()), "body": partial})
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _handle
 
@@ -640,12 +874,36 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._repo_api(rest[0], f"{rest[1]}/{rest[2]}", rest[3:], query, body)
             raise UnknownRoute
 
-        # /{P}{ns}/{name}/resolve/{rev}/{path}
+        # the signed LFS upload URL (what S3 is for the real Hub): PUT /lfs-upload/{t}/{ns}/{name}/{oid}?size=&sig=
+        if len(seg) == 5 and seg[0] == "lfs-upload" and seg[1] in URL_PREFIX and m == "PUT":
+            t, repo_id, oid = seg[1], f"{seg[2]}/{seg[3]}", seg[4]
+            with hub._lock:
+                if hub._load_meta(t, repo_id) is None:
+                    raise HubError(404, "Repository not found", "RepoNotFound")
+            hub._lfs_store(t, repo_id, oid, query, body)
+            return self._send(200, b"", content_type="text/plain")
+
+        # /{P}{ns}/{name}/resolve/{rev}/{path} and /{P}{ns}/{name}.git/info/lfs/objects/{batch|verify}
         t = "models"
         if seg[:1] and seg[0] in ("datasets", "spaces"):
             t, seg = seg[0], seg[1:]
         if len(seg) >= 5 and seg[2] == "resolve" and m in ("GET", "HEAD"):
             return self._resolve(t, f"{seg[0]}/{seg[1]}", seg[3], "/".join(seg[4:]))
+        if len(seg) == 6 and seg[1].endswith(".git") and seg[2:5] == ["info", "lfs", "objects"] and m == "POST":
+            repo_id = f"{seg[0]}/{seg[1][: -len('.git')]}"
+            self._require_write()
+            with hub._lock:
+                meta = hub._get_repo(t, repo_id, True)
+                try:
+                    payload = json.loads(body or b"{}")
+                except ValueError:
+                    raise HubError(400, "body must be JSON")
+                if seg[5] == "batch":
+                    return self._send(200, json.dumps(hub._lfs_batch(t, repo_id, meta, payload)).encode(),
+                                      content_type="application/vnd.git-lfs+json")
+                if seg[5] == "verify":
+                    hub._lfs_verify(t, repo_id, payload)
+                    return self._json(200, {})
         raise UnknownRoute
 
     def _create(self, body: bytes):
@@ -680,7 +938,10 @@ class _Handler(BaseHTTPRequestHandler):
         with hub._lock:
             if hub._load_meta(t, repo_id) is None:
                 raise HubError(404, "Repository not found", "RepoNotFound")
-            shutil.rmtree(os.path.join(hub.root_dir, t, *hub._split_id(repo_id)), ignore_errors=True)
+            for folder in (os.path.join(hub.root_dir, t, *hub._split_id(repo_id)),
+                           os.path.join(hub.root_dir, ".hub", "branches", t, *hub._split_id(repo_id)),
+                           os.path.join(hub.root_dir, ".hub", "lfs", t, *hub._split_id(repo_id))):
+                shutil.rmtree(folder, ignore_errors=True)
             os.remove(hub._meta_path(t, repo_id))
         self._json(200, {})
 
@@ -692,20 +953,21 @@ class _Handler(BaseHTTPRequestHandler):
             action = rest[0] if rest else None
 
             if m == "GET" and (not rest or action == "revision"):
+                branch = "main"
                 if action == "revision":
                     if len(rest) < 2:
                         raise UnknownRoute
-                    hub._check_revision(meta, "/".join(rest[1:]))
-                return self._json(200, hub._repo_info(t, repo_id, meta, query))
+                    branch = hub._check_revision(meta, "/".join(rest[1:]))
+                return self._json(200, hub._repo_info(t, repo_id, meta, query, branch))
 
             if m == "GET" and action == "tree" and len(rest) >= 2:
-                hub._check_revision(meta, rest[1])
+                branch = hub._check_revision(meta, rest[1])
                 prefix = "/".join(rest[2:]).strip("/")
                 recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
                 expand = query.get("expand", ["false"])[0].lower() in ("1", "true")
-                entries = hub._tree_entries(t, repo_id, prefix, recursive)
+                entries = hub._tree_entries(t, repo_id, prefix, recursive, meta, branch)
                 if expand:
-                    entries = [hub._with_last_commit(e, meta) for e in entries]
+                    entries = [hub._with_last_commit(e, meta, branch) for e in entries]
                 try:
                     start = int(query.get("cursor", ["0"])[0] or 0)
                     limit = int(query.get("limit", [str(hub.tree_page_size)])[0])
@@ -725,7 +987,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(200, page, headers)
 
             if m == "POST" and action == "paths-info" and len(rest) >= 2:
-                hub._check_revision(meta, "/".join(rest[1:]))
+                branch = hub._check_revision(meta, "/".join(rest[1:]))
                 ctype = self.headers.get("Content-Type", "")
                 if "json" in ctype:
                     payload = json.loads(body or b"{}")
@@ -737,47 +999,61 @@ class _Handler(BaseHTTPRequestHandler):
                     expand = form.get("expand", ["false"])[0].lower() in ("1", "true")
                 out = []
                 for p in [paths] if isinstance(paths, str) else paths:
-                    e = hub._path_info(t, repo_id, p)
+                    e = hub._path_info(t, repo_id, p, meta, branch)
                     if e is not None:
-                        out.append(hub._with_last_commit(e, meta) if expand else e)
+                        out.append(hub._with_last_commit(e, meta, branch) if expand else e)
                 return self._json(200, out)
 
             if m == "GET" and action == "refs":
-                return self._json(
-                    200,
-                    {
-                        "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": meta["sha"]}],
-                        "converts": [],
-                        "tags": [],
-                    },
-                )
+                branches = [{"name": "main", "ref": "refs/heads/main", "targetCommit": meta["sha"]}] + [
+                    {"name": b, "ref": f"refs/heads/{b}", "targetCommit": head["sha"]}
+                    for b, head in sorted(meta["branches"].items())
+                ]
+                return self._json(200, {"branches": branches, "converts": [], "tags": []})
+
+            if m == "POST" and action == "branch" and len(rest) >= 2:
+                self._require_write()
+                payload = json.loads(body or b"{}")
+                branch = "/".join(rest[1:])
+                if branch == "main" or branch in meta["branches"]:
+                    raise HubError(409, f"Reference refs/heads/{branch} already exists")
+                hub.create_branch(repo_id, branch, t, payload.get("startingPoint") or "main")
+                return self._json(200, {})
 
             if m == "GET" and action == "commits" and len(rest) >= 2:
-                hub._check_revision(meta, "/".join(rest[1:]))
+                branch = hub._check_revision(meta, "/".join(rest[1:]))
                 commits = [
-                    {**c, "authors": [{"user": hub.user}]} for c in meta.get("history", [])
+                    {**c, "authors": [{"user": hub.user}]} for c in hub._head(meta, branch).get("history", [])
                 ]
                 return self._json(200, commits)
 
             if m == "POST" and action == "preupload" and len(rest) >= 2:
                 self._require_write()
-                hub._check_revision(meta, "/".join(rest[1:]))
+                branch = hub._check_revision(meta, "/".join(rest[1:]))
                 payload = json.loads(body or b"{}")
-                files = hub._files(t, repo_id)
+                files = hub._files(t, repo_id, branch)
+                lfs = hub._head(meta, branch).get("lfs", {})
                 answer = []
                 for f in payload.get("files", []):
                     path = f.get("path")
+                    try:
+                        sample = base64.b64decode(f.get("sample") or "", validate=True)
+                    except (ValueError, TypeError):
+                        raise HubError(400, f"bad base64 sample for {path!r}")
+                    mode = upload_mode(str(path), int(f.get("size") or 0), sample)
                     oid = None
-                    if path in files:
+                    if path in lfs:
+                        oid = lfs[path] if mode == "lfs" else None
+                    elif path in files and mode == "regular":
                         with open(files[path], "rb") as fh:
                             oid = git_blob_oid(fh.read())
-                    answer.append({"path": path, "uploadMode": "regular", "shouldIgnore": False, "oid": oid})
-                return self._json(200, {"files": answer, "commitOid": meta["sha"]})
+                    answer.append({"path": path, "uploadMode": mode, "shouldIgnore": False, "oid": oid})
+                return self._json(200, {"files": answer, "commitOid": hub._head(meta, branch)["sha"]})
 
             if m == "POST" and action == "commit" and len(rest) >= 2:
                 self._require_write()
-                hub._check_revision(meta, "/".join(rest[1:]))
-                return self._json(200, hub._apply_commit(t, repo_id, meta, body, query))
+                branch = hub._check_revision(meta, "/".join(rest[1:]))
+                return self._json(200, hub._apply_commit(t, repo_id, meta, body, query, branch))
 
         raise UnknownRoute
 
@@ -785,20 +1061,26 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.server_hub
         with hub._lock:
             meta = hub._get_repo(t, repo_id, self._authorized())
-            hub._check_revision(meta, rev)
-            files = hub._files(t, repo_id)
+            branch = hub._check_revision(meta, rev)
+            files = hub._files(t, repo_id, branch)
             if path not in files:
                 raise HubError(404, "Entry not found", "EntryNotFound")
             with open(files[path], "rb") as f:
                 data = f.read()
-            sha = meta["sha"]
-        oid = git_blob_oid(data)
+            head = hub._head(meta, branch)
+            sha = head["sha"]
+            lfs_oid = head.get("lfs", {}).get(path)
         headers = {
             "X-Repo-Commit": sha,
-            "ETag": f'"{oid}"',
             "Accept-Ranges": "bytes",
             "Content-Disposition": f'inline; filename="{quote(path.rsplit("/", 1)[-1])}"',
         }
+        if lfs_oid is None:
+            headers["ETag"] = f'"{git_blob_oid(data)}"'
+        else:  # the Hub names an LFS file by its sha256 and the size of the object, not of the pointer
+            headers["ETag"] = f'"{git_blob_oid(lfs_pointer(lfs_oid, len(data)))}"'
+            headers["X-Linked-Etag"] = f'"{lfs_oid}"'
+            headers["X-Linked-Size"] = str(len(data))
         status = 200
         rng = self.headers.get("Range")
         if rng and self.command == "GET" and rng.startswith("bytes=") and "," not in rng:

@@ -7,6 +7,7 @@ modules of the test process are never patched. The subprocess also refuses any c
 not loopback, so a client that tries another host fails loudly instead of reaching out.
 """
 
+import hashlib
 import io
 import json
 import os
@@ -106,6 +107,12 @@ def test_upload_folder_then_snapshot_and_file_download(hub, tmp_path):
     assert ("POST", "/api/validate-yaml") in hub.requests
     assert ("POST", "/api/models/alice/tiny-model/commit/main") in hub.requests
     assert ("HEAD", "/alice/tiny-model/resolve/main/sub/weights.bin") in hub.requests
+    # the binary file went through Git LFS (batch, PUT, verify), the text files inline
+    oid = hashlib.sha256(uploaded["sub/weights.bin"]).hexdigest()
+    assert hub.lfs_files("alice/tiny-model") == {"sub/weights.bin": oid}
+    assert ("POST", "/alice/tiny-model.git/info/lfs/objects/batch") in hub.requests
+    assert ("PUT", f"/lfs-upload/models/alice/tiny-model/{oid}") in hub.requests
+    assert ("POST", "/alice/tiny-model.git/info/lfs/objects/verify") in hub.requests
 
 
 # ---------------------------------------------------------------------------------------------- (b) datasets
@@ -259,7 +266,7 @@ def test_protocol_details(tmp_path):
                              {"Content-Type": "application/x-www-form-urlencoded"})
         assert [(e["type"], e["path"]) for e in json.loads(body)] == [("directory", "a"), ("file", "x.txt")]
 
-        # commit: delete a folder, add a file; lfsFile is refused clearly
+        # commit: delete a folder, add a file; an lfsFile whose object was never uploaded is refused clearly
         ndjson = b"\n".join(json.dumps(x).encode() for x in (
             {"key": "header", "value": {"summary": "edit", "parentCommit": sha}},
             {"key": "deletedFolder", "value": {"path": "a/b"}},
@@ -271,8 +278,125 @@ def test_protocol_details(tmp_path):
         lfs = json.dumps({"key": "lfsFile", "value": {"path": "big.bin", "algo": "sha256", "oid": "0" * 64,
                                                       "size": 1}}).encode()
         st, _h, body = _call(hub, "POST", "/api/models/ns/r/commit/main", lfs)
-        assert st == 400 and b"LFS" in body
+        assert st == 422 and b"never uploaded" in body
 
         st, _h, _ = _call(hub, "GET", "/api/something/else")
         assert st == 404 and hub.unknown_requests == [("GET", "/api/something/else")]
         assert ("HEAD", "/ns/r/resolve/main/a/y.txt") in hub.requests
+
+
+def test_preupload_modes_and_lfs_batch_protocol(tmp_path):
+    """preupload answers "lfs" for binary, large or .gitattributes-matched files; the LFS batch API hands out an
+    upload (signed, checked against oid and size) and a verify action; the commit's lfsFile resolves to the bytes."""
+    import base64
+
+    with HubServer(tmp_path / "hub") as hub:
+        hub.create_repo("ns/l")
+        weights = b"\x10\x00\x00\x00\x00\x00\x00\x00" + os.urandom(3000)
+        text = "caf\u00e9 ".encode() * 200  # UTF-8 text cut mid-character at 512 bytes is still text
+        files = [{"path": "w.safetensors", "sample": weights[:512], "size": len(weights)},
+                 {"path": "a.json", "sample": b'{"a": 1}', "size": 8},
+                 {"path": "t.txt", "sample": text[:511], "size": len(text)},
+                 {"path": "huge.txt", "sample": b"abc", "size": 11 * 1024 * 1024},
+                 {"path": "x.bin", "sample": b"plain text", "size": 10},
+                 {"path": "img.png", "sample": b"\x89PNG\r\n\x1a\n", "size": 8}]
+        st, _h, body = _call(hub, "POST", "/api/models/ns/l/preupload/main", {"files": [
+            {**f, "sample": base64.b64encode(f["sample"]).decode()} for f in files]})
+        assert st == 200
+        modes = {f["path"]: f["uploadMode"] for f in json.loads(body)["files"]}
+        assert modes == {"w.safetensors": "lfs", "a.json": "regular", "t.txt": "regular", "huge.txt": "lfs",
+                         "x.bin": "lfs", "img.png": "lfs"}
+
+        oid = hashlib.sha256(weights).hexdigest()
+        st, _h, body = _call(hub, "POST", "/ns/l.git/info/lfs/objects/batch", {
+            "operation": "upload", "transfers": ["basic", "multipart"], "hash_algo": "sha256",
+            "objects": [{"oid": oid, "size": len(weights)}], "ref": {"name": "main"}})
+        assert st == 200
+        (obj,) = json.loads(body)["objects"]
+        upload, verify = obj["actions"]["upload"]["href"], obj["actions"]["verify"]["href"]
+        assert "header" not in obj["actions"]["upload"]  # basic transfer: one PUT, no chunk_size
+        # the upload URL is signed: a tampered size or a wrong body is refused, without a token it still works
+        path = upload[len(hub.endpoint):]
+        put = urllib.request.Request(hub.endpoint + path.replace(f"size={len(weights)}", "size=1"), data=b"x",
+                                     method="PUT")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(put, timeout=10)
+        assert err.value.code == 403
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(upload, data=weights[:-1] + b"!", method="PUT"), timeout=10)
+        assert err.value.code == 400
+        st, _h, _ = _call(hub, "POST", verify[len(hub.endpoint):], {"oid": oid, "size": len(weights)})
+        assert st == 404  # not uploaded yet
+        with urllib.request.urlopen(urllib.request.Request(upload, data=weights, method="PUT"), timeout=10) as r:
+            assert r.status == 200
+        st, _h, _ = _call(hub, "POST", verify[len(hub.endpoint):], {"oid": oid, "size": len(weights)})
+        assert st == 200
+        # asked again, the stored object needs no action
+        st, _h, body = _call(hub, "POST", "/ns/l.git/info/lfs/objects/batch", {
+            "operation": "upload", "objects": [{"oid": oid, "size": len(weights)}]})
+        assert "actions" not in json.loads(body)["objects"][0]
+
+        ndjson = b"\n".join(json.dumps(x).encode() for x in (
+            {"key": "header", "value": {"summary": "weights"}},
+            {"key": "lfsFile", "value": {"path": "unet/w.safetensors", "algo": "sha256", "oid": oid,
+                                         "size": len(weights)}}))
+        st, _h, body = _call(hub, "POST", "/api/models/ns/l/commit/main", ndjson)
+        assert st == 200
+        assert hub.lfs_files("ns/l") == {"unet/w.safetensors": oid}
+        st, h, body = _call(hub, "GET", "/ns/l/resolve/main/unet/w.safetensors")
+        assert st == 200 and body == weights
+        assert h["X-Linked-Etag"] == f'"{oid}"' and h["X-Linked-Size"] == str(len(weights))
+        st, _h, body = _call(hub, "GET", "/api/models/ns/l/tree/main/unet")
+        (entry,) = json.loads(body)
+        assert entry["lfs"]["oid"] == oid and entry["size"] == len(weights)
+        # preupload now names the stored file by its sha256, so an unchanged upload is skipped by the client
+        st, _h, body = _call(hub, "POST", "/api/models/ns/l/preupload/main", {"files": [
+            {"path": "unet/w.safetensors", "sample": base64.b64encode(weights[:512]).decode(),
+             "size": len(weights)}]})
+        assert json.loads(body)["files"][0]["oid"] == oid
+
+
+def test_faults_and_branches(tmp_path):
+    """Injected faults (500, 429 with Retry-After, a connection cut mid-body) hit only the matching requests, the
+    given number of times; branches are created from main and read back by name."""
+    import http.client
+
+    src = tmp_path / "f"
+    src.mkdir()
+    (src / "x.txt").write_text("x")
+    with HubServer(tmp_path / "hub") as hub:
+        sha = hub.seed_repo("ns/r", src)
+        hub.add_fault("500", method="GET", path=r"/revision/", times=1)
+        hub.add_fault("429", method="GET", path=r"/tree/", times=2, retry_after=7)
+        drop = hub.add_fault("drop", method="POST", path=r"/commit/", times=1)
+        st, _h, _ = _call(hub, "GET", "/api/models/ns/r/revision/main")
+        assert st == 500
+        st, _h, _ = _call(hub, "GET", "/api/models/ns/r/revision/main")
+        assert st == 200
+        for _ in range(2):
+            st, h, _ = _call(hub, "GET", "/api/models/ns/r/tree/main")
+            assert (st, h["Retry-After"]) == (429, "7")
+        assert _call(hub, "GET", "/api/models/ns/r/tree/main")[0] == 200
+        conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=10)
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)):
+            conn.request("POST", "/api/models/ns/r/commit/main", body=b"z" * 200_000,
+                         headers={"Authorization": "Bearer hf_test_dummy"})
+            conn.getresponse()
+        assert drop["served"] == 1 and hub.repo_sha("ns/r") == sha
+        assert [k for k, _m, _p in hub.faults_served] == ["500", "429", "429", "drop"]
+        assert len(hub.raw_requests[-1]["body"]) == 100_000  # half of the body was read before the cut
+
+        st, _h, _ = _call(hub, "POST", "/api/models/ns/r/branch/dev", {})
+        assert st == 200 and hub.repo_sha("ns/r", revision="dev") == sha
+        assert _call(hub, "POST", "/api/models/ns/r/branch/dev", {})[0] == 409
+        ndjson = b"\n".join(json.dumps(x).encode() for x in (
+            {"key": "header", "value": {"summary": "on dev"}},
+            {"key": "file", "value": {"path": "d.txt", "content": "ZGV2", "encoding": "base64"}}))
+        st, _h, body = _call(hub, "POST", "/api/models/ns/r/commit/dev", ndjson)
+        dev = json.loads(body)["commitOid"]
+        assert st == 200 and hub.repo_sha("ns/r", revision="dev") == dev and hub.repo_sha("ns/r") == sha
+        assert _call(hub, "GET", "/ns/r/resolve/dev/d.txt")[2] == b"dev"
+        assert _call(hub, "GET", "/ns/r/resolve/refs%2Fheads%2Fdev/d.txt")[2] == b"dev"
+        assert _call(hub, "HEAD", "/ns/r/resolve/main/d.txt")[0] == 404
+        st, _h, body = _call(hub, "GET", "/api/models/ns/r/refs")
+        assert [b["name"] for b in json.loads(body)["branches"]] == ["main", "dev"]
