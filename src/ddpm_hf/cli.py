@@ -1,5 +1,5 @@
-"""The ``ddpm-hf`` command: ``train`` (see ddpm_hf.training), ``sample`` from a saved pipeline, ``card`` and ``push``
-a finished training run."""
+"""The ``ddpm-hf`` command: ``train`` (see ddpm_hf.training), ``sample`` from a saved pipeline, ``evaluate`` a model
+(ddpm_hf.scoring), ``card`` and ``push`` a finished training run."""
 
 import argparse
 import os
@@ -33,9 +33,70 @@ def _push_parser(sub):
                        "and training_args.json to the Hub (never checkpoints or logs)")
     p.add_argument("output_dir", help="the --output_dir of a finished training run")
     p.add_argument("--hub_model_id", required=True, help="the repo id to push to (namespace/name)")
-    p.add_argument("--hub_private_repo", action="store_true", help="create the repo private")
+    p.add_argument("--hub_private_repo", action="store_true",
+                   help="create the repo private (an existing public repo is refused, never made private)")
+    p.add_argument("--hub_revision", default=None, help="the branch to push to, created from main if missing "
+                   "(default main)")
     p.add_argument("--hub_token", default=None, help="a Hub token (default: HF_TOKEN or the stored login)")
     return p
+
+
+def _evaluate_parser(sub):
+    p = sub.add_parser("evaluate", help="score a model: bits/dim, FID, KID, precision/recall, the digits metric",
+                       description="Score a trained model and write eval-NAME.json (and plots) beside it; the headline "
+                       "numbers go into its metrics.json. The data defaults to the run's own (training_args.json).")
+    p.add_argument("model", help="a training output folder, a pipeline folder or a Hub repo id")
+    p.add_argument("--metrics", default="bpd", help="comma-separated, from bpd, fid, kid, prc, digits (default bpd; "
+                   "fid/kid/prc need the Inception weights, digits is offline and for the embedded digits only)")
+    p.add_argument("--num_samples", type=int, default=1000, help="samples for fid/kid/prc/digits (default 1000)")
+    p.add_argument("--num_inference_steps", default=None,
+                   help="sampling steps, or a comma-separated list to score each (e.g. 1000,250,100,50); default T")
+    p.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (image i: seed + i) and of the bound")
+    p.add_argument("--dataset_name", default=None, help="data to score against (default: the run's)")
+    p.add_argument("--dataset_config_name", default=None)
+    p.add_argument("--train_data_dir", default=None, help="a folder of images to score against")
+    p.add_argument("--split", default="test", help="held-out split for bpd (default test)")
+    p.add_argument("--reference_split", default="train",
+                   help="the real images the sample metrics compare with (default train)")
+    p.add_argument("--max_eval_images", type=int, default=None, help="at most this many images for bpd")
+    p.add_argument("--max_reference_images", type=int, default=50_000, help="at most this many reference images")
+    p.add_argument("--bpd_timesteps", type=int, default=None,
+                   help="estimate the bound from this many of its T terms per image (stratified; default all T)")
+    p.add_argument("--inception_weights", default=None,
+                   help="the TF-Inception TorchScript file (inception-2015-12-05.pt); default: the torch hub cache, "
+                   "downloaded there if missing")
+    p.add_argument("--name", default=None, help="the evaluation's name: eval-NAME.json (default: today's date)")
+    p.add_argument("--output_dir", default=None, help="where eval-NAME.json goes (default: the model's folder)")
+    p.add_argument("--update_model_card", action="store_true", help="re-render the run's README.md with the scores")
+    return p
+
+
+def cmd_evaluate(args, parser):
+    _check_positive(parser, num_samples=args.num_samples, batch_size=args.batch_size,
+                    max_eval_images=args.max_eval_images, max_reference_images=args.max_reference_images)
+    from .inception import InceptionWeightsMissing
+    from .scoring import ALL_METRICS, evaluate
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in metrics if m not in ALL_METRICS]
+    if unknown or not metrics:
+        parser.error(f"--metrics {args.metrics}: choose from {', '.join(ALL_METRICS)}")
+    steps = [None]
+    if args.num_inference_steps:
+        try:
+            steps = [int(s) for s in args.num_inference_steps.split(",")]
+        except ValueError:
+            parser.error(f"--num_inference_steps {args.num_inference_steps}: integers separated by commas")
+        _check_positive(parser, num_inference_steps=min(steps))
+    try:
+        report = evaluate(args.model, metrics, args.num_samples, steps, args.seed, args.batch_size, args.split,
+                          args.reference_split, args.dataset_name, args.train_data_dir, args.dataset_config_name,
+                          args.max_eval_images, args.max_reference_images, args.inception_weights, args.bpd_timesteps,
+                          args.name, args.output_dir, args.update_model_card)
+    except (InceptionWeightsMissing, FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    print(f"wrote {report['path']}")
 
 
 def _check_run(parser, output_dir):
@@ -56,11 +117,20 @@ def cmd_card(args, parser):
 
 def cmd_push(args, parser):
     _check_run(parser, args.output_dir)
-    from .model_card import push_run, write_model_card
+    from .model_card import PushError, push_failure_message, push_run, write_model_card
 
     write_model_card(args.output_dir, repo_id=args.hub_model_id)
-    push_run(args.output_dir, args.hub_model_id, private=args.hub_private_repo, token=args.hub_token)
-    print(f"pushed {args.output_dir} to {args.hub_model_id}")
+    try:
+        info = push_run(args.output_dir, args.hub_model_id, private=args.hub_private_repo, token=args.hub_token,
+                        revision=args.hub_revision)
+    except PushError as error:
+        parser.error(str(error))
+    except (Exception, KeyboardInterrupt) as error:  # huggingface_hub has retried what it retries: say how to resume
+        message = push_failure_message(error, args.output_dir, args.hub_model_id, args.hub_private_repo,
+                                       args.hub_revision, args.hub_token)
+        parser.exit(130 if isinstance(error, KeyboardInterrupt) else 2, f"{parser.prog}: error: {message}\n")
+    branch = f" (branch {args.hub_revision})" if args.hub_revision else ""
+    print(f"pushed {args.output_dir} to {args.hub_model_id}{branch}: {info.commit_url}")
 
 
 def _check_positive(parser, **values):
@@ -100,7 +170,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train a DDPM (see `ddpm-hf train --help`)", add_help=False)
     commands = {"sample": (_sample_parser(sub), cmd_sample), "card": (_card_parser(sub), cmd_card),
-                "push": (_push_parser(sub), cmd_push)}
+                "push": (_push_parser(sub), cmd_push), "evaluate": (_evaluate_parser(sub), cmd_evaluate)}
     args = parser.parse_args(argv)
     sub_parser, run = commands[args.command]
     run(args, sub_parser)

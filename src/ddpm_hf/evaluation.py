@@ -6,20 +6,73 @@ import math
 import torch
 
 
-def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False):
+def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per_timestep=False):
     """Per-image bits/dim of uint8 images (N, C, H, W) under the full T-step bound (Ho eq. 5), as a (N, 3) float64
-    tensor of [total, prior term, decoder term]."""
+    tensor of [total, prior term, decoder term]; with ``per_timestep`` also the mean term L_{t-1} of each code
+    timestep t = 0..T-1, a (T,) tensor in bits/dim."""
     from .data import to_model_range
     from .likelihood import bits_per_dim
 
-    rows = []
+    rows, terms_sum = [], 0.0
     g = torch.Generator().manual_seed(seed)
     device = next(unet.parameters()).device
     for start in range(0, len(images), batch_size):
         x = to_model_range(images[start : start + batch_size]).to(device)
         r = bits_per_dim(unet, scheduler, x, generator=g, progress=progress)
         rows.append(torch.stack([r.total, r.prior, r.decoder], 1).double().cpu())
-    return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+        terms_sum = terms_sum + r.terms.sum(dim=0)
+    rows = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
+    return (rows, terms_sum / max(len(rows), 1)) if per_timestep else rows
+
+
+@torch.no_grad()
+def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, progress=False):
+    """An unbiased estimate of the bound (Ho eq. 5) from ``num_timesteps`` of its T terms per image: the decoder
+    L_0 exactly, and the T - 1 KL terms by stratified sampling (1..T-1 cut into ``num_timesteps - 1`` equal strata, one
+    uniform t per stratum and image, each term weighted by its stratum's size). Independent draws per image make the
+    per-image estimates independent, so their standard error covers both image and timestep sampling.
+
+    Returns ((N, 3) float64 rows [total, prior, decoder] as ``held_out_bits``, the strata's (start, end) bounds, and
+    the (K-1,) mean per-timestep term of each stratum in bits/dim, for the plot)."""
+    from tqdm.auto import tqdm
+
+    from .data import to_model_range
+    from .likelihood import LOG2, prior_kl, q_mean_variance, vlb_terms
+
+    T = scheduler.alphas_cumprod.shape[0]
+    if not 2 <= num_timesteps <= T:
+        raise ValueError(f"--bpd_timesteps must be in [2, {T}], got {num_timesteps}")
+    edges = torch.linspace(1, T, num_timesteps).round().long()  # K - 1 strata [edges[j], edges[j+1])
+    strata = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    g = torch.Generator().manual_seed(seed)
+    device = next(unet.parameters()).device
+    rows, strata_sum = [], torch.zeros(len(strata), dtype=torch.float64)
+    with tqdm(total=len(images) * (len(strata) + 1), desc="bits/dim estimate", disable=not progress,
+              leave=False) as bar:
+        for start in range(0, len(images), batch_size):
+            x = to_model_range(images[start : start + batch_size]).to(device)
+            scale = 1.0 / (x[0].numel() * LOG2)
+            b = x.shape[0]
+
+            def term(t):  # L_{t-1} per image, in nats, at code timesteps t (B,)
+                mean, var = q_mean_variance(scheduler, x, t)
+                noise = torch.randn(x.shape, generator=g).to(device)
+                x_t = mean + var.sqrt() * noise  # Ho eq. 4
+                out = unet(x_t, t).sample
+                bar.update(b)
+                return vlb_terms(scheduler, out, x, x_t, t).double().cpu()
+
+            decoder = term(torch.zeros(b, dtype=torch.long, device=device)) * scale
+            prior = prior_kl(scheduler, x).double().cpu() * scale  # L_T, exact
+            total = prior + decoder
+            for j, (lo, hi) in enumerate(strata):
+                t = torch.randint(lo, hi, (b,), generator=g).to(device)
+                value = term(t) * scale
+                strata_sum[j] += value.sum()
+                total = total + (hi - lo) * value
+            rows.append(torch.stack([total, prior, decoder], 1))
+    rows = torch.cat(rows)
+    return rows, strata, strata_sum / len(rows)
 
 
 def summarize_bits(terms):

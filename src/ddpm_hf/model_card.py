@@ -10,6 +10,7 @@ metrics.json and training_args.json, never checkpoints or logs.
 
 import json
 import os
+import shlex
 import shutil
 
 from .data import DIGITS, dataset_source
@@ -31,6 +32,11 @@ PREDICTION_TEXT = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_p
 # what a push leaves out of --output_dir (huggingface_hub ignore_patterns, as diffusers' scripts pass them)
 PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "samples/**", "samples-*/**", "history.jsonl",
                         "loss.png", "*.tmp", "*.tmp/**"]
+
+
+SAMPLE_METRIC_NAMES = {"fid": "FID (lower is better)", "kid": "KID (lower is better)",
+                       "precision": "precision (k=3, higher is better)", "recall": "recall (k=3, higher is better)",
+                       "digits_fd": "digits classifier Frechet distance (lower is better)"}
 
 
 class LayoutError(ValueError):
@@ -91,10 +97,14 @@ def _eval_rows(metrics, args, num_timesteps):
         rows.append(("of which the prior term L_T", f"{metrics['prior_bits_per_dim']:.3f}"))
     if "decoder_bits_per_dim" in metrics:
         rows.append(("of which the decoder term L_0 (Ho eq. 13)", f"{metrics['decoder_bits_per_dim']:.3f}"))
-    if "fid" in metrics:
-        rows.append(("FID", f"{metrics['fid']:.2f}"))
-    else:
-        rows.append(("FID", "not computed (it needs Inception weights that this run did not have)"))
+    entries = metrics.get("sample_metrics", [])
+    for e in entries:
+        extra = f" +- {e['std']:.4g} (std over subsets)" if e.get("std") is not None else ""
+        rows.append((f"{SAMPLE_METRIC_NAMES.get(e['metric'], e['metric'])}: {e['num_samples']:,} samples, "
+                     f"{e['num_inference_steps']} steps, seed {e['seed']}, against {e['reference']}; {e['features']}",
+                     f"**{e['value']:.4g}**{extra}"))
+    if not any(e["metric"] == "fid" for e in entries):
+        rows.append(("FID", "not computed (`ddpm-hf evaluate MODEL --metrics fid` with the Inception weights)"))
     return rows
 
 
@@ -173,6 +183,12 @@ def model_card(output_dir, repo_id=None):
             task_type="unconditional-image-generation", dataset_type=data["id"], dataset_name=data["name"],
             dataset_split=args.get("eval_split") or "test", metric_type="bits_per_dim",
             metric_name="bits/dim (variational bound)", metric_value=round(metrics["bits_per_dim"], 3))]
+    for e in metrics.get("sample_metrics", []):  # every score `ddpm-hf evaluate` merged in
+        eval_results = (eval_results or []) + [EvalResult(
+            task_type="unconditional-image-generation", dataset_type=data["id"], dataset_name=data["name"],
+            dataset_split=e.get("split"), metric_type=e["metric"],
+            metric_name=f"{e['metric']} ({e['num_samples']} samples, {e['num_inference_steps']} steps)",
+            metric_value=round(e["value"], 4), metric_config=f"{e['num_inference_steps']} steps")]
     card_data = ModelCardData(
         library_name="diffusers", pipeline_tag="unconditional-image-generation", license=data["license"],
         datasets=[data["hub"]] if data["hub"] else None, model_name=model_name, eval_results=eval_results,
@@ -222,14 +238,59 @@ def push_ignore_patterns(output_dir):
     return patterns
 
 
+class PushError(RuntimeError):
+    """A push that cannot go ahead as asked (the message says why and what to do)."""
+
+
+def push_command(output_dir, repo_id, private=False, revision=None):
+    """The ``ddpm-hf push`` command that (re)uploads ``output_dir`` to ``repo_id``; it never holds a token."""
+    parts = ["ddpm-hf", "push", os.fspath(output_dir), "--hub_model_id", repo_id]
+    if revision:
+        parts += ["--hub_revision", revision]
+    if private:
+        parts.append("--hub_private_repo")
+    return shlex.join(parts)
+
+
+def push_failure_message(error, output_dir, repo_id, private=False, revision=None, token=None):
+    """One message for a push that failed: the repo, the error (first line, and its cause's), the state of the local
+    run and the exact command that resumes the push; ``token`` (a --hub_token) is never printed, only asked for."""
+    def first_line(e):
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+    where = f"{repo_id} (branch {revision})" if revision else repo_id
+    if isinstance(error, KeyboardInterrupt):
+        what = "was interrupted"
+    else:
+        reason = first_line(error)
+        cause = error.__cause__ or error.__context__
+        if cause is not None and str(cause).strip() and str(cause).strip().splitlines()[0] not in reason:
+            reason += f" ({first_line(cause)})"
+        what = "failed: " + (reason.replace(token, "<token>") if token else reason)
+    return (f"the upload to {where} {what}\n"
+            f"The run in {output_dir} is complete and unchanged. Resume the push (files already on the Hub are not "
+            f"sent again) with:\n  {push_command(output_dir, repo_id, private, revision)}"
+            + ("\n(adding the same --hub_token, or with HF_TOKEN set)" if token else ""))
+
+
 def push_run(output_dir, repo_id, private=None, token=None, revision=None, commit_message=None):
-    """Upload a finished run to the Hub repo ``repo_id`` (created if missing): the pipeline, README.md, images/,
-    metrics.json and training_args.json; ``push_ignore_patterns`` keeps checkpoints, logs and samples out. Returns
-    the commit info."""
-    from huggingface_hub import create_repo, upload_folder
+    """Upload a finished run to the Hub repo ``repo_id`` (created if missing, private if ``private``), on branch
+    ``revision`` (created from main if missing; default main): the pipeline, README.md, images/, metrics.json and
+    training_args.json; ``push_ignore_patterns`` keeps checkpoints, logs and samples out. Returns the commit info.
+
+    Raises PushError if ``private`` is asked for a repo that already exists and is public (a push never changes a
+    repo's visibility); errors of huggingface_hub pass through after its own retries."""
+    from huggingface_hub import HfApi
 
     check_run(output_dir)
-    repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
-    return upload_folder(repo_id=repo_id, folder_path=output_dir, token=token, revision=revision,
-                         ignore_patterns=push_ignore_patterns(output_dir),
-                         commit_message=commit_message or "Upload DDPMHFPipeline trained with ddpm-hf")
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if private and not api.repo_info(repo_id).private:
+        raise PushError(f"{repo_id} already exists and is public, and --hub_private_repo does not change an existing "
+                        "repo's visibility: make it private on the Hub first, or push without --hub_private_repo")
+    if revision and revision not in ("main", "refs/heads/main"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=output_dir, revision=revision,
+                             ignore_patterns=push_ignore_patterns(output_dir),
+                             commit_message=commit_message or "Upload DDPMHFPipeline trained with ddpm-hf")

@@ -1,0 +1,251 @@
+"""`ddpm-hf evaluate`: the distances against closed forms and ported references, the digits metric's ranking, the
+stratified bound estimate against the full bound, and the whole command on a tiny trained run with an Inception
+file made here (the real one is a download)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from ddpm_hf import DDPMHFScheduler, build_unet
+from ddpm_hf.digits_metric import digits_arrays, digits_metric, load_digits_classifier
+from ddpm_hf.evaluation import held_out_bits, stratified_bits
+from ddpm_hf.feature_metrics import frechet_distance, kernel_distance, precision_recall
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_training import _env, _train  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DDPM_HF_CACHE", str(tmp_path_factory.getbasetemp() / "ddpm_hf_cache"))
+
+
+# ---------------------------------------------------------------------------------------------- distances
+
+
+def _pytorch_fid_reference(mu1, sigma1, mu2, sigma2):
+    """pytorch-fid's calculate_frechet_distance (mseitzer/pytorch-fid, src/pytorch_fid/fid_score.py), ported."""
+    from scipy import linalg
+
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))  # (pytorch-fid passes disp=False, deprecated in SciPy 1.17)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    covmean = covmean.real
+    return diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
+
+
+def test_frechet_distance_against_pytorch_fid_and_the_closed_form():
+    rng = np.random.default_rng(0)
+    d, n = 8, 20000
+    mu_a, mu_b = np.zeros(d), np.linspace(0, 1, d)
+    var_a, var_b = np.linspace(0.5, 2, d), np.linspace(1, 3, d)
+    a = mu_a + rng.standard_normal((n, d)) * np.sqrt(var_a)
+    b = mu_b + rng.standard_normal((n, d)) * np.sqrt(var_b)
+    ours = frechet_distance(a, b)
+    reference = _pytorch_fid_reference(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert ours == pytest.approx(reference, rel=1e-6)
+    # diagonal Gaussians: ||mu_a - mu_b||^2 + sum (sqrt(var_a) - sqrt(var_b))^2
+    closed = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
+    assert ours == pytest.approx(closed, abs=0.05)
+    assert frechet_distance(a[: n // 2], a[n // 2 :]) < 0.01
+
+
+def _polynomial_mmd_reference(x, y):
+    """Unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018; mbinkowski/MMD-GAN, gan/compute_scores.py
+    polynomial_mmd), ported."""
+    d = x.shape[1]
+    kxx, kyy, kxy = ((x @ x.T) / d + 1) ** 3, ((y @ y.T) / d + 1) ** 3, ((x @ y.T) / d + 1) ** 3
+    m = len(x)
+    return ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.mean())
+
+
+def test_kernel_distance_against_the_mmd_gan_reference():
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((300, 16)), rng.standard_normal((300, 16)) + 0.3
+    mean, std = kernel_distance(x, y, subsets=1, subset_size=300)  # one subset = the whole sets
+    assert mean == pytest.approx(_polynomial_mmd_reference(x, y), rel=1e-9) and std == 0
+    same, _ = kernel_distance(x[:150], x[150:], subsets=20, subset_size=100)
+    assert abs(same) < 0.1 * mean
+
+
+def test_precision_recall_cases():
+    rng = np.random.default_rng(2)
+    real = rng.standard_normal((400, 4))
+    assert precision_recall(real, real) == (1.0, 1.0)
+    assert precision_recall(real, real + 50) == (0.0, 0.0)  # disjoint manifolds
+    # samples collapsed onto one corner of the data: precise, but they recall little of it
+    corner = real[np.argsort(real[:, 0])[-40:]]
+    precision, recall = precision_recall(real, corner)
+    assert precision == 1.0 and recall < 0.3
+
+
+# ---------------------------------------------------------------------------------------------- the digits metric
+
+
+def test_digits_metric_ranks_real_below_blurred_below_noise():
+    classifier = load_digits_classifier()
+    assert classifier.test_accuracy > 0.93
+    test, _ = digits_arrays("test")
+    kernel = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float64) / 16
+    blurred = torch.nn.functional.conv2d(test.double(), kernel[None, None], padding=1).round().to(torch.uint8)
+    noise = torch.randint(0, 256, test.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    real, blur, rand = (digits_metric(x, classifier=classifier) for x in (test, blurred, noise))
+    assert 5 * real["digits_fd"] < blur["digits_fd"] and 1.5 * blur["digits_fd"] < rand["digits_fd"]
+    assert real["digits_confidence"] > 0.95 > rand["digits_confidence"]
+    assert real["digits_class_balance"] > 0.99 and rand["digits_class_balance"] < 0.8
+    assert sum(real["digits_class_histogram"]) == 180
+    # cached: a second load reads the same weights
+    again = load_digits_classifier()
+    assert all(np.array_equal(a, b) for a, b in zip(again.weights, classifier.weights))
+    with pytest.raises(ValueError, match="grayscale 8x8"):
+        digits_metric(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), classifier=classifier)
+
+
+# ---------------------------------------------------------------------------------------------- the bound
+
+
+def test_stratified_estimate_is_unbiased_for_the_full_bound():
+    """The K-term stratified estimate of the bound agrees with the full T-term bound (both Monte Carlo over x_t)
+    within their standard errors, on a random 20-step model, and K = T reproduces a full evaluation's size."""
+    torch.manual_seed(0)
+    unet = build_unet("cpu-8", learned_variance=True).eval()
+    scheduler = DDPMHFScheduler(num_train_timesteps=20, variance_type="learned_range")
+    images, _ = digits_arrays("test")
+    images = images[:90]
+    with torch.no_grad():
+        full = held_out_bits(unet, scheduler, images, 90, seed=0)[:, 0]
+        estimates = torch.cat([stratified_bits(unet, scheduler, images, 90, seed=s, num_timesteps=5)[0][:, 0]
+                               for s in range(4)])
+    diff = estimates.mean() - full.mean()
+    stderr = (estimates.var() / len(estimates) + full.var() / len(full)).sqrt()
+    assert abs(diff) < 4 * stderr, (estimates.mean(), full.mean(), stderr)
+    assert estimates.std() > full.std()  # the estimate pays for its fewer terms with variance
+    rows, strata, per_stratum = stratified_bits(unet, scheduler, images[:4], 4, seed=0, num_timesteps=20)
+    assert strata == [(t, t + 1) for t in range(1, 20)] and per_stratum.shape == (19,)
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+
+class InceptionStandIn(torch.nn.Module):
+    """A randomly initialised network with the interface of NVIDIA's TorchScript `inception-2015-12-05.pt`:
+    forward(img (N, 3, H, W) floats in [0, 255], return_features) -> (N, 2048) pool features or (N, 1008) logits,
+    resizing to 299x299 itself. (The real file's layers are inside it; ddpm-hf only calls this interface.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 5, stride=4)
+        self.proj = torch.nn.Conv2d(16, 2048, 1)
+        self.fc = torch.nn.Linear(2048, 1008)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(img.to(torch.float32), size=(299, 299), mode="bilinear",
+                                            align_corners=False)
+        x = torch.relu(self.conv((x - 128) / 128))
+        x = self.proj(x).mean(dim=(2, 3))
+        return x if return_features else self.fc(x)
+
+
+def _cli(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *args], env=env or _env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("evaluate")
+    _train("--output_dir", str(folder / "run"), "--max_train_steps", "2", "--checkpointing_steps", "100",
+           cwd=folder)
+    weights = folder / "inception-stand-in.pt"
+    torch.manual_seed(0)
+    torch.jit.script(InceptionStandIn().eval()).save(str(weights))
+    return folder / "run", weights
+
+
+def test_evaluate_every_metric_on_a_run(run, tmp_path):
+    out, weights = run
+    env = dict(_env(), DDPM_HF_CACHE=str(tmp_path / "cache"))
+    args = ["evaluate", str(out), "--metrics", "bpd,fid,kid,prc,digits", "--num_samples", "24",
+            "--num_inference_steps", "5,2", "--bpd_timesteps", "6", "--max_eval_images", "16",
+            "--max_reference_images", "64", "--inception_weights", str(weights), "--name", "e2e",
+            "--update_model_card"]
+    r = _cli(*args, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "eval-e2e.json").read_text())
+    assert report["bpd"]["estimate"] and report["bpd"]["num_images"] == 16 and report["bpd"]["bits_per_dim"] > 0
+    assert [s["num_inference_steps"] for s in report["sampling"]] == [5, 2]
+    for sampled in report["sampling"]:
+        scores = sampled["scores"]
+        assert set(scores) == {"fid", "kid", "precision", "recall", "digits_fd"}
+        assert scores["fid"]["value"] > 0 and 0 <= scores["precision"]["value"] <= 1
+        assert "TF-Inception" in scores["fid"]["features"] and "64 images" in scores["fid"]["reference"]
+        assert "not comparable to Inception FID" in scores["digits_fd"]["features"]
+        assert sampled["num_samples"] == 24 and sampled["sampling_seconds"] > 0
+    for picture in ("eval-e2e-bpd.png", "eval-e2e-steps.png", "eval-e2e-samples-5steps.png"):
+        assert (out / picture).is_file()
+    # the reference features were cached once, and a second evaluation reads them
+    cached = list((tmp_path / "cache" / "reference_features").glob("*.safetensors"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    r = _cli(*args[:-3], "--name", "again", "--num_inference_steps", "5", env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert cached[0].stat().st_mtime_ns == stamp
+    again = json.loads((out / "eval-again.json").read_text())
+    assert again["sampling"][0]["scores"]["fid"]["value"] == report["sampling"][0]["scores"]["fid"]["value"]
+    # merged into metrics.json and the card's model-index
+    metrics = json.loads((out / "metrics.json").read_text())
+    entries = {(e["metric"], e["num_inference_steps"]) for e in metrics["sample_metrics"]}
+    assert {("fid", 5), ("fid", 2), ("kid", 5), ("digits_fd", 2)} <= entries
+    assert metrics["bits_per_dim_estimate"]["num_images"] == 16
+    card = ModelCard.load(out / "README.md")
+    types = {(r.metric_type, r.metric_config) for r in card.data.eval_results}
+    assert ("fid", "5 steps") in types and ("bits_per_dim", None) in types
+    assert "FID (lower is better): 24 samples, 5 steps" in card.text
+
+
+def test_evaluate_without_inception_weights_fails_fast(run, tmp_path):
+    """No --inception_weights, an empty torch cache, no network: one message naming the file and the flag, exit
+    code 2, in seconds (once offline by HF_HUB_OFFLINE, once through a real download attempt)."""
+    out, _ = run
+    for offline in (True, False):
+        env = dict(_env(), TORCH_HOME=str(tmp_path / "torch"))
+        if not offline:
+            env.pop("HF_HUB_OFFLINE")
+        start = time.time()
+        r = _cli("evaluate", str(out), "--metrics", "fid", env=env, timeout=120)
+        assert r.returncode == 2 and time.time() - start < 60
+        assert "inception-2015-12-05.pt" in r.stderr and "--inception_weights" in r.stderr
+        assert "Traceback" not in r.stderr
+    r = _cli("evaluate", str(out), "--metrics", "fid", "--inception_weights", str(tmp_path / "nope.pt"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--metrics", "fidd"], "choose from bpd, fid, kid, prc, digits"),
+    (["--num_inference_steps", "5,x"], "integers separated by commas"),
+    (["--num_samples", "0"], "--num_samples must be >= 1"),
+])
+def test_evaluate_bad_flags(run, argv, message):
+    out, _ = run
+    r = _cli("evaluate", str(out), *argv)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluate_refuses_the_digits_metric_for_other_data(tmp_path):
+    from ddpm_hf import DDPMHFPipeline
+
+    folder = tmp_path / "rgb"
+    DDPMHFPipeline(unet=build_unet("cpu-8", channels=3), scheduler=DDPMHFScheduler(num_train_timesteps=10)
+                   ).save_pretrained(folder)
+    r = _cli("evaluate", str(folder), "--metrics", "digits", "--train_data_dir", str(tmp_path))
+    assert r.returncode == 2 and "embedded 8x8 digits only" in r.stderr
