@@ -1,10 +1,13 @@
 """The ``ddpm-hf`` command: ``train`` (see ddpm_hf.training), ``sample`` from a saved pipeline, ``evaluate`` a model
-(ddpm_hf.scoring), ``card`` and ``push`` a finished training run."""
+(ddpm_hf.scoring), ``card`` and ``push`` a finished training run; ``inpaint``, ``upscale``, ``img2img`` and ``denoise``
+an image with a trained model (ddpm_hf.restoration_cli)."""
 
 import argparse
 import os
 import sys
 import time
+
+from . import restoration_cli
 
 
 def _sample_parser(sub):
@@ -171,6 +174,7 @@ def main(argv=None):
     sub.add_parser("train", help="train a DDPM (see `ddpm-hf train --help`)", add_help=False)
     commands = {"sample": (_sample_parser(sub), cmd_sample), "card": (_card_parser(sub), cmd_card),
                 "push": (_push_parser(sub), cmd_push), "evaluate": (_evaluate_parser(sub), cmd_evaluate)}
+    commands.update(restoration_cli.add_parsers(sub))  # inpaint, upscale, img2img, denoise
     args = parser.parse_args(argv)
     sub_parser, run = commands[args.command]
     run(args, sub_parser)

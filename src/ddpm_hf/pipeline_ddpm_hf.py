@@ -22,6 +22,9 @@ logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 SCHEDULER_MODULE = "scheduling_ddpm_hf"  # file stem of the scheduler's source, beside this file
+# File stems of the task pipelines beside this file (inpainting, super-resolution, img2img/denoising): save_pretrained
+# copies them into the folder, where DiffusionPipeline.from_pretrained(..., custom_pipeline=stem) finds them.
+TASK_PIPELINES = ("pipeline_ddpm_hf_inpaint", "pipeline_ddpm_hf_super_resolution", "pipeline_ddpm_hf_img2img")
 # Scheduler classes of a saved pipeline that this module loads as its own DDPMHFScheduler (with the same config).
 _OWN_SCHEDULER_NAMES = ("DDPMScheduler", "DDPMHFScheduler")
 # from_pretrained arguments that locate a Hub repository's files (DiffusionPipeline.download's own names).
@@ -84,7 +87,8 @@ class DDPMHFPipeline(DiffusionPipeline):
 
         model_index.json  ``_class_name: ["pipeline_ddpm_hf", "DDPMHFPipeline"]``, ``scheduler: ["scheduling_ddpm_hf",
         "DDPMHFScheduler"]`` (a diffusers scheduler keeps its ``["diffusers", Class]`` entry), ``unet: ["diffusers",
-        "UNet2DModel"]``; pipeline_ddpm_hf.py (this file); scheduler/scheduling_ddpm_hf.py and scheduler_config.json;
+        "UNet2DModel"]``; pipeline_ddpm_hf.py (this file) and the task pipelines beside it (``TASK_PIPELINES``);
+        scheduler/scheduling_ddpm_hf.py and scheduler_config.json;
         unet/config.json and diffusion_pytorch_model.safetensors.
 
         With ``push_to_hub=True`` the folder is then uploaded (kwargs: repo_id, private, token, commit_message).
@@ -99,6 +103,10 @@ class DDPMHFPipeline(DiffusionPipeline):
         pipeline_source = inspect.getsourcefile(type(self))
         pipeline_stem = os.path.splitext(os.path.basename(pipeline_source))[0]
         shutil.copyfile(pipeline_source, os.path.join(save_directory, pipeline_stem + ".py"))
+        for stem in TASK_PIPELINES:
+            task_source = os.path.join(os.path.dirname(pipeline_source), stem + ".py")
+            if os.path.isfile(task_source):
+                shutil.copyfile(task_source, os.path.join(save_directory, stem + ".py"))
         scheduler_source = inspect.getsourcefile(type(self.scheduler))
         ours = os.path.basename(scheduler_source) == SCHEDULER_MODULE + ".py"
         if ours:

@@ -1,0 +1,183 @@
+# Copyright 2026 The ddpm-hf authors. Licensed under the Apache License, Version 2.0.
+"""Image-to-image (SDEdit, Meng et al. 2021) and denoising of an image with known Gaussian noise with an unconditional
+DDPM, no retraining, as a diffusers ``DiffusionPipeline``.
+
+This file is self-contained (torch, numpy and diffusers only): ``DDPMHFPipeline.save_pretrained`` copies it into the
+saved folder, so that a process without ddpm_hf can run it with
+``DiffusionPipeline.from_pretrained(folder_or_repo, custom_pipeline="pipeline_ddpm_hf_img2img",
+trust_remote_code=True)``.
+"""
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def _base_pipeline_class():
+    """DDPMHFPipeline from ``pipeline_ddpm_hf`` beside this module (the installed package's), or None when this file
+    runs as remote code without it."""
+    package = __name__.rpartition(".")[0]
+    try:
+        return importlib.import_module(f"{package}.pipeline_ddpm_hf" if package else "pipeline_ddpm_hf").DDPMHFPipeline
+    except (ImportError, AttributeError):
+        return None
+
+
+def strength_start(num_steps, strength):
+    """Index of the first kept timestep an img2img chain of ``num_steps`` steps runs from, as diffusers' img2img
+    pipelines map ``strength``: the last int(num_steps * strength) steps of the chain are run."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    run = min(int(num_steps * strength), num_steps)
+    if run == 0:
+        raise ValueError(f"strength {strength} runs no step of a {num_steps}-step chain: raise one of them")
+    return num_steps - run
+
+
+def matching_timestep(alphas_cumprod, sigma):
+    """The t* whose forward marginal has the noise-to-signal ratio sigma: argmin_t |sqrt((1 - alphabar_t) /
+    alphabar_t) - sigma| (Ho eq. 4: x_t / sqrt(alphabar_t) = x_0 + sqrt((1 - alphabar_t) / alphabar_t) eps), so
+    that sqrt(alphabar_t*) (x_0 + sigma n) is distributed as x_t* ~ q(x_t* | x_0). sigma in the model's units."""
+    ratio = ((1 - alphas_cumprod.double()) / alphas_cumprod.double()).sqrt()
+    return int((ratio - sigma).abs().argmin())
+
+
+@dataclass
+class DDPMHFImg2ImgPipelineOutput(ImagePipelineOutput):
+    """Output of ``DDPMHFImg2ImgPipeline``.
+
+    Args:
+        images: the results (list of PIL images, numpy (B, H, W, C) or tensor (B, C, H, W) in [0, 1]).
+        start_timestep: the timestep t0 (SDEdit) or t* (denoising) the reverse chain started from.
+        unet_calls: UNet evaluations per image.
+    """
+
+    start_timestep: int = 0
+    unet_calls: int = 0
+
+
+class DDPMHFImg2ImgPipeline(DiffusionPipeline):
+    """Image-to-image with an unconditional DDPM (same components as ``DDPMHFPipeline``).
+
+    - ``strength`` (SDEdit, Meng et al. 2021, sec. 3 with the VP SDE, i.e. a DDPM): the image y is noised to t0 with
+      q(x_t0 | x_0 = y) (Ho eq. 4) and the reverse chain runs from t0 (Ho Alg. 2). t0 is picked from the chain as
+      diffusers' img2img pipelines pick it: the last int(num_inference_steps * strength) steps run, so t0 is about
+      strength * T; 1 starts from (almost) pure noise.
+    - ``noise_level`` sigma (denoising): y = x_0 + sigma n with n ~ N(0, I), sigma in [0, 1] pixel units (2 sigma in
+      the model's [-1, 1]). The chain starts at the t* where sqrt((1 - alphabar_t*) / alphabar_t*) = 2 sigma, from
+      x_t* = sqrt(alphabar_t*) y, which is exactly a draw of q(x_t* | x_0) (Ho eq. 4): no noise is added.
+
+    Args:
+        unet (`UNet2DModel`): eps/x_0/v network, with variance channels for learned variances.
+        scheduler (`DDPMHFScheduler` or diffusers' `DDPMScheduler`).
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        # values taken as [0, 1] and mapped to [-1, 1] here: diffusers' normalisation skips inputs with negative
+        # values (a noisy image has some)
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved DDPMHFPipeline folder or Hub repo as this pipeline: ``DDPMHFPipeline.from_pretrained`` (no
+        folder code runs) then ``from_pipe``. Without ddpm_hf (this file loaded as remote code) it is diffusers'
+        ``from_pretrained`` with this file as the custom pipeline."""
+        base = _base_pipeline_class()
+        if base is None:
+            kwargs.setdefault("trust_remote_code", True)
+            return DiffusionPipeline.from_pretrained(
+                pretrained_model_name_or_path, custom_pipeline=__name__.rpartition(".")[2], **kwargs
+            )
+        return cls.from_pipe(base.from_pretrained(pretrained_model_name_or_path, **kwargs), torch_dtype=None)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save as a ``DDPMHFPipeline`` folder (which carries this file): load it back with ``from_pretrained``."""
+        base = _base_pipeline_class()
+        if base is None:
+            raise RuntimeError("saving needs ddpm_hf installed (DDPMHFPipeline writes the remote-code layout)")
+        base(unet=self.unet, scheduler=self.scheduler).save_pretrained(save_directory, **kwargs)
+
+    def _model_output(self, x, t):
+        """The UNet output, keeping the variance channels only when the scheduler uses them."""
+        output = self.unet(x, t).sample
+        learned = getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
+        return output if learned or output.shape[1] == x.shape[1] else output[:, : x.shape[1]]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image=None,
+        strength: float = 0.8,
+        noise_level: float | None = None,
+        num_inference_steps: int = 250,
+        timesteps=None,
+        generator=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
+        """Run the reverse chain from a noised (SDEdit) or noisy (denoising) image.
+
+        Args:
+            image: PIL image(s), numpy (H, W), (H, W, C) or (B, H, W, C), or tensor (C, H, W) / (B, C, H, W), values
+                in [0, 1] (a noisy image may go beyond), channels as the UNet's, any size the UNet takes.
+            strength: in (0, 1], how far the image is noised before the chain runs back (ignored with noise_level).
+            noise_level: the known standard deviation sigma > 0 of Gaussian noise in ``image`` ([0, 1] pixel units):
+                denoise it instead.
+            num_inference_steps: steps of the whole chain (respaced by the scheduler's timestep_spacing); SDEdit
+                runs the last int(num_inference_steps * strength) of them, denoising those below t*, after t*.
+            timesteps: explicit descending timesteps of the whole chain instead.
+            generator: `torch.Generator` (or a list, one per image).
+            output_type: "pil", "np" (B, H, W, C) or "pt" (B, C, H, W), values in [0, 1].
+            return_dict: return a ``DDPMHFImg2ImgPipelineOutput`` rather than a tuple.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if noise_level is not None and not noise_level > 0:
+            raise ValueError(f"noise_level must be > 0, got {noise_level}")
+        if image is None:
+            raise ValueError("img2img needs an `image`")
+        device, dtype = self._execution_device, self.unet.dtype
+        y = (self.image_processor.preprocess(image) * 2 - 1).to(device, dtype)
+        channels = self.unet.config.in_channels
+        if y.shape[1] != channels:
+            raise ValueError(f"the image has {y.shape[1]} channels but the model takes {channels}")
+        factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if y.shape[-2] % factor or y.shape[-1] % factor:
+            raise ValueError(f"image size {tuple(y.shape[-2:])} is not a multiple of {factor}, which the UNet needs")
+        if isinstance(generator, list) and len(generator) != len(y):
+            raise ValueError(f"got {len(generator)} generators for a batch of {len(y)}")
+
+        if timesteps is not None:
+            self.scheduler.set_timesteps(timesteps=list(timesteps))
+        else:
+            self.scheduler.set_timesteps(num_inference_steps)
+        chain = self.scheduler.timesteps.tolist()
+        if noise_level is None:
+            chain = chain[strength_start(len(chain), strength):]
+            noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)
+            x = self.scheduler.add_noise(y, noise, torch.tensor([chain[0]]))  # x_t0 ~ q(x_t0 | y), Ho eq. 4
+        else:
+            start = matching_timestep(self.scheduler.alphas_cumprod, 2.0 * noise_level)
+            chain = [start] + [t for t in chain if t < start]
+            x = float(self.scheduler.alphas_cumprod[start]) ** 0.5 * y  # x_t* = sqrt(alphabar_t*) y
+        self.scheduler.set_timesteps(timesteps=chain)  # the chain that runs (its steps are those of the full chain)
+
+        for t in self.progress_bar(chain):
+            x = self.scheduler.step(self._model_output(x, t), t, x, generator=generator).prev_sample
+        images = self.image_processor.postprocess(x, output_type=output_type, do_denormalize=[True] * len(x))
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return DDPMHFImg2ImgPipelineOutput(images=images, start_timestep=chain[0], unet_calls=len(chain))

@@ -1,0 +1,277 @@
+# Copyright 2026 The ddpm-hf authors. Licensed under the Apache License, Version 2.0.
+"""Inpainting with an unconditional DDPM, no retraining: RePaint (Lugmayr et al. 2022) and DDNM-style projection
+(Wang et al. 2022) on top of the scheduler's ancestral step, as a diffusers ``DiffusionPipeline``.
+
+This file is self-contained (torch, numpy and diffusers only): ``DDPMHFPipeline.save_pretrained`` copies it into the
+saved folder, so that a process without ddpm_hf can run it with
+``DiffusionPipeline.from_pretrained(folder_or_repo, custom_pipeline="pipeline_ddpm_hf_inpaint",
+trust_remote_code=True)``.
+"""
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+METHODS = ("repaint", "ddnm")
+
+
+def _base_pipeline_class():
+    """DDPMHFPipeline from ``pipeline_ddpm_hf`` beside this module (the installed package's), or None when this file
+    runs as remote code without it."""
+    package = __name__.rpartition(".")[0]
+    try:
+        return importlib.import_module(f"{package}.pipeline_ddpm_hf" if package else "pipeline_ddpm_hf").DDPMHFPipeline
+    except (ImportError, AttributeError):
+        return None
+
+
+def repaint_path(num_steps, jump_length, jump_n_sample):
+    """The indices k of the chain states visited by RePaint's resampling schedule (Lugmayr et al. 2022, sec. 4.2 and
+    Alg. 1 lines 9-10): state k is x at the k-th kept timestep tau_k (tau_0 the noisiest, k = num_steps the clean
+    image). Consecutive entries differ by one: k -> k + 1 is a reverse step, k -> k - 1 a forward jump.
+
+    The schedule is that of the RePaint code (and of diffusers' RePaintScheduler): going down, after every
+    ``jump_length`` steps the chain goes back up ``jump_length`` steps, ``jump_n_sample - 1`` times at each place;
+    ``jump_n_sample = 1`` is the plain replacement method (no resampling).
+    """
+    jumps = {j: jump_n_sample - 1 for j in range(0, num_steps - jump_length, jump_length)}
+    path, u = [0], num_steps  # u counts the reverse steps still to go, as the RePaint code does
+    while u >= 1:
+        u -= 1
+        path.append(num_steps - u)
+        if jumps.get(u, 0) > 0:
+            jumps[u] -= 1
+            for _ in range(jump_length):
+                u += 1
+                path.append(num_steps - u)
+    return path
+
+
+@dataclass
+class DDPMHFInpaintPipelineOutput(ImagePipelineOutput):
+    """Output of ``DDPMHFInpaintPipeline``.
+
+    Args:
+        images: the inpainted images (list of PIL images, numpy (B, H, W, C) or tensor (B, C, H, W) in [0, 1]).
+        unet_calls: UNet evaluations per image (reverse steps, counting repeated ones).
+    """
+
+    unet_calls: int = 0
+
+
+class DDPMHFInpaintPipeline(DiffusionPipeline):
+    """Fill the masked region of images with an unconditional DDPM (same components as ``DDPMHFPipeline``).
+
+    Mask convention as diffusers' inpainting pipelines: white (1) = repaint, black (0) = keep; a mask that is not
+    binary is thresholded at 0.5.
+
+    Methods (``method=``):
+
+    - "repaint" (Lugmayr et al. 2022, Alg. 1): at every reverse step t -> s the known region is x_s^known ~
+      q(x_s | x_0) = N(sqrt(alphabar_s) y, (1 - alphabar_s) I) (Ho eq. 4; Alg. 1 line 5), the unknown region is the
+      scheduler's step x_s^unknown ~ p(x_s | x_t) (line 7), x_s = m x_s^unknown + (1 - m) x_s^known (line 8); with
+      resampling, the chain goes back up by q(x_t | x_s) = N(sqrt(alphabar_t / alphabar_s) x_s,
+      (1 - alphabar_t / alphabar_s) I) (line 10, over skipped steps as in Nichol & Dhariwal sec. 4).
+    - "ddnm" (Wang et al. 2022, DDNM Alg. 1): with A = diag(1 - m) (keep the known pixels) and A+ = A its
+      pseudo-inverse, the predicted x_0|t is corrected to x^_0|t = x_0|t - A+(A x_0|t - y) = m x_0|t + (1 - m) y,
+      and x_s ~ p(x_s | x_t, x^_0|t) is the scheduler's step with that x_0 (posterior mean Ho eq. 7, the model's
+      variance). The same resampling schedule can be added (DDNM's "time-travel", sec. 3.3).
+
+    The step is the scheduler's own, so learned variances, every prediction type and respaced chains work.
+
+    Args:
+        unet (`UNet2DModel`): eps/x_0/v network, with variance channels for learned variances.
+        scheduler (`DDPMHFScheduler` or diffusers' `DDPMScheduler`).
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        # values taken as [0, 1] and mapped to [-1, 1] here: diffusers' normalisation skips inputs with negative
+        # values (a noisy image has some)
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False
+        )
+        self.mask_processor = VaeImageProcessor(
+            vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False, do_binarize=True,
+            do_convert_grayscale=True,
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved DDPMHFPipeline folder or Hub repo as this pipeline: ``DDPMHFPipeline.from_pretrained`` (no
+        folder code runs) then ``from_pipe``. Without ddpm_hf (this file loaded as remote code) it is diffusers'
+        ``from_pretrained`` with this file as the custom pipeline."""
+        base = _base_pipeline_class()
+        if base is None:
+            kwargs.setdefault("trust_remote_code", True)
+            return DiffusionPipeline.from_pretrained(
+                pretrained_model_name_or_path, custom_pipeline=__name__.rpartition(".")[2], **kwargs
+            )
+        return cls.from_pipe(base.from_pretrained(pretrained_model_name_or_path, **kwargs), torch_dtype=None)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save as a ``DDPMHFPipeline`` folder (which carries this file): load it back with ``from_pretrained``."""
+        base = _base_pipeline_class()
+        if base is None:
+            raise RuntimeError("saving needs ddpm_hf installed (DDPMHFPipeline writes the remote-code layout)")
+        base(unet=self.unet, scheduler=self.scheduler).save_pretrained(save_directory, **kwargs)
+
+    # ------------------------------------------------------------------ pieces
+
+    def _model_output(self, x, t):
+        """The UNet output, keeping the variance channels only when the scheduler uses them."""
+        output = self.unet(x, t).sample
+        learned = getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
+        return output if learned or output.shape[1] == x.shape[1] else output[:, : x.shape[1]]
+
+    def _x0_coefficients(self, t):
+        """(a, b, c) with x_0 = (a x_t - b output) / c: Ho eq. 15 for "epsilon" (a = 1, b = sqrt(1 - alphabar_t),
+        c = sqrt(alphabar_t)), Salimans & Ho 2022 for "v_prediction" (a = sqrt(alphabar_t), b = sqrt(1 -
+        alphabar_t), c = 1); None for "sample"."""
+        alphabar = float(self.scheduler.alphas_cumprod[int(t)])
+        kind = self.scheduler.config.prediction_type
+        if kind == "sample":
+            return None
+        if kind == "epsilon":
+            return 1.0, (1 - alphabar) ** 0.5, alphabar**0.5
+        return alphabar**0.5, (1 - alphabar) ** 0.5, 1.0
+
+    def _projected_step(self, output, t, x, project, generator):
+        """x_s ~ p(x_s | x_t, x^_0|t) with x^_0|t = project(x_0|t) (DDNM Alg. 1): x_0|t from the output (Ho eq. 15),
+        clipped as the scheduler clips it, projected, turned back into the output that implies it, then the
+        scheduler's step (posterior mean Ho eq. 7 and the model's variance, N&D eq. 15). Returns (x_s, x^_0|t)."""
+        channels = x.shape[1]
+        prediction, variance = output[:, :channels], output[:, channels:]
+        coefficients = self._x0_coefficients(t)
+        if coefficients is None:
+            x0 = prediction
+        else:
+            a, b, c = coefficients
+            x0 = (a * x - b * prediction) / c
+        config = self.scheduler.config
+        if getattr(config, "thresholding", False):
+            x0 = self.scheduler._threshold_sample(x0)
+        elif getattr(config, "clip_sample", False):
+            x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+        x0 = project(x0)
+        prediction = x0 if coefficients is None else (a * x - c * x0) / b
+        output = torch.cat([prediction, variance], dim=1)
+        return self.scheduler.step(output, t, x, generator=generator).prev_sample, x0
+
+    def _alphabar(self, k, timesteps):
+        """alphabar at chain state k (1 for the clean state k = len(timesteps))."""
+        return 1.0 if k >= len(timesteps) else float(self.scheduler.alphas_cumprod[int(timesteps[k])])
+
+    def _prepare(self, image, mask_image):
+        if image is None or mask_image is None:
+            raise ValueError("inpainting needs both `image` and `mask_image`")
+        y = self.image_processor.preprocess(image) * 2 - 1
+        mask = self.mask_processor.preprocess(mask_image)
+        channels = self.unet.config.in_channels
+        if y.shape[1] != channels:
+            raise ValueError(f"the image has {y.shape[1]} channels but the model takes {channels}")
+        if mask.shape[1] != 1:
+            raise ValueError(f"the mask must have one channel, got {mask.shape[1]}")
+        if y.shape[-2:] != mask.shape[-2:]:
+            raise ValueError(
+                f"mask_image is {tuple(mask.shape[-2:])} (H, W) but image is {tuple(y.shape[-2:])}: they must match"
+            )
+        factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if y.shape[-2] % factor or y.shape[-1] % factor:
+            raise ValueError(f"image size {tuple(y.shape[-2:])} is not a multiple of {factor}, which the UNet needs")
+        if len(y) != len(mask) and 1 not in (len(y), len(mask)):
+            raise ValueError(f"{len(y)} images and {len(mask)} masks: give one mask, one image, or as many of each")
+        batch = max(len(y), len(mask))
+        return y.expand(batch, *y.shape[1:]), mask.expand(batch, channels, *mask.shape[2:])
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image=None,
+        mask_image=None,
+        method: str = "repaint",
+        num_inference_steps: int = 250,
+        timesteps=None,
+        jump_length: int = 10,
+        jump_n_sample: int | None = None,
+        generator=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
+        """Inpaint ``image`` where ``mask_image`` is white.
+
+        Args:
+            image: PIL image(s), numpy (H, W), (H, W, C) or (B, H, W, C), or tensor (C, H, W) / (B, C, H, W), values
+                in [0, 1]; channels as the UNet's, any size the UNet takes (a multiple of its downsampling factor).
+            mask_image: same formats and size, one channel; white (>= 0.5) = repaint. One mask for all images, one
+                image for all masks, or one each.
+            method: "repaint" or "ddnm" (see the class docstring).
+            num_inference_steps: reverse steps of the chain (respaced by the scheduler's timestep_spacing).
+            timesteps: explicit descending timesteps instead.
+            jump_length: RePaint's j, the length of each jump back up.
+            jump_n_sample: RePaint's r, how often each stretch is sampled (1 = no resampling). Default 10 for
+                "repaint", 1 for "ddnm".
+            generator: `torch.Generator` (or a list, one per image).
+            output_type: "pil", "np" (B, H, W, C) or "pt" (B, C, H, W), values in [0, 1].
+            return_dict: return a ``DDPMHFInpaintPipelineOutput`` rather than a tuple.
+        """
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        jump_n_sample = (10 if method == "repaint" else 1) if jump_n_sample is None else jump_n_sample
+        if int(jump_length) < 1 or int(jump_n_sample) < 1:
+            raise ValueError(f"jump_length and jump_n_sample must be >= 1, got {jump_length}, {jump_n_sample}")
+        device, dtype = self._execution_device, self.unet.dtype
+        y, mask = self._prepare(image, mask_image)
+        y, mask = y.to(device, dtype), mask.to(device, dtype)
+        if isinstance(generator, list) and len(generator) != len(y):
+            raise ValueError(f"got {len(generator)} generators for a batch of {len(y)}")
+
+        if timesteps is not None:
+            self.scheduler.set_timesteps(timesteps=list(timesteps))
+        else:
+            self.scheduler.set_timesteps(num_inference_steps)
+        chain = self.scheduler.timesteps.tolist()
+        path = repaint_path(len(chain), int(jump_length), int(jump_n_sample))
+        known = 1 - mask
+
+        def project(x0):  # DDNM: x^_0|t = x_0|t - A+(A x_0|t - y), A = A+ = diag(1 - m)
+            return x0 - known * (x0 - y)
+
+        x = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)  # x_T ~ N(0, I)
+        calls = 0
+        for k, k_next in self.progress_bar(list(zip(path[:-1], path[1:]))):
+            if k_next == k + 1:  # reverse step tau_k -> tau_{k+1}
+                t = chain[k]
+                output = self._model_output(x, t)
+                calls += 1
+                if method == "ddnm":
+                    x, _ = self._projected_step(output, t, x, project, generator)
+                else:
+                    unknown = self.scheduler.step(output, t, x, generator=generator).prev_sample  # Alg. 1 line 7
+                    alphabar = self._alphabar(k_next, chain)
+                    noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)
+                    known_x = alphabar**0.5 * y + (1 - alphabar) ** 0.5 * noise  # Alg. 1 line 5 (Ho eq. 4)
+                    x = mask * unknown + known * known_x  # Alg. 1 line 8
+            else:  # jump back up tau_k -> tau_{k-1}: q(x_{k-1} | x_k), Alg. 1 line 10
+                ratio = self._alphabar(k_next, chain) / self._alphabar(k, chain)
+                noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)
+                x = ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
+        # the output is A+ y + (I - A+ A) x_0 (DDNM eq. for x^_0): the known pixels are the input's exactly
+        x = project(x)
+        images = self.image_processor.postprocess(x, output_type=output_type, do_denormalize=[True] * len(x))
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return DDPMHFInpaintPipelineOutput(images=images, unet_calls=calls)
