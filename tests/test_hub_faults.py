@@ -191,9 +191,9 @@ def test_failed_push_says_how_to_resume_and_the_resume_works(run, tmp_path):
     assert _snapshot(run) == before
 
 
-def test_killed_push_resumes_with_the_same_command(run, tmp_path):
-    """A push killed while it waits out a 429 (Retry-After: 60) on the weights' upload: the same command again
-    completes the push."""
+def test_interrupted_push_says_how_to_resume_and_the_resume_works(run, tmp_path):
+    """Ctrl-C while huggingface_hub's upload threads wait out a 429 (Retry-After: 60): the push stops at once (it
+    does not wait for the threads) with exit code 130 and the command that resumes it; that command completes it."""
     with HubServer(tmp_path / "hub") as hub:
         rule = hub.add_fault("429", "PUT", f"/lfs-upload/.*/{_sha256(run / WEIGHTS)}$", times=None, retry_after=60)
         proc = _push(hub, run, wait=False)
@@ -201,9 +201,13 @@ def test_killed_push_resumes_with_the_same_command(run, tmp_path):
         while not rule["served"] and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert rule["served"] == 1, proc.communicate()[1][-3000:]
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
-        assert not hub.lfs_files(REPO) and hub.commit_count(REPO) == 1
+        start = time.time()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and time.time() - start < 10, stderr[-3000:]
+        assert f"ddpm-hf push: error: the upload to {REPO} was interrupted" in stderr and "Traceback" not in stderr
+        assert f"\n  ddpm-hf push {run} --hub_model_id {REPO}\n" in stderr
+        assert WEIGHTS not in hub.lfs_files(REPO) and hub.commit_count(REPO) == 1
         hub.clear_faults()
         r = _push(hub, run)
         assert r.returncode == 0, r.stderr[-3000:]

@@ -4,6 +4,7 @@ an image with a trained model (ddpm_hf.restoration_cli)."""
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -123,15 +124,30 @@ def cmd_push(args, parser):
     from .model_card import PushError, push_failure_message, push_run, write_model_card
 
     write_model_card(args.output_dir, repo_id=args.hub_model_id)
+
+    def stop(signum, _frame):
+        # Ctrl-C or SIGTERM: huggingface_hub's upload threads may be sleeping out a Retry-After, and a normal exit
+        # would wait for them (minutes); nothing local is being written, so say how to resume and leave at once
+        message = push_failure_message(KeyboardInterrupt(), args.output_dir, args.hub_model_id,
+                                       args.hub_private_repo, args.hub_revision, args.hub_token)
+        sys.stdout.flush()
+        sys.stderr.write(f"{parser.prog}: error: {message}\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         info = push_run(args.output_dir, args.hub_model_id, private=args.hub_private_repo, token=args.hub_token,
                         revision=args.hub_revision)
     except PushError as error:
         parser.error(str(error))
-    except (Exception, KeyboardInterrupt) as error:  # huggingface_hub has retried what it retries: say how to resume
+    except Exception as error:  # huggingface_hub has retried what it retries: say how to resume
         message = push_failure_message(error, args.output_dir, args.hub_model_id, args.hub_private_repo,
                                        args.hub_revision, args.hub_token)
-        parser.exit(130 if isinstance(error, KeyboardInterrupt) else 2, f"{parser.prog}: error: {message}\n")
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     branch = f" (branch {args.hub_revision})" if args.hub_revision else ""
     print(f"pushed {args.output_dir} to {args.hub_model_id}{branch}: {info.commit_url}")
 
