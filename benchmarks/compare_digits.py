@@ -9,6 +9,9 @@ a grid of 36 samples drawn by diffusers' DDPMPipeline with 1000 steps.
 
     python benchmarks/compare_digits.py --budget 395 --lr 1e-4 --output_dir outputs/compare/default
     python benchmarks/compare_digits.py --budget 395 --lr 1e-3 --batch_size 128 --output_dir outputs/compare/tuned
+    ddpm-hf evaluate outputs/compare/tuned/pipeline --metrics digits --num_samples 500   # its samples, scored
+
+The trained baseline is saved as a diffusers DDPMPipeline in OUTPUT_DIR/pipeline.
 """
 
 import argparse
@@ -89,6 +92,7 @@ def main():
 
     os.makedirs(args.output_dir, exist_ok=True)
     pipe = DDPMPipeline(unet=model, scheduler=scheduler)
+    pipe.save_pretrained(os.path.join(args.output_dir, "pipeline"))  # for `ddpm-hf evaluate .../pipeline`
     pipe.set_progress_bar_config(disable=True)
     sample_start = time.time()
     images = pipe(batch_size=36, generator=torch.Generator().manual_seed(args.seed), num_inference_steps=1000,

@@ -249,3 +249,26 @@ def test_evaluate_refuses_the_digits_metric_for_other_data(tmp_path):
                    ).save_pretrained(folder)
     r = _cli("evaluate", str(folder), "--metrics", "digits", "--train_data_dir", str(tmp_path))
     assert r.returncode == 2 and "embedded 8x8 digits only" in r.stderr
+
+
+def test_periodic_metrics_during_training(run, tmp_path):
+    """--eval_steps with --eval_metrics bpd,digits,fid: each evaluated step's history record (and tensorboard) carries
+    the bound estimate, the digits metric and FID (with the stand-in Inception file)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, weights = run
+    out = tmp_path / "run"
+    _train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", "--logger",
+           "tensorboard", "--eval_steps", "1", "--eval_metrics", "bpd,digits,fid", "--eval_bpd_timesteps", "4",
+           "--eval_num_samples", "8", "--eval_inference_steps", "2", "--inception_weights", str(weights), cwd=tmp_path)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    for record in history[:2]:
+        assert {"eval/bits_per_dim_estimate", "eval/digits_fd", "eval/fid"} <= set(record), record
+        assert record["eval/digits_fd"] > 0 and record["eval/fid"] > 0
+    assert "eval/digits_fd" not in history[2]  # the last step: the end-of-run evaluation covers it
+    events = EventAccumulator(str(out / "logs" / "ddpm-hf"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/digits_fd")] == [1, 2]
+    r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", "train", "--eval_metrics", "digits", "--train_data_dir",
+                        str(tmp_path)], capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 2 and "embedded digits only" in r.stderr

@@ -92,12 +92,50 @@ def evaluate_bits_per_dim(unet, scheduler, held_out, batch_size, seed, progress)
     return summarize_bits(held_out_bits(unet, scheduler, held_out, batch_size, seed, progress))
 
 
-def evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, batch_size, seed):
+def evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, batch_size, seed, bpd_timesteps=None):
     """``evaluate_bits_per_dim`` split across processes: rank r scores every world-th image from r (with its own
-    noise seed) and the rows are gathered, so no rank idles, or times out in a collective, while one evaluates."""
+    noise seed) and the rows are gathered, so no rank idles, or times out in a collective, while one evaluates.
+    With ``bpd_timesteps``, the stratified estimate (``stratified_bits``) instead of all T terms."""
     from accelerate.utils import gather_object
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    terms = held_out_bits(unet, scheduler, held_out[rank::world], batch_size, seed + rank,
-                          progress=accelerator.is_local_main_process)
+    mine, progress = held_out[rank::world], accelerator.is_local_main_process
+    if bpd_timesteps and bpd_timesteps < scheduler.alphas_cumprod.shape[0]:
+        terms = stratified_bits(unet, scheduler, mine, batch_size, seed + rank, bpd_timesteps, progress)[0]
+    else:
+        terms = held_out_bits(unet, scheduler, mine, batch_size, seed + rank, progress=progress)
     return summarize_bits(torch.cat(gather_object([terms])))
+
+
+def periodic_scores(accelerator, unet, scheduler, held_out, args, inception=None):
+    """A training run's ``--eval_metrics`` at ``--eval_steps``, as {"eval/<name>": value}: held-out bits/dim (all
+    ranks; an estimate with ``--eval_bpd_timesteps``), and on the main process the digits metric and FID of
+    ``--eval_num_samples`` samples with ``--eval_inference_steps`` steps (FID against the held-out images)."""
+    scores = {}
+    if "bpd" in args.eval_metrics and held_out is not None:
+        result = evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, args.eval_batch_size, args.seed,
+                                       args.eval_bpd_timesteps)
+        key = "eval/bits_per_dim_estimate" if args.eval_bpd_timesteps else "eval/bits_per_dim"
+        scores[key] = result["bits_per_dim"]
+    wanted = [m for m in ("digits", "fid") if m in args.eval_metrics and (m != "fid" or inception is not None)]
+    if wanted and accelerator.is_main_process:
+        from .images import to_uint8
+        from .pipeline_ddpm_hf import DDPMHFPipeline
+        from .sampling import generate
+        from .scheduling_ddpm_hf import DDPMHFScheduler
+
+        pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        images, _ = generate(pipe, args.eval_num_samples, args.eval_batch_size, args.eval_inference_steps, args.seed)
+        samples = torch.from_numpy(to_uint8(images).transpose(0, 3, 1, 2).copy())
+        if "digits" in wanted:
+            from .digits_metric import digits_metric
+
+            scores["eval/digits_fd"] = digits_metric(samples)["digits_fd"]
+        if "fid" in wanted and held_out is not None:
+            from .feature_metrics import frechet_distance
+            from .inception import image_features
+
+            scores["eval/fid"] = frechet_distance(image_features(inception, held_out), image_features(inception,
+                                                                                                      samples))
+    return scores

@@ -122,7 +122,18 @@ def parse_args(argv=None):
     a("--save_model_epochs", type=int, default=None, help=f"save the pipeline every N epochs {FROM_RECIPE}, "
       "always at the end")
     a("--num_sample_images", type=int, default=None, help=f"images in each sample grid {FROM_RECIPE}")
-    a("--eval_steps", type=int, default=None, help="bits/dim on the held-out split every N steps (and at the end)")
+    a("--eval_steps", type=int, default=None, help="compute --eval_metrics every N steps, into tensorboard and "
+      "history.jsonl (held-out bits/dim is computed at the end in any case)")
+    a("--eval_metrics", default="bpd", help="comma-separated, for --eval_steps: bpd (held-out bits/dim; an estimate "
+      "with --eval_bpd_timesteps), digits (the offline digits metric of --eval_num_samples samples; embedded digits "
+      "only), fid (against the held-out images; needs --inception_weights or the cached Inception file) "
+      "(default bpd)")
+    a("--eval_bpd_timesteps", type=int, default=None,
+      help="periodic bits/dim as a stratified estimate from this many of the T terms (default: all T)")
+    a("--eval_num_samples", type=int, default=100, help="samples for the periodic digits/fid metrics (default 100)")
+    a("--eval_inference_steps", type=int, default=100,
+      help="sampling steps for the periodic digits/fid metrics (default 100)")
+    a("--inception_weights", default=None, help="the TF-Inception TorchScript file for --eval_metrics fid")
     a("--eval_max_images", type=int, default=180, help="held-out images used for bits/dim")
     a("--checkpointing_steps", type=int, default=500)
     a("--checkpoints_total_limit", type=int, default=2)
@@ -150,14 +161,23 @@ def validate_args(parser, args):
 
     positive = ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps", "ddpm_num_steps",
                 "ddpm_num_inference_steps", "checkpointing_steps", "checkpoints_total_limit", "num_sample_images",
-                "eval_max_images", "shuffle_buffer_size", "ddp_timeout", "resolution")
+                "eval_max_images", "shuffle_buffer_size", "ddp_timeout", "resolution", "eval_num_samples",
+                "eval_inference_steps")
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-    for name in ("num_epochs", "max_train_steps", "save_images_epochs", "save_model_epochs", "eval_steps"):
+    for name in ("num_epochs", "max_train_steps", "save_images_epochs", "save_model_epochs", "eval_steps",
+                 "eval_bpd_timesteps"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be >= 1")
+    args.eval_metrics = [m.strip() for m in args.eval_metrics.split(",") if m.strip()]
+    if not set(args.eval_metrics) <= {"bpd", "digits", "fid"}:
+        parser.error(f"--eval_metrics {','.join(args.eval_metrics)}: choose from bpd, digits, fid")
+    if "digits" in args.eval_metrics and not is_digits(args):
+        parser.error("--eval_metrics digits applies to the embedded digits only")
+    if args.inception_weights and not os.path.isfile(args.inception_weights):
+        parser.error(f"--inception_weights {args.inception_weights}: no such file")
     if args.ddpm_num_inference_steps > args.ddpm_num_steps:
         parser.error("--ddpm_num_inference_steps cannot exceed --ddpm_num_steps")
     if args.dataset_name not in (None, "digits") and args.train_data_dir is not None:
@@ -252,7 +272,7 @@ def train(args):
     from .checkpointing import (read_history, read_training_state, register_unet_hooks, resolve_checkpoint,
                                 save_checkpoint)
     from .data import dataset_source, to_model_range
-    from .evaluation import evaluate_on_all_ranks
+    from .evaluation import evaluate_on_all_ranks, periodic_scores
     from .flat_parameters import ema_weights, flatten_parameters
     from .images import save_loss_plot
     from .losses import diffusion_loss
@@ -288,6 +308,14 @@ def train(args):
     unet = unet_for_data(args, channels, resolution).to(accelerator.device)
     model = unet  # the bare UNet; `unet` becomes the DDP wrapper and/or the compiled module after prepare()
     flat = flatten_parameters(model)  # one tensor for the optimizer, clipping and EMA
+    inception = None  # periodic FID only when the Inception file is at hand (no download in a training run)
+    if args.eval_steps and "fid" in args.eval_metrics and main:
+        from .inception import InceptionWeightsMissing, load_inception
+
+        try:
+            inception = load_inception(args.inception_weights, download=False)
+        except InceptionWeightsMissing as error:
+            accelerator.print(f"--eval_metrics fid skipped: {error}")
     noise_scheduler = DDPMHFScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
                                       prediction_type=args.prediction_type, variance_type=args.variance_type)
     T = args.ddpm_num_steps
@@ -401,6 +429,10 @@ def train(args):
                 record[f"loss_t_q{q + 1}"] = total / count
         if vlb is not None:
             record["vlb_bpd"] = vlb.mean().item()  # the one-sample estimate T * L_{t-1} of the bound, bits/dim
+        if args.eval_steps and step % args.eval_steps == 0 and step < args.max_train_steps:
+            with ema_weights(model, flat, ema) as ema_unet:  # --eval_metrics, into the record (history, tensorboard)
+                record.update(periodic_scores(accelerator, ema_unet, noise_scheduler, held_out, args, inception))
+            model.train()
         history.append(record)
         if main:
             with open(history_path, "a") as f:
@@ -425,12 +457,6 @@ def train(args):
             _log_pictures(accelerator, args, pictures, step)
         if main and periodic and args.save_model_epochs and epoch % args.save_model_epochs == 0:
             _save_pipeline(args, model, flat, ema, noise_scheduler)
-        if args.eval_steps and step % args.eval_steps == 0 and step < args.max_train_steps and held_out is not None:
-            with ema_weights(model, flat, ema) as ema_unet:
-                result = evaluate_on_all_ranks(accelerator, ema_unet, noise_scheduler, held_out, args.eval_batch_size,
-                                               args.seed)
-            accelerator.log({"eval/bits_per_dim": result["bits_per_dim"]}, step=step)
-            model.train()
     progress.close()
     train_seconds = elapsed_before + time.time() - start_time
     accelerator.wait_for_everyone()
