@@ -190,15 +190,19 @@ def test_failed_upload_loses_nothing(tmp_path):
         unreachable = dict(env, HF_ENDPOINT="http://127.0.0.1:9")  # the discard port: connection refused
         r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), *TINY, "--output_dir",
                             str(out), "--max_train_steps", "2", "--checkpointing_steps", "100", "--push_to_hub",
-                            "--hub_model_id", "ns/later"], cwd=tmp_path, env=unreachable, capture_output=True,
-                           text=True, timeout=300)
-        assert r.returncode != 0 and "the upload to ns/later failed" in r.stderr
-        assert f"ddpm-hf push {out} --hub_model_id ns/later" in r.stderr
+                            "--hub_model_id", "ns/later", "--hub_revision", "dev", "--hub_private_repo"],
+                           cwd=tmp_path, env=unreachable, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "the upload to ns/later (branch dev) failed" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert f"ddpm-hf push {out} --hub_model_id ns/later --hub_revision dev --hub_private_repo" in r.stderr
         assert (out / "README.md").is_file() and (out / "metrics.json").is_file()
         assert not hub.repo_exists("ns/later")
-        r = _cli("push", str(out), "--hub_model_id", "ns/later", env=env)
+        r = _cli("push", str(out), "--hub_model_id", "ns/later", "--hub_revision", "dev", "--hub_private_repo",
+                 env=env)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert hub.repo_exists("ns/later")
+        assert hub.repo_exists("ns/later") and hub.repo_private("ns/later")
+        r = _cli("push", str(out), "--hub_model_id", "ns/later", env=env)  # and main, for the checks below
+        assert r.returncode == 0, r.stderr[-3000:]
         stored = Path(hub.repo_dir("ns/later"))
     assert ModelCard.load(out / "README.md").data.model_name == "later"
     assert (stored / "README.md").read_bytes() == (out / "README.md").read_bytes()

@@ -101,6 +101,7 @@ def bpd_result(pipe, images, timesteps, batch_size, seed, split, progress):
         curve = {"t": list(range(1, T)), "bits_per_dim": per_t[1:].tolist()}
         kind = f"all {T} terms"
     result = summarize_bits(rows)
+    result["kl_terms_bits_per_dim"] = (rows[:, 0] - rows[:, 1] - rows[:, 2]).mean().item()  # sum of L_1..L_{T-1}
     result.update(split=split, terms=kind, seconds=round(time.time() - start, 1), seed=seed,
                   estimate=bool(timesteps and timesteps < T))
     return result, curve
@@ -242,7 +243,7 @@ def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, b
         dataset_config_name = dataset_config_name or args.get("dataset_config_name")
     is_digits = dataset_source(dataset_name, train_data_dir) == DIGITS
     pipe = DDPMHFPipeline.from_pretrained(folder or model)
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling (one batch)")
     channels, resolution = pipe.unet.config.in_channels, pipe.unet.config.sample_size
     if "digits" in metrics and not (is_digits and channels == 1 and resolution == 8):
         raise ValueError("the digits metric applies to models of the embedded 8x8 digits only; this model is "

@@ -147,6 +147,7 @@ def parse_args(argv=None):
       "(never checkpoints or logs) to --hub_model_id")
     a("--hub_model_id", default=None, help="the Hub repo id (namespace/name), also named in the model card")
     a("--hub_private_repo", action="store_true")
+    a("--hub_revision", default=None, help="the branch to push to (created from main if missing; default main)")
     a("--hub_token", default=None, help="a token (prefer `hf auth login` or HF_TOKEN); never written to disk")
     args = p.parse_args(argv)
     apply_recipe(args, is_digits(args))
@@ -276,7 +277,7 @@ def train(args):
     from .flat_parameters import ema_weights, flatten_parameters
     from .images import save_loss_plot
     from .losses import diffusion_loss
-    from .model_card import push_run, write_model_card
+    from .model_card import push_failure_message, push_run, write_model_card
     from .pipeline_ddpm_hf import DDPMHFPipeline
     from .sampling import generate, write_samples
     from .scheduling_ddpm_hf import DDPMHFScheduler
@@ -485,6 +486,7 @@ def train(args):
                                                  args.eval_batch_size, args.seed))
         metrics["eval_seconds"] = round(time.time() - eval_start, 1)
         accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
+    push_error = None
     if main:
         _save_pipeline(args, model, flat, ema, noise_scheduler)
         pipe = DDPMHFPipeline.from_pretrained(args.output_dir).to(accelerator.device)
@@ -504,16 +506,17 @@ def train(args):
         write_model_card(args.output_dir, repo_id=args.hub_model_id)  # README.md and images/
         if args.push_to_hub:
             try:
-                push_run(args.output_dir, args.hub_model_id, private=args.hub_private_repo, token=args.hub_token)
+                push_run(args.output_dir, args.hub_model_id, private=args.hub_private_repo, token=args.hub_token,
+                         revision=args.hub_revision)
             except Exception as error:  # the run is saved: say how to upload it without training again
-                raise RuntimeError(
-                    f"the upload to {args.hub_model_id} failed ({type(error).__name__}: {error}). The trained "
-                    f"pipeline and its model card are saved in {args.output_dir}; upload them with "
-                    f"`ddpm-hf push {args.output_dir} --hub_model_id {args.hub_model_id}`") from error
+                push_error = push_failure_message(error, args.output_dir, args.hub_model_id, args.hub_private_repo,
+                                                  args.hub_revision, args.hub_token)
     # every rank waits for rank 0's outputs, then all leave the process group together: a rank that destroys it early
     # can leave the others hanging in their own destroy_process_group (seen with gloo under torchrun)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if push_error:
+        raise PushFailed(push_error)
     return metrics
 
 
@@ -568,5 +571,16 @@ def _log_pictures(accelerator, args, pictures, step):
         writer.add_image(f"samples/{name}", np.asarray(picture.convert("RGB")), step, dataformats="HWC")
 
 
+class PushFailed(RuntimeError):
+    """The run finished and is saved, but its upload to the Hub failed (the message says how to resume it)."""
+
+
 def main(argv=None):
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except PushFailed as error:
+        import sys
+
+        print(f"ddpm-hf train: error: {error}", file=sys.stderr)
+        sys.exit(2)
