@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, RePaintPipeline, RePaintScheduler, StableDiffusionImg2ImgPipeline, UNet2DModel
 from PIL import Image
-from test_save_load import _one_torch_thread, local_env, run_python  # noqa: F401 (an autouse fixture)
+from hub_server import HubServer
+from test_save_load import _one_torch_thread, hub_env, local_env, run_python  # noqa: F401 (an autouse fixture)
 
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.cli import main as cli_main
@@ -396,6 +397,40 @@ def test_no_install_route_runs_the_folder_code(saved, tmp_path):
     local = _run_all(pipes, image, mask)
     for name, images in local.items():
         np.testing.assert_allclose(remote[name], images, atol=1e-6, rtol=0)
+
+
+def test_no_install_route_from_a_hub_repo(saved, tmp_path):
+    """The same route from a Hub repository (the loopback Hub of tests/hub_server.py): diffusers fetches the task
+    file named by custom_pipeline from the repo."""
+    image, mask = digits(2), torch.zeros(1, 1, 8, 8)
+    mask[..., 4:, :] = 1
+    torch.save({"image": image, "mask": mask}, tmp_path / "inputs.pt")
+    with HubServer(tmp_path / "hub") as hub:
+        sha = hub.seed_repo("ns/tiny-ddpm", saved)
+        out = run_python(
+            """
+            from diffusers import DiffusionPipeline
+
+            inputs = torch.load(ARGS["inputs"])
+            pipe = DiffusionPipeline.from_pretrained(ARGS["repo"], custom_pipeline="pipeline_ddpm_hf_inpaint",
+                                                     trust_remote_code=True)
+            pipe.set_progress_bar_config(disable=True)
+            images = pipe(inputs["image"], inputs["mask"], num_inference_steps=4, jump_length=2, jump_n_sample=2,
+                          generator=torch.Generator().manual_seed(0), output_type="np").images
+            np.save(ARGS["out"], images)
+            result({"class": [type(pipe).__name__, type(pipe).__module__]})
+            """,
+            {"repo": "ns/tiny-ddpm", "inputs": str(tmp_path / "inputs.pt"), "out": str(tmp_path / "hub.npy")},
+            env=hub_env(hub, tmp_path),
+            block_ddpm_hf=True,
+        )
+        assert ("GET", f"/ns/tiny-ddpm/resolve/{sha}/pipeline_ddpm_hf_inpaint.py") in hub.requests
+    assert out["class"][0] == "DDPMHFInpaintPipeline" and out["class"][1].startswith("diffusers_modules.")
+    local = DDPMHFInpaintPipeline.from_pretrained(saved)
+    local.set_progress_bar_config(disable=True)
+    want = local(image, mask, num_inference_steps=4, jump_length=2, jump_n_sample=2, generator=gen(),
+                 output_type="np").images
+    np.testing.assert_allclose(np.load(tmp_path / "hub.npy"), want, atol=1e-6, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
