@@ -89,6 +89,10 @@ def run(args, parser):
 
     if args.num_inference_steps < 1:
         parser.error(f"--num_inference_steps must be >= 1, got {args.num_inference_steps}")
+    if args.command == "img2img" and not 0 < args.strength <= 1:
+        parser.error(f"--strength must be in (0, 1], got {args.strength}")
+    if args.command == "denoise" and not args.sigma > 0:
+        parser.error(f"--sigma must be > 0, got {args.sigma}")
     image = _open_image(parser, args.image, "--image")
     mask = _open_image(parser, args.mask, "--mask") if args.command == "inpaint" else None
     kwargs = {"revision": args.revision} if args.revision else {}
