@@ -23,11 +23,11 @@ import torch
 CASES = {
     # make demo's model: cpu-8 UNet with learned variances, cosine schedule; its sample grid is 36 images
     "digits default (cpu-8, 8x8x1, learned_range, batch 36)": dict(
-        preset="cpu-8", channels=1, learned=True, batch=36,
+        preset="cpu-8", channels=1, learned=True, batch=36, steps=100,
         scheduler=dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range")),
     # the DDPM paper's CIFAR-10 network (35.7M parameters), fixed_large variances
     "ddpm-cifar10-32 (32x32x3, fixed_large, batch 16)": dict(
-        preset="ddpm-cifar10-32", channels=3, learned=False, batch=16,
+        preset="ddpm-cifar10-32", channels=3, learned=False, batch=16, steps=20,
         scheduler=dict(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_large")),
 }
 
@@ -132,22 +132,24 @@ def forward_scaling(quick):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=100, help="sampling steps per run (images/s scales as 1/steps)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps per run for every case (default: 100 for "
+                   "the digits, 20 for cifar10; images/s scales as 1/steps, the ratios do not depend on it)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--quick", action="store_true", help="20 steps, 3 repeats")
+    p.add_argument("--quick", action="store_true", help="10 steps, 3 repeats")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.repeats = 20, 3
+        args.steps, args.repeats = 10, 3
     torch.manual_seed(0)
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "steps": args.steps,
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                "matmul_gflops": matmul_gflops(), "cases": {}}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul 1024^3: "
-          f"{results['matmul_gflops']:.1f} GFLOP/s; {args.steps} steps per run, {args.repeats} repeats interleaved")
+          f"{results['matmul_gflops']:.1f} GFLOP/s; {args.repeats} repeats interleaved")
     for name, case in CASES.items():
+        steps = args.steps or case["steps"]
         ours, theirs = build(case)
-        reference = run(theirs, case, args.steps)
-        same = float(abs(run(ours, case, args.steps) - reference).max())
+        reference = run(theirs, case, steps)
+        same = float(abs(run(ours, case, steps) - reference).max())
         times = {"diffusers DDPMPipeline": [], "DDPMHFPipeline": []}
         variants = fast_variants(ours)
         diffs = {}
@@ -156,17 +158,17 @@ def main():
             if prepare:
                 prepare()
             with context():
-                diffs[v] = float(abs(run(ours, case, args.steps) - reference).max())  # also the warm-up
+                diffs[v] = float(abs(run(ours, case, steps) - reference).max())  # also the warm-up
             if restore:
                 restore()
         for _ in range(args.repeats):
-            times["diffusers DDPMPipeline"].append(timed(lambda: run(theirs, case, args.steps))[0])
-            times["DDPMHFPipeline"].append(timed(lambda: run(ours, case, args.steps))[0])
+            times["diffusers DDPMPipeline"].append(timed(lambda: run(theirs, case, steps))[0])
+            times["DDPMHFPipeline"].append(timed(lambda: run(ours, case, steps))[0])
             for v, (context, prepare, restore) in variants.items():
                 if prepare:
                     prepare()
                 with context():
-                    times[f"DDPMHFPipeline + {v}"].append(timed(lambda: run(ours, case, args.steps))[0])
+                    times[f"DDPMHFPipeline + {v}"].append(timed(lambda: run(ours, case, steps))[0])
                 if restore:
                     restore()
         base = statistics.median(times["diffusers DDPMPipeline"])
@@ -175,13 +177,13 @@ def main():
         for label, ts in times.items():
             med = statistics.median(ts)
             rows[label] = {"seconds": med, "images_per_second": case["batch"] / med, "ratio": base / med,
-                           "gflops": flops * args.steps / med / 1e9,
+                           "gflops": flops * steps / med / 1e9,
                            "max_diff_vs_diffusers_fp32": same if label == "DDPMHFPipeline" else diffs.get(
                                label.replace("DDPMHFPipeline + ", ""), 0.0)}
-        results["cases"][name] = {"unet_gflop_per_forward": flops / 1e9, "rows": rows,
-                                  "peak_rss_mb": {w: peak_rss_mb(name, w, min(args.steps, 10))
+        results["cases"][name] = {"unet_gflop_per_forward": flops / 1e9, "rows": rows, "steps": steps,
+                                  "peak_rss_mb": {w: peak_rss_mb(name, w, min(steps, 10))
                                                   for w in ("ours", "diffusers")}}
-        print(f"\n{name}: UNet {flops / 1e9:.3f} GFLOP per forward; peak RSS ours "
+        print(f"\n{name}, {steps} steps: UNet {flops / 1e9:.3f} GFLOP per forward; peak RSS ours "
               f"{results['cases'][name]['peak_rss_mb']['ours']:.0f} MB, diffusers "
               f"{results['cases'][name]['peak_rss_mb']['diffusers']:.0f} MB")
         print(f"| pipeline | images/s | ratio vs diffusers | GFLOP/s | max abs diff vs diffusers fp32 |")
