@@ -7,8 +7,9 @@ import time
 import numpy as np
 import torch
 
-from .data import DIGITS, cache_images, find_image_column, fits_in_memory, image_to_uint8, infer_channels
-from .data import load_image_dataset
+from .checkpointing import RunError
+from .data import DIGITS, MissingSplit, Unreadable, cache_images, decode, find_image_column, fits_in_memory
+from .data import image_name, image_to_uint8, infer_channels, load_image_dataset, undecoded
 
 
 def step_seed(seed, *parts):
@@ -25,7 +26,9 @@ class EpochBatches:
         self.images, self.batch_size, self.seed, self.rank, self.world = images, batch_size, seed, rank, world
         self.per_epoch = len(images) // (batch_size * world)
         if self.per_epoch < 1:
-            raise ValueError(f"{len(images)} images are fewer than one batch of {batch_size} x {world} processes")
+            raise RunError(f"the {len(images)} training images are fewer than one batch of --train_batch_size "
+                           f"{batch_size}{f' x {world} processes' if world > 1 else ''}: use --train_batch_size "
+                           f"{max(len(images) // world, 1)} or less, or more images")
         self._epoch, self._order = None, None
         self.transform_seconds = 0.0
 
@@ -46,9 +49,11 @@ class StreamBatches:
     reproduces the same order)."""
 
     def __init__(self, dataset, image_column, resolution, channels, center_crop, batch_size, seed, rank, world,
-                 buffer_size=1000):
+                 buffer_size=1000, strict=False):
         from datasets.distributed import split_dataset_by_node
 
+        dataset, _ = undecoded(dataset, image_column)  # decoded here, so that an unreadable file can be named
+        self.unreadable = Unreadable(strict, "the stream")
         dataset = dataset.shuffle(seed=seed % 2**32, buffer_size=buffer_size)  # set_epoch(e) reseeds it with seed + e
         self.dataset = split_dataset_by_node(dataset, rank=rank, world_size=world) if world > 1 else dataset
         self.column, self.resolution, self.channels = image_column, resolution, channels
@@ -59,12 +64,18 @@ class StreamBatches:
     def _rows(self):
         while True:
             self.dataset.set_epoch(self.epoch)
-            empty = True
+            empty, n = True, 0
             for row in self.dataset:
+                value, n = row[self.column], n + 1
+                try:
+                    image = decode(value)
+                except Exception as error:  # noqa: BLE001 - skipped and named (fatal with --strict)
+                    self.unreadable.add(image_name(value, n - 1), error)
+                    continue
                 empty = False
-                yield row[self.column]
+                yield image
             if empty:
-                raise ValueError("the streamed dataset (this process's shard) holds no images")
+                raise RunError("the streamed dataset (this process's shard) holds no readable images")
             self.epoch += 1
 
     def batch(self, k):
@@ -83,19 +94,25 @@ class StreamBatches:
 
 def prepare_data(args, rank, world, progress=True):
     """The training batches, the held-out images (uint8, or None) for bits/dim, channels and resolution."""
+    strict = getattr(args, "strict", False)
     train = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.cache_dir,
                                args.split, args.streaming)
     column = find_image_column(train, args.image_column)
+    if not args.streaming and len(train) == 0:
+        raise RunError(f"the --split {args.split} of the data holds no images: give a dataset with images")
     channels = args.channels or infer_channels(train, column)
     resolution = args.resolution
     if args.streaming:
         batches = StreamBatches(train, column, resolution, channels, args.center_crop, args.train_batch_size,
-                                args.seed, rank, world, args.shuffle_buffer_size)
+                                args.seed, rank, world, args.shuffle_buffer_size, strict)
     else:
         if not fits_in_memory(train, resolution, channels):
-            raise ValueError("the dataset does not fit in memory as uint8 tensors; use --streaming")
+            raise RunError("the dataset does not fit in memory as uint8 tensors; use --streaming")
         cache_start = time.time()
-        images = cache_images(train, column, resolution, channels, args.center_crop, progress=progress)
+        images = cache_images(train, column, resolution, channels, args.center_crop, progress=progress,
+                              unreadable=Unreadable(strict, f"--split {args.split}"))
+        if len(images) == 0:
+            raise RunError(f"no image of --split {args.split} could be read: every file is corrupt")
         batches = EpochBatches(images, args.train_batch_size, args.seed, rank, world)
         batches.transform_seconds = time.time() - cache_start  # decoding and transforms, done once
     held_out = None
@@ -103,11 +120,13 @@ def prepare_data(args, rank, world, progress=True):
         try:
             test = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir,
                                       args.cache_dir, args.eval_split)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, MissingSplit):
             test = None
-        if test is not None:
+        if test is not None and len(test):
             test = test.select(range(min(len(test), args.eval_max_images)))
-            held_out = cache_images(test, column, resolution, channels, center_crop=True, progress=False)
+            held_out = cache_images(test, column, resolution, channels, center_crop=True, progress=False,
+                                    unreadable=Unreadable(strict, f"--eval_split {args.eval_split}"))
+            held_out = held_out if len(held_out) else None
     return batches, held_out, channels, resolution
 
 

@@ -4,14 +4,27 @@ EMA's state, as ``EMAModel.save_pretrained`` writes it), plus the optimizer, LR 
 saves, and ``training_state.json`` with our counters (step, images seen, elapsed seconds).
 
 A checkpoint is written to ``checkpoint-N.tmp`` and renamed by the main process only after every rank has finished
-writing, so ``latest`` never picks a half-written one.
+writing, so ``latest`` never picks a half-written one; a write that fails (disk full) removes the ``.tmp`` folder and
+stops the run with a ``RunError`` naming the file. Before a resume, ``verify_checkpoint`` opens every file the
+checkpoint must hold, so a truncated or missing file stops the run instead of being skipped (accelerate, for one,
+carries on without a random-state file it cannot read). ``OutputLock`` keeps two runs out of one ``--output_dir``.
 """
 
+import errno
 import json
 import os
 import shutil
+import socket
 
 import torch
+
+LOCK_NAME = ".ddpm-hf.lock"
+DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class RunError(RuntimeError):
+    """A failure the user can act on (disk full, corrupt checkpoint, NaN loss, busy --output_dir, bad data): the CLI
+    prints the message, which names the problem and the fix, and exits with code 2 without a traceback."""
 
 CHECKPOINT_PREFIX = "checkpoint-"
 EMA_STATE_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma",
@@ -45,6 +58,173 @@ def resolve_checkpoint(value, output_dir):
     available = ", ".join(checkpoint_dirs(output_dir)) or "none"
     raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint (not a folder, nor a name inside "
                             f"--output_dir {output_dir}; checkpoints there: {available})")
+
+
+def _newest_file(folder):
+    """The most recently modified file under ``folder`` (the one a failed write was writing), or ``folder``."""
+    newest, path = -1.0, folder
+    for root, _, files in os.walk(folder):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                mtime = os.stat(full).st_mtime_ns
+            except OSError:
+                continue
+            if mtime >= newest:
+                newest, path = mtime, full
+    return path
+
+
+def _explain_write_error(error):
+    """The cause of a failed write as one phrase: disk full (ENOSPC, a quota, a file-size limit) or the error."""
+    codes = [getattr(e, "errno", None) for e in (error, error.__cause__, error.__context__) if e is not None]
+    text = str(error)
+    if any(code in DISK_ERRNOS for code in codes) or any(
+            hint in text for hint in ("No space left", "too large", "Quota", "write failed", "FileTooLarge",
+                                      "StorageFull")):
+        return f"the disk is full or a size limit was reached ({type(error).__name__}: {text.strip()[:300]})"
+    return f"{type(error).__name__}: {text.strip()[:300]}"
+
+
+def write_error_message(what, folder, error, output_dir, resume_hint=True):
+    """The message of a failed write into ``folder``: the file, the cause, the checkpoint ``latest`` still picks."""
+    names = checkpoint_dirs(output_dir)
+    latest = os.path.join(output_dir, names[-1]) if names else None
+    message = f"could not write {what}: {_newest_file(folder)}: {_explain_write_error(error)}."
+    if resume_hint:
+        message += (f" The last complete checkpoint is {latest}; free some space and run the same command with "
+                    "--resume_from_checkpoint latest." if latest else
+                    " No checkpoint was written yet; free some space and run the command again.")
+    return message
+
+
+def remove_stale_tmp(output_dir):
+    """Delete ``checkpoint-N.tmp`` folders left by a run that was killed while writing (main process, lock held)."""
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if name.startswith(CHECKPOINT_PREFIX) and name.endswith(".tmp"):
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def verify_checkpoint(path, world, use_ema, fp16=False):
+    """Open every file a resume from ``path`` will read (weights, optimizer, LR schedule, every rank's random state,
+    our counters) and raise RunError naming the first one that is missing or unreadable. accelerate's
+    ``load_state`` would skip an unreadable random-state file silently and resume with other random numbers."""
+    from accelerate.utils import load
+    from safetensors import safe_open
+
+    def fail(name, why):
+        raise RunError(f"checkpoint {path} is damaged: {os.path.join(path, name)} {why}. Resume from another "
+                       f"checkpoint (--resume_from_checkpoint checkpoint-N; {path}'s folder holds: "
+                       f"{', '.join(checkpoint_dirs(os.path.dirname(os.path.abspath(path)))) or 'none'}) or delete "
+                       "this one.")
+
+    weights = ["unet"] + (["unet_ema"] if use_ema else [])
+    expected = [os.path.join(w, f) for w in weights for f in ("config.json", "diffusion_pytorch_model.safetensors")]
+    expected += ["optimizer.bin", "scheduler.bin", "training_state.json"]
+    expected += [f"random_states_{r}.pkl" for r in range(world)] + (["scaler.pt"] if fp16 else [])
+    if not any(os.path.exists(os.path.join(path, name)) for name in expected):
+        raise RunError(f"--resume_from_checkpoint {path} is not a checkpoint (none of unet/, optimizer.bin, "
+                       "training_state.json in it): give checkpoint-N of a run's --output_dir, or latest")
+    for name in expected:
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            if name.startswith("random_states_"):
+                fail(name, f"is missing (was the checkpoint written by fewer than {world} processes?)")
+            fail(name, "is missing")
+        try:
+            if name.endswith(".json"):
+                with open(full) as f:
+                    json.load(f)
+            elif name.endswith(".safetensors"):
+                with safe_open(full, framework="pt") as f:  # reads every tensor: a truncated file fails here
+                    for key in f.keys():
+                        f.get_tensor(key)
+            else:  # torch pickles, read as accelerate reads them (weights_only, numpy arrays allowed)
+                state = load(full, map_location="cpu")
+                if name.startswith("random_states_") and not {"random_state", "numpy_random_seed",
+                                                              "torch_manual_seed"} <= set(state):
+                    fail(name, "holds no random states")
+        except RunError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any reason the file cannot be read is reported the same way
+            fail(name, f"cannot be read ({type(error).__name__}: {str(error).strip().splitlines()[0][:200]})")
+    state = read_training_state(path)
+    name = os.path.basename(os.path.normpath(path))
+    if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit() and \
+            state.get("step") != checkpoint_step(name):
+        fail("training_state.json", f"says step {state.get('step')}, not {checkpoint_step(name)}")
+
+
+class OutputLock:
+    """``--output_dir/.ddpm-hf.lock`` holding the owner's host and pid, created atomically (O_EXCL) by the main
+    process. A second run on the same folder refuses with RunError; a lock whose process is gone (on this host) is
+    stale and taken over."""
+
+    def __init__(self, output_dir):
+        self.path = os.path.join(output_dir, LOCK_NAME)
+        self.held = False
+
+    def acquire(self):
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or self._alive(owner):
+                    who = f"pid {owner['pid']} on {owner['host']}" if owner else "a run that is starting"
+                    raise RunError(f"--output_dir {os.path.dirname(self.path)} is in use by another training run "
+                                   f"({who}; lock file {self.path}). Wait for it to finish, or choose another "
+                                   "--output_dir; if that process is gone (e.g. on another machine), delete the "
+                                   "lock file.") from None
+                try:  # stale: its process is gone
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise RunError(f"could not take the lock {self.path}; delete it if no run uses --output_dir")
+
+    def _owner(self):
+        try:
+            with open(self.path) as f:
+                owner = json.load(f)
+            return {"host": str(owner["host"]), "pid": int(owner["pid"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            try:  # being written right now (held), or garbage left long ago (stale)
+                import time
+
+                if time.time() - os.path.getmtime(self.path) > 10:
+                    return {"host": socket.gethostname(), "pid": -1}
+            except OSError:
+                pass
+            return None
+
+    @staticmethod
+    def _alive(owner):
+        if owner["pid"] < 0:
+            return False
+        if owner["host"] != socket.gethostname():
+            return True  # cannot tell from here
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def release(self):
+        if self.held:
+            self.held = False
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
 
 
 def register_unet_hooks(accelerator, model, flat, ema):
@@ -86,21 +266,44 @@ def register_unet_hooks(accelerator, model, flat, ema):
     accelerator.register_load_state_pre_hook(load_hook)
 
 
+def any_rank(accelerator, flags):
+    """Element-wise OR of a list of booleans over all processes (one all-reduce; no communication on one process)."""
+    if accelerator.num_processes == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([float(bool(f)) for f in flags], device=accelerator.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
 def save_checkpoint(accelerator, output_dir, step, state, total_limit):
     """``accelerator.save_state`` (weights through ``register_unet_hooks``, optimizer, LR schedule, RNG) plus our
     counters into ``checkpoint-{step}.tmp``; after every rank has written its part, the main process renames it to
     ``checkpoint-{step}`` and keeps the newest ``total_limit`` checkpoints. Checkpoints of later steps (left by a run
-    that was resumed from an earlier checkpoint) are deleted, so ``latest`` is always this run's newest."""
+    that was resumed from an earlier checkpoint) are deleted, so ``latest`` is always this run's newest. If any rank
+    fails to write (disk full), the ``.tmp`` folder is removed and every rank raises RunError naming the file; the
+    earlier checkpoints are untouched."""
     final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
     tmp = final + ".tmp"
     if accelerator.is_main_process and os.path.exists(tmp):
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()  # every rank's files (RNG states, shards) are in tmp before it is published
+    error = None
+    try:
+        accelerator.save_state(tmp)
+        if accelerator.is_main_process:
+            with open(os.path.join(tmp, "training_state.json"), "w") as f:
+                json.dump(state, f)
+    except Exception as e:  # noqa: BLE001 - reported below with the file it was writing
+        error = e
+    # every rank's files (RNG states, shards) are in tmp before it is published; this all-reduce is the barrier
+    if any_rank(accelerator, [error is not None])[0]:
+        message = (write_error_message(f"checkpoint-{step}", tmp, error, output_dir) if error is not None else
+                   f"another process could not write checkpoint-{step} (see its error)")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(message) from error
     if accelerator.is_main_process:
-        with open(os.path.join(tmp, "training_state.json"), "w") as f:
-            json.dump(state, f)
         # checkpoints past this step belong to an abandoned run (resumed from an earlier one): `latest` must not
         # pick them, so they go before this one is published
         for name in checkpoint_dirs(output_dir):

@@ -98,7 +98,7 @@ def cmd_evaluate(args, parser):
                           args.reference_split, args.dataset_name, args.train_data_dir, args.dataset_config_name,
                           args.max_eval_images, args.max_reference_images, args.inception_weights, args.bpd_timesteps,
                           args.name, args.output_dir, args.update_model_card)
-    except (InceptionWeightsMissing, FileNotFoundError, ValueError) as error:
+    except (InceptionWeightsMissing, OSError, ValueError) as error:  # OSError: e.g. a model file missing
         parser.error(str(error))
     print(f"wrote {report['path']}")
 
@@ -158,6 +158,23 @@ def _check_positive(parser, **values):
             parser.error(f"--{name} must be >= 1, got {value}")
 
 
+def load_pipeline(parser, cls, model, **kwargs):
+    """``cls.from_pretrained(model)``, or one error line (exit 2) naming what is wrong with the folder and the fix."""
+    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
+        parser.error(f"{model} is not a model folder: no model_index.json in it. Give a folder written by "
+                     "save_pretrained or `ddpm-hf train` (model_index.json, unet/, scheduler/), or a Hub repo id")
+    if not os.path.isdir(model) and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        parser.error(f"{model}: no such folder (nor a Hub repo id namespace/name)")
+    try:
+        return cls.from_pretrained(model, **kwargs)
+    except Exception as error:  # noqa: BLE001 - a damaged or foreign folder, a missing repo: one clear line
+        detail = str(error).strip().splitlines()[0][:400] if str(error).strip() else ""
+        parser.error(f"cannot load the pipeline {model} ({type(error).__name__}: {detail}). It needs "
+                     "model_index.json, unet/config.json with unet/diffusion_pytorch_model.safetensors of the same "
+                     "shapes, and scheduler/scheduler_config.json: save it again (or download it again), or give "
+                     "another folder or repo id")
+
+
 def cmd_sample(args, parser):
     _check_positive(parser, num_images=args.num_images, batch_size=args.batch_size,
                     num_inference_steps=args.num_inference_steps)
@@ -165,8 +182,11 @@ def cmd_sample(args, parser):
     from .sampling import generate, write_samples
 
     kwargs = {"revision": args.revision} if args.revision else {}
-    pipe = DDPMHFPipeline.from_pretrained(args.model, **kwargs)
-    steps = args.num_inference_steps or pipe.scheduler.config.num_train_timesteps
+    pipe = load_pipeline(parser, DDPMHFPipeline, args.model, **kwargs)
+    T = pipe.scheduler.config.num_train_timesteps
+    steps = args.num_inference_steps or T
+    if steps > T:
+        parser.error(f"--num_inference_steps {steps}: the model was trained with {T} timesteps; give at most {T}")
     start = time.time()
     import torch
 

@@ -6,12 +6,16 @@ happen on batches in torch, which avoids per-item PIL work on every epoch.
 """
 
 import os
+import sys
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .checkpointing import RunError
+
 DIGITS = "digits"
+GRAY_MODES = ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1", "F")
 
 
 def load_digits_dataset():
@@ -64,17 +68,54 @@ def load_image_dataset(dataset_name=None, dataset_config_name=None, train_data_d
         raise ValueError("give either --dataset_name or --train_data_dir, not both")
     source = dataset_source(dataset_name, train_data_dir)
     if source == DIGITS:
+        if split not in ("train", "test"):
+            raise MissingSplit(f"--split {split}: the embedded digits have the splits train and test")
         data = load_digits_dataset()[split]
         return data.to_iterable_dataset() if streaming else data
     if source == "local":
         folder = train_data_dir or dataset_name
+        if not os.path.isdir(folder):
+            raise RunError(f"--train_data_dir {folder}: no such folder; give a folder of images")
         saved = any(os.path.exists(os.path.join(folder, name)) for name in ("dataset_dict.json", "dataset_info.json"))
         if saved and train_data_dir is None:  # a dataset written by save_to_disk
-            data = load_from_disk(folder)
-            data = data[split] if isinstance(data, DatasetDict) else data
+            try:
+                data = load_from_disk(folder)
+            except Exception as error:  # noqa: BLE001 - datasets fails in many ways on an empty or damaged folder
+                raise RunError(f"{folder}: the saved dataset cannot be loaded ({type(error).__name__}: "
+                               f"{str(error).strip()[:200]}); it is empty or damaged: save it again with "
+                               "save_to_disk, or give a folder of images") from None
+            if isinstance(data, DatasetDict):
+                if split not in data:
+                    raise MissingSplit(f"--split {split}: {folder} has no such split; its splits: {', '.join(data)}")
+                data = data[split]
             return data.to_iterable_dataset() if streaming else data
-        return load_dataset("imagefolder", data_dir=folder, cache_dir=cache_dir, split=split, streaming=streaming)
-    return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split, streaming=streaming)
+        try:
+            return load_dataset("imagefolder", data_dir=folder, cache_dir=cache_dir, split=split, streaming=streaming)
+        except ValueError as error:
+            if "Unknown split" in str(error):
+                raise MissingSplit(f"--split {split}: {folder} has no such split ({error})") from None
+            if "corresponds to no data" in str(error):
+                raise RunError(f"{folder} holds no image files (png, jpg, ...): give a folder of images") from None
+            raise
+        except FileNotFoundError:  # datasets' EmptyDatasetError
+            raise RunError(f"{folder} holds no image files (png, jpg, ...): give a folder of images") from None
+    if dataset_name.startswith((".", "/", "~")) or dataset_name.count("/") > 1:
+        raise RunError(f"--dataset_name {dataset_name}: no such folder (a local folder, a Hub dataset id "
+                       "namespace/name, or digits)")
+    try:
+        return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split, streaming=streaming)
+    except ValueError as error:
+        if "Unknown split" in str(error) or "Bad split" in str(error):
+            raise MissingSplit(f"--split {split}: {dataset_name} has no such split ({error})") from None
+        raise
+    except (OSError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError; offline: ConnectionError
+        raise RunError(f"--dataset_name {dataset_name}: the dataset could not be loaded ({type(error).__name__}: "
+                       f"{str(error).strip()[:300]}): check the name (namespace/name on the Hub, or a local folder) "
+                       "and the network or HF_HUB_OFFLINE") from None
+
+
+class MissingSplit(RunError):
+    """The split asked for does not exist (the held-out split is then skipped; the training split is fatal)."""
 
 
 def find_image_column(dataset, image_column=None):
@@ -83,14 +124,64 @@ def find_image_column(dataset, image_column=None):
     from datasets import Image as ImageFeature
 
     features = dataset.features or {}
+    images = [name for name, feature in features.items() if isinstance(feature, ImageFeature)]
     if image_column is not None:
         if features and image_column not in features:
-            raise ValueError(f"--image_column {image_column!r} is not a column; columns: {list(features)}")
+            raise RunError(f"--image_column {image_column!r} is not a column; columns: {', '.join(features)}"
+                           f"{'; image columns: ' + ', '.join(images) if images else ''}")
+        if features and not isinstance(features[image_column], ImageFeature):
+            raise RunError(f"--image_column {image_column!r} holds {type(features[image_column]).__name__} values, "
+                           f"not images; {'image columns: ' + ', '.join(images) if images else 'no column holds images'}")
         return image_column
-    for name, feature in features.items():
-        if isinstance(feature, ImageFeature):
-            return name
-    raise ValueError(f"no image column found among {list(features)}; pass --image_column")
+    if images:
+        return images[0]
+    raise RunError(f"no image column found among the columns {', '.join(features) or '(none)'}: the dataset holds "
+                   "no datasets.Image column; pass --image_column NAME, or give a folder of images")
+
+
+def undecoded(dataset, image_column):
+    """``dataset`` with ``image_column`` left as {"bytes", "path"} (so a file that fails to decode can be named)."""
+    from datasets import Image as ImageFeature
+
+    features = dataset.features or {}
+    if isinstance(features.get(image_column), ImageFeature) and features[image_column].decode:
+        return dataset.cast_column(image_column, ImageFeature(decode=False)), True
+    return dataset, False
+
+
+def decode(value):
+    """A PIL image from a datasets Image value (PIL already, or {"bytes", "path"}), fully read (raises if corrupt)."""
+    from datasets import Image as ImageFeature
+
+    if isinstance(value, Image.Image):
+        return value
+    return ImageFeature().decode_example(value)  # as datasets decodes it (remote paths, EXIF orientation)
+
+
+def image_name(value, index):
+    if isinstance(value, dict) and value.get("path"):
+        return value["path"]
+    return f"image {index}"
+
+
+class Unreadable:
+    """Images that could not be decoded: skipped and counted (named in a warning), or fatal with ``strict``."""
+
+    def __init__(self, strict=False, what="the data"):
+        self.strict, self.what, self.names = strict, what, []
+
+    def add(self, name, error):
+        message = f"{name}: {type(error).__name__}: {str(error).strip()[:200]}"
+        if self.strict:
+            raise RunError(f"cannot read an image of {self.what}: {message}. Remove or replace the file, or leave out "
+                           "--strict to skip unreadable images")
+        self.names.append(name)
+        print(f"warning: skipped an unreadable image of {self.what}: {message}", file=sys.stderr)
+
+    def report(self, total):
+        if self.names:
+            print(f"warning: skipped {len(self.names)} of {total} images of {self.what} that could not be read "
+                  f"(first: {self.names[0]}); --strict stops instead", file=sys.stderr)
 
 
 def to_mode(image, channels):
@@ -100,7 +191,9 @@ def to_mode(image, channels):
         array = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         image = Image.fromarray(np.round(array / top * 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
+    if image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("P", "PA"):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -108,10 +201,24 @@ def to_mode(image, channels):
     return image.convert("L" if channels == 1 else "RGB")
 
 
-def infer_channels(dataset, image_column):
-    """1 if the first image is grayscale (modes L, LA, I, I;16, 1), else 3."""
-    first = next(iter(dataset))[image_column]
-    return 1 if first.mode in ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1") else 3
+def infer_channels(dataset, image_column, look_at=64):
+    """1 if the first ``look_at`` readable images are all grayscale (modes L, LA, I, I;16, 1, F), else 3 (a dataset
+    that mixes grayscale and colour images trains in colour)."""
+    data, _ = undecoded(dataset, image_column)
+    seen = 0
+    for row in data:
+        try:
+            mode = decode(row[image_column]).mode
+        except Exception:  # noqa: BLE001 - unreadable images are reported when the images are read
+            continue
+        if mode not in GRAY_MODES:
+            return 3
+        seen += 1
+        if seen >= look_at:
+            break
+    if seen == 0:
+        raise RunError("no readable image in the dataset: it is empty, or every image file is corrupt")
+    return 1
 
 
 def resize_and_crop(image, resolution, center_crop=True, rng=None):
@@ -147,17 +254,28 @@ def to_model_range(batch_uint8, random_flip=False, generator=None):
     return x
 
 
-def cache_images(dataset, image_column, resolution, channels, center_crop=True, progress=True):
+def cache_images(dataset, image_column, resolution, channels, center_crop=True, progress=True, unreadable=None):
     """Decode and transform every image once into a uint8 tensor (N, C, resolution, resolution). Used when the
-    dataset fits in memory; with random crops (``center_crop=False``) the crop is drawn once per image."""
+    dataset fits in memory; with random crops (``center_crop=False``) the crop is drawn once per image. Images that
+    cannot be decoded are skipped and named (``unreadable``: an ``Unreadable``; with strict=True they are fatal)."""
     from tqdm.auto import tqdm
 
+    unreadable = unreadable or Unreadable()
     rng = np.random.default_rng(0)
     out = torch.empty((len(dataset), channels, resolution, resolution), dtype=torch.uint8)
-    column = dataset.select_columns([image_column])
+    column, _ = undecoded(dataset.select_columns([image_column]), image_column)
+    n = 0
     for i, row in enumerate(tqdm(column, desc="caching images", disable=not progress, leave=False)):
-        out[i] = image_to_uint8(row[image_column], resolution, channels, center_crop, rng)
-    return out
+        value = row[image_column]
+        try:
+            image = decode(value)
+        except Exception as error:  # noqa: BLE001 - any undecodable file is skipped (or fatal with --strict)
+            unreadable.add(image_name(value, i), error)
+            continue
+        out[n] = image_to_uint8(image, resolution, channels, center_crop, rng)
+        n += 1
+    unreadable.report(len(dataset))
+    return out[:n]
 
 
 def fits_in_memory(dataset, resolution, channels, budget_bytes=2 << 30):

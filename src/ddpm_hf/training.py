@@ -20,6 +20,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
 import time
 
 import numpy as np
@@ -55,6 +57,8 @@ def parse_args(argv=None):
     a("--eval_split", default="test",
       help="held-out split for bits/dim (default test; skipped if absent, and with --streaming)")
     a("--image_column", default=None, help="image column (default: found by feature type)")
+    a("--strict", action="store_true", help="stop at the first image file that cannot be read (default: skip it, "
+      "naming it in a warning, and count the skipped files)")
     a("--streaming", action="store_true",
       help="train from an IterableDataset, shuffled through a buffer and sharded across processes")
     a("--shuffle_buffer_size", type=int, default=1000, help="images in the --streaming shuffle buffer (default 1000)")
@@ -190,6 +194,15 @@ def validate_args(parser, args):
             parser.error(str(error))
     if args.overwrite_output_dir and args.resume_from_checkpoint:
         parser.error("--overwrite_output_dir would delete the checkpoints that --resume_from_checkpoint needs")
+    if args.model_config_name_or_path and not os.path.exists(args.model_config_name_or_path):
+        parser.error(f"--model_config_name_or_path {args.model_config_name_or_path}: no such file or folder (a "
+                     "UNet2DModel config.json, or a folder holding one)")
+    if not (args.overwrite_output_dir or args.resume_from_checkpoint):
+        held = run_files(args.output_dir)
+        if held:
+            parser.error(f"--output_dir {args.output_dir} already holds a training run ({', '.join(held)}): add "
+                         "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or "
+                         "choose another --output_dir")
     if args.resume_from_checkpoint:  # a name or path that does not exist fails now, before anything is loaded
         try:
             resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
@@ -224,6 +237,14 @@ def validate_args(parser, args):
     if args.streaming and args.num_epochs is not None and args.max_train_steps is None:
         parser.error("--streaming needs --max_train_steps: the stream's length is unknown, so epochs (--num_epochs, "
                      f"or the {args.recipe} recipe's budget) cannot be counted")
+
+
+def run_files(output_dir):
+    """The files and folders in ``output_dir`` that show it holds a training run (or its pipeline)."""
+    if not os.path.isdir(output_dir):
+        return []
+    marks = ("training_args.json", "model_index.json", "history.jsonl", "metrics.json")
+    return sorted(n for n in os.listdir(output_dir) if n in marks or n.startswith("checkpoint-"))
 
 
 def unet_for_data(args, channels, resolution):
@@ -261,26 +282,10 @@ def train(args):
     grid, denoising strip, loss plot, training_args.json and metrics.json beside it. Returns the metrics dict."""
     from datetime import timedelta
 
-    import diffusers
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
-    from . import __version__
-    from .batches import EpochBatches, prepare_data
-    from .checkpointing import (read_history, read_training_state, register_unet_hooks, resolve_checkpoint,
-                                save_checkpoint)
-    from .data import dataset_source, to_model_range
-    from .evaluation import evaluate_on_all_ranks, periodic_scores
-    from .flat_parameters import ema_weights, flatten_parameters
-    from .images import save_loss_plot
-    from .losses import diffusion_loss
-    from .model_card import push_failure_message, push_run, write_model_card
-    from .pipeline_ddpm_hf import DDPMHFPipeline
-    from .sampling import generate, write_samples
-    from .scheduling_ddpm_hf import DDPMHFScheduler
+    from .checkpointing import OutputLock, remove_stale_tmp, resolve_checkpoint, verify_checkpoint
 
     # ------------------------------------------------------------------------------------------------------ setup
     # several processes and no GPU (torchrun on a CPU machine): accelerate needs cpu=True to pick MULTI_CPU (gloo)
@@ -296,16 +301,64 @@ def train(args):
     )
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
-    if main:
-        if args.overwrite_output_dir and os.path.isdir(args.output_dir):
-            shutil.rmtree(args.output_dir)
-        os.makedirs(args.output_dir, exist_ok=True)
-    accelerator.wait_for_everyone()
+    lock = OutputLock(args.output_dir)
+    stop = StopSignals()
+    created = not os.path.isdir(args.output_dir)
+    try:
+        if main:  # one run per --output_dir (a dead run's lock is taken over)
+            os.makedirs(args.output_dir, exist_ok=True)
+            lock.acquire()
+            remove_stale_tmp(args.output_dir)  # checkpoint-N.tmp of a run killed while writing
+        accelerator.wait_for_everyone()
+        resume = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint \
+            else None
+        if resume:  # every file opened before anything is written: a damaged checkpoint stops here, named
+            verify_checkpoint(resume, accelerator.num_processes, args.use_ema, args.mixed_precision == "fp16")
+        return _train(args, accelerator, lock, stop)
+    except BaseException:
+        if main and created and lock.held:  # a run that failed at start leaves no empty folder behind
+            lock.release()
+            with contextlib.suppress(OSError):
+                os.rmdir(args.output_dir)
+        raise
+    finally:
+        stop.restore()
+        lock.release()
+
+
+def _train(args, accelerator, lock, stop):
+    import diffusers
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from . import __version__
+    from .batches import EpochBatches, prepare_data
+    from .checkpointing import (RunError, any_rank, checkpoint_dirs, read_history, read_training_state,
+                                register_unet_hooks, resolve_checkpoint, save_checkpoint)
+    from .data import dataset_source, to_model_range
+    from .evaluation import evaluate_on_all_ranks, periodic_scores
+    from .flat_parameters import ema_weights, flatten_parameters
+    from .images import save_loss_plot
+    from .losses import diffusion_loss
+    from .model_card import push_failure_message, push_run, write_model_card
+    from .pipeline_ddpm_hf import DDPMHFPipeline
+    from .sampling import generate, write_samples
+    from .scheduling_ddpm_hf import DDPMHFScheduler
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
     torch.manual_seed(args.seed)  # the same initial weights on every process
 
     # data, model, noise schedule
     with accelerator.main_process_first():  # one download into the cache, then the other ranks read it
         batches, held_out, channels, resolution = prepare_data(args, rank, world, accelerator.is_local_main_process)
+    if main and args.overwrite_output_dir:  # only now that the data is known to load; the lock stays
+        for name in os.listdir(args.output_dir):
+            path = os.path.join(args.output_dir, name)
+            if name != os.path.basename(lock.path):
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+    accelerator.wait_for_everyone()
     unet = unet_for_data(args, channels, resolution).to(accelerator.device)
     model = unet  # the bare UNet; `unet` becomes the DDP wrapper and/or the compiled module after prepare()
     flat = flatten_parameters(model)  # one tensor for the optimizer, clipping and EMA
@@ -357,8 +410,13 @@ def train(args):
     resume = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir) if args.resume_from_checkpoint else None
     if args.resume_from_checkpoint == "latest" and resume is None:
         accelerator.print(f"--resume_from_checkpoint latest: no checkpoint in {args.output_dir}, starting fresh")
-    if resume:
-        accelerator.load_state(resume)
+    if resume:  # (verified in train() before anything was written)
+        try:
+            accelerator.load_state(resume)
+        except Exception as error:  # noqa: BLE001 - e.g. weights of another UNet configuration
+            raise RunError(f"could not resume from {resume}: {type(error).__name__}: "
+                           f"{str(error).strip()[:500]}. Resume with the flags of the run that wrote it, or from "
+                           "another checkpoint.") from error
         if ema is not None:
             ema.to(accelerator.device)
         state = read_training_state(resume)
@@ -376,6 +434,7 @@ def train(args):
     progress = tqdm(total=args.max_train_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
     start_time, window_start, window_images, first_step_seconds = time.time(), time.time(), 0, None
     unet.train()
+    stop.install()  # SIGTERM / SIGINT set a flag; every rank checkpoints at the end of that step and stops
     while step < args.max_train_steps:
         total_loss = 0.0
         ks = micro_batches(step, accum, per_epoch)
@@ -403,6 +462,20 @@ def train(args):
         if args.max_grad_norm > 0:  # one norm and one scaling of the flat gradient
             accelerator.unscale_gradients()  # (fp16 only)
             grad_norm = torch.nn.utils.clip_grad_norm_([flat], args.max_grad_norm, foreach=False)
+        # a NaN/inf loss or gradient stops the run before it reaches the weights (fp16's scaler skips inf gradients
+        # itself); one all-reduce of this flag and the signal flag per step keeps the ranks in step
+        norm = grad_norm if grad_norm is not None else torch.linalg.vector_norm(flat.grad)
+        finite = math.isfinite(total_loss) and (args.mixed_precision == "fp16" or bool(torch.isfinite(norm)))
+        bad, signalled = any_rank(accelerator, [not finite, stop.signum is not None])
+        if bad:
+            names = checkpoint_dirs(args.output_dir)
+            last = os.path.join(args.output_dir, names[-1]) if names else None
+            raise RunError(
+                f"step {step + 1}: the loss is {total_loss:.6g} and the gradient norm {float(norm):.6g} on process "
+                f"{rank}{' (another process had a non-finite value)' if finite else ''}: stopped before this step "
+                f"changed the weights; nothing was saved after step {step}. The last good checkpoint is "
+                f"{last or 'none (no checkpoint was written)'}. Start again with a lower --learning_rate (now "
+                f"{args.learning_rate:g}) or stronger clipping (--max_grad_norm){'; a resume from the checkpoint keeps its saved learning-rate schedule' if last else ''}.")
         optimizer.step()
         lr_scheduler.step()
         flat.grad.zero_()  # the gradient views must stay (see flatten_parameters)
@@ -446,10 +519,14 @@ def train(args):
         accelerator.log({k: v for k, v in record.items() if k not in ("step", "seconds")}, step=step)
 
         # periodic work: checkpoints, sample grids, pipeline saves, held-out bits/dim
+        checkpoint_state = {"step": step, "images_seen": images_seen,
+                            "elapsed": elapsed_before + time.time() - start_time}
         if step % args.checkpointing_steps == 0 and step < args.max_train_steps:
-            save_checkpoint(accelerator, args.output_dir, step, {
-                "step": step, "images_seen": images_seen,
-                "elapsed": elapsed_before + time.time() - start_time}, args.checkpoints_total_limit)
+            save_checkpoint(accelerator, args.output_dir, step, checkpoint_state, args.checkpoints_total_limit)
+        if signalled:  # every rank saw the flag at the same step: checkpoint here, then stop
+            if step % args.checkpointing_steps or step == args.max_train_steps:
+                save_checkpoint(accelerator, args.output_dir, step, checkpoint_state, args.checkpoints_total_limit)
+            raise Interrupted(stop.signum or signal.SIGTERM, os.path.join(args.output_dir, f"checkpoint-{step}"))
         periodic = step < args.max_train_steps and epoch_done  # the end of the run saves everything anyway
         if main and periodic and args.save_images_epochs and epoch % args.save_images_epochs == 0:
             with ema_weights(model, flat, ema) as ema_unet:
@@ -479,6 +556,10 @@ def train(args):
         metrics["weights_identical_across_ranks"] = bool((gathered[:, 0] == gathered[0, 0]).all())
         metrics["first_batches_distinct_across_ranks"] = len(set(gathered[:, 1].tolist())) == world
         metrics["process_group_timeout_seconds"] = _process_group_timeout(accelerator.device)
+    if any_rank(accelerator, [stop.signum is not None])[0]:  # a signal during the last step
+        save_checkpoint(accelerator, args.output_dir, step, {"step": step, "images_seen": images_seen,
+                                                            "elapsed": train_seconds}, args.checkpoints_total_limit)
+        raise Interrupted(stop.signum or signal.SIGTERM, os.path.join(args.output_dir, f"checkpoint-{step}"))
     if held_out is not None:  # held-out bits/dim of the weights that are saved (EMA if on), on every rank
         eval_start = time.time()
         with ema_weights(model, flat, ema) as ema_unet:
@@ -486,6 +567,11 @@ def train(args):
                                                  args.eval_batch_size, args.seed))
         metrics["eval_seconds"] = round(time.time() - eval_start, 1)
         accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
+    if any_rank(accelerator, [stop.signum is not None])[0]:  # a signal during the evaluation
+        save_checkpoint(accelerator, args.output_dir, step, {"step": step, "images_seen": images_seen,
+                                                            "elapsed": train_seconds}, args.checkpoints_total_limit)
+        raise Interrupted(stop.signum or signal.SIGTERM, os.path.join(args.output_dir, f"checkpoint-{step}"))
+    stop.restore()  # the main process's final writes: a signal now stops at once (the checkpoints are complete)
     push_error = None
     if main:
         _save_pipeline(args, model, flat, ema, noise_scheduler)
@@ -544,10 +630,28 @@ def _save_pipeline(args, model, flat, ema, noise_scheduler):
     from .pipeline_ddpm_hf import DDPMHFPipeline
     from .scheduling_ddpm_hf import DDPMHFScheduler
 
-    with ema_weights(model, flat, ema) as unet:
-        scheduler = DDPMHFScheduler.from_config(noise_scheduler.config)
-        DDPMHFPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.output_dir)
-    model.train()
+    from .checkpointing import RunError, write_error_message
+
+    # written beside the run first and moved in when complete: a failed write (disk full) leaves the pipeline saved
+    # before it (if any) as it was
+    tmp = os.path.join(args.output_dir, ".pipeline.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with ema_weights(model, flat, ema) as unet:
+            scheduler = DDPMHFScheduler.from_config(noise_scheduler.config)
+            DDPMHFPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
+    except Exception as error:  # noqa: BLE001 - reported with the file it was writing
+        message = write_error_message("the pipeline", tmp, error, args.output_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(message) from error
+    finally:
+        model.train()
+    for name in os.listdir(tmp):
+        target = os.path.join(args.output_dir, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(tmp, name), target)
+    os.rmdir(tmp)
 
 
 def _save_samples(args, unet, noise_scheduler, label, folder):
@@ -575,12 +679,80 @@ class PushFailed(RuntimeError):
     """The run finished and is saved, but its upload to the Hub failed (the message says how to resume it)."""
 
 
+class Interrupted(Exception):
+    """SIGTERM or SIGINT: every rank wrote ``checkpoint`` at the current step and stops."""
+
+    def __init__(self, signum, checkpoint):
+        super().__init__(signum, checkpoint)
+        self.signum, self.checkpoint = int(signum), checkpoint
+
+
+class StopSignals:
+    """SIGTERM and SIGINT handlers that only set a flag (``signum``), checked once per step; a second signal stops at
+    once. Installed on the main thread only; ``restore`` puts the previous handlers back."""
+
+    def __init__(self):
+        self.signum, self._previous = None, {}
+
+    def install(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame):
+        if self.signum is not None:  # asked twice: stop now, the last complete checkpoint stays
+            self.restore()
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                         "(send it again to stop at once)\n")
+        sys.stderr.flush()
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def resume_command(argv):
+    """``ddpm-hf train`` with the given flags and ``--resume_from_checkpoint latest`` (no --overwrite_output_dir, no
+    token)."""
+    import shlex
+
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--resume_from_checkpoint", "--hub_token"):
+            skip = "=" not in arg
+            continue
+        if name == "--overwrite_output_dir":
+            continue
+        out.append(arg)
+    return shlex.join(["ddpm-hf", "train", *out, "--resume_from_checkpoint", "latest"])
+
+
 def main(argv=None):
+    from .checkpointing import RunError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:
         return train(args)
-    except PushFailed as error:
-        import sys
-
+    except (PushFailed, RunError) as error:
         print(f"ddpm-hf train: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stopped:
+        print(f"ddpm-hf train: stopped by {signal.Signals(stopped.signum).name}: saved {stopped.checkpoint}. "
+              f"Resume with: {resume_command(argv)}", file=sys.stderr)
+        sys.exit(128 + stopped.signum)
+    except KeyboardInterrupt:
+        print("ddpm-hf train: interrupted (Ctrl-C). The complete checkpoints in --output_dir are kept; resume with: "
+              f"{resume_command(argv)}", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)

@@ -1,0 +1,289 @@
+"""Bad input (issue 12): each case ends in one error line that names the problem and the fix, exit code 2, no
+traceback, and leaves an existing output folder (and the model folder) exactly as it was.
+
+Training cases run `ddpm-hf train` in this process with `--output_dir` on a finished-looking run and
+`--overwrite_output_dir` (where the flags allow it): the error must come before the old run is deleted. A few cases
+run as real commands (the CLI's own exit code and stderr). Nothing here trains: every case stops at parse time, at
+data preparation or when the model is loaded.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_training import _env  # noqa: E402
+
+TINY = ["--ddpm_num_steps", "20", "--ddpm_num_inference_steps", "5", "--train_batch_size", "4", "--logger", "none",
+        "--max_train_steps", "1", "--eval_split", "", "--unet_preset", "cpu-8"]
+
+
+def _images(folder, n=12, modes=("L",), size=(8, 8)):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        mode = modes[i % len(modes)]
+        rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        if mode == "I;16":
+            image = Image.fromarray(rng.integers(0, 65536, (size[1], size[0]), dtype=np.uint16))
+        elif mode == "P":
+            image = rgb.convert("P", palette=Image.ADAPTIVE)
+        else:
+            image = rgb.convert(mode)
+        image.save(folder / f"{i:02d}.{'jpg' if mode == 'CMYK' else 'png'}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The folders the cases point at, made once: image folders, saved datasets, a finished-looking run, a small
+    model folder (untrained cpu-8 UNet, T = 20) and damaged copies of it."""
+    import shutil
+
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler, build_unet
+
+    root = tmp_path_factory.mktemp("bad_input")
+    w = {"root": root}
+    w["images"] = _images(root / "images")
+    (root / "empty").mkdir()
+    (root / "text_files").mkdir()
+    (root / "text_files" / "notes.txt").write_text("no images here")
+    corrupt = _images(root / "corrupt", n=8)
+    (corrupt / "03.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    w["corrupt"] = corrupt
+    _images(root / "all_corrupt", n=2)
+    for p in (root / "all_corrupt").iterdir():
+        p.write_bytes(b"not an image")
+    Dataset.from_dict({"text": ["a", "b"]}).save_to_disk(str(root / "text_dataset"))
+    Dataset.from_dict({"image": []}, features=Features({"image": ImageFeature()})).save_to_disk(
+        str(root / "empty_dataset"))
+    run = root / "run"  # what a finished run leaves (small stand-ins)
+    (run / "checkpoint-2" / "unet").mkdir(parents=True)
+    (run / "checkpoint-2" / "unet" / "config.json").write_text("{}")
+    for name, text in (("training_args.json", '{"recipe": "digits"}'), ("model_index.json", "{}"),
+                       ("history.jsonl", '{"step": 1}\n'), ("metrics.json", "{}")):
+        (run / name).write_text(text)
+    w["run"] = run
+    model = root / "model"
+    unet = build_unet("cpu-8", channels=1)
+    DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler(num_train_timesteps=20)).save_pretrained(model)
+    w["model"] = model
+    weights = os.path.join("unet", "diffusion_pytorch_model.safetensors")
+
+    def damaged(name, change):
+        folder = root / name
+        shutil.copytree(model, folder)
+        change(folder)
+        return folder
+
+    w["no_weights"] = damaged("no_weights", lambda f: (f / weights).unlink())
+    w["no_scheduler"] = damaged("no_scheduler",
+                                lambda f: (f / "scheduler" / "scheduler_config.json").unlink())
+
+    def truncate(f):
+        data = (f / weights).read_bytes()
+        (f / weights).write_bytes(data[: len(data) // 3])
+
+    w["truncated"] = damaged("truncated", truncate)
+
+    def edit(path, **changes):
+        config = json.loads(path.read_text())
+        config.update(changes)
+        path.write_text(json.dumps(config))
+
+    w["mismatch"] = damaged("mismatch", lambda f: edit(f / "unet" / "config.json", in_channels=3, out_channels=3))
+    w["bad_schedule"] = damaged("bad_schedule", lambda f: edit(f / "scheduler" / "scheduler_config.json",
+                                                              beta_schedule="cosine-ish"))
+    w["bad_variance"] = damaged("bad_variance", lambda f: edit(f / "scheduler" / "scheduler_config.json",
+                                                              variance_type="huge"))
+    w["notmodel"] = root / "text_files"
+    w["samples"] = root / "samples"  # an existing samples folder `sample --output_dir` must leave alone
+    w["samples"].mkdir()
+    (w["samples"] / "keep.txt").write_text("earlier samples")
+    return w
+
+
+# (id, command, argv (with {names} from the fixture), the message's parts: problem and fix)
+CASES = [
+    # flags, checked at parse time
+    ("misspelt choice", "train", ["--lr_scheduler", "cosin"], ["invalid choice: 'cosin'", "constant_with_warmup"]),
+    ("misspelt beta schedule", "train", ["--ddpm_beta_schedule", "cosine"],
+     ["invalid choice: 'cosine'", "squaredcos_cap_v2"]),
+    ("unknown flag", "train", ["--lerning_rate", "1e-4"], ["unrecognized arguments: --lerning_rate"]),
+    ("not a number", "train", ["--max_train_steps", "ten"], ["--max_train_steps: invalid int value: 'ten'"]),
+    ("zero batch", "train", ["--train_batch_size", "0"], ["--train_batch_size must be >= 1"]),
+    ("negative learning rate", "train", ["--learning_rate=-1e-4"], ["--learning_rate must be > 0"]),
+    ("dropout out of range", "train", ["--dropout", "1.5"], ["--dropout must be in [0, 1)"]),
+    ("inference steps above T", "train", ["--ddpm_num_inference_steps", "50"],
+     ["--ddpm_num_inference_steps cannot exceed --ddpm_num_steps"]),
+    ("zero timesteps", "train", ["--ddpm_num_steps", "0"], ["--ddpm_num_steps must be >= 1"]),
+    ("channels", "train", ["--channels", "2"], ["--channels: invalid choice: 2", "choose from 1, 3"]),
+    ("resolution the UNet cannot take", "train", ["--resolution", "10"],
+     ["--unet_preset cpu-8 halves the image", "divisible by 4", "got 10"]),
+    ("model config missing", "train", ["--model_config_name_or_path", "{root}/nope.json"],
+     ["--model_config_name_or_path", "no such file"]),
+    ("output_dir holds a run", "train-keep", [], ["already holds a training run", "--resume_from_checkpoint latest",
+                                                   "--overwrite_output_dir"]),
+    ("overwrite and resume", "train-keep", ["--overwrite_output_dir", "--resume_from_checkpoint", "latest"],
+     ["--overwrite_output_dir would delete the checkpoints"]),
+    ("resume from nothing", "train-keep", ["--resume_from_checkpoint", "checkpoint-99"],
+     ["--resume_from_checkpoint checkpoint-99: no such checkpoint", "checkpoints there: checkpoint-2"]),
+    ("resume from a folder that is no checkpoint", "train-keep", ["--resume_from_checkpoint", "{root}/empty"],
+     ["is not a checkpoint", "give checkpoint-N"]),
+    # data, checked before the old run is touched
+    ("local dataset missing", "train", ["--dataset_name", "./no_such_folder"], ["./no_such_folder: no such folder"]),
+    ("image folder missing", "train", ["--train_data_dir", "{root}/no_such_folder"],
+     ["no_such_folder: no such folder; give a folder of images"]),
+    ("digits split missing", "train", ["--split", "validation"],
+     ["--split validation: the embedded digits have the splits train and test"]),
+    ("folder split missing", "train", ["--train_data_dir", "{images}", "--split", "validation", "--resolution", "8"],
+     ["--split validation", "no such split", "train"]),
+    ("image column missing", "train", ["--image_column", "pixels"],
+     ["--image_column 'pixels' is not a column; columns: image, label; image columns: image"]),
+    ("image column of labels", "train", ["--image_column", "label"],
+     ["--image_column 'label' holds ClassLabel values, not images; image columns: image"]),
+    ("no image column", "train", ["--dataset_name", "{root}/text_dataset", "--resolution", "8"],
+     ["no image column found among the columns text", "--image_column NAME"]),
+    ("empty folder", "train", ["--train_data_dir", "{root}/empty", "--resolution", "8"],
+     ["empty holds no image files", "give a folder of images"]),
+    ("folder without images", "train", ["--train_data_dir", "{root}/text_files", "--resolution", "8"],
+     ["text_files holds no image files"]),
+    ("empty dataset", "train", ["--dataset_name", "{root}/empty_dataset", "--resolution", "8"],
+     ["empty_dataset: the saved dataset cannot be loaded", "it is empty or damaged", "save_to_disk"]),
+    ("corrupt image with --strict", "train", ["--train_data_dir", "{corrupt}", "--resolution", "8", "--strict"],
+     ["cannot read an image of --split train", "03.png", "leave out --strict"]),
+    ("every image corrupt", "train", ["--train_data_dir", "{root}/all_corrupt", "--resolution", "8"],
+     ["no readable image"]),
+    ("batch larger than the data", "train", ["--train_data_dir", "{images}", "--resolution", "8",
+                                             "--train_batch_size", "64"],
+     ["the 12 training images are fewer than one batch of --train_batch_size 64", "--train_batch_size 12 or less"]),
+    ("digits metric on other data", "train", ["--train_data_dir", "{images}", "--eval_metrics", "digits"],
+     ["--eval_metrics digits applies to the embedded digits only"]),
+    # models
+    ("sample from a folder that is not a model", "sample", ["{notmodel}"],
+     ["is not a model folder: no model_index.json", "save_pretrained"]),
+    ("sample from nothing", "sample", ["{root}/no_such_model"], ["no_such_model: no such folder"]),
+    ("model without weights", "sample", ["{no_weights}"],
+     ["cannot load the pipeline", "diffusion_pytorch_model", "save it again"]),
+    ("model without scheduler config", "sample", ["{no_scheduler}"],
+     ["cannot load the pipeline", "scheduler_config.json", "save it again"]),
+    ("truncated weights", "sample", ["{truncated}"],
+     ["cannot load the pipeline", "Unable to load weights", "diffusion_pytorch_model.safetensors"]),
+    ("config not matching the weights", "sample", ["{mismatch}"],
+     ["cannot load the pipeline", "conv_in.weight expected shape", "of the same shapes"]),
+    ("scheduler option out of range", "sample", ["{bad_schedule}"], ["cannot load the pipeline", "cosine-ish"]),
+    ("scheduler variance type unknown", "sample", ["{bad_variance}"], ["cannot load the pipeline", "huge"]),
+    ("sampling steps above T", "sample", ["{model}", "--num_inference_steps", "100"],
+     ["--num_inference_steps 100: the model was trained with 20 timesteps; give at most 20"]),
+    ("zero images", "sample", ["{model}", "--num_images", "0"], ["--num_images must be >= 1, got 0"]),
+    ("evaluate a folder that is not a model", "evaluate", ["{notmodel}"], ["is not a saved pipeline or training run"]),
+    ("evaluate an unknown metric", "evaluate", ["{model}", "--metrics", "fdi"], ["--metrics fdi: choose from"]),
+    ("evaluate a model without weights", "evaluate", ["{no_weights}", "--metrics", "bpd"],
+     ["diffusion_pytorch_model"]),
+]
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, world, capsys, monkeypatch, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from ddpm_hf.cli import main
+
+    _, command, argv, parts = case
+    argv = [a.format(**{k: str(v) for k, v in world.items()}) for a in argv]
+    monkeypatch.chdir(world["root"])
+    if command.startswith("train"):  # a copy per case: a case that wrongly trains spoils no other case
+        run = tmp_path / "run"
+        __import__("shutil").copytree(world["run"], run)
+        argv = ["train", *TINY, "--output_dir", str(run), *argv]
+        if command == "train":
+            argv.append("--overwrite_output_dir")
+        watched = [run]
+    else:
+        argv = [command, *argv] + (["--output_dir", str(world["samples"])] if command == "sample" else [])
+        watched = [world["samples"]] + [p for p in map(__import__("pathlib").Path, argv[1:2]) if p.is_dir()]
+    before = [_snapshot(folder) for folder in watched]
+    with pytest.raises(SystemExit) as stop:
+        try:
+            main(argv)
+        finally:
+            AcceleratorState._reset_state(True)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err[-2000:]
+    assert "Traceback" not in err
+    message = [line for line in err.splitlines() if ": error: " in line][-1]
+    for part in parts:
+        assert part in message, message
+    assert [_snapshot(folder) for folder in watched] == before
+
+
+def test_as_a_real_command(world, tmp_path):
+    """The CLI itself (one process, a real exit code): a Hub dataset id that cannot be reached (offline here) is named
+    with what to check, no traceback, the run folder untouched."""
+    before = _snapshot(world["run"])
+    for argv, part in (
+        (["train", "--dataset_name", "nobody/no-such-dataset", "--overwrite_output_dir"],
+         "--dataset_name nobody/no-such-dataset: the dataset could not be loaded"),
+    ):
+        cmd = [sys.executable, "-m", "ddpm_hf.cli", *argv]
+        if argv[0] == "train":
+            cmd += [*TINY, "--output_dir", str(world["run"])]
+        r = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert part in [line for line in r.stderr.splitlines() if ": error: " in line][-1]
+    assert _snapshot(world["run"]) == before
+
+
+def test_corrupt_image_is_skipped_and_named(world, capsys):
+    """Without --strict a corrupt file is skipped, named and counted; the other images are used."""
+    from argparse import Namespace
+
+    from ddpm_hf.batches import prepare_data
+
+    args = Namespace(dataset_name=None, dataset_config_name=None, train_data_dir=str(world["corrupt"]),
+                     cache_dir=None, split="train", streaming=False, image_column=None, channels=None, resolution=8,
+                     center_crop=True, train_batch_size=2, seed=0, eval_split="", strict=False)
+    batches, _, channels, _ = prepare_data(args, 0, 1, progress=False)
+    err = capsys.readouterr().err
+    assert len(batches.images) == 7 and channels == 1
+    assert "skipped an unreadable image of --split train:" in err and "03.png" in err
+    assert "skipped 1 of 8 images of --split train that could not be read" in err
+
+
+def test_mixed_image_modes_train_in_colour(tmp_path, capsys):
+    """L, LA, RGB, RGBA, P, I;16 and CMYK (JPEG) files in one folder: all read, the folder trains in RGB (one
+    colour image is enough), 16-bit grayscale is scaled to 8 bits; a grayscale-only mix (L, LA, I;16) stays one
+    channel."""
+    from argparse import Namespace
+
+    from ddpm_hf.batches import prepare_data
+
+    modes = ("L", "LA", "RGB", "RGBA", "P", "I;16", "CMYK")
+    folder = _images(tmp_path / "mixed", n=14, modes=modes, size=(10, 8))
+    gray = _images(tmp_path / "gray", n=6, modes=("L", "LA", "I;16"))
+    with Image.open(next(folder.glob("*.jpg"))) as jpeg:
+        assert jpeg.mode == "CMYK"
+    for path, expected in ((folder, 3), (gray, 1)):
+        args = Namespace(dataset_name=None, dataset_config_name=None, train_data_dir=str(path), cache_dir=None,
+                         split="train", streaming=False, image_column=None, channels=None, resolution=8,
+                         center_crop=True, train_batch_size=2, seed=0, eval_split="", strict=True)
+        batches, _, channels, _ = prepare_data(args, 0, 1, progress=False)
+        assert channels == expected and batches.images.shape[1:] == (expected, 8, 8)
+        assert len(batches.images) == len(list(path.iterdir()))
+    sixteen = np.asarray(Image.open(gray / "02.png"))
+    assert sixteen.dtype == np.uint16 and sixteen.max() > 255  # really 16-bit on disk, 8-bit after loading
+    assert "skipped" not in capsys.readouterr().err
