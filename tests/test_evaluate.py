@@ -272,3 +272,22 @@ def test_periodic_metrics_during_training(run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", "train", "--eval_metrics", "digits", "--train_data_dir",
                         str(tmp_path)], capture_output=True, text=True, env=_env(), timeout=120)
     assert r.returncode == 2 and "embedded digits only" in r.stderr
+
+
+def test_evaluate_a_hub_repo(run, tmp_path):
+    """MODEL as a Hub repo id (a loopback Hub): the pipeline and its training_args.json come over HTTP, the report
+    lands in --output_dir, the run's own data (the digits) is the default reference."""
+    from hub_server import HubServer
+
+    out, _ = run
+    with HubServer(tmp_path / "hub") as hub:
+        hub.seed_repo("ns/tiny-digits", out)
+        env = hub.client_env(tmp_path / "hf_home")
+        env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", DDPM_HF_CACHE=str(tmp_path / "cache"))
+        r = _cli("evaluate", "ns/tiny-digits", "--metrics", "digits", "--num_samples", "8", "--num_inference_steps",
+                 "2", "--name", "hub", "--output_dir", str(tmp_path / "scores"), env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert any("training_args.json" in path for _, path in hub.requests)
+    report = json.loads((tmp_path / "scores" / "eval-hub.json").read_text())
+    assert report["model"] == "ns/tiny-digits" and report["dataset"] == "digits"
+    assert report["sampling"][0]["scores"]["digits_fd"]["num_samples"] == 8
