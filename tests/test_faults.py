@@ -293,3 +293,12 @@ def test_lock_of_a_live_run_refuses_and_a_dead_ones_does_not(tmp_path, offline, 
     code, err = _run_in_process(capsys, "--output_dir", str(out), "--max_train_steps", "1", "--eval_split", "")
     assert code is None or code == 0, err[-2000:]
     assert (out / "model_index.json").exists() and not (out / LOCK_NAME).exists()
+
+
+def test_the_lock_is_never_pushed():
+    """The lock file names the host: `--push_to_hub` (which pushes while the run holds it) leaves it out."""
+    from fnmatch import fnmatch
+
+    from ddpm_hf.model_card import PUSH_IGNORE_PATTERNS
+
+    assert any(fnmatch(LOCK_NAME, pattern) for pattern in PUSH_IGNORE_PATTERNS)

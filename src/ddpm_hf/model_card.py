@@ -31,7 +31,7 @@ PREDICTION_TEXT = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_p
 
 # what a push leaves out of --output_dir (huggingface_hub ignore_patterns, as diffusers' scripts pass them)
 PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "samples/**", "samples-*/**", "history.jsonl",
-                        "loss.png", "*.tmp", "*.tmp/**"]
+                        "loss.png", "*.tmp", "*.tmp/**", ".ddpm-hf.lock"]  # the lock names the host
 
 
 SAMPLE_METRIC_NAMES = {"fid": "FID (lower is better)", "kid": "KID (lower is better)",

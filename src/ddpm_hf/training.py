@@ -688,11 +688,13 @@ class Interrupted(Exception):
 
 
 class StopSignals:
-    """SIGTERM and SIGINT handlers that only set a flag (``signum``), checked once per step; a second signal stops at
-    once. Installed on the main thread only; ``restore`` puts the previous handlers back."""
+    """SIGTERM and SIGINT handlers that only set a flag (``signum``), checked once per step; a second signal a second
+    or more after the first stops at once (torchrun forwards the Ctrl-C the terminal already sent every worker, within
+    milliseconds: that one is not a second request). Installed on the main thread only; ``restore`` puts the previous
+    handlers back."""
 
     def __init__(self):
-        self.signum, self._previous = None, {}
+        self.signum, self._previous, self._first = None, {}, 0.0
 
     def install(self):
         import threading
@@ -704,10 +706,11 @@ class StopSignals:
 
     def _handle(self, signum, _frame):
         if self.signum is not None:  # asked twice: stop now, the last complete checkpoint stays
-            self.restore()
-            os.kill(os.getpid(), signum)
+            if time.time() - self._first >= 1.0:
+                self.restore()
+                os.kill(os.getpid(), signum)
             return
-        self.signum = signum
+        self.signum, self._first = signum, time.time()
         sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
                          "(send it again to stop at once)\n")
         sys.stderr.flush()
@@ -749,8 +752,10 @@ def main(argv=None):
         print(f"ddpm-hf train: error: {error}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as stopped:
-        print(f"ddpm-hf train: stopped by {signal.Signals(stopped.signum).name}: saved {stopped.checkpoint}. "
-              f"Resume with: {resume_command(argv)}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # one message, from the main process
+            launcher = " (launched as before: torchrun / accelerate launch)" if "WORLD_SIZE" in os.environ else ""
+            print(f"ddpm-hf train: stopped by {signal.Signals(stopped.signum).name}: saved {stopped.checkpoint}. "
+                  f"Resume with: {resume_command(argv)}{launcher}", file=sys.stderr)
         sys.exit(128 + stopped.signum)
     except KeyboardInterrupt:
         print("ddpm-hf train: interrupted (Ctrl-C). The complete checkpoints in --output_dir are kept; resume with: "
