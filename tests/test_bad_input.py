@@ -249,19 +249,26 @@ def test_as_a_real_command(world, tmp_path):
 
 
 def test_corrupt_image_is_skipped_and_named(world, capsys):
-    """Without --strict a corrupt file is skipped, named and counted; the other images are used."""
+    """Without --strict a corrupt file is skipped, named and counted; the other images are used (cached or
+    streamed)."""
     from argparse import Namespace
 
     from ddpm_hf.batches import prepare_data
 
     args = Namespace(dataset_name=None, dataset_config_name=None, train_data_dir=str(world["corrupt"]),
                      cache_dir=None, split="train", streaming=False, image_column=None, channels=None, resolution=8,
-                     center_crop=True, train_batch_size=2, seed=0, eval_split="", strict=False)
+                     center_crop=True, train_batch_size=2, seed=0, eval_split="", strict=False,
+                     shuffle_buffer_size=10)
     batches, _, channels, _ = prepare_data(args, 0, 1, progress=False)
     err = capsys.readouterr().err
     assert len(batches.images) == 7 and channels == 1
     assert "skipped an unreadable image of --split train:" in err and "03.png" in err
     assert "skipped 1 of 8 images of --split train that could not be read" in err
+    args.streaming = True  # streamed: skipped and named as the stream reaches it, every pass
+    batches, _, _, _ = prepare_data(args, 0, 1, progress=False)
+    assert [tuple(batches.batch(k).shape) for k in range(4)] == [(2, 1, 8, 8)] * 4
+    err = capsys.readouterr().err
+    assert "skipped an unreadable image of the stream:" in err and "03.png" in err
 
 
 def test_mixed_image_modes_train_in_colour(tmp_path, capsys):

@@ -99,10 +99,11 @@ def write_error_message(what, folder, error, output_dir, resume_hint=True):
 
 
 def remove_stale_tmp(output_dir):
-    """Delete ``checkpoint-N.tmp`` folders left by a run that was killed while writing (main process, lock held)."""
+    """Delete the ``checkpoint-N.tmp`` and ``.pipeline.tmp`` folders a run killed while writing left (main process,
+    lock held)."""
     if os.path.isdir(output_dir):
         for name in os.listdir(output_dir):
-            if name.startswith(CHECKPOINT_PREFIX) and name.endswith(".tmp"):
+            if (name.startswith(CHECKPOINT_PREFIX) and name.endswith(".tmp")) or name == ".pipeline.tmp":
                 shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 

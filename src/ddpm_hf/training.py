@@ -197,12 +197,6 @@ def validate_args(parser, args):
     if args.model_config_name_or_path and not os.path.exists(args.model_config_name_or_path):
         parser.error(f"--model_config_name_or_path {args.model_config_name_or_path}: no such file or folder (a "
                      "UNet2DModel config.json, or a folder holding one)")
-    if not (args.overwrite_output_dir or args.resume_from_checkpoint):
-        held = run_files(args.output_dir)
-        if held:
-            parser.error(f"--output_dir {args.output_dir} already holds a training run ({', '.join(held)}): add "
-                         "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or "
-                         "choose another --output_dir")
     if args.resume_from_checkpoint:  # a name or path that does not exist fails now, before anything is loaded
         try:
             resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
@@ -304,6 +298,13 @@ def train(args):
     lock = OutputLock(args.output_dir)
     stop = StopSignals()
     created = not os.path.isdir(args.output_dir)
+    held = [] if args.overwrite_output_dir or args.resume_from_checkpoint else run_files(args.output_dir)
+    if held:  # checked by every rank before any writes
+        from .checkpointing import RunError
+
+        raise RunError(f"--output_dir {args.output_dir} already holds a training run ({', '.join(held)}): add "
+                       "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or "
+                       "choose another --output_dir")
     try:
         if main:  # one run per --output_dir (a dead run's lock is taken over)
             os.makedirs(args.output_dir, exist_ok=True)
