@@ -4,9 +4,8 @@ that never stopped.
 
 The kills are placed by watching the run's own files, no test hook: a step (a new line in history.jsonl), a
 checkpoint write (checkpoint-N.tmp exists, polled every 0.5 ms; the write takes 50-80 ms here, and the kill must
-leave the folder behind, unpublished) and the final held-out
-evaluation (the last step is in history.jsonl, the pipeline is not yet written; 96 held-out images make it last
-about a second).
+leave the folder behind, unpublished) and the final held-out evaluation (the last step is in history.jsonl, the
+pipeline is not yet written; 96 held-out images make it last about a second).
 """
 
 import os
