@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 env: $(VENV)/.installed
 
 demo: env
-	$(VENV)/bin/ddpm-hf train --output_dir outputs/demo
+	$(VENV)/bin/ddpm-hf train --output_dir outputs/demo --overwrite_output_dir
 
 # after `make demo`: its model card, pictures and records (no weights) into model_cards/, the example card
 model-card: env
