@@ -103,6 +103,8 @@ def test_digits_metric_ranks_real_below_blurred_below_noise():
     assert 5 * real["digits_fd"] < blur["digits_fd"] and 1.5 * blur["digits_fd"] < rand["digits_fd"]
     assert real["digits_confidence"] > 0.95 > rand["digits_confidence"]
     assert real["digits_class_balance"] > 0.99 and rand["digits_class_balance"] < 0.8
+    # the kernel distance is unbiased: about 0 for real digits, far above its spread for noise
+    assert abs(real["digits_kid"]) < 3 * real["digits_kid_std"] and rand["digits_kid"] > 10 * rand["digits_kid_std"]
     assert sum(real["digits_class_histogram"]) == 180
     # cached: a second load reads the same weights
     again = load_digits_classifier()

@@ -7,6 +7,8 @@ once (so the reference features can be cached and reused); improved precision an
 eq. 1-2, k = 3) are written here, as torchmetrics has no implementation of them.
 """
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -44,7 +46,10 @@ def kernel_distance(real_features, fake_features, subsets=100, subset_size=1000,
 
     real, fake = _as_float64(real_features), _as_float64(fake_features)
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), subsets=subsets, subset_size=size)
+    with warnings.catch_warnings():  # "will save all extracted features": they are already in memory here
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=PrecomputedFeatures(real.shape[1]), subsets=subsets,
+                                         subset_size=size)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with torch.random.fork_rng(devices=[]):
