@@ -287,9 +287,11 @@ def test_evaluate_a_hub_repo(run, tmp_path):
         env = hub.client_env(tmp_path / "hf_home")
         env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", DDPM_HF_CACHE=str(tmp_path / "cache"))
         r = _cli("evaluate", "ns/tiny-digits", "--metrics", "digits", "--num_samples", "8", "--num_inference_steps",
-                 "2", "--name", "hub", "--output_dir", str(tmp_path / "scores"), env=env)
+                 "2", "--name", "hub", "--output_dir", str(tmp_path / "scores"), "--timestep_spacing", "trailing",
+                 env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         assert any("training_args.json" in path for _, path in hub.requests)
     report = json.loads((tmp_path / "scores" / "eval-hub.json").read_text())
     assert report["model"] == "ns/tiny-digits" and report["dataset"] == "digits"
+    assert report["timestep_spacing"] == "trailing"
     assert report["sampling"][0]["scores"]["digits_fd"]["num_samples"] == 8

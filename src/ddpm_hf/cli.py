@@ -56,6 +56,8 @@ def _evaluate_parser(sub):
     p.add_argument("--num_inference_steps", default=None,
                    help="sampling steps, or a comma-separated list to score each (e.g. 1000,250,100,50); default T")
     p.add_argument("--batch_size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--timestep_spacing", choices=("leading", "trailing", "linspace"), default=None,
+                   help="how fewer sampling steps are spread over the T timesteps (default: the model's scheduler's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (image i: seed + i) and of the bound")
     p.add_argument("--dataset_name", default=None, help="data to score against (default: the run's)")
     p.add_argument("--dataset_config_name", default=None)
@@ -97,7 +99,8 @@ def cmd_evaluate(args, parser):
         report = evaluate(args.model, metrics, args.num_samples, steps, args.seed, args.batch_size, args.split,
                           args.reference_split, args.dataset_name, args.train_data_dir, args.dataset_config_name,
                           args.max_eval_images, args.max_reference_images, args.inception_weights, args.bpd_timesteps,
-                          args.name, args.output_dir, args.update_model_card)
+                          args.name, args.output_dir, args.update_model_card,
+                          timestep_spacing=args.timestep_spacing)
     except (InceptionWeightsMissing, OSError, ValueError) as error:  # OSError: e.g. a model file missing
         parser.error(str(error))
     print(f"wrote {report['path']}")

@@ -223,7 +223,7 @@ def merge_into_metrics(folder, report):
 def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, batch_size=256, split="test",
              reference_split="train", dataset_name=None, train_data_dir=None, dataset_config_name=None,
              max_eval_images=None, max_reference_images=50_000, inception_weights=None, bpd_timesteps=None,
-             name=None, output_dir=None, update_model_card=False, progress=True, log=print):
+             name=None, output_dir=None, update_model_card=False, progress=True, log=print, timestep_spacing=None):
     """Score ``model`` (see module docstring) and return the report written to ``eval-<name>.json``."""
     from . import DDPMHFPipeline
     from .data import DIGITS, dataset_source
@@ -244,6 +244,10 @@ def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, b
     is_digits = dataset_source(dataset_name, train_data_dir) == DIGITS
     pipe = DDPMHFPipeline.from_pretrained(folder or model)
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling (one batch)")
+    if timestep_spacing:  # how fewer sampling steps are spread over 0..T-1 (diffusers' option)
+        from .scheduling_ddpm_hf import DDPMHFScheduler
+
+        pipe.scheduler = DDPMHFScheduler.from_config({**pipe.scheduler.config, "timestep_spacing": timestep_spacing})
     channels, resolution = pipe.unet.config.in_channels, pipe.unet.config.sample_size
     if "digits" in metrics and not (is_digits and channels == 1 and resolution == 8):
         raise ValueError("the digits metric applies to models of the embedded 8x8 digits only; this model is "
@@ -256,7 +260,7 @@ def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, b
     data = dataset_name or train_data_dir or DIGITS
     data_text = os.path.basename(os.path.normpath(data)) if os.path.isdir(str(data)) else data
     report = {"name": name, "model": os.path.basename(os.path.normpath(model)) if folder else model,
-              "dataset": data_text, "seed": seed, "metrics": list(metrics), "reference_split": reference_split,
+              "dataset": data_text, "seed": seed, "timestep_spacing": pipe.scheduler.config.timestep_spacing, "metrics": list(metrics), "reference_split": reference_split,
               "versions": _versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
     def split_images(which, limit):
