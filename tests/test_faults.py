@@ -9,6 +9,7 @@ pipeline is not yet written; 96 held-out images make it last about a second).
 """
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -260,11 +261,9 @@ def test_nan_loss_stops_before_it_reaches_the_weights(tmp_path, offline, capsys,
     code, err = _run_in_process(capsys, "--output_dir", str(out), "--max_train_steps", "10", "--checkpointing_steps",
                                 "1", "--learning_rate", "1e30", "--lr_warmup_steps", "0")
     assert code == 2 and "Traceback" not in err
-    print(err[-3000:])
     line = [line for line in err.splitlines() if "error: " in line][-1]
     bad = int(line.split("error: step ")[1].split(":")[0])
-    assert 1 < bad < 10 and ("the loss is nan" in line or "the loss is inf" in line or "gradient norm nan" in line
-                             or "gradient norm inf" in line)
+    assert 1 < bad < 10 and re.search(r"(the loss is|gradient norm) (nan|inf)", line), line
     assert f"nothing was saved after step {bad - 1}" in line
     assert f"The last good checkpoint is {out / f'checkpoint-{bad - 1}'}" in line and "--learning_rate" in line
     assert checkpoint_dirs(str(out))[-1] == f"checkpoint-{bad - 1}"

@@ -366,7 +366,7 @@ def test_no_install_route_runs_the_folder_code(saved, tmp_path):
         import torch.nn.functional as F
         from diffusers import DiffusionPipeline
 
-        inputs = torch.load(ARGS["inputs"])
+        inputs = torch.load(ARGS["inputs"], weights_only=True)
         image, mask = inputs["image"], inputs["mask"]
         pipes = [DiffusionPipeline.from_pretrained(ARGS["folder"], custom_pipeline=stem, trust_remote_code=True)
                  for stem in ("pipeline_ddpm_hf_inpaint", "pipeline_ddpm_hf_super_resolution",
@@ -411,7 +411,7 @@ def test_no_install_route_from_a_hub_repo(saved, tmp_path):
             """
             from diffusers import DiffusionPipeline
 
-            inputs = torch.load(ARGS["inputs"])
+            inputs = torch.load(ARGS["inputs"], weights_only=True)
             pipe = DiffusionPipeline.from_pretrained(ARGS["repo"], custom_pipeline="pipeline_ddpm_hf_inpaint",
                                                      trust_remote_code=True)
             pipe.set_progress_bar_config(disable=True)

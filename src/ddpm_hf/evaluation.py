@@ -119,15 +119,14 @@ def periodic_scores(accelerator, unet, scheduler, held_out, args, inception=None
         scores[key] = result["bits_per_dim"]
     wanted = [m for m in ("digits", "fid") if m in args.eval_metrics and (m != "fid" or inception is not None)]
     if wanted and accelerator.is_main_process:
-        from .images import to_uint8
         from .pipeline_ddpm_hf import DDPMHFPipeline
-        from .sampling import generate
+        from .sampling import generate_uint8
         from .scheduling_ddpm_hf import DDPMHFScheduler
 
         pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(scheduler.config))
         pipe.set_progress_bar_config(disable=True)
-        images, _ = generate(pipe, args.eval_num_samples, args.eval_batch_size, args.eval_inference_steps, args.seed)
-        samples = torch.from_numpy(to_uint8(images).transpose(0, 3, 1, 2).copy())
+        samples, _ = generate_uint8(pipe, args.eval_num_samples, args.eval_batch_size, args.eval_inference_steps,
+                                    args.seed)
         if "digits" in wanted:
             from .digits_metric import digits_metric
 

@@ -32,6 +32,19 @@ def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=Fals
     return np.concatenate(images), ((states, labels) if strip else None)
 
 
+def generate_uint8(pipe, num_images, batch_size, num_inference_steps, seed):
+    """``generate`` as uint8 tensors (N, C, H, W) in 0..255, the form the sample metrics take, and the seconds it
+    took."""
+    import time
+
+    from .images import to_uint8
+
+    start = time.time()
+    images, _ = generate(pipe, num_images, batch_size, num_inference_steps, seed)
+    seconds = time.time() - start
+    return torch.from_numpy(to_uint8(images).transpose(0, 3, 1, 2).copy()), seconds
+
+
 def write_samples(pipe, images, output_dir, title, strip=None):
     """One PNG per image (native resolution), grid.png (upscaled, labelled) and, given ``(states, labels)`` from
     ``generate``, strip.png. Returns the pictures written, {"grid": PIL image, "strip": PIL image (with strip)}."""

@@ -107,17 +107,6 @@ def bpd_result(pipe, images, timesteps, batch_size, seed, split, progress):
     return result, curve
 
 
-def sample_uint8(pipe, num_samples, batch_size, steps, seed):
-    """N samples as uint8 (N, C, H, W) and the seconds they took."""
-    from .images import to_uint8
-    from .sampling import generate
-
-    start = time.time()
-    images, _ = generate(pipe, num_samples, batch_size, steps, seed)
-    seconds = time.time() - start
-    return torch.from_numpy(to_uint8(images).transpose(0, 3, 1, 2).copy()), seconds
-
-
 def sample_scores(samples, metrics, reference, inception, digits_reference, reference_split="train"):
     """The sample metrics of uint8 samples: ``reference`` = (Inception features of the reference, description)."""
     from .feature_metrics import frechet_distance, kernel_distance, precision_recall
@@ -204,7 +193,7 @@ def merge_into_metrics(folder, report):
             metrics["bits_per_dim_estimate"] = {k: bpd[k] for k in keys} | {"terms": bpd["terms"]}
         else:
             metrics.update({k: bpd[k] for k in keys})
-    entries = [e for e in metrics.get("sample_metrics", [])]
+    entries = list(metrics.get("sample_metrics", []))
     for run in report.get("sampling", []):
         for name, score in run["scores"].items():
             entry = {"metric": name, "value": score["value"], "num_samples": run["num_samples"],
@@ -227,6 +216,7 @@ def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, b
     """Score ``model`` (see module docstring) and return the report written to ``eval-<name>.json``."""
     from . import DDPMHFPipeline
     from .data import DIGITS, dataset_source
+    from .sampling import generate_uint8
 
     unknown = sorted(set(metrics) - set(ALL_METRICS))
     if unknown:
@@ -290,7 +280,7 @@ def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, b
         report["sampling"] = []
         for k in steps:
             log(f"{num_samples} samples with {k} steps ...")
-            samples, seconds = sample_uint8(pipe, num_samples, batch_size, k, seed)
+            samples, seconds = generate_uint8(pipe, num_samples, batch_size, k, seed)
             scores = sample_scores(samples, sample_metrics, reference, inception, digits_reference, reference_split)
             run = {"num_inference_steps": k, "num_samples": num_samples, "sampling_seconds": round(seconds, 2),
                    "images_per_second": round(num_samples / seconds, 2), "scores": scores}
