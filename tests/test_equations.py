@@ -213,3 +213,116 @@ def test_v_prediction_target_and_inverse():
     for i in range(3):
         rec = s.step(v[i : i + 1], int(t[i]), xt[i : i + 1], generator=torch.Generator()).pred_original_sample
         torch.testing.assert_close(rec, x0[i : i + 1], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ the scheduler's public maths surface
+
+
+def test_q_sample_is_ho_eq_4_and_predict_x0_inverts_it():
+    """q_sample(x_0, eps, t) = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps (Ho eq. 4, written here in float64),
+    and predict_x0 recovers x_0 from the eps / x_0 / v that produced x_t (Ho eq. 15; Salimans & Ho 2022)."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 2, 4, 4, generator=g).double(), torch.randn(3, 2, 4, 4, generator=g).double()
+    for prediction_type in ("epsilon", "sample", "v_prediction"):
+        s = DDPMHFScheduler(prediction_type=prediction_type)
+        for t in (0, 400, 999):
+            ab = s.alphas_cumprod.double()[t]
+            want = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+            x_t = s.q_sample(x0.float(), eps.float(), torch.full((3,), t))
+            torch.testing.assert_close(x_t.double(), want, atol=2e-6, rtol=0)
+            torch.testing.assert_close(s.add_noise(x0.float(), eps.float(), torch.full((3,), t)), x_t)
+            output = {"epsilon": eps, "sample": x0, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0}
+            recovered = s.predict_x0(output[prediction_type].float(), t, want.float())
+            torch.testing.assert_close(recovered.double(), x0, atol=2e-3 if t == 999 else 1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("t, prev", [(999, 899), (500, 250), (10, 0), (10, -1)])
+def test_posterior_of_any_pair_is_bayes_rule(t, prev):
+    """posterior(t, s): q(x_s | x_t, x_0) for a kept pair, from Bayes' rule on the Gaussians q(x_t | x_s) =
+    N(sqrt(ab_t/ab_s) x_s, (1 - ab_t/ab_s) I) and q(x_s | x_0) = N(sqrt(ab_s) x_0, (1 - ab_s) I), in float64 here."""
+    s = DDPMHFScheduler()
+    ab = s.alphas_cumprod.double()
+    ab_t, ab_s = ab[t], (ab[prev] if prev >= 0 else torch.tensor(1.0, dtype=torch.float64))
+    a, var_fwd, var_prior = (ab_t / ab_s).sqrt(), 1 - ab_t / ab_s, 1 - ab_s
+    precision = a**2 / var_fwd + (1 / var_prior if prev >= 0 else math.inf)
+    post = s.posterior(t, prev)
+    if prev >= 0:
+        var = 1 / precision
+        torch.testing.assert_close(post.variance.double(), var, atol=1e-9, rtol=1e-4)
+        torch.testing.assert_close(post.mean_from_xt.double(), var * a / var_fwd, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(post.mean_from_x0.double(), var * ab_s.sqrt() / var_prior, atol=1e-6, rtol=1e-4)
+    else:  # s = -1: x_s is x_0 itself
+        assert float(post.variance) == 0 and float(post.mean_from_x0) == 1 and float(post.mean_from_xt) == 0
+    torch.testing.assert_close(post.beta.double(), var_fwd, atol=1e-7, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
+                                           "learned", "learned_range"])
+def test_model_variance_is_the_variance_of_each_type(variance_type):
+    """model_variance(t, channels) is sigma_t^2 and its log for every variance_type: betatilde'_t or beta'_t (Ho
+    sec. 3.2, over the respaced pair), the channels (learned), exp(frac log beta' + (1 - frac) log betatilde')
+    (learned_range, Nichol & Dhariwal eq. 15), written here in float64; and it is the variance of step's noise."""
+    s = DDPMHFScheduler(variance_type=variance_type)
+    s.set_timesteps(10)
+    g = torch.Generator().manual_seed(1)
+    v = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1 if variance_type == "learned_range" else torch.rand(
+        2, 1, 4, 4, generator=g) * 0.01 + 1e-3
+    ab = s.alphas_cumprod.double()
+    t, prev = 500, 400
+    beta = 1 - ab[t] / ab[prev]
+    betatilde = (1 - ab[prev]) / (1 - ab[t]) * beta
+    want = {
+        "fixed_small": betatilde, "fixed_small_log": betatilde, "fixed_large": beta, "fixed_large_log": beta,
+        "learned": v.double(), "learned_range": torch.exp((v.double() + 1) / 2 * beta.log()
+                                                          + (1 - v.double()) / 2 * betatilde.log()),
+    }[variance_type]
+    learned = variance_type.startswith("learned")
+    variance, log_variance = s.model_variance(t, v if learned else None)
+    torch.testing.assert_close(variance.double().expand_as(v), torch.as_tensor(want).expand_as(v), atol=0, rtol=1e-4)
+    torch.testing.assert_close(log_variance.exp(), variance, atol=0, rtol=1e-5)
+    # the noise step adds: x_s - mean over many draws of z has this variance
+    x = torch.zeros(4000, 1, 4, 4)
+    eps = torch.zeros_like(x)
+    output = torch.cat([eps, v.repeat(2000, 1, 1, 1)], 1) if learned else eps
+    drawn = s.step(output, t, x, generator=torch.Generator().manual_seed(2)).prev_sample
+    empirical = drawn.var(0)
+    expected = variance.expand(2, 1, 4, 4).mean(0) if learned else variance.expand(1, 4, 4)
+    if learned:  # the two halves of the batch used the two images' channels
+        empirical = torch.stack([drawn[0::2].var(0), drawn[1::2].var(0)])
+        expected = variance
+    torch.testing.assert_close(empirical.double(), expected.double().expand_as(empirical), atol=0, rtol=0.15)
+
+
+def test_split_model_output_separates_the_variance_channels_by_the_sample_channels():
+    s = DDPMHFScheduler()
+    out = torch.arange(2 * 6 * 2 * 2, dtype=torch.float32).view(2, 6, 2, 2)
+    prediction, variance = s.split_model_output(out, 3)
+    assert torch.equal(prediction, out[:, :3]) and torch.equal(variance, out[:, 3:])
+    prediction, variance = s.split_model_output(out, 6)
+    assert torch.equal(prediction, out) and variance is None
+    with pytest.raises(ValueError, match="channels"):
+        s.split_model_output(out, 4)
+
+
+def test_step_x0_transform_acts_on_the_clipped_x0_and_is_not_clipped_again():
+    """step(..., x0_transform=f) uses f(clip(x0)) in the posterior mean (Ho eq. 7) as it is, and returns it."""
+    s = DDPMHFScheduler(clip_sample=True)
+    s.set_timesteps(10)
+    g = torch.Generator().manual_seed(3)
+    x, eps = torch.randn(2, 1, 4, 4, generator=g) * 3, torch.randn(2, 1, 4, 4, generator=g)
+    seen = []
+
+    def transform(x0):
+        seen.append(x0.clone())
+        return x0 + 5.0  # leaves [-1, 1]
+
+    out = s.step(eps, 900, x, x0_transform=transform)
+    clipped = s.predict_x0(eps, 900, x).clamp(-1, 1)
+    torch.testing.assert_close(seen[0], clipped)
+    torch.testing.assert_close(out.pred_original_sample, clipped + 5.0)
+    post = s.posterior(900, 800)
+    mean = post.mean_from_x0 * (clipped + 5.0) + post.mean_from_xt * x
+    noise = s.step(eps, 900, x, generator=torch.Generator().manual_seed(4)).prev_sample - (
+        post.mean_from_x0 * clipped + post.mean_from_xt * x)
+    again = s.step(eps, 900, x, generator=torch.Generator().manual_seed(4), x0_transform=lambda x0: x0 + 5.0)
+    torch.testing.assert_close(again.prev_sample, mean + noise, atol=1e-5, rtol=0)

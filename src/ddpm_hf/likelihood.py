@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .scheduling_ddpm_hf import posterior_coefficients, x0_coefficients
+from .scheduling_ddpm_hf import (
+    model_log_variance,
+    posterior_coefficients,
+    q_sample_with,
+    split_model_output,
+    x0_coefficients,
+    x0_from_output,
+)
 
 LOG2 = math.log(2.0)
 
@@ -29,12 +36,14 @@ class DiffusionTables:
     posterior_log_variance_clipped: torch.Tensor
     posterior_mean_coef_x0: torch.Tensor
     posterior_mean_coef_xt: torch.Tensor
+    large_log_variance: torch.Tensor
 
     @classmethod
     def from_scheduler(cls, scheduler):
         """Build the tables from the scheduler's float32 alphabar (the values it trains and samples with):
         beta_t, betatilde_t and the posterior mean coefficients of Ho eq. 7 by ``posterior_coefficients`` with
-        alphabar_{t-1} (alphabar_0 = 1), in float64; log betatilde_t with betatilde_2 in place of betatilde_1 = 0."""
+        alphabar_{t-1} (alphabar_0 = 1), in float64; log betatilde_t with betatilde_2 in place of betatilde_1 = 0, and
+        the "fixed_large" log variance log beta_t with the same betatilde_2 at t = 1 (improved-diffusion's)."""
         ab = scheduler.alphas_cumprod.double().cpu()
         ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
         betas, post_var, coef_x0, coef_xt = posterior_coefficients(ab, ab_prev)
@@ -46,6 +55,7 @@ class DiffusionTables:
             posterior_log_variance_clipped=clipped.log(),
             posterior_mean_coef_x0=coef_x0,
             posterior_mean_coef_xt=coef_xt,
+            large_log_variance=torch.cat([post_var[1:2], betas[1:]]).log() if len(ab) > 1 else betas.log(),
         )
 
 
@@ -72,6 +82,13 @@ def q_mean_variance(scheduler, x_start, t):
     return ab.sqrt() * x_start, 1 - ab
 
 
+def q_sample(scheduler, x_start, t, noise):
+    """A draw x_t ~ q(x_t | x_0) with the given eps (Ho eq. 4, the scheduler module's ``q_sample_with``) from the
+    float64 alphabar table, cast to x_start's dtype. t: (B,) code timesteps."""
+    ab = _gather(_tables(scheduler).alphas_cumprod, t, x_start.double())
+    return q_sample_with(x_start, noise, ab.sqrt().to(x_start.dtype), (1 - ab).sqrt().to(x_start.dtype))
+
+
 def posterior_mean_variance(scheduler, x_start, x_t, t):
     """q(x_{t-1} | x_t, x_0) = N(mutilde_t(x_t, x_0), betatilde_t I) (Ho eq. 6, 7).
 
@@ -84,26 +101,24 @@ def posterior_mean_variance(scheduler, x_start, x_t, t):
 
 
 def predict_x0(scheduler, model_output, x_t, t):
-    """x_0 implied by the model output for the scheduler's prediction_type, x_0 = (a x_t - b output) / c with the
-    float64 coefficients of ``x0_coefficients`` (Ho eq. 15 for epsilon; the output itself for "sample").
+    """x_0 implied by the model output for the scheduler's prediction_type (Ho eq. 15 for epsilon; the output itself
+    for "sample"): the scheduler module's ``x0_from_output`` with the float64 coefficients of ``x0_coefficients``.
 
     Returns:
         a tensor of x_t's shape and dtype.
     """
     coefficients = x0_coefficients(_tables(scheduler).alphas_cumprod, scheduler.config.prediction_type)
-    if coefficients is None:
-        return model_output
-    a, b, c = (_gather(k, t, x_t) for k in coefficients)
-    return (a * x_t - b * model_output) / c
+    if coefficients is not None:
+        coefficients = tuple(_gather(k, t, x_t) for k in coefficients)
+    return x0_from_output(model_output, x_t, coefficients)
 
 
 def p_mean_variance(scheduler, model_output, x_t, t, clip_denoised=None):
     """The model's reverse step p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I) (Ho eq. 1, 11).
 
     mu_theta = mutilde_t(x_t, x0_hat) (Ho eq. 7 with x0_hat from ``predict_x0``; equal to Ho eq. 11 for epsilon).
-    sigma_t^2 by ``variance_type``: fixed_small(_log): betatilde_t; fixed_large(_log): beta_t (betatilde_2 at i = 0);
-    learned: the variance channels are sigma_t^2 (diffusers' convention); learned_range: log sigma_t^2 =
-    frac log beta_t + (1 - frac) log betatilde_t, frac = (v + 1) / 2 (Nichol & Dhariwal eq. 15).
+    sigma_t^2 by ``variance_type``, the scheduler module's ``model_log_variance`` (Ho sec. 3.2, Nichol & Dhariwal
+    eq. 15) with log betatilde_t clipped at i = 0 and, for fixed_large, betatilde_2 in place of beta_1 at i = 0.
 
     Args:
         model_output: (B, C, H, W), or (B, 2C, H, W) for learned variances.
@@ -113,37 +128,23 @@ def p_mean_variance(scheduler, model_output, x_t, t, clip_denoised=None):
     """
     config = scheduler.config
     tb = _tables(scheduler)
-    channels = x_t.shape[1]
     variance_type = config.variance_type
-    if variance_type in ("learned", "learned_range"):
-        if model_output.shape[1] != 2 * channels:
-            raise ValueError(f"variance_type={variance_type!r} needs {2 * channels} output channels")
-        model_output, var_channels = model_output.split(channels, dim=1)
-        if variance_type == "learned":
-            log_variance = var_channels.clamp(min=1e-20).log()
-        else:
-            min_log = _gather(tb.posterior_log_variance_clipped, t, x_t)
-            max_log = _gather(tb.betas.log(), t, x_t)
-            frac = (var_channels + 1) / 2
-            log_variance = frac * max_log + (1 - frac) * min_log
-        variance = log_variance.exp()
-    elif variance_type in ("fixed_small", "fixed_small_log"):
-        log_variance = _gather(tb.posterior_log_variance_clipped, t, x_t)
-        variance = log_variance.exp()
-    elif variance_type in ("fixed_large", "fixed_large_log"):
-        large = torch.cat([tb.posterior_variance[1:2], tb.betas[1:]])
-        variance = _gather(large, t, x_t)
-        log_variance = variance.log()
-    else:
-        raise ValueError(f"unknown variance_type {variance_type!r}")
-
+    learned = variance_type in ("learned", "learned_range")
+    model_output, var_channels = split_model_output(model_output, x_t.shape[1])
+    if learned and var_channels is None:
+        raise ValueError(f"variance_type={variance_type!r} needs {2 * x_t.shape[1]} output channels")
+    large = tb.large_log_variance if variance_type in ("fixed_large", "fixed_large_log") else tb.betas.log()
+    log_variance = model_log_variance(
+        variance_type, _gather(large, t, x_t), _gather(tb.posterior_log_variance_clipped, t, x_t),
+        var_channels if learned else None,
+    )
     pred_x0 = predict_x0(scheduler, model_output, x_t, t)
     if clip_denoised is None:
         clip_denoised = bool(config.clip_sample)
     if clip_denoised:
         pred_x0 = pred_x0.clamp(-config.clip_sample_range, config.clip_sample_range)
     mean, _, _ = posterior_mean_variance(scheduler, pred_x0, x_t, t)
-    return {"mean": mean, "variance": variance, "log_variance": log_variance, "pred_x0": pred_x0}
+    return {"mean": mean, "variance": log_variance.exp(), "log_variance": log_variance, "pred_x0": pred_x0}
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
@@ -201,11 +202,9 @@ def vlb_terms(scheduler, model_output, x_start, x_t, t, clip_denoised=None, deta
     L_hybrid, Nichol & Dhariwal sec. 3.1).
     """
     if detach_mean:
-        channels = x_t.shape[1]
-        if model_output.shape[1] == 2 * channels:
-            model_output = torch.cat([model_output[:, :channels].detach(), model_output[:, channels:]], dim=1)
-        else:
-            model_output = model_output.detach()
+        prediction, var_channels = split_model_output(model_output, x_t.shape[1])
+        prediction = prediction.detach()
+        model_output = prediction if var_channels is None else torch.cat([prediction, var_channels], dim=1)
     p = p_mean_variance(scheduler, model_output, x_t, t, clip_denoised=clip_denoised)
     true_mean, _, true_log_var = posterior_mean_variance(scheduler, x_start, x_t, t)
     kl = _sum_per_image(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"]))
@@ -253,12 +252,10 @@ def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, 
     num_t = scheduler.alphas_cumprod.shape[0]
     batch, dims = x_start.shape[0], x_start[0].numel()
     terms = torch.zeros(batch, num_t, dtype=torch.float64)
-    tb = _tables(scheduler)
     for i in tqdm(range(num_t - 1, -1, -1), desc="bits/dim", disable=not progress, leave=False):
         t = torch.full((batch,), i, dtype=torch.long, device=x_start.device)
         noise = torch.randn(x_start.shape, generator=generator, dtype=x_start.dtype).to(x_start.device)
-        ab = tb.alphas_cumprod[i].item()
-        x_t = math.sqrt(ab) * x_start + math.sqrt(1 - ab) * noise  # Ho eq. 4
+        x_t = q_sample(scheduler, x_start, t, noise)  # Ho eq. 4
         out = _model_output(model, x_t, t)
         terms[:, i] = vlb_terms(scheduler, out, x_start, x_t, t, clip_denoised=clip_denoised).double().cpu()
     prior = prior_kl(scheduler, x_start).double().cpu()

@@ -5,6 +5,7 @@ import math
 import torch
 
 from .likelihood import vlb_terms
+from .scheduling_ddpm_hf import split_model_output
 
 
 def training_target(scheduler, x_start, noise, timesteps):
@@ -72,15 +73,14 @@ def diffusion_loss(scheduler, model_output, x_start, noisy, noise, timesteps, sn
         (loss scalar, per-image unweighted MSE in the target's space (B,) (for "epsilon" L_simple itself; the
         training loop logs it by timestep quartile), per-image L_vlb estimate in bits/dim (B,) or None)
     """
-    channels = x_start.shape[1]
-    prediction = model_output[:, :channels]
+    prediction, var_channels = split_model_output(model_output, x_start.shape[1])
     target = training_target(scheduler, x_start, noise, timesteps)
     mse = (prediction.float() - target.float()).square().flatten(1).mean(1)
     weights = loss_weights(scheduler, timesteps, snr_gamma)
     weighted = mse if weights is None else mse * weights
     loss = weighted.mean()
     vlb = None
-    if model_output.shape[1] == 2 * channels:
+    if var_channels is not None:
         T = scheduler.config.num_train_timesteps
         dims = x_start[0].numel()
         terms = vlb_terms(scheduler, model_output.float(), x_start.float(), noisy.float(), timesteps,

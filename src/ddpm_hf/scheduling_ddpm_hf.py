@@ -9,6 +9,7 @@ Notation: the paper counts t = 1..T; code indexes timesteps 0..T-1 (code index i
 """
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -150,6 +151,96 @@ def x0_coefficients(alphabar_t, prediction_type):
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
+def x0_from_output(model_output, sample, coefficients):
+    """x_0 = (a x_t - b output) / c with ``coefficients`` = (a, b, c) from ``x0_coefficients`` (Ho eq. 15 for
+    epsilon), or the output itself when they are None ("sample").
+
+    Args:
+        model_output: (B, C, ...) prediction channels (no variance channels).
+        sample: x_t of the same shape.
+        coefficients: three tensors broadcastable against ``sample`` (or Python floats), or None.
+    """
+    if coefficients is None:
+        return model_output
+    a, b, c = coefficients
+    return (a * sample - b * model_output) / c
+
+
+def q_sample_with(x_start, noise, sqrt_alphabar, sqrt_one_minus_alphabar):
+    """x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps, a draw of q(x_t | x_0) (Ho eq. 4), from the two square
+    roots (tensors broadcastable against x_0, or Python floats). The one place the forward marginal is written.
+
+    Args:
+        x_start: x_0, shape (B, ...). noise: eps ~ N(0, I), same shape.
+    Returns:
+        x_t, x_0's shape.
+    """
+    if not isinstance(sqrt_alphabar, torch.Tensor):
+        sqrt_alphabar = torch.tensor(sqrt_alphabar, dtype=x_start.dtype, device=x_start.device)
+    return torch.addcmul(sqrt_one_minus_alphabar * noise, sqrt_alphabar, x_start)
+
+
+def learned_range_log_variance(v, log_beta, log_betatilde):
+    """log sigma_t^2 = frac log beta_t + (1 - frac) log betatilde_t with frac = (v + 1) / 2 (Nichol & Dhariwal
+    eq. 15), v the model's variance channels in [-1, 1]; the log variances broadcastable against v."""
+    frac = (v + 1) / 2
+    return frac * log_beta + (1 - frac) * log_betatilde
+
+
+def model_log_variance(variance_type, log_beta, log_betatilde, variance_channels=None):
+    """log sigma_t^2 of p(x_s | x_t) by ``variance_type`` (Ho sec. 3.2; Nichol & Dhariwal eq. 15):
+
+    - "fixed_small"/"fixed_small_log": log betatilde_t (Ho eq. 7); "fixed_large"/"fixed_large_log": log beta_t;
+    - "learned": log of the variance channels (diffusers' convention: they are sigma_t^2), floored at 1e-20;
+    - "learned_range": N&D eq. 15 from the channels (``learned_range_log_variance``).
+
+    Args:
+        log_beta, log_betatilde: tensors broadcastable against the channels (floored by the caller where 0).
+        variance_channels: (B, C, ...) for the learned types.
+    Returns:
+        a tensor: the channels' shape for the learned types, else log_beta's.
+    """
+    if variance_type in ("fixed_small", "fixed_small_log"):
+        return log_betatilde
+    if variance_type in ("fixed_large", "fixed_large_log"):
+        return log_beta
+    if variance_type in ("learned", "learned_range"):
+        if variance_channels is None:
+            raise ValueError(f"variance_type={variance_type!r} needs the model's variance channels")
+        if variance_type == "learned":
+            return variance_channels.clamp(min=_MIN_VARIANCE).log()
+        return learned_range_log_variance(variance_channels, log_beta, log_betatilde)
+    raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+
+
+def split_model_output(model_output, sample_channels):
+    """(prediction, variance channels) of a model output: a (B, 2C, ...) output is split in two halves of C channels
+    (the variance channels last, Nichol & Dhariwal sec. 3.1), a (B, C, ...) output has no variance channels (None).
+
+    Args:
+        model_output: (B, C, ...) or (B, 2C, ...). sample_channels: C, the sample's channel count.
+    """
+    channels = model_output.shape[1]
+    if channels == sample_channels:
+        return model_output, None
+    if channels == 2 * sample_channels:
+        return model_output.split(sample_channels, dim=1)
+    raise ValueError(f"a model output for {sample_channels}-channel samples has {sample_channels} or "
+                     f"{2 * sample_channels} channels, got {channels}")
+
+
+@dataclass
+class Posterior:
+    """q(x_s | x_t, x_0) = N(mean_from_x0 x_0 + mean_from_xt x_t, variance I) for a kept pair t -> s (Ho eq. 6, 7
+    over a skipped step, Nichol & Dhariwal sec. 4), with beta = beta'_t = 1 - alphabar_t / alphabar_s. 0-d float32
+    tensors; ``variance`` is betatilde'_t unfloored (0 at the chain's last step)."""
+
+    mean_from_x0: torch.Tensor
+    mean_from_xt: torch.Tensor
+    variance: torch.Tensor
+    beta: torch.Tensor
+
+
 class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
     """Denoising diffusion probabilistic model sampler (Ho et al. 2020, Algorithm 2) with the variance choices and
     step skipping of Improved DDPM (Nichol & Dhariwal 2021).
@@ -188,6 +279,7 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
     order = 1
+    split_model_output = staticmethod(split_model_output)
 
     @register_to_config
     def __init__(
@@ -334,11 +426,8 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         Returns:
             a 0-d float tensor, or a tensor of ``predicted_variance``'s shape for the learned types.
         """
-        prev_t = self.previous_timestep(t)
-        ab_t = self.alphas_cumprod[t]
-        ab_s = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-        beta_t, variance, _, _ = posterior_coefficients(ab_t, ab_s)
-        variance = torch.clamp(variance, min=_MIN_VARIANCE)
+        posterior = self.posterior(t)
+        beta_t, variance = posterior.beta, torch.clamp(posterior.variance, min=_MIN_VARIANCE)
         variance_type = self.config.variance_type if variance_type is None else variance_type
         if variance_type == "fixed_small":
             return variance
@@ -351,9 +440,75 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         if variance_type == "learned":
             return predicted_variance
         if variance_type == "learned_range":
-            frac = (predicted_variance + 1) / 2
-            return frac * torch.log(beta_t) + (1 - frac) * torch.log(variance)
+            return learned_range_log_variance(predicted_variance, torch.log(beta_t), torch.log(variance))
         raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance_type!r}")
+
+    # ------------------------------------------------------------ the maths, by quantity
+
+    def _alphabar_at(self, timestep):
+        """alphabar at a code timestep, 1 for -1 (after the last step), as a 0-d float32 tensor."""
+        timestep = int(timestep)
+        return self.one if timestep < 0 else self.alphas_cumprod[timestep]
+
+    def posterior(self, timestep, prev_timestep=None):
+        """The posterior q(x_s | x_t, x_0) of the kept pair t -> s (Ho eq. 6, 7; Nichol & Dhariwal sec. 4 for a
+        respaced chain), by ``posterior_coefficients``.
+
+        Args:
+            timestep: t, an int or 0-d tensor in [0, T-1].
+            prev_timestep: s < t, or -1 for the clean image (alphabar := 1); default ``previous_timestep(t)``.
+        Returns:
+            ``Posterior(mean_from_x0, mean_from_xt, variance, beta)``, 0-d float32 tensors.
+        """
+        s = self.previous_timestep(timestep) if prev_timestep is None else prev_timestep
+        beta, variance, mean_from_x0, mean_from_xt = posterior_coefficients(
+            self._alphabar_at(timestep), self._alphabar_at(s)
+        )
+        return Posterior(mean_from_x0=mean_from_x0, mean_from_xt=mean_from_xt, variance=variance, beta=beta)
+
+    def model_variance(self, timestep, variance_channels=None, prev_timestep=None):
+        """sigma_t^2 and log sigma_t^2 of the model's step p(x_s | x_t) for the config's variance_type (Ho sec. 3.2:
+        betatilde'_t or beta'_t; learned: the channels; learned_range: Nichol & Dhariwal eq. 15), betatilde'_t
+        floored at 1e-20 as diffusers floors it. This is the variance of p; ``step`` adds no noise at the chain's
+        last step whatever it is (Ho Algorithm 2).
+
+        Args:
+            timestep, prev_timestep: as for ``posterior``.
+            variance_channels: (B, C, ...) the model's variance channels (see ``split_model_output``); needed for
+                the learned types.
+        Returns:
+            (variance, log_variance): 0-d tensors for the fixed types, the channels' shape for the learned ones.
+        """
+        posterior = self.posterior(timestep, prev_timestep)
+        log_betatilde = torch.log(torch.clamp(posterior.variance, min=_MIN_VARIANCE))
+        log_variance = model_log_variance(
+            self.config.variance_type, torch.log(posterior.beta), log_betatilde, variance_channels
+        )
+        return torch.exp(log_variance), log_variance
+
+    def predict_x0(self, model_output, timestep, sample):
+        """x_0 implied by the model's prediction at t, unclipped: (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t)
+        (Ho eq. 15) for "epsilon", sqrt(alphabar_t) x_t - sqrt(1 - alphabar_t) v (Salimans & Ho 2022) for
+        "v_prediction", the output itself for "sample" (``x0_coefficients``).
+
+        Args:
+            model_output: (B, C, ...) prediction channels (split off the variance channels first).
+            timestep: t (int or 0-d tensor). sample: x_t, (B, C, ...).
+        """
+        coefficients = x0_coefficients(self.alphas_cumprod[int(timestep)], self.config.prediction_type)
+        if coefficients is not None:
+            coefficients = tuple(float(c) for c in coefficients)
+        return x0_from_output(model_output, sample, coefficients)
+
+    def clip_x0(self, pred_original_sample):
+        """The predicted x_0 as ``step`` uses it: dynamic thresholding (Saharia et al. 2022) when ``thresholding``,
+        else clamped to [-clip_sample_range, clip_sample_range] when ``clip_sample``, else unchanged."""
+        if self.config.thresholding:
+            return self._threshold_sample(pred_original_sample)
+        if self.config.clip_sample:
+            limit = self.config.clip_sample_range
+            return pred_original_sample.clamp(-limit, limit)
+        return pred_original_sample
 
     # ------------------------------------------------------------ diffusers API
 
@@ -425,7 +580,7 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
                 "with the schedule you sample with"
             ) from None
 
-    def step(self, model_output, timestep, sample, generator=None, return_dict=True):
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True, x0_transform=None):
         """One reverse step x_t -> x_{t-1} ~ p(x_{t-1} | x_t) (Ho Algorithm 2, with the posterior form of Ho eq. 7).
 
         x0 = (a x_t - b output) / c as the prediction type says (Ho eq. 15 for epsilon), clipped or thresholded;
@@ -440,6 +595,9 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
             sample (`torch.Tensor` of shape (B, C, H, W)): x_t.
             generator (`torch.Generator` or a list of B of them, optional): draws z exactly as diffusers does.
             return_dict (`bool`): return a ``DDPMSchedulerOutput`` rather than a tuple.
+            x0_transform (callable, optional): applied to the clipped/thresholded x0 before the posterior mean
+                (improved-diffusion's ``denoised_fn``), e.g. DDNM's projection x0 - A+(A x0 - y); its result is used
+                as it is (not clipped again) and returned as ``pred_original_sample``.
 
         Returns:
             ``DDPMSchedulerOutput(prev_sample=x_{t-1}, pred_original_sample=x0)`` or the tuple of both.
@@ -454,23 +612,21 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
                     f"variance_type={variance_type!r} needs a model output with twice the sample's channels "
                     f"({2 * sample.shape[1]}), got {model_output.shape[1]}"
                 )
-            model_output, predicted_variance = model_output.split(sample.shape[1], dim=1)
+            model_output, predicted_variance = split_model_output(model_output, sample.shape[1])
 
         if x0 is None:  # prediction_type "sample"
             pred_original_sample = model_output
-        else:
+        else:  # Ho eq. 15 (x0_coefficients), fused: (a x_t - b output) / c
             scale, output_coef, divisor = x0
             scaled = sample if scale == 1.0 else sample * scale
             pred_original_sample = torch.sub(scaled, model_output, alpha=output_coef)
             if divisor != 1.0:
                 pred_original_sample.div_(divisor)
-        if self.config.thresholding:
-            pred_original_sample = self._threshold_sample(pred_original_sample)
-        elif self.config.clip_sample:
-            limit = self.config.clip_sample_range
-            pred_original_sample = pred_original_sample.clamp(-limit, limit)
+        pred_original_sample = self.clip_x0(pred_original_sample)
+        if x0_transform is not None:
+            pred_original_sample = x0_transform(pred_original_sample)
 
-        prev_sample = torch.add(pred_original_sample * mean_from_x0, sample, alpha=mean_from_xt)
+        prev_sample = torch.add(pred_original_sample * mean_from_x0, sample, alpha=mean_from_xt)  # Ho eq. 7
         if noisy:
             noise = randn_tensor(
                 model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
@@ -522,18 +678,22 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         shape = (-1,) + (1,) * (like.ndim - 1)
         return sqrt_ab[index].view(shape), sqrt_one_minus_ab[index].view(shape)
 
-    def add_noise(self, original_samples, noise, timesteps):
-        """Sample q(x_t | x_0): x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps (Ho eq. 4).
+    def q_sample(self, x_start, noise, timesteps):
+        """Sample q(x_t | x_0): x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps (Ho eq. 4, ``q_sample_with``).
 
         Args:
-            original_samples: x_0, shape (B, ...).
+            x_start: x_0, shape (B, ...).
             noise: eps, same shape.
             timesteps: integer tensor of shape (B,) (or a scalar), values in [0, T-1].
         Returns:
             x_t, same shape and dtype as x_0.
         """
-        a, b = self._alphabar_factors(timesteps, original_samples)
-        return torch.addcmul(b * noise, a, original_samples)
+        a, b = self._alphabar_factors(timesteps, x_start)
+        return q_sample_with(x_start, noise, a, b)
+
+    def add_noise(self, original_samples, noise, timesteps):
+        """diffusers' name for ``q_sample`` (Ho eq. 4)."""
+        return self.q_sample(original_samples, noise, timesteps)
 
     def get_velocity(self, sample, noise, timesteps):
         """The v-prediction target v = sqrt(alphabar_t) eps - sqrt(1 - alphabar_t) x_0 (Salimans & Ho 2022).
