@@ -67,19 +67,108 @@ def first_call(pipe):
 # ------------------------------------------------------------------------------------------------ inpainting
 
 
-def test_repaint_path_is_the_schedule_of_diffusers_repaint_scheduler():
-    for steps, j, r in ((20, 10, 2), (50, 5, 3), (30, 10, 1), (12, 4, 10)):
-        scheduler = RePaintScheduler(num_train_timesteps=1000)
-        scheduler.set_timesteps(steps, jump_length=j, jump_n_sample=r)
-        u = (scheduler.timesteps // (1000 // steps)).tolist()  # diffusers' levels, steps-1 .. 0
+def get_schedule_jump(t_T, jump_length, jump_n_sample):
+    """RePaint's resampling schedule, ported from the RePaint code (andreas128/RePaint, guided_diffusion/scheduler.py,
+    ``get_schedule_jump`` with its defaults n_sample = jump2/jump3 = 1, which add nothing): the levels t visited,
+    t_T - 1 (the start, x_T) down to -1 (the clean image); t -> t - 1 is a reverse step, t -> t + 1 a jump."""
+    jumps = {}
+    for j in range(0, t_T - jump_length, jump_length):
+        jumps[j] = jump_n_sample - 1
+    t = t_T
+    ts = []
+    while t >= 1:
+        t = t - 1
+        ts.append(t)
+        if jumps.get(t, 0) > 0:
+            jumps[t] = jumps[t] - 1
+            for _ in range(jump_length):
+                t = t + 1
+                ts.append(t)
+    ts.append(-1)
+    return ts
+
+
+def test_repaint_path_is_the_schedule_of_the_repaint_code():
+    for steps, j, r in ((250, 10, 10), (20, 10, 2), (50, 5, 3), (30, 10, 1), (12, 4, 10), (5, 10, 3), (10, 1, 3)):
         path = repaint_path(steps, j, r)
-        assert path == [0] + [steps - v for v in u]
+        assert path == [steps - 1 - t for t in get_schedule_jump(steps, j, r)], (steps, j, r)
         assert all(abs(b - a) == 1 for a, b in zip(path, path[1:])) and path[-1] == steps
+        assert path.index(steps) == len(path) - 1  # no jump starts from the clean image (Alg. 1: only for t > 1)
+    # diffusers' RePaintScheduler jumps one state later: each of its jumps starts where ours has taken one more step
+    scheduler = RePaintScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(250, jump_length=10, jump_n_sample=10)
+    theirs = [0] + [250 - v for v in (scheduler.timesteps // 4).tolist()]
+    ours = repaint_path(250, 10, 10)
+
+    def jump_starts(path):
+        return sorted({a for before, a, b in zip(path, path[1:], path[2:]) if before < a > b})
+
+    assert jump_starts(ours) == list(range(19, 250, 10)) and jump_starts(theirs) == list(range(20, 251, 10))
     pipe = make(DDPMHFInpaintPipeline)
     out = pipe(digits(1), torch.ones(8, 8), num_inference_steps=12, jump_length=4, jump_n_sample=3,
                output_type="np", generator=gen())
     path = repaint_path(12, 4, 3)
     assert out.unet_calls == sum(b == a + 1 for a, b in zip(path, path[1:])) == 12 + 2 * 4 * 2
+
+
+def linear_alphabar():
+    """alphabar_t of Ho's linear schedule (1e-4 -> 0.02, T = 1000) in float32, written here from Ho sec. 4."""
+    return torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float32), 0)
+
+
+def reference_reverse_step(unet, x, t, s, alphabar, g, x0_transform=lambda x0: x0):
+    """One ancestral step t -> s (s = -1: the clean image) from the papers, for an epsilon UNet with fixed_small
+    variance and clip_sample: x0 = (x_t - sqrt(1 - alphabar_t) eps) / sqrt(alphabar_t) clipped to [-1, 1] (Ho eq.
+    15), transformed, then x_s = mutilde(x_t, x0) + sqrt(betatilde) z (Ho eq. 7 over a skipped step, N&D sec. 4), no
+    noise at the last step (Ho Alg. 2). Returns (x_s, x0, a) with a the x0 coefficient of the mean."""
+    ab_t, ab_s = float(alphabar[t]), 1.0 if s < 0 else float(alphabar[s])
+    eps = unet(x, t).sample
+    x0 = x0_transform(((x - (1 - ab_t) ** 0.5 * eps) / ab_t**0.5).clamp(-1, 1))
+    beta = 1 - ab_t / ab_s
+    a, b = ab_s**0.5 * beta / (1 - ab_t), (ab_t / ab_s) ** 0.5 * (1 - ab_s) / (1 - ab_t)
+    x_s = a * x0 + b * x
+    if s >= 0:
+        x_s = x_s + ((1 - ab_s) / (1 - ab_t) * beta) ** 0.5 * torch.randn(x.shape, generator=g)
+    return x_s, x0, a
+
+
+@pytest.mark.parametrize("method", ["repaint", "ddnm"])
+def test_inpainting_chain_is_repaint_and_ddnm_algorithm_1(method):
+    """The whole result, masked region included, against RePaint Alg. 1 (Lugmayr et al. CVPR 2022) and DDNM Alg. 1
+    (Wang et al. ICLR 2023) written here from the papers, with the same draws: checks the loop itself, which the
+    final paste of the known pixels does not reveal."""
+    pipe = make(DDPMHFInpaintPipeline)
+    images, masks = digits(2, seed=7), torch.zeros(2, 1, 8, 8)
+    masks[0, :, :, :5] = 1
+    masks[1, :, 2:7, 1:6] = 1
+    steps, j, r = 10, 3, 3
+    out = pipe(images, masks, method=method, num_inference_steps=steps, jump_length=j, jump_n_sample=r,
+               generator=gen(3), output_type="pt").images
+
+    alphabar, g = linear_alphabar(), gen(3)
+    chain = list(range(900, -1, -100))  # "leading" spacing of 10 steps (diffusers' set_timesteps)
+    y, m = images * 2 - 1, masks.expand_as(images)
+    levels = get_schedule_jump(steps, j, r)  # RePaint code's levels: chain state k = steps - 1 - level
+    x = torch.randn(y.shape, generator=g)
+    with torch.no_grad():
+        for level, level_next in zip(levels[:-1], levels[1:]):
+            k, k_next = steps - 1 - level, steps - 1 - level_next
+            ab_next = 1.0 if k_next == steps else float(alphabar[chain[k_next]])
+            if k_next == k + 1:
+                s = chain[k_next] if k_next < steps else -1
+                if method == "ddnm":  # x^_0|t = A+ y + (I - A+ A) x_0|t, A = diag(1 - m)
+                    project = lambda x0: m * x0 + (1 - m) * y  # noqa: E731
+                    x, _, _ = reference_reverse_step(pipe.unet, x, chain[k], s, alphabar, g, project)
+                else:
+                    unknown, _, _ = reference_reverse_step(pipe.unet, x, chain[k], s, alphabar, g)  # line 7
+                    known = ab_next**0.5 * y + (1 - ab_next) ** 0.5 * torch.randn(y.shape, generator=g)  # line 5
+                    x = m * unknown + (1 - m) * known  # line 8
+            else:  # line 10: x_t ~ q(x_t | x_s)
+                ratio = ab_next / float(alphabar[chain[k]])
+                x = ratio**0.5 * x + (1 - ratio) ** 0.5 * torch.randn(y.shape, generator=g)
+    reference = ((x + 1) / 2).clamp(0, 1)
+    assert (reference - images)[m > 0.5].abs().max() > 0.05  # the masked region was redrawn
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("method", ["repaint", "ddnm"])
@@ -244,6 +333,93 @@ def test_ddnm_plus_runs_with_a_noisy_input_and_reduces_to_ddnm_without_noise():
     y = low * 2 - 1
     projected = tiny - upsample(downsample(tiny, 2) - y, 2)  # DDNM's x^_0 = x_0 - A+(A x_0 - y)
     torch.testing.assert_close(consistent_clip(projected, y, 2), exact, atol=1e-4, rtol=0)
+
+
+def record_steps(pipe):
+    """Record the pred_original_sample of every scheduler step (the x0 the step's posterior mean used)."""
+    seen, step = [], pipe.scheduler.step
+
+    def recording_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        seen.append(out.pred_original_sample.clone())
+        return out
+
+    pipe.scheduler.step = recording_step
+    return seen
+
+
+def test_ddnm_super_resolution_is_consistent_inside_the_chain():
+    """A x^_0|t = y at every step (DDNM Alg. 1), not only after the final consistent clip: a bright input makes the
+    projection leave [-1, 1], and clipping it again (the deviation of issue 16) would break A x0 = y."""
+    pipe = make(DDPMHFSuperResolutionPipeline)
+    low = 0.9 + 0.1 * torch.rand(2, 1, 4, 4, generator=gen(5))  # [0, 1] pixels near white
+    seen = record_steps(pipe)
+    pipe(low, num_inference_steps=6, generator=gen(), output_type="pt")
+    y = low * 2 - 1
+    assert len(seen) == 6 and max(float(x0.abs().max()) for x0 in seen) > 1  # the projection left [-1, 1]
+    for x0 in seen:
+        torch.testing.assert_close(F.avg_pool2d(x0, 2), y, atol=1e-5, rtol=0)
+
+
+def test_ilvr_chain_is_choi_algorithm_1():
+    """ILVR (Choi et al. ICCV 2021, Alg. 1) written here, with the same draws: x'_s ~ p(x_s | x_t), y_s ~ q(y_s | y)
+    (Ho eq. 4), x_s = phi(y_s) + x'_s - phi(x'_s), phi = A+ A; then the pipeline's consistent clip."""
+    pipe = make(DDPMHFSuperResolutionPipeline)
+    low = F.avg_pool2d(digits(2, seed=4), 2)
+    out = pipe(low, method="ilvr", num_inference_steps=8, generator=gen(2), output_type="pt").images
+
+    alphabar, g = linear_alphabar(), gen(2)
+    chain = list(range(875, -1, -125))
+    y = low * 2 - 1
+    y_up, phi = upsample(y, 2), lambda z: upsample(downsample(z, 2), 2)
+    x = torch.randn((2, 1, 8, 8), generator=g)
+    with torch.no_grad():
+        for k, t in enumerate(chain):
+            s = chain[k + 1] if k + 1 < len(chain) else -1
+            x_prime, _, _ = reference_reverse_step(pipe.unet, x, t, s, alphabar, g)
+            ab_s = 1.0 if s < 0 else float(alphabar[s])
+            y_s = ab_s**0.5 * y_up + (1 - ab_s) ** 0.5 * torch.randn(x.shape, generator=g)
+            x = phi(y_s) + x_prime - phi(x_prime)
+    reference = (consistent_clip(x, y, 2) + 1) / 2
+    torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("thresholding", [False, True])
+def test_noisy_ddnm_plus_is_ddnm_eq_17_and_19(thresholding):
+    """DDNM+ (Wang et al. ICLR 2023, sec. 3.3) written here from Eq. 17 and 19, with the same draws:
+    x^_0|t = x_0|t - lambda_t A+(A x_0|t - y), x_s = mu(x_t, x^_0|t) + sqrt(Phi_t) z, Phi_t = sigma_t^2 - (a_t
+    lambda_t sigma_y)^2, lambda_t = min(1, sigma_t / (a_t sigma_y)); x_0|t clipped, or dynamically thresholded (Saharia
+    et al. 2022) when ``thresholding`` (ratio 0.9, at most 2, so that it differs from clipping)."""
+    kwargs = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0) if thresholding else {}
+    pipe = make(DDPMHFSuperResolutionPipeline, **kwargs)
+    low = F.avg_pool2d(digits(2, seed=6), 2)
+    noisy = low + 0.1 * torch.randn(low.shape, generator=gen(8))
+    out = pipe(noisy, noise_level=0.1, num_inference_steps=8, generator=gen(1), output_type="pt").images
+
+    alphabar, g = linear_alphabar(), gen(1)
+    chain = list(range(875, -1, -125))
+    y, sigma_y = noisy * 2 - 1, 0.2
+    x = torch.randn((2, 1, 8, 8), generator=g)
+    with torch.no_grad():
+        for k, t in enumerate(chain):
+            s = chain[k + 1] if k + 1 < len(chain) else -1
+            ab_t, ab_s = float(alphabar[t]), 1.0 if s < 0 else float(alphabar[s])
+            beta = 1 - ab_t / ab_s
+            a, b = ab_s**0.5 * beta / (1 - ab_t), (ab_t / ab_s) ** 0.5 * (1 - ab_s) / (1 - ab_t)
+            sigma = ((1 - ab_s) / (1 - ab_t) * beta) ** 0.5 if s >= 0 else 0.0
+            lam = min(1.0, sigma / (a * sigma_y))
+            eps = pipe.unet(x, t).sample
+            x0 = (x - (1 - ab_t) ** 0.5 * eps) / ab_t**0.5
+            if thresholding:
+                q = torch.quantile(x0.flatten(1).abs(), 0.9, dim=1).clamp(1, 2).view(-1, 1, 1, 1)
+                x0 = x0.clamp(-q, q) / q
+            else:
+                x0 = x0.clamp(-1, 1)
+            x0 = x0 - lam * upsample(downsample(x0, 2) - y, 2)  # Eq. 17
+            x = a * x0 + b * x  # the posterior mean, Ho eq. 7
+            if s >= 0:  # Eq. 19
+                x = x + max(sigma**2 - (a * lam * sigma_y) ** 2, 0.0) ** 0.5 * torch.randn(x.shape, generator=g)
+    torch.testing.assert_close(out, ((x + 1) / 2).clamp(0, 1), atol=1e-4, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------ img2img, denoising

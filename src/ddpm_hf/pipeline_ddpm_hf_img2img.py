@@ -1,6 +1,6 @@
 # Copyright 2026 The ddpm-hf authors. Licensed under the Apache License, Version 2.0.
-"""Image-to-image (SDEdit, Meng et al. 2021) and denoising of an image with known Gaussian noise with an unconditional
-DDPM, no retraining, as a diffusers ``DiffusionPipeline``.
+"""Image-to-image (SDEdit, Meng et al. ICLR 2022) and denoising of an image with known Gaussian noise with an
+unconditional DDPM, no retraining, as a diffusers ``DiffusionPipeline``.
 
 This file is self-contained (torch, numpy and diffusers only): ``DDPMHFPipeline.save_pretrained`` copies it into the
 saved folder, so that a process without ddpm_hf can run it with
@@ -65,8 +65,8 @@ class DDPMHFImg2ImgPipelineOutput(ImagePipelineOutput):
 class DDPMHFImg2ImgPipeline(DiffusionPipeline):
     """Image-to-image with an unconditional DDPM (same components as ``DDPMHFPipeline``).
 
-    - ``strength`` (SDEdit, Meng et al. 2021, sec. 3 with the VP SDE, i.e. a DDPM): the image y is noised to t0 with
-      q(x_t0 | x_0 = y) (Ho eq. 4) and the reverse chain runs from t0 (Ho Alg. 2). t0 is picked from the chain as
+    - ``strength`` (SDEdit, Meng et al. ICLR 2022, sec. 3 with the VP SDE, i.e. a DDPM): the image y is noised to t0
+      with q(x_t0 | x_0 = y) (Ho eq. 4) and the reverse chain runs from t0 (Ho Alg. 2). t0 is picked from the chain as
       diffusers' img2img pipelines pick it: the last int(num_inference_steps * strength) steps run, so t0 is about
       strength * T; 1 starts from (almost) pure noise.
     - ``noise_level`` sigma (denoising): y = x_0 + sigma n with n ~ N(0, I), sigma in [0, 1] pixel units (2 sigma in

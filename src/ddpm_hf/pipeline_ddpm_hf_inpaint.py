@@ -1,6 +1,6 @@
 # Copyright 2026 The ddpm-hf authors. Licensed under the Apache License, Version 2.0.
-"""Inpainting with an unconditional DDPM, no retraining: RePaint (Lugmayr et al. 2022) and DDNM-style projection
-(Wang et al. 2022) on top of the scheduler's ancestral step, as a diffusers ``DiffusionPipeline``.
+"""Inpainting with an unconditional DDPM, no retraining: RePaint (Lugmayr et al. CVPR 2022) and DDNM-style projection
+(Wang et al. ICLR 2023) on top of the scheduler's ancestral step, as a diffusers ``DiffusionPipeline``.
 
 This file is self-contained (torch, numpy and diffusers only): ``DDPMHFPipeline.save_pretrained`` copies it into the
 saved folder, so that a process without ddpm_hf can run it with
@@ -31,24 +31,28 @@ def _base_pipeline_class():
 
 
 def repaint_path(num_steps, jump_length, jump_n_sample):
-    """The indices k of the chain states visited by RePaint's resampling schedule (Lugmayr et al. 2022, sec. 4.2 and
-    Alg. 1 lines 9-10): state k is x at the k-th kept timestep tau_k (tau_0 the noisiest, k = num_steps the clean
+    """The indices k of the chain states visited by RePaint's resampling schedule (Lugmayr et al. CVPR 2022, sec. 4.2
+    and Alg. 1 lines 9-10): state k is x at the k-th kept timestep tau_k (tau_0 the noisiest, k = num_steps the clean
     image). Consecutive entries differ by one: k -> k + 1 is a reverse step, k -> k - 1 a forward jump.
 
-    The schedule is that of the RePaint code (and of diffusers' RePaintScheduler): going down, after every
-    ``jump_length`` steps the chain goes back up ``jump_length`` steps, ``jump_n_sample - 1`` times at each place;
-    ``jump_n_sample = 1`` is the plain replacement method (no resampling).
+    The schedule is ``get_schedule_jump`` of the RePaint code (guided_diffusion/scheduler.py, its levels t =
+    num_steps - 1 .. -1 are k = num_steps - 1 - t): going down, on reaching level j in {0, jump_length, ...} the
+    chain goes back up ``jump_length`` steps, ``jump_n_sample - 1`` times at each place; ``jump_n_sample = 1`` is the
+    plain replacement method. No jump starts from the clean image (Alg. 1 resamples only for t > 1). diffusers'
+    RePaintScheduler jumps one state later (from the states after levels 0, 10, ..., i.e. the last from the clean
+    image).
     """
     jumps = {j: jump_n_sample - 1 for j in range(0, num_steps - jump_length, jump_length)}
-    path, u = [0], num_steps  # u counts the reverse steps still to go, as the RePaint code does
-    while u >= 1:
-        u -= 1
-        path.append(num_steps - u)
-        if jumps.get(u, 0) > 0:
-            jumps[u] -= 1
+    level = num_steps - 1  # the RePaint code's t: state k = num_steps - 1 - level
+    path = [0]
+    while level >= 0:
+        level -= 1
+        path.append(num_steps - 1 - level)
+        if level >= 0 and jumps.get(level, 0) > 0:
+            jumps[level] -= 1
             for _ in range(jump_length):
-                u += 1
-                path.append(num_steps - u)
+                level += 1
+                path.append(num_steps - 1 - level)
     return path
 
 
@@ -72,12 +76,12 @@ class DDPMHFInpaintPipeline(DiffusionPipeline):
 
     Methods (``method=``):
 
-    - "repaint" (Lugmayr et al. 2022, Alg. 1): at every reverse step t -> s the known region is x_s^known ~
+    - "repaint" (Lugmayr et al. CVPR 2022, Alg. 1): at every reverse step t -> s the known region is x_s^known ~
       q(x_s | x_0) = N(sqrt(alphabar_s) y, (1 - alphabar_s) I) (Ho eq. 4; Alg. 1 line 5), the unknown region is the
       scheduler's step x_s^unknown ~ p(x_s | x_t) (line 7), x_s = m x_s^unknown + (1 - m) x_s^known (line 8); with
       resampling, the chain goes back up by q(x_t | x_s) = N(sqrt(alphabar_t / alphabar_s) x_s,
       (1 - alphabar_t / alphabar_s) I) (line 10, over skipped steps as in Nichol & Dhariwal sec. 4).
-    - "ddnm" (Wang et al. 2022, DDNM Alg. 1): with A = diag(1 - m) (keep the known pixels) and A+ = A its
+    - "ddnm" (Wang et al. ICLR 2023, DDNM Alg. 1): with A = diag(1 - m) (keep the known pixels) and A+ = A its
       pseudo-inverse, the predicted x_0|t is corrected to x^_0|t = x_0|t - A+(A x_0|t - y) = m x_0|t + (1 - m) y,
       and x_s ~ p(x_s | x_t, x^_0|t) is the scheduler's step with that x_0 (posterior mean Ho eq. 7, the model's
       variance). The same resampling schedule can be added (DDNM's "time-travel", sec. 3.3).
@@ -132,43 +136,19 @@ class DDPMHFInpaintPipeline(DiffusionPipeline):
         learned = getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
         return output if learned or output.shape[1] == x.shape[1] else output[:, : x.shape[1]]
 
-    def _x0_coefficients(self, t):
-        """(a, b, c) with x_0 = (a x_t - b output) / c: Ho eq. 15 for "epsilon" (a = 1, b = sqrt(1 - alphabar_t),
-        c = sqrt(alphabar_t)), Salimans & Ho 2022 for "v_prediction" (a = sqrt(alphabar_t), b = sqrt(1 -
-        alphabar_t), c = 1); None for "sample"."""
-        alphabar = float(self.scheduler.alphas_cumprod[int(t)])
-        kind = self.scheduler.config.prediction_type
-        if kind == "sample":
-            return None
-        if kind == "epsilon":
-            return 1.0, (1 - alphabar) ** 0.5, alphabar**0.5
-        return alphabar**0.5, (1 - alphabar) ** 0.5, 1.0
+    def _ddpm_scheduler(self):
+        """The scheduler whose ``step`` takes ``x0_transform``: ours, or diffusers' DDPMScheduler converted to a
+        DDPMHFScheduler with the same config (``from_config`` swaps the two; ours adds no noise at the last step)."""
+        if hasattr(self.scheduler, "posterior"):
+            return self.scheduler
+        package = __name__.rpartition(".")[0]
+        module = importlib.import_module(f"{package}.scheduling_ddpm_hf" if package else "scheduling_ddpm_hf")
+        return module.DDPMHFScheduler.from_config(self.scheduler.config)
 
-    def _projected_step(self, output, t, x, project, generator):
-        """x_s ~ p(x_s | x_t, x^_0|t) with x^_0|t = project(x_0|t) (DDNM Alg. 1): x_0|t from the output (Ho eq. 15),
-        clipped as the scheduler clips it, projected, turned back into the output that implies it, then the
-        scheduler's step (posterior mean Ho eq. 7 and the model's variance, N&D eq. 15). Returns (x_s, x^_0|t)."""
-        channels = x.shape[1]
-        prediction, variance = output[:, :channels], output[:, channels:]
-        coefficients = self._x0_coefficients(t)
-        if coefficients is None:
-            x0 = prediction
-        else:
-            a, b, c = coefficients
-            x0 = (a * x - b * prediction) / c
-        config = self.scheduler.config
-        if getattr(config, "thresholding", False):
-            x0 = self.scheduler._threshold_sample(x0)
-        elif getattr(config, "clip_sample", False):
-            x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
-        x0 = project(x0)
-        prediction = x0 if coefficients is None else (a * x - c * x0) / b
-        output = torch.cat([prediction, variance], dim=1)
-        return self.scheduler.step(output, t, x, generator=generator).prev_sample, x0
-
-    def _alphabar(self, k, timesteps):
+    @staticmethod
+    def _alphabar(scheduler, k, timesteps):
         """alphabar at chain state k (1 for the clean state k = len(timesteps))."""
-        return 1.0 if k >= len(timesteps) else float(self.scheduler.alphas_cumprod[int(timesteps[k])])
+        return 1.0 if k >= len(timesteps) else float(scheduler.alphas_cumprod[int(timesteps[k])])
 
     def _prepare(self, image, mask_image):
         if image is None or mask_image is None:
@@ -238,15 +218,16 @@ class DDPMHFInpaintPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != len(y):
             raise ValueError(f"got {len(generator)} generators for a batch of {len(y)}")
 
+        scheduler = self._ddpm_scheduler()
         if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=list(timesteps))
+            scheduler.set_timesteps(timesteps=list(timesteps))
         else:
-            self.scheduler.set_timesteps(num_inference_steps)
-        chain = self.scheduler.timesteps.tolist()
+            scheduler.set_timesteps(num_inference_steps)
+        chain = scheduler.timesteps.tolist()
         path = repaint_path(len(chain), int(jump_length), int(jump_n_sample))
         known = 1 - mask
 
-        def project(x0):  # DDNM: x^_0|t = x_0|t - A+(A x_0|t - y), A = A+ = diag(1 - m)
+        def project(x0):  # DDNM Alg. 1 (Wang et al. ICLR 2023): x^_0|t = x_0|t - A+(A x_0|t - y), A = A+ = diag(1 - m)
             return x0 - known * (x0 - y)
 
         x = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)  # x_T ~ N(0, I)
@@ -256,16 +237,15 @@ class DDPMHFInpaintPipeline(DiffusionPipeline):
                 t = chain[k]
                 output = self._model_output(x, t)
                 calls += 1
-                if method == "ddnm":
-                    x, _ = self._projected_step(output, t, x, project, generator)
+                if method == "ddnm":  # x_s ~ p(x_s | x_t, x^_0|t): the step's posterior mean (Ho eq. 7) of x^_0|t
+                    x = scheduler.step(output, t, x, generator=generator, x0_transform=project).prev_sample
                 else:
-                    unknown = self.scheduler.step(output, t, x, generator=generator).prev_sample  # Alg. 1 line 7
-                    alphabar = self._alphabar(k_next, chain)
+                    unknown = scheduler.step(output, t, x, generator=generator).prev_sample  # Alg. 1 line 7
                     noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)
-                    known_x = alphabar**0.5 * y + (1 - alphabar) ** 0.5 * noise  # Alg. 1 line 5 (Ho eq. 4)
+                    known_x = scheduler.q_sample(y, noise, chain[k_next]) if k_next < len(chain) else y  # line 5
                     x = mask * unknown + known * known_x  # Alg. 1 line 8
-            else:  # jump back up tau_k -> tau_{k-1}: q(x_{k-1} | x_k), Alg. 1 line 10
-                ratio = self._alphabar(k_next, chain) / self._alphabar(k, chain)
+            else:  # jump back up tau_k -> tau_{k-1}: q(x_{k-1} | x_k) (Alg. 1 line 10, Ho eq. 4 over skipped steps)
+                ratio = self._alphabar(scheduler, k_next, chain) / self._alphabar(scheduler, k, chain)
                 noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)
                 x = ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
         # the output is A+ y + (I - A+ A) x_0 (DDNM eq. for x^_0): the known pixels are the input's exactly

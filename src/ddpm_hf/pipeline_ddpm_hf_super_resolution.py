@@ -1,6 +1,6 @@
 # Copyright 2026 The ddpm-hf authors. Licensed under the Apache License, Version 2.0.
-"""Super-resolution with an unconditional DDPM, no retraining: DDNM / DDNM+ projection (Wang et al. 2022) or ILVR
-(Choi et al. 2021) on top of the scheduler's ancestral step, as a diffusers ``DiffusionPipeline``.
+"""Super-resolution with an unconditional DDPM, no retraining: DDNM / DDNM+ projection (Wang et al. ICLR 2023) or ILVR
+(Choi et al. ICCV 2021) on top of the scheduler's ancestral step, as a diffusers ``DiffusionPipeline``.
 
 This file is self-contained (torch, numpy and diffusers only): ``DDPMHFPipeline.save_pretrained`` copies it into the
 saved folder, so that a process without ddpm_hf can run it with ``DiffusionPipeline.from_pretrained(folder_or_repo,
@@ -36,7 +36,7 @@ def downsample(x, scale):
 
 def upsample(y, scale):
     """A+: replicate each pixel into a scale x scale block. It is A's Moore-Penrose pseudo-inverse (A A+ = I, A+ A is
-    the orthogonal projection onto block-constant images), as DDNM requires (Wang et al. 2022, sec. 3.1)."""
+    the orthogonal projection onto block-constant images), as DDNM requires (Wang et al. ICLR 2023, sec. 3.1)."""
     return y.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
 
 
@@ -61,14 +61,15 @@ class DDPMHFSuperResolutionPipeline(DiffusionPipeline):
 
     Methods (``method=``):
 
-    - "ddnm" (Wang et al. 2022, DDNM Alg. 1): at every reverse step the predicted x_0|t (Ho eq. 15) is replaced by
-      x^_0|t = x_0|t - A+(A x_0|t - y) (range-space from y, null-space from the model) and x_s ~ p(x_s | x_t,
-      x^_0|t) is the scheduler's step with that x_0 (posterior mean Ho eq. 7, the model's variance). With
-      ``noise_level`` sigma_y > 0 it is DDNM+ (sec. 3.3): x^_0|t = x_0|t - lambda_t A+(A x_0|t - y) and the step's
-      noise is shrunk to variance Phi_t = sigma_t^2 - (a_t lambda_t sigma_y)^2, with a_t the x_0 coefficient of the
-      posterior mean and lambda_t = min(1, sigma_t / (a_t sigma_y)).
-    - "ilvr" (Choi et al. 2021, Alg. 1): x'_s ~ p(x_s | x_t) (the scheduler's step), y_s ~ q(y_s | A+ y) (Ho eq. 4),
-      x_s = phi(y_s) + x'_s - phi(x'_s) with the low-pass filter phi = A+ A.
+    - "ddnm" (Wang et al. ICLR 2023, DDNM Alg. 1): at every reverse step the predicted x_0|t (Ho eq. 15, clipped or
+      thresholded as the scheduler does) is replaced by x^_0|t = x_0|t - A+(A x_0|t - y) (range-space from y,
+      null-space from the model), not clipped again, so A x^_0|t = y at every step; x_s ~ p(x_s | x_t, x^_0|t) is the
+      scheduler's step with that x_0 (``x0_transform``; posterior mean Ho eq. 7, the model's variance). With
+      ``noise_level`` sigma_y > 0 it is DDNM+ (sec. 3.3, Eq. 17 and 19): x^_0|t = x_0|t - lambda_t A+(A x_0|t - y)
+      and the step's noise is shrunk to variance Phi_t = sigma_t^2 - (a_t lambda_t sigma_y)^2, with a_t the x_0
+      coefficient of the posterior mean and lambda_t = min(1, sigma_t / (a_t sigma_y)).
+    - "ilvr" (Choi et al. ICCV 2021, Alg. 1): x'_s ~ p(x_s | x_t) (the scheduler's step), y_s ~ q(y_s | A+ y)
+      (Ho eq. 4),       x_s = phi(y_s) + x'_s - phi(x'_s) with the low-pass filter phi = A+ A.
 
     Args:
         unet (`UNet2DModel`): eps/x_0/v network, with variance channels for learned variances.
@@ -114,76 +115,37 @@ class DDPMHFSuperResolutionPipeline(DiffusionPipeline):
         learned = getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
         return output if learned or output.shape[1] == x.shape[1] else output[:, : x.shape[1]]
 
-    def _x0_coefficients(self, t):
-        """(a, b, c) with x_0 = (a x_t - b output) / c: Ho eq. 15 for "epsilon" (a = 1, b = sqrt(1 - alphabar_t),
-        c = sqrt(alphabar_t)), Salimans & Ho 2022 for "v_prediction" (a = sqrt(alphabar_t), b = sqrt(1 -
-        alphabar_t), c = 1); None for "sample"."""
-        alphabar = float(self.scheduler.alphas_cumprod[int(t)])
-        kind = self.scheduler.config.prediction_type
-        if kind == "sample":
-            return None
-        if kind == "epsilon":
-            return 1.0, (1 - alphabar) ** 0.5, alphabar**0.5
-        return alphabar**0.5, (1 - alphabar) ** 0.5, 1.0
+    def _ddpm_scheduler(self):
+        """The scheduler whose ``step`` takes ``x0_transform``: ours, or diffusers' DDPMScheduler converted to a
+        DDPMHFScheduler with the same config (``from_config`` swaps the two; ours adds no noise at the last step)."""
+        if hasattr(self.scheduler, "posterior"):
+            return self.scheduler
+        package = __name__.rpartition(".")[0]
+        module = importlib.import_module(f"{package}.scheduling_ddpm_hf" if package else "scheduling_ddpm_hf")
+        return module.DDPMHFScheduler.from_config(self.scheduler.config)
 
-    def _projected_step(self, output, t, x, project, generator):
-        """x_s ~ p(x_s | x_t, x^_0|t) with x^_0|t = project(x_0|t) (DDNM Alg. 1): x_0|t from the output (Ho eq. 15),
-        clipped as the scheduler clips it, projected, turned back into the output that implies it, then the
-        scheduler's step (posterior mean Ho eq. 7 and the model's variance, N&D eq. 15). Returns (x_s, x^_0|t)."""
-        channels = x.shape[1]
-        prediction, variance = output[:, :channels], output[:, channels:]
-        coefficients = self._x0_coefficients(t)
-        if coefficients is None:
-            x0 = prediction
-        else:
-            a, b, c = coefficients
-            x0 = (a * x - b * prediction) / c
-        config = self.scheduler.config
-        if getattr(config, "thresholding", False):
-            x0 = self.scheduler._threshold_sample(x0)
-        elif getattr(config, "clip_sample", False):
-            x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
-        x0 = project(x0)
-        prediction = x0 if coefficients is None else (a * x - c * x0) / b
-        output = torch.cat([prediction, variance], dim=1)
-        return self.scheduler.step(output, t, x, generator=generator).prev_sample, x0
-
-    def _variance(self, t, variance_channels):
-        """sigma_t^2 of the step at t, from diffusers' ``_get_variance`` (whose meaning depends on variance_type)."""
-        kind = self.scheduler.config.variance_type
-        value = self.scheduler._get_variance(t, predicted_variance=variance_channels)
-        if kind in ("fixed_large_log", "learned_range"):
-            return torch.exp(value)  # a log variance
-        if kind == "fixed_small_log":
-            return value**2  # a standard deviation
-        return value
-
-    def _ddnm_plus_step(self, output, t, x, y, scale, sigma_y, generator):
-        """DDNM+ (Wang et al. 2022, sec. 3.3) for y = A x + n, n ~ N(0, sigma_y^2 I)."""
-        channels = x.shape[1]
-        s = int(self.scheduler.previous_timestep(t))
-        alphabar_t = float(self.scheduler.alphas_cumprod[int(t)])
-        alphabar_s = 1.0 if s < 0 else float(self.scheduler.alphas_cumprod[s])
-        # posterior mean coefficients (Ho eq. 7 over a skipped step, Nichol & Dhariwal sec. 4)
-        a_t = alphabar_s**0.5 * (1 - alphabar_t / alphabar_s) / (1 - alphabar_t)
-        b_t = (alphabar_t / alphabar_s) ** 0.5 * (1 - alphabar_s) / (1 - alphabar_t)
+    @staticmethod
+    def _ddnm_plus_step(scheduler, output, t, x, y, scale, sigma_y, generator):
+        """DDNM+ (Wang et al. ICLR 2023, sec. 3.3) for y = A x + n, n ~ N(0, sigma_y^2 I): x^_0|t = x_0|t -
+        lambda_t A+(A x_0|t - y) (Eq. 17, Sigma_t = lambda_t I) and x_s = mu(x_t, x^_0|t) + sqrt(Phi_t) z with
+        Phi_t = sigma_t^2 - (a_t lambda_t sigma_y)^2 (Eq. 19), a_t the x_0 coefficient of the posterior mean (Ho eq.
+        7), lambda_t = min(1, sigma_t / (a_t sigma_y)). x_0|t is clipped or thresholded as the scheduler's step does."""
+        s = int(scheduler.previous_timestep(t))
+        a_t = scheduler.posterior(t, s).mean_from_x0.to(x)
+        prediction, variance_channels = scheduler.split_model_output(output, x.shape[1])
         # the std of the noise the step adds; none at the chain's last step (Ho Alg. 2), whatever the variance says
-        sigma_t = self._variance(t, output[:, channels:]).to(x).sqrt() * (1.0 if s >= 0 else 0.0)
+        sigma_t = scheduler.model_variance(t, variance_channels, s)[0].to(x).sqrt() * (1.0 if s >= 0 else 0.0)
         lam = (sigma_t / (a_t * sigma_y)).clamp(max=1.0)
-        chosen = {}
 
-        def project(x0):
-            chosen["x0"] = x0 - lam * upsample(downsample(x0, scale) - y, scale)
-            return chosen["x0"]
+        def project(x0):  # DDNM Eq. 17
+            return x0 - lam * upsample(downsample(x0, scale) - y, scale)
 
-        prev, _ = self._projected_step(output, t, x, project, generator)
-        x0 = chosen["x0"]
-        if getattr(self.scheduler.config, "clip_sample", False):  # as the step clips the x_0 it is given
-            x0 = x0.clamp(-self.scheduler.config.clip_sample_range, self.scheduler.config.clip_sample_range)
-        mean = a_t * x0 + b_t * x  # the posterior mean the step used
-        # sqrt(Phi_t) / sigma_t, Phi_t = sigma_t^2 - (a_t lambda_t sigma_y)^2
+        step = scheduler.step(output, t, x, generator=generator, x0_transform=project)
+        posterior = scheduler.posterior(t, s)
+        mean = posterior.mean_from_x0.to(x) * step.pred_original_sample + posterior.mean_from_xt.to(x) * x
+        # the step drew x_s = mean + sigma_t z: rescale its noise to sqrt(Phi_t) z (Eq. 19)
         shrink = (1 - (a_t * lam * sigma_y / sigma_t.clamp(min=1e-12)) ** 2).clamp(min=0).sqrt()
-        return mean + shrink * (prev - mean)
+        return mean + shrink * (step.prev_sample - mean)
 
     # ------------------------------------------------------------------ sampling
 
@@ -248,15 +210,16 @@ class DDPMHFSuperResolutionPipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != len(y):
             raise ValueError(f"got {len(generator)} generators for a batch of {len(y)}")
 
+        scheduler = self._ddpm_scheduler()
         if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=list(timesteps))
+            scheduler.set_timesteps(timesteps=list(timesteps))
         else:
-            self.scheduler.set_timesteps(num_inference_steps)
-        chain = self.scheduler.timesteps.tolist()
+            scheduler.set_timesteps(num_inference_steps)
+        chain = scheduler.timesteps.tolist()
         sigma_y = 2.0 * noise_level  # [0, 1] pixel units -> the model's [-1, 1]
         y_up = upsample(y, scale)
 
-        def project(x0):  # DDNM Alg. 1: x^_0|t = x_0|t - A+(A x_0|t - y)
+        def project(x0):  # DDNM Alg. 1: x^_0|t = x_0|t - A+(A x_0|t - y), used as it is (A x^_0|t = y exactly)
             return x0 - upsample(downsample(x0, scale) - y, scale)
 
         shape = (len(y), channels, *size)
@@ -264,15 +227,15 @@ class DDPMHFSuperResolutionPipeline(DiffusionPipeline):
         for k, t in enumerate(self.progress_bar(chain)):
             output = self._model_output(x, t)
             if method == "ilvr":
-                x = self.scheduler.step(output, t, x, generator=generator).prev_sample  # x'_s ~ p(x_s | x_t)
-                alphabar = 1.0 if k + 1 == len(chain) else float(self.scheduler.alphas_cumprod[chain[k + 1]])
+                x = scheduler.step(output, t, x, generator=generator).prev_sample  # x'_s ~ p(x_s | x_t)
                 noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-                y_s = alphabar**0.5 * y_up + (1 - alphabar) ** 0.5 * noise  # y_s ~ q(y_s | y), Ho eq. 4
-                x = x - upsample(downsample(x, scale), scale) + upsample(downsample(y_s, scale), scale)
+                y_s = scheduler.q_sample(y_up, noise, chain[k + 1]) if k + 1 < len(chain) else y_up  # q(y_s | y)
+                x = x - upsample(downsample(x, scale), scale) + upsample(downsample(y_s, scale), scale)  # ILVR Alg. 1
             elif sigma_y > 0:
-                x = self._ddnm_plus_step(output, t, x, y, scale, sigma_y, generator)
+                x = self._ddnm_plus_step(scheduler, output, t, x, y, scale, sigma_y, generator)
             else:
-                x, x0 = self._projected_step(output, t, x, project, generator)
+                step = scheduler.step(output, t, x, generator=generator, x0_transform=project)
+                x, x0 = step.prev_sample, step.pred_original_sample
         if method == "ddnm" and sigma_y == 0:
             x = consistent_clip(x0, y, scale)  # the last x^_0 (A x^_0 = y), brought into [-1, 1] keeping A x = y
         elif method == "ilvr":
