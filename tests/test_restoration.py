@@ -601,6 +601,8 @@ def test_no_install_route_from_a_hub_repo(saved, tmp_path):
             block_ddpm_hf=True,
         )
         assert ("GET", f"/ns/tiny-ddpm/resolve/{sha}/pipeline_ddpm_hf_inpaint.py") in hub.requests
+        # and the sibling it imports relatively (the shared DDPMHFTaskPipelineMixin), which diffusers follows
+        assert ("GET", f"/ns/tiny-ddpm/resolve/{sha}/pipeline_ddpm_hf.py") in hub.requests
     assert out["class"][0] == "DDPMHFInpaintPipeline" and out["class"][1].startswith("diffusers_modules.")
     local = DDPMHFInpaintPipeline.from_pretrained(saved)
     local.set_progress_bar_config(disable=True)

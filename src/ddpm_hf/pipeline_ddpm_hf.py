@@ -49,6 +49,29 @@ def _own_scheduler_class():
     return module.DDPMHFScheduler
 
 
+def upload_folder_to_hub(folder, repo_id, *, token=None, private=None, revision=None, commit_message=None,
+                         ignore_patterns=None):
+    """Upload a saved pipeline folder to the Hub repo ``repo_id`` (created if missing, private if ``private``), on
+    branch ``revision`` (created from main if missing; default main), leaving out ``ignore_patterns``. The one upload
+    path of ddpm-hf: ``save_pretrained(push_to_hub=True)`` and ``ddpm-hf push`` both call it. Returns the commit info.
+
+    Raises ValueError if ``private`` is asked for a repo that exists and is public (a push never changes a repo's
+    visibility); huggingface_hub's errors pass through after its own retries."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if private and not api.repo_info(repo_id).private:
+        raise ValueError(
+            f"{repo_id} already exists and is public, and a push does not change an existing repo's visibility: "
+            "make it private on the Hub first, or push without asking for a private repo"
+        )
+    if revision and revision not in ("main", "refs/heads/main"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, ignore_patterns=ignore_patterns,
+                             commit_message=commit_message or "Upload DDPMHFPipeline")
+
+
 @dataclass
 class DDPMHFPipelineOutput(ImagePipelineOutput):
     """Output of ``DDPMHFPipeline``.
@@ -120,17 +143,8 @@ class DDPMHFPipeline(DiffusionPipeline):
 
         _edit_json(os.path.join(save_directory, "model_index.json"), point_at_sources)
         if push_to_hub:
-            from huggingface_hub import create_repo, upload_folder
-
-            repo_id = hub_kwargs.get("repo_id") or os.path.basename(os.path.abspath(save_directory))
-            token = hub_kwargs.get("token")
-            repo_id = create_repo(repo_id, private=hub_kwargs.get("private"), token=token, exist_ok=True).repo_id
-            upload_folder(
-                repo_id=repo_id,
-                folder_path=save_directory,
-                token=token,
-                commit_message=hub_kwargs.get("commit_message") or "Upload DDPMHFPipeline",
-            )
+            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))
+            upload_folder_to_hub(save_directory, repo_id, **hub_kwargs)
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs):
@@ -329,3 +343,39 @@ class DDPMHFPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,) if intermediates is None else (images, intermediates)
         return DDPMHFPipelineOutput(images=images, intermediates=intermediates)
+
+
+class DDPMHFTaskPipelineMixin:
+    """What the task pipelines (``TASK_PIPELINES``) share: loading and saving as a ``DDPMHFPipeline`` folder, the UNet
+    call, and the scheduler whose ``step`` takes ``x0_transform``.
+
+    A task file imports it with ``from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin``, which works installed (a
+    package-relative import) and as remote code: diffusers' loader (``get_cached_module_file``) finds that relative
+    import (``get_relative_imports``) and copies the sibling ``pipeline_ddpm_hf.py`` from the folder, or downloads it
+    from the Hub repo, into the same dynamic-module package. It is not a ``DiffusionPipeline``, so diffusers still
+    finds exactly one pipeline class in a task file (``find_pipeline_class``).
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved DDPMHFPipeline folder or Hub repo as this pipeline: ``DDPMHFPipeline.from_pretrained`` (no
+        folder code runs when ddpm_hf is installed) then ``from_pipe``."""
+        return cls.from_pipe(DDPMHFPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs), torch_dtype=None)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """Save as a ``DDPMHFPipeline`` folder (which carries the task files): load it back with ``from_pretrained``."""
+        DDPMHFPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(save_directory, **kwargs)
+
+    def _model_output(self, x, t):
+        """The UNet output, keeping the variance channels only when the scheduler uses them."""
+        output = self.unet(x, t).sample
+        learned = getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
+        return output if learned or output.shape[1] == x.shape[1] else output[:, : x.shape[1]]
+
+    def _ddpm_scheduler(self):
+        """The scheduler whose ``step`` takes ``x0_transform`` and has the maths surface (``predict_x0``,
+        ``posterior``, ...): ours, or diffusers' DDPMScheduler as a DDPMHFScheduler with the same config
+        (``from_config`` swaps the two; ours adds no noise at the last step of a chain ending above 0)."""
+        if hasattr(self.scheduler, "posterior"):
+            return self.scheduler
+        return _own_scheduler_class().from_config(self.scheduler.config)

@@ -2,13 +2,13 @@
 """Inpainting with an unconditional DDPM, no retraining: RePaint (Lugmayr et al. CVPR 2022) and DDNM-style projection
 (Wang et al. ICLR 2023) on top of the scheduler's ancestral step, as a diffusers ``DiffusionPipeline``.
 
-This file is self-contained (torch, numpy and diffusers only): ``DDPMHFPipeline.save_pretrained`` copies it into the
-saved folder, so that a process without ddpm_hf can run it with
-``DiffusionPipeline.from_pretrained(folder_or_repo, custom_pipeline="pipeline_ddpm_hf_inpaint",
-trust_remote_code=True)``.
+This file imports torch, numpy, diffusers and its sibling ``pipeline_ddpm_hf.py`` (the shared
+``DDPMHFTaskPipelineMixin``) only: ``DDPMHFPipeline.save_pretrained`` copies both into the saved folder, and
+diffusers' remote-code loader fetches the sibling with it (it follows a ``from .module import`` of a file beside the
+pipeline's), so that a process without ddpm_hf can run it with ``DiffusionPipeline.from_pretrained(folder_or_repo,
+custom_pipeline="pipeline_ddpm_hf_inpaint", trust_remote_code=True)``.
 """
 
-import importlib
 from dataclasses import dataclass
 
 import torch
@@ -16,18 +16,10 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UN
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
+
 OUTPUT_TYPES = ("pil", "np", "pt")
 METHODS = ("repaint", "ddnm")
-
-
-def _base_pipeline_class():
-    """DDPMHFPipeline from ``pipeline_ddpm_hf`` beside this module (the installed package's), or None when this file
-    runs as remote code without it."""
-    package = __name__.rpartition(".")[0]
-    try:
-        return importlib.import_module(f"{package}.pipeline_ddpm_hf" if package else "pipeline_ddpm_hf").DDPMHFPipeline
-    except (ImportError, AttributeError):
-        return None
 
 
 def repaint_path(num_steps, jump_length, jump_n_sample):
@@ -68,7 +60,7 @@ class DDPMHFInpaintPipelineOutput(ImagePipelineOutput):
     unet_calls: int = 0
 
 
-class DDPMHFInpaintPipeline(DiffusionPipeline):
+class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
     """Fill the masked region of images with an unconditional DDPM (same components as ``DDPMHFPipeline``).
 
     Mask convention as diffusers' inpainting pipelines: white (1) = repaint, black (0) = keep; a mask that is not
@@ -108,42 +100,7 @@ class DDPMHFInpaintPipeline(DiffusionPipeline):
             do_convert_grayscale=True,
         )
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved DDPMHFPipeline folder or Hub repo as this pipeline: ``DDPMHFPipeline.from_pretrained`` (no
-        folder code runs) then ``from_pipe``. Without ddpm_hf (this file loaded as remote code) it is diffusers'
-        ``from_pretrained`` with this file as the custom pipeline."""
-        base = _base_pipeline_class()
-        if base is None:
-            kwargs.setdefault("trust_remote_code", True)
-            return DiffusionPipeline.from_pretrained(
-                pretrained_model_name_or_path, custom_pipeline=__name__.rpartition(".")[2], **kwargs
-            )
-        return cls.from_pipe(base.from_pretrained(pretrained_model_name_or_path, **kwargs), torch_dtype=None)
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save as a ``DDPMHFPipeline`` folder (which carries this file): load it back with ``from_pretrained``."""
-        base = _base_pipeline_class()
-        if base is None:
-            raise RuntimeError("saving needs ddpm_hf installed (DDPMHFPipeline writes the remote-code layout)")
-        base(unet=self.unet, scheduler=self.scheduler).save_pretrained(save_directory, **kwargs)
-
     # ------------------------------------------------------------------ pieces
-
-    def _model_output(self, x, t):
-        """The UNet output, keeping the variance channels only when the scheduler uses them."""
-        output = self.unet(x, t).sample
-        learned = getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
-        return output if learned or output.shape[1] == x.shape[1] else output[:, : x.shape[1]]
-
-    def _ddpm_scheduler(self):
-        """The scheduler whose ``step`` takes ``x0_transform``: ours, or diffusers' DDPMScheduler converted to a
-        DDPMHFScheduler with the same config (``from_config`` swaps the two; ours adds no noise at the last step)."""
-        if hasattr(self.scheduler, "posterior"):
-            return self.scheduler
-        package = __name__.rpartition(".")[0]
-        module = importlib.import_module(f"{package}.scheduling_ddpm_hf" if package else "scheduling_ddpm_hf")
-        return module.DDPMHFScheduler.from_config(self.scheduler.config)
 
     @staticmethod
     def _alphabar(scheduler, k, timesteps):
