@@ -49,6 +49,29 @@ def _own_scheduler_class():
     return module.DDPMHFScheduler
 
 
+def upload_folder_to_hub(folder, repo_id, *, token=None, private=None, revision=None, commit_message=None,
+                         ignore_patterns=None):
+    """Upload a saved pipeline folder to the Hub repo ``repo_id`` (created if missing, private if ``private``), on
+    branch ``revision`` (created from main if missing; default main), leaving out ``ignore_patterns``. The one upload
+    path of ddpm-hf: ``save_pretrained(push_to_hub=True)`` and ``ddpm-hf push`` both call it. Returns the commit info.
+
+    Raises ValueError if ``private`` is asked for a repo that exists and is public (a push never changes a repo's
+    visibility); huggingface_hub's errors pass through after its own retries."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if private and not api.repo_info(repo_id).private:
+        raise ValueError(
+            f"{repo_id} already exists and is public, and a push does not change an existing repo's visibility: "
+            "make it private on the Hub first, or push without asking for a private repo"
+        )
+    if revision and revision not in ("main", "refs/heads/main"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, ignore_patterns=ignore_patterns,
+                             commit_message=commit_message or "Upload DDPMHFPipeline")
+
+
 @dataclass
 class DDPMHFPipelineOutput(ImagePipelineOutput):
     """Output of ``DDPMHFPipeline``.

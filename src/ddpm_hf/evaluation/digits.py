@@ -29,7 +29,7 @@ def ddpm_hf_cache_dir():
 
 def digits_arrays(split):
     """The embedded digits of ``split`` ("train" or "test") as (uint8 (N, 1, 8, 8) tensor, labels (N,) array)."""
-    from .data import load_digits_dataset
+    from ..data import load_digits_dataset
 
     data = load_digits_dataset()[split]
     images = np.stack([np.asarray(im, dtype=np.uint8) for im in data["image"]])[:, None]
@@ -98,7 +98,7 @@ def digits_metric(images_uint8, reference_uint8=None, classifier=None):
     over log 10 (1 = all ten digits equally often), "digits_class_histogram", "digits_classifier_test_accuracy",
     "num_samples", "num_reference"}.
     """
-    from .feature_metrics import frechet_distance, kernel_distance
+    from .features import frechet_distance, kernel_distance
 
     classifier = classifier or load_digits_classifier()
     if reference_uint8 is None:
