@@ -14,7 +14,8 @@ def load_pipeline(cls, model, **kwargs):
     ModelNotFound naming what is wrong with the folder and the fix."""
     if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
         raise ModelNotFound(f"{model} is not a model folder: no model_index.json in it. Give a folder written by "
-                            "save_pretrained or `ddpm-hf train` (model_index.json, unet/, scheduler/), or a Hub repo id")
+                            "save_pretrained or `ddpm-hf train` (model_index.json, unet/, scheduler/), or a Hub "
+                            "repo id")
     if not os.path.isdir(model) and (model.startswith((".", "/", "~")) or model.count("/") > 1):
         raise ModelNotFound(f"{model}: no such folder (nor a Hub repo id namespace/name)")
     try:

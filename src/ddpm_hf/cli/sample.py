@@ -42,7 +42,8 @@ def run(args, parser):
     start = time.time()
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     images, strip = generate(pipe, args.num_images, args.batch_size, steps, args.seed, strip=args.strip)
-    title = f"{os.path.basename(os.path.normpath(args.model))}: {args.num_images} samples, {steps} steps, seed {args.seed}"
+    name = os.path.basename(os.path.normpath(args.model))
+    title = f"{name}: {args.num_images} samples, {steps} steps, seed {args.seed}"
     write_samples(pipe, images, args.output_dir, title, strip)
     grid = os.path.join(args.output_dir, "grid.png")
     print(f"wrote {args.num_images} images and {grid} in {time.time() - start:.1f}s")

@@ -94,9 +94,9 @@ def digits_metric(images_uint8, reference_uint8=None, classifier=None):
 
     Returns {"digits_fd": Frechet distance of the classifier features (torchmetrics' FID code on these features),
     "digits_kid"/"digits_kid_std": the kernel distance (KID, unbiased) in the same features, mean and std over
-    subsets, "digits_confidence": mean max class probability, "digits_class_balance": entropy of the predicted-class histogram
-    over log 10 (1 = all ten digits equally often), "digits_class_histogram", "digits_classifier_test_accuracy",
-    "num_samples", "num_reference"}.
+    subsets, "digits_confidence": mean max class probability, "digits_class_balance": entropy of the predicted-class
+    histogram over log 10 (1 = all ten digits equally often), "digits_class_histogram",
+    "digits_classifier_test_accuracy", "num_samples", "num_reference"}.
     """
     from .features import frechet_distance, kernel_distance
 
