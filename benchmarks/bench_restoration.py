@@ -5,7 +5,7 @@ digit classifier on the results. Prints a markdown table (BENCHMARKS.md) and can
 
     OMP_NUM_THREADS=1 python benchmarks/bench_restoration.py --model outputs/demo --picture docs/restoration.png
 
-The classifier is ddpm_hf.digits_metric's when that module exists, else a logistic regression on the pixels of the
+The classifier is ddpm_hf.evaluation.digits's when that module exists, else a logistic regression on the pixels of the
 training split (scikit-learn, deterministic), trained here. Every method gets the same seed.
 """
 
@@ -35,15 +35,15 @@ def digits(split):
 
 def classifier(train_images, train_labels):
     """A function images (B, 1, 8, 8) in [0, 1] -> predicted labels, and its name."""
-    if importlib.util.find_spec("ddpm_hf.digits_metric") is not None:
-        from ddpm_hf.digits_metric import load_digits_classifier
+    if importlib.util.find_spec("ddpm_hf.evaluation.digits") is not None:
+        from ddpm_hf.evaluation.digits import load_digits_classifier
 
         model = load_digits_classifier()
 
         def classify(images):  # the classifier takes uint8 images, as they are saved
             return model.probabilities((images.clamp(0, 1) * 255).round().to(torch.uint8)).argmax(1)
 
-        return classify, "the digits metric's MLP classifier (ddpm_hf.digits_metric)"
+        return classify, "the digits metric's MLP classifier (ddpm_hf.evaluation.digits)"
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(max_iter=5000).fit(train_images.flatten(1).numpy(), train_labels)

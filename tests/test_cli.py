@@ -55,3 +55,72 @@ def test_bad_arguments_fail_with_a_message(saved, tmp_path):
     assert r.returncode != 0 and "missing" in r.stderr
     r = _run("frobnicate", cwd=tmp_path)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ flag names
+@pytest.mark.parametrize("command, canonical, alias", [
+    (["evaluate", "m"], ["--num_inference_steps", "5,2"], ["--ddpm_num_inference_steps", "5,2"]),
+    (["evaluate", "m"], ["--bpd_timesteps", "4"], ["--eval_bpd_timesteps", "4"]),
+    (["evaluate", "m"], ["--batch_size", "3"], ["--eval_batch_size", "3"]),
+    (["sample", "m"], ["--num_inference_steps", "5"], ["--ddpm_num_inference_steps", "5"]),
+    (["sample", "m"], ["--batch_size", "3"], ["--eval_batch_size", "3"]),
+    (["denoise", "m", "--image", "x.png"], ["--noise_level", "0.1"], ["--sigma", "0.1"]),
+])
+def test_the_other_spelling_of_a_flag_is_an_alias(command, canonical, alias):
+    """One meaning, one name (diffusers'), the other command's spelling accepted: both give the same arguments,
+    different from the default."""
+    from ddpm_hf.cli import build_parser
+
+    parser, _ = build_parser()
+    got, want = (vars(parser.parse_args(command + extra)) for extra in (alias, canonical))
+    other = vars(parser.parse_args(command + [canonical[0], "7"]))  # another value: the alias is not ignored
+    assert got == want != other
+
+
+def test_denoise_sigma_alias_runs_the_same_chain(saved, tmp_path):
+    """`denoise --sigma` (the old name) and `--noise_level` (the pipeline's) write the same image."""
+    _, folder = saved
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "grey.png")
+    for flag in ("--noise_level", "--sigma"):
+        r = _run("denoise", str(folder), "--image", "grey.png", flag, "0.2", "--num_inference_steps", "3",
+                 "--output_dir", flag.strip("-"), cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "noise_level" / "grey_denoise.png").read_bytes() == \
+        (tmp_path / "sigma" / "grey_denoise.png").read_bytes()
+
+
+def test_img2img_strength_default_is_the_pipelines():
+    """The CLI's --strength default is DDPMHFImg2ImgPipeline's (diffusers' 0.8), and --help says so."""
+    import inspect
+
+    from ddpm_hf.cli import build_parser
+    from ddpm_hf.pipeline_ddpm_hf_img2img import DDPMHFImg2ImgPipeline
+
+    want = inspect.signature(DDPMHFImg2ImgPipeline.__call__).parameters["strength"].default
+    _, commands = build_parser()
+    parser = commands["img2img"][0]
+    assert parser.parse_args(["m", "--image", "x.png"]).strength == want == 0.8
+    assert f"default {want}" in " ".join(parser.format_help().split())
+
+
+# ------------------------------------------------------------------------------------------------ import cost
+def test_import_and_the_parser_tree_do_not_import_torch_or_diffusers():
+    """`import ddpm_hf`, its evaluation package and errors, and every command's --help (the whole parser tree) run
+    without importing torch, diffusers or a pipeline; the lazy names still resolve."""
+    code = (
+        "import sys, contextlib, io\n"
+        "import ddpm_hf, ddpm_hf.evaluation, ddpm_hf.errors, ddpm_hf.run_dir\n"
+        "from ddpm_hf.cli import build_parser, main\n"
+        "_, commands = build_parser()\n"
+        "for argv in [['--help']] + [[name, '--help'] for name in commands]:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'numpy', 'PIL',\n"
+        "               'huggingface_hub') or m.startswith('ddpm_hf.pipeline'))\n"
+        "print('HEAVY', heavy)\n"
+        "assert ddpm_hf.DDPMHFPipeline.__name__ == 'DDPMHFPipeline' and 'diffusers' in sys.modules\n"
+        "assert ddpm_hf.evaluation.held_out_bits.__module__ == 'ddpm_hf.evaluation.bound'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "HEAVY []" in r.stdout, r.stdout

@@ -14,9 +14,9 @@ import torch
 from huggingface_hub import ModelCard
 
 from ddpm_hf import DDPMHFScheduler, build_unet
-from ddpm_hf.digits_metric import digits_arrays, digits_metric, load_digits_classifier
-from ddpm_hf.evaluation import held_out_bits, stratified_bits
-from ddpm_hf.feature_metrics import frechet_distance, kernel_distance, precision_recall
+from ddpm_hf.evaluation.digits import digits_arrays, digits_metric, load_digits_classifier
+from ddpm_hf.evaluation.bound import held_out_bits, stratified_bits
+from ddpm_hf.evaluation.features import frechet_distance, kernel_distance, precision_recall
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_training import _env, _train  # noqa: E402

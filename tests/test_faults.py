@@ -298,6 +298,6 @@ def test_the_lock_is_never_pushed():
     """The lock file names the host: `--push_to_hub` (which pushes while the run holds it) leaves it out."""
     from fnmatch import fnmatch
 
-    from ddpm_hf.model_card import PUSH_IGNORE_PATTERNS
+    from ddpm_hf.hub import PUSH_IGNORE_PATTERNS
 
     assert any(fnmatch(LOCK_NAME, pattern) for pattern in PUSH_IGNORE_PATTERNS)

@@ -189,6 +189,46 @@ def test_failed_push_says_how_to_resume_and_the_resume_works(run, tmp_path):
     assert _snapshot(run) == before
 
 
+def _hashes(folder):
+    """sha256 of every file under ``folder`` (links followed), by relative path."""
+    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_push_keeps_a_hand_edited_card_and_writes_nothing_in_the_run(run, tmp_path):
+    """Found as a user: `ddpm-hf push` rendered README.md again before uploading, so a hand-edited card was replaced,
+    even by a push that then failed and said the run was "complete and unchanged". A push writes nothing in the run
+    (every file hashed before and after a failed and a successful push) and uploads the edited card as it is; a run
+    without a card gets one rendered for the repo, on the Hub only."""
+    card = run / "README.md"
+    card.write_text(card.read_text() + "\n## Notes by hand\n\nTrained on a Tuesday, the third attempt.\n")
+    before = _hashes(run)
+    with HubServer(tmp_path / "hub") as hub:
+        rule = hub.add_fault("500", "POST", r"/commit/main$", times=1)
+        r = _push(hub, run)
+        assert r.returncode == 2 and rule["served"] == 1, r.stderr[-3000:]
+        assert "is complete and unchanged" in r.stderr and hub.commit_count(REPO) <= 1
+        assert _hashes(run) == before  # the edit is still there, and every other byte
+        r = _push(hub, run)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "differs from the card ddpm-hf renders" in r.stdout
+        assert _download(hub, tmp_path / "fresh", "README.md") == card.read_bytes()
+        assert _hashes(run) == before
+
+    # no card in the run (never written, or removed): the Hub gets the card rendered for the repo, with its pictures;
+    # the run still has none
+    card.unlink()
+    shutil.rmtree(run / "images")
+    before = _hashes(run)
+    with HubServer(tmp_path / "hub2") as hub:
+        r = _push(hub, run)
+        assert r.returncode == 0, r.stderr[-3000:]
+        pushed = _download(hub, tmp_path / "fresh2", "README.md").decode()
+        assert f'from_pretrained("{REPO}", trust_remote_code=True)' in pushed, pushed[:3000]
+        assert "Notes by hand" not in pushed and "![" in pushed
+        assert _download(hub, tmp_path / "fresh2", "images/samples.png") == (run / "samples" / "grid.png").read_bytes()
+        assert _hashes(run) == before and not card.exists()
+
+
 def test_interrupted_push_says_how_to_resume_and_the_resume_works(run, tmp_path):
     """Ctrl-C while huggingface_hub's upload threads wait out a 429 (Retry-After: 60): the push stops at once (it
     does not wait for the threads) with exit code 130 and the command that resumes it; that command completes it."""

@@ -628,7 +628,7 @@ def test_cli_commands_write_the_result_and_a_labelled_strip(saved, tmp_path):
               "--jump_length", "2", *common])
     cli_main(["upscale", str(saved), "--image", str(tmp_path / "low.png"), "--scale", "2", *common])
     cli_main(["img2img", str(saved), "--image", str(tmp_path / "digit.png"), "--strength", "0.5", *common])
-    cli_main(["denoise", str(saved), "--image", str(tmp_path / "digit.png"), "--sigma", "0.1", *common])
+    cli_main(["denoise", str(saved), "--image", str(tmp_path / "digit.png"), "--noise_level", "0.1", *common])
     assert sorted(os.listdir(out)) == sorted(
         f"{stem}_{command}{suffix}.png" for stem, command in
         (("digit", "inpaint"), ("low", "upscale"), ("digit", "img2img"), ("digit", "denoise"))
@@ -661,8 +661,8 @@ def test_cli_errors_are_one_message_and_exit_code_2(saved, tmp_path, capsys):
         (["upscale", "--image", "small.png", "--scale", "3"], "cannot take scale 3"),
         (["img2img", "--image", "gray.png", "--strength", "1.5"], "strength must be in (0, 1]"),
         (["img2img", "--image", "gray.png", "--strength", "0"], "--strength must be in (0, 1], got 0.0"),
-        (["denoise", "--image", "gray.png", "--sigma", "-1"], "--sigma must be > 0, got -1.0"),
-        (["denoise", "--image", "missing.png", "--sigma", "0.1"], "missing.png does not exist"),
+        (["denoise", "--image", "gray.png", "--noise_level", "-1"], "--noise_level must be > 0, got -1.0"),
+        (["denoise", "--image", "missing.png", "--noise_level", "0.1"], "missing.png does not exist"),
         (["upscale", "--image", "gray.png", "--method", "ilvr", "--noise_level", "0.1"], "only with method='ddnm'"),
     ):
         argv = [argv[0], str(saved)] + [str(tmp_path / a) if a.endswith(".png") else a for a in argv[1:]]

@@ -1,19 +1,18 @@
-"""The model card of a trained pipeline and its upload to the Hub.
+"""The model card of a trained pipeline.
 
 ``write_model_card(output_dir)`` reads what a training run left in ``output_dir`` (training_args.json, metrics.json,
 the saved pipeline's configs, the sample grid, denoising strip and loss plot), copies the pictures to
 ``output_dir/images/`` and renders ``model_card_template.md`` through huggingface_hub's ``ModelCard`` into
 ``output_dir/README.md``, beside the pipeline (train_unconditional.py's layout). The card names no local path and no
-token: local datasets appear by their folder's name only. ``push_run`` uploads the pipeline, card, pictures,
-metrics.json and training_args.json, never checkpoints or logs.
+token: local datasets appear by their folder's name only. ``ddpm_hf.hub`` uploads it with the run.
 """
 
 import json
 import os
-import shlex
 import shutil
 
 from .data import DIGITS, dataset_source
+from .errors import LayoutError
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
 # pictures of the run -> their name beside the card (and so in the Hub repo)
@@ -29,18 +28,9 @@ BETA_SCHEDULE_TEXT = {
 PREDICTION_TEXT = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_prediction": "v (Salimans & Ho 2022)"}
 
 
-# what a push leaves out of --output_dir (huggingface_hub ignore_patterns, as diffusers' scripts pass them)
-PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "samples/**", "samples-*/**", "history.jsonl",
-                        "loss.png", "*.tmp", "*.tmp/**", ".ddpm-hf.lock"]  # the lock names the host
-
-
 SAMPLE_METRIC_NAMES = {"fid": "FID (lower is better)", "kid": "KID (lower is better)",
                        "precision": "precision (k=3, higher is better)", "recall": "recall (k=3, higher is better)",
                        "digits_fd": "digits classifier Frechet distance (lower is better)"}
-
-
-class LayoutError(ValueError):
-    """A folder that is not a finished training run in this version's layout."""
 
 
 def check_run(output_dir):
@@ -221,76 +211,3 @@ def write_model_card(output_dir, repo_id=None):
     path = os.path.join(output_dir, "README.md")
     model_card(output_dir, repo_id).save(path)
     return path
-
-
-def push_ignore_patterns(output_dir):
-    """``PUSH_IGNORE_PATTERNS`` plus the run's own ``--logging_dir`` (from training_args.json) when it lies inside
-    ``output_dir``."""
-    patterns = list(PUSH_IGNORE_PATTERNS)
-    args_path = os.path.join(output_dir, "training_args.json")
-    if os.path.isfile(args_path):
-        with open(args_path) as f:
-            logging_dir = json.load(f).get("logging_dir")
-        if logging_dir:
-            relative = os.path.relpath(os.path.join(output_dir, logging_dir), output_dir).replace(os.sep, "/")
-            if not relative.startswith(".."):
-                patterns.append(f"{relative}/**")
-    return patterns
-
-
-class PushError(RuntimeError):
-    """A push that cannot go ahead as asked (the message says why and what to do)."""
-
-
-def push_command(output_dir, repo_id, private=False, revision=None):
-    """The ``ddpm-hf push`` command that (re)uploads ``output_dir`` to ``repo_id``; it never holds a token."""
-    parts = ["ddpm-hf", "push", os.fspath(output_dir), "--hub_model_id", repo_id]
-    if revision:
-        parts += ["--hub_revision", revision]
-    if private:
-        parts.append("--hub_private_repo")
-    return shlex.join(parts)
-
-
-def push_failure_message(error, output_dir, repo_id, private=False, revision=None, token=None):
-    """One message for a push that failed: the repo, the error (first line, and its cause's), the state of the local
-    run and the exact command that resumes the push; ``token`` (a --hub_token) is never printed, only asked for."""
-    def first_line(e):
-        text = str(e).strip().splitlines()
-        return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-    where = f"{repo_id} (branch {revision})" if revision else repo_id
-    if isinstance(error, KeyboardInterrupt):
-        what = "was interrupted"
-    else:
-        reason = first_line(error)
-        cause = error.__cause__ or error.__context__
-        if cause is not None and str(cause).strip() and str(cause).strip().splitlines()[0] not in reason:
-            reason += f" ({first_line(cause)})"
-        what = "failed: " + (reason.replace(token, "<token>") if token else reason)
-    return (f"the upload to {where} {what}\n"
-            f"The run in {output_dir} is complete and unchanged. Resume the push (files already on the Hub are not "
-            f"sent again) with:\n  {push_command(output_dir, repo_id, private, revision)}"
-            + ("\n(adding the same --hub_token, or with HF_TOKEN set)" if token else ""))
-
-
-def push_run(output_dir, repo_id, private=None, token=None, revision=None, commit_message=None):
-    """Upload a finished run to the Hub repo ``repo_id`` (created if missing, private if ``private``), on branch
-    ``revision`` (created from main if missing; default main): the pipeline, README.md, images/, metrics.json and
-    training_args.json; ``push_ignore_patterns`` keeps checkpoints, logs and samples out. Returns the commit info.
-
-    Raises PushError if ``private`` is asked for a repo that already exists and is public (a push never changes a
-    repo's visibility); errors of huggingface_hub pass through after its own retries."""
-    from huggingface_hub import HfApi
-
-    check_run(output_dir)
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if private and not api.repo_info(repo_id).private:
-        raise PushError(f"{repo_id} already exists and is public, and --hub_private_repo does not change an existing "
-                        "repo's visibility: make it private on the Hub first, or push without --hub_private_repo")
-    if revision and revision not in ("main", "refs/heads/main"):
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=output_dir, revision=revision,
-                             ignore_patterns=push_ignore_patterns(output_dir),
-                             commit_message=commit_message or "Upload DDPMHFPipeline trained with ddpm-hf")

@@ -1,10 +1,32 @@
-"""Drawing samples from a pipeline and writing them for people: one PNG per image, a labelled upscaled grid and a
-denoising strip."""
+"""Loading a saved pipeline, drawing samples from it and writing them for people: one PNG per image, a labelled
+upscaled grid and a denoising strip."""
 
 import os
 
 import numpy as np
 import torch
+
+from .errors import ModelNotFound
+
+
+def load_pipeline(cls, model, **kwargs):
+    """``cls.from_pretrained(model, **kwargs)`` for a folder written by save_pretrained or a Hub repo id; raises
+    ModelNotFound naming what is wrong with the folder and the fix."""
+    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
+        raise ModelNotFound(f"{model} is not a model folder: no model_index.json in it. Give a folder written by "
+                            "save_pretrained or `ddpm-hf train` (model_index.json, unet/, scheduler/), or a Hub "
+                            "repo id")
+    if not os.path.isdir(model) and (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        raise ModelNotFound(f"{model}: no such folder (nor a Hub repo id namespace/name)")
+    try:
+        return cls.from_pretrained(model, **kwargs)
+    except Exception as error:  # noqa: BLE001 - a damaged or foreign folder, a missing repo: one clear line
+        detail = str(error).strip().splitlines()[0][:400] if str(error).strip() else ""
+        raise ModelNotFound(
+            f"cannot load the pipeline {model} ({type(error).__name__}: {detail}). It needs model_index.json, "
+            "unet/config.json with unet/diffusion_pytorch_model.safetensors of the same shapes, and "
+            "scheduler/scheduler_config.json: save it again (or download it again), or give another folder or repo "
+            "id") from error
 
 
 def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=False, columns=10, rows=8):

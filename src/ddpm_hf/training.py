@@ -138,7 +138,8 @@ def _train(args, accelerator, lock, stop):
     from .flat_parameters import ema_weights, flatten_parameters
     from .images import save_loss_plot
     from .losses import diffusion_loss
-    from .model_card import push_failure_message, push_run, write_model_card
+    from .hub import push_failure_message, push_run
+    from .model_card import write_model_card
     from .pipeline_ddpm_hf import DDPMHFPipeline
     from .sampling import generate, write_samples
     from .scheduling_ddpm_hf import DDPMHFScheduler
@@ -161,7 +162,7 @@ def _train(args, accelerator, lock, stop):
     flat = flatten_parameters(model)  # one tensor for the optimizer, clipping and EMA
     inception = None  # periodic FID only when the Inception file is at hand (no download in a training run)
     if args.eval_steps and "fid" in args.eval_metrics and main:
-        from .inception import InceptionWeightsMissing, load_inception
+        from .evaluation import InceptionWeightsMissing, load_inception
 
         try:
             inception = load_inception(args.inception_weights, download=False)

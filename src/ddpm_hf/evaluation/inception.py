@@ -3,7 +3,7 @@ code (``inception-2015-12-05``, Heusel et al. 2017), as NVIDIA's TorchScript por
 clean-fid use. It needs only torch (no torchvision, no torch-fidelity): the file carries the network.
 
 The file is downloaded once to ``torch.hub.get_dir()/checkpoints/`` (the usual torch cache) or given with
-``--inception_weights PATH``. Its interface: ``net(images, return_features=True)`` with ``images`` a float tensor
+its path (``inception_weights``). Its interface: ``net(images, return_features=True)`` with ``images`` a float tensor
 (N, 3, H, W) of values in [0, 255]; the network resizes to 299x299 itself (TF1-compatible bilinear) and returns
 (N, 2048).
 """
@@ -13,13 +13,11 @@ import time
 
 import torch
 
+from ..errors import InceptionWeightsMissing
+
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 INCEPTION_FILE = "inception-2015-12-05.pt"
 FEATURES_NAME = "TF-Inception pool3 (inception-2015-12-05, 2048-d)"
-
-
-class InceptionWeightsMissing(RuntimeError):
-    """No Inception file at hand and none could be downloaded."""
 
 
 def default_inception_path():
@@ -28,11 +26,11 @@ def default_inception_path():
 
 def inception_path(weights=None, download=True, timeout=10.0):
     """The Inception file to use: ``weights`` if given (must exist), else the cached file, else a download to the
-    cache (``timeout`` seconds per network operation). Raises InceptionWeightsMissing with the file and the flag
-    named, within seconds when there is no network."""
+    cache (``timeout`` seconds per network operation). Raises InceptionWeightsMissing naming the file and where to
+    put it, within seconds when there is no network."""
     if weights:
         if not os.path.isfile(weights):
-            raise InceptionWeightsMissing(f"--inception_weights {weights}: no such file")
+            raise InceptionWeightsMissing(f"inception_weights {weights}: no such file")
         return weights
     path = default_inception_path()
     if os.path.isfile(path):
@@ -58,7 +56,8 @@ def inception_path(weights=None, download=True, timeout=10.0):
                 os.remove(tmp)
     raise InceptionWeightsMissing(
         f"FID/KID/precision-recall need the Inception weights file {INCEPTION_FILE} ({reason}). On a machine with a "
-        f"network it is downloaded from {INCEPTION_URL} to {path}; copy it there, or pass --inception_weights PATH.")
+        f"network it is downloaded from {INCEPTION_URL} to {path}; copy it there, or give its path "
+        "(inception_weights).")
 
 
 class InceptionFeatures(torch.nn.Module):

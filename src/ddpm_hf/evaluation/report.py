@@ -4,25 +4,24 @@ For a model (a training output folder, a pipeline folder or a Hub repo id) and a
 - ``bpd``: the variational bound on a held-out split (all T terms, or ``bpd_timesteps`` of them as a stratified
   estimate with its standard error), with a plot of the bound per timestep;
 - ``fid``, ``kid``, ``prc``: N samples against a reference split in TF-Inception features (``inception.py``; the
-  distances by torchmetrics, precision/recall by ``feature_metrics.py``), reference features cached per
+  distances by torchmetrics, precision/recall by ``features.py``), reference features cached per
   dataset/split/resolution;
-- ``digits``: the offline digits metric (``digits_metric.py``), for models of the embedded digits.
+- ``digits``: the offline digits metric (``digits.py``), for models of the embedded digits.
 The sample metrics are computed at every requested number of sampling steps, with the sampling time. The result goes
 to ``eval-<name>.json`` (every score with its sample count, steps, seed, split and feature extractor), plots beside
-it, the headline numbers into ``metrics.json`` and, on request, the model card.
+it (``plots.py``), the headline numbers into ``metrics.json`` and, on request, the model card.
 """
 
 import datetime
 import json
 import os
 import time
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-SAMPLE_METRICS = ("fid", "kid", "prc", "digits")
-ALL_METRICS = ("bpd",) + SAMPLE_METRICS
-INCEPTION_METRICS = ("fid", "kid", "prc")
+from ..errors import BadArgument, ModelNotFound
+from . import ALL_METRICS, INCEPTION_METRICS, SAMPLE_METRICS
 
 
 def _read_json(path):
@@ -37,7 +36,7 @@ def model_folder(model):
         if os.path.isfile(os.path.join(folder, "model_index.json")):
             return folder
     if os.path.isdir(model):
-        raise FileNotFoundError(f"{model} is not a saved pipeline or training run: no model_index.json in it")
+        raise ModelNotFound(f"{model} is not a saved pipeline or training run: no model_index.json in it")
     return None
 
 
@@ -58,7 +57,7 @@ def training_args_of(model, folder):
 
 def load_split(dataset_name, train_data_dir, dataset_config_name, split, resolution, channels, max_images):
     """uint8 images (N, C, resolution, resolution) of a split, centre-cropped, at most ``max_images``."""
-    from .data import cache_images, find_image_column, load_image_dataset
+    from ..data import cache_images, find_image_column, load_image_dataset
 
     data = load_image_dataset(dataset_name, dataset_config_name, train_data_dir, None, split)
     if max_images and len(data) > max_images:
@@ -71,7 +70,7 @@ def reference_features(extractor, images, key, progress):
     (dataset, split, resolution, image count and the Inception file's hash)."""
     from safetensors.torch import load_file, save_file
 
-    from .digits_metric import ddpm_hf_cache_dir
+    from .digits import ddpm_hf_cache_dir
     from .inception import image_features
 
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
@@ -87,7 +86,7 @@ def reference_features(extractor, images, key, progress):
 
 def bpd_result(pipe, images, timesteps, batch_size, seed, split, progress):
     """The bound on ``images`` (uint8): all T terms, or a stratified estimate from ``timesteps`` of them."""
-    from .evaluation import held_out_bits, stratified_bits, summarize_bits
+    from .bound import held_out_bits, stratified_bits, summarize_bits
 
     T = pipe.scheduler.config.num_train_timesteps
     start = time.time()
@@ -109,7 +108,7 @@ def bpd_result(pipe, images, timesteps, batch_size, seed, split, progress):
 
 def sample_scores(samples, metrics, reference, inception, digits_reference, reference_split="train"):
     """The sample metrics of uint8 samples: ``reference`` = (Inception features of the reference, description)."""
-    from .feature_metrics import frechet_distance, kernel_distance, precision_recall
+    from .features import frechet_distance, kernel_distance, precision_recall
     from .inception import FEATURES_NAME, image_features
 
     scores = {}
@@ -127,7 +126,7 @@ def sample_scores(samples, metrics, reference, inception, digits_reference, refe
             scores["precision"] = {"value": precision, "k": 3, **common}
             scores["recall"] = {"value": recall, "k": 3, **common}
     if "digits" in metrics:
-        from .digits_metric import LABEL, digits_metric
+        from .digits import LABEL, digits_metric
 
         d = digits_metric(samples, digits_reference)
         scores["digits_fd"] = {"value": d.pop("digits_fd"), "features": LABEL,
@@ -135,65 +134,23 @@ def sample_scores(samples, metrics, reference, inception, digits_reference, refe
     return scores
 
 
-def plot_curve(curve, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(curve["t"], curve["bits_per_dim"], marker="." if len(curve["t"]) < 200 else None)
-    ax.set_yscale("log")
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("term L_{t-1} (bits/dim)")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def plot_steps(runs, path, title):
-    """Each sample metric against the number of sampling steps (one panel per metric)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = sorted({name for run in runs for name in run["scores"]})
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.2 * (len(names) + 1), 3), dpi=120, squeeze=False)
-    steps = [run["num_inference_steps"] for run in runs]
-    for ax, name in zip(axes[0], names):
-        ax.plot(steps, [run["scores"][name]["value"] for run in runs], marker="o")
-        ax.set_xscale("log")
-        ax.set_xlabel("sampling steps")
-        ax.set_title(name, fontsize=9)
-    ax = axes[0][-1]
-    ax.plot(steps, [run["sampling_seconds"] for run in runs], marker="o")
-    ax.set_xscale("log")
-    ax.set_xlabel("sampling steps")
-    ax.set_title("sampling seconds", fontsize=9)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def merge_into_metrics(folder, report):
-    """Headline numbers of ``report`` into ``folder/metrics.json`` (a training run's): the bound as ``bits_per_dim``
-    (or ``bits_per_dim_estimate``) and each sample score as an entry of ``sample_metrics`` (one per metric and step
-    count, replaced when measured again)."""
-    path = os.path.join(folder, "metrics.json")
-    if not os.path.isfile(path):
+    """Headline numbers of ``report`` into ``folder/metrics.json`` (a training run's, through ``run_dir``, its one
+    writer): the bound as ``bits_per_dim`` (or ``bits_per_dim_estimate``) and each sample score as an entry of
+    ``sample_metrics`` (one per metric and step count, replaced when measured again). False if there is none."""
+    from ..run_dir import read_metrics, update_metrics
+
+    if not os.path.isfile(os.path.join(folder, "metrics.json")):
         return False
-    metrics = _read_json(path)
+    updates = {}
     bpd = report.get("bpd")
     if bpd:
         keys = ("bits_per_dim", "bits_per_dim_stderr", "prior_bits_per_dim", "decoder_bits_per_dim", "num_images")
         if bpd["estimate"]:
-            metrics["bits_per_dim_estimate"] = {k: bpd[k] for k in keys} | {"terms": bpd["terms"]}
+            updates["bits_per_dim_estimate"] = {k: bpd[k] for k in keys} | {"terms": bpd["terms"]}
         else:
-            metrics.update({k: bpd[k] for k in keys})
-    entries = list(metrics.get("sample_metrics", []))
+            updates.update({k: bpd[k] for k in keys})
+    entries = list(read_metrics(folder).get("sample_metrics", []))
     for run in report.get("sampling", []):
         for name, score in run["scores"].items():
             entry = {"metric": name, "value": score["value"], "num_samples": run["num_samples"],
@@ -203,29 +160,68 @@ def merge_into_metrics(folder, report):
             entries = [e for e in entries if (e["metric"], e["num_inference_steps"]) != (name, entry[
                 "num_inference_steps"])] + [entry]
     if entries:
-        metrics["sample_metrics"] = entries
-    with open(path, "w") as f:
-        json.dump(metrics, f, indent=2)
+        updates["sample_metrics"] = entries
+    update_metrics(folder, updates)
     return True
 
 
-def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, batch_size=256, split="test",
-             reference_split="train", dataset_name=None, train_data_dir=None, dataset_config_name=None,
-             max_eval_images=None, max_reference_images=50_000, inception_weights=None, bpd_timesteps=None,
-             name=None, output_dir=None, update_model_card=False, progress=True, log=print, timestep_spacing=None):
-    """Score ``model`` (see module docstring) and return the report written to ``eval-<name>.json``."""
-    from . import DDPMHFPipeline
-    from .data import DIGITS, dataset_source
-    from .sampling import generate_uint8
+@dataclass
+class EvaluationConfig:
+    """What ``evaluate`` measures and on what (see the module docstring). ``steps``: sampling step counts, None for
+    T; data defaults to the run's own (training_args.json); ``output_dir`` to the model's folder. Checked on
+    creation: a value out of range raises BadArgument naming the field."""
 
-    unknown = sorted(set(metrics) - set(ALL_METRICS))
-    if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
+    metrics: tuple = ("bpd",)
+    num_samples: int = 1000
+    steps: tuple = (None,)
+    seed: int = 0
+    batch_size: int = 256
+    split: str = "test"
+    reference_split: str = "train"
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    train_data_dir: str | None = None
+    max_eval_images: int | None = None
+    max_reference_images: int | None = 50_000
+    inception_weights: str | None = None
+    bpd_timesteps: int | None = None
+    timestep_spacing: str | None = None
+    name: str | None = None
+    output_dir: str | None = None
+    update_model_card: bool = False
+
+    def __post_init__(self):
+        self.metrics, self.steps = tuple(self.metrics), tuple(self.steps)
+        unknown = [m for m in self.metrics if m not in ALL_METRICS]
+        if unknown or not self.metrics:
+            raise BadArgument("metrics", f"metrics {','.join(self.metrics)}: choose from {', '.join(ALL_METRICS)}")
+        for field in ("num_samples", "batch_size", "max_eval_images", "max_reference_images"):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                raise BadArgument(field, f"{field} must be >= 1, got {value}")
+        if any(s is not None and s < 1 for s in self.steps):
+            raise BadArgument("num_inference_steps", f"num_inference_steps must be >= 1, got {min(self.steps)}")
+        if self.timestep_spacing not in (None, "leading", "trailing", "linspace"):
+            raise BadArgument("timestep_spacing", f"timestep_spacing {self.timestep_spacing}: choose from leading, "
+                              "trailing, linspace")
+
+
+def evaluate(model, config=None, progress=True, log=print):
+    """Score ``model`` (a training output folder, a pipeline folder or a Hub repo id) as ``config`` (an
+    EvaluationConfig) says, and return the report written to ``eval-<name>.json`` (see the module docstring)."""
+    from ..data import DIGITS, dataset_source
+    from ..pipeline_ddpm_hf import DDPMHFPipeline
+    from ..sampling import generate_uint8
+    from .plots import plot_curve, plot_steps, save_grid
+
+    c = config or EvaluationConfig()
+    metrics, num_samples, seed, batch_size, name = c.metrics, c.num_samples, c.seed, c.batch_size, c.name
+    dataset_name, train_data_dir, dataset_config_name = c.dataset_name, c.train_data_dir, c.dataset_config_name
     inception = None
     if any(m in metrics for m in INCEPTION_METRICS):  # first, so a missing file fails within seconds
         from .inception import load_inception
 
-        inception = load_inception(inception_weights)
+        inception = load_inception(c.inception_weights)
     folder = model_folder(model)
     args = training_args_of(model, folder)
     if dataset_name is None and train_data_dir is None:
@@ -234,32 +230,35 @@ def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, b
     is_digits = dataset_source(dataset_name, train_data_dir) == DIGITS
     pipe = DDPMHFPipeline.from_pretrained(folder or model)
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling (one batch)")
-    if timestep_spacing:  # how fewer sampling steps are spread over 0..T-1 (diffusers' option)
-        from .scheduling_ddpm_hf import DDPMHFScheduler
+    if c.timestep_spacing:  # how fewer sampling steps are spread over 0..T-1 (diffusers' option)
+        from ..scheduling_ddpm_hf import DDPMHFScheduler
 
-        pipe.scheduler = DDPMHFScheduler.from_config({**pipe.scheduler.config, "timestep_spacing": timestep_spacing})
+        pipe.scheduler = DDPMHFScheduler.from_config({**pipe.scheduler.config,
+                                                      "timestep_spacing": c.timestep_spacing})
     channels, resolution = pipe.unet.config.in_channels, pipe.unet.config.sample_size
     if "digits" in metrics and not (is_digits and channels == 1 and resolution == 8):
-        raise ValueError("the digits metric applies to models of the embedded 8x8 digits only; this model is "
-                         f"{resolution}x{resolution}x{channels} on {dataset_name or train_data_dir}")
+        raise BadArgument("metrics", "the digits metric applies to models of the embedded 8x8 digits only; this "
+                          f"model is {resolution}x{resolution}x{channels} on {dataset_name or train_data_dir}")
     T = pipe.scheduler.config.num_train_timesteps
-    steps = [s or T for s in steps]
+    steps = [s or T for s in c.steps]
     name = name or datetime.date.today().isoformat()
-    out = output_dir or folder or os.path.join("evaluations", model.replace("/", "--"))
+    out = c.output_dir or folder or os.path.join("evaluations", model.replace("/", "--"))
     os.makedirs(out, exist_ok=True)
     data = dataset_name or train_data_dir or DIGITS
     data_text = os.path.basename(os.path.normpath(data)) if os.path.isdir(str(data)) else data
     report = {"name": name, "model": os.path.basename(os.path.normpath(model)) if folder else model,
-              "dataset": data_text, "seed": seed, "timestep_spacing": pipe.scheduler.config.timestep_spacing, "metrics": list(metrics), "reference_split": reference_split,
-              "versions": _versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+              "dataset": data_text, "seed": seed, "timestep_spacing": pipe.scheduler.config.timestep_spacing,
+              "metrics": list(metrics), "reference_split": c.reference_split, "versions": _versions(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
     def split_images(which, limit):
         return load_split(dataset_name, train_data_dir, dataset_config_name, which, resolution, channels, limit)
 
     if "bpd" in metrics:
-        images = split_images(split, max_eval_images)
+        split = c.split
+        images = split_images(split, c.max_eval_images)
         log(f"bits/dim on {len(images)} images of split {split} ...")
-        report["bpd"], curve = bpd_result(pipe, images, bpd_timesteps, batch_size, seed, split, progress)
+        report["bpd"], curve = bpd_result(pipe, images, c.bpd_timesteps, batch_size, seed, split, progress)
         plot = os.path.join(out, f"eval-{name}-bpd.png")
         plot_curve(curve, plot, f"{report['model']}: bound per timestep, split {split} ({report['bpd']['terms']}); "
                    f"total {report['bpd']['bits_per_dim']:.3f} +- {report['bpd']['bits_per_dim_stderr']:.3f} bits/dim")
@@ -270,23 +269,23 @@ def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, b
     if sample_metrics:
         reference = digits_reference = None
         if inception is not None:
-            ref_images = split_images(reference_split, max_reference_images)
-            key = f"{data_text}-{dataset_config_name}-{reference_split}-{resolution}px-{channels}ch-{len(ref_images)}"
-            key += f"-inception-{inception.fingerprint}"
+            ref_images = split_images(c.reference_split, c.max_reference_images)
+            key = f"{data_text}-{dataset_config_name}-{c.reference_split}-{resolution}px-{channels}ch"
+            key += f"-{len(ref_images)}-inception-{inception.fingerprint}"
             reference = (reference_features(inception, ref_images, key, progress),
-                         f"{len(ref_images)} images of {data_text} split {reference_split}")
+                         f"{len(ref_images)} images of {data_text} split {c.reference_split}")
         if "digits" in sample_metrics:
-            digits_reference = split_images(reference_split, None)
+            digits_reference = split_images(c.reference_split, None)
         report["sampling"] = []
         for k in steps:
             log(f"{num_samples} samples with {k} steps ...")
             samples, seconds = generate_uint8(pipe, num_samples, batch_size, k, seed)
-            scores = sample_scores(samples, sample_metrics, reference, inception, digits_reference, reference_split)
+            scores = sample_scores(samples, sample_metrics, reference, inception, digits_reference, c.reference_split)
             run = {"num_inference_steps": k, "num_samples": num_samples, "sampling_seconds": round(seconds, 2),
                    "images_per_second": round(num_samples / seconds, 2), "scores": scores}
             report["sampling"].append(run)
-            _save_grid(samples[:36], os.path.join(out, f"eval-{name}-samples-{k}steps.png"),
-                       f"{report['model']}: {k} steps, seed {seed}")
+            save_grid(samples[:36], os.path.join(out, f"eval-{name}-samples-{k}steps.png"),
+                      f"{report['model']}: {k} steps, seed {seed}")
             log("  " + ", ".join(f"{n} {s['value']:.4g}" for n, s in scores.items()) + f" ({seconds:.1f} s sampling)")
         if len(steps) > 1:
             plot_steps(report["sampling"], os.path.join(out, f"eval-{name}-steps.png"),
@@ -295,22 +294,16 @@ def evaluate(model, metrics=("bpd",), num_samples=1000, steps=(None,), seed=0, b
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     report["path"] = path
-    if folder is not None and merge_into_metrics(folder, report) and update_model_card:
-        from .model_card import write_model_card
+    if folder is not None and merge_into_metrics(folder, report) and c.update_model_card:
+        from ..model_card import write_model_card
 
         write_model_card(folder)
     return report
 
 
-def _save_grid(samples_uint8, path, title):
-    from .images import make_grid
-
-    make_grid(samples_uint8.permute(0, 2, 3, 1).numpy().astype(np.float64) / 255.0, title=title).save(path)
-
-
 def _versions():
     import diffusers
 
-    from . import __version__
+    from .. import __version__
 
     return {"ddpm-hf": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}

@@ -1,17 +1,19 @@
-"""Held-out bits/dim during and after training: the full T-step variational bound (Ho eq. 5) of uint8 images, split
-across processes and gathered."""
+"""Held-out bits/dim during and after training: the full T-step variational bound (Ho eq. 5) of uint8 images, or a
+stratified estimate from some of its terms, split across processes and gathered."""
 
 import math
 
 import torch
+
+from ..errors import BadArgument
 
 
 def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per_timestep=False):
     """Per-image bits/dim of uint8 images (N, C, H, W) under the full T-step bound (Ho eq. 5), as a (N, 3) float64
     tensor of [total, prior term, decoder term]; with ``per_timestep`` also the mean term L_{t-1} of each code
     timestep t = 0..T-1, a (T,) tensor in bits/dim."""
-    from .data import to_model_range
-    from .likelihood import bits_per_dim
+    from ..data import to_model_range
+    from ..likelihood import bits_per_dim
 
     rows, terms_sum = [], 0.0
     g = torch.Generator().manual_seed(seed)
@@ -36,12 +38,12 @@ def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, pr
     the (K-1,) mean per-timestep term of each stratum in bits/dim, for the plot)."""
     from tqdm.auto import tqdm
 
-    from .data import to_model_range
-    from .likelihood import LOG2, prior_kl, q_mean_variance, vlb_terms
+    from ..data import to_model_range
+    from ..likelihood import LOG2, prior_kl, q_mean_variance, vlb_terms
 
     T = scheduler.alphas_cumprod.shape[0]
     if not 2 <= num_timesteps <= T:
-        raise ValueError(f"--bpd_timesteps must be in [2, {T}], got {num_timesteps}")
+        raise BadArgument("bpd_timesteps", f"bpd_timesteps must be in [2, {T}], got {num_timesteps}")
     edges = torch.linspace(1, T, num_timesteps).round().long()  # K - 1 strata [edges[j], edges[j+1])
     strata = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
     g = torch.Generator().manual_seed(seed)
@@ -105,36 +107,3 @@ def evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, batch_size, se
     else:
         terms = held_out_bits(unet, scheduler, mine, batch_size, seed + rank, progress=progress)
     return summarize_bits(torch.cat(gather_object([terms])))
-
-
-def periodic_scores(accelerator, unet, scheduler, held_out, args, inception=None):
-    """A training run's ``--eval_metrics`` at ``--eval_steps``, as {"eval/<name>": value}: held-out bits/dim (all
-    ranks; an estimate with ``--eval_bpd_timesteps``), and on the main process the digits metric and FID of
-    ``--eval_num_samples`` samples with ``--eval_inference_steps`` steps (FID against the held-out images)."""
-    scores = {}
-    if "bpd" in args.eval_metrics and held_out is not None:
-        result = evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, args.eval_batch_size, args.seed,
-                                       args.eval_bpd_timesteps)
-        key = "eval/bits_per_dim_estimate" if args.eval_bpd_timesteps else "eval/bits_per_dim"
-        scores[key] = result["bits_per_dim"]
-    wanted = [m for m in ("digits", "fid") if m in args.eval_metrics and (m != "fid" or inception is not None)]
-    if wanted and accelerator.is_main_process:
-        from .pipeline_ddpm_hf import DDPMHFPipeline
-        from .sampling import generate_uint8
-        from .scheduling_ddpm_hf import DDPMHFScheduler
-
-        pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(scheduler.config))
-        pipe.set_progress_bar_config(disable=True)
-        samples, _ = generate_uint8(pipe, args.eval_num_samples, args.eval_batch_size, args.eval_inference_steps,
-                                    args.seed)
-        if "digits" in wanted:
-            from .digits_metric import digits_metric
-
-            scores["eval/digits_fd"] = digits_metric(samples)["digits_fd"]
-        if "fid" in wanted and held_out is not None:
-            from .feature_metrics import frechet_distance
-            from .inception import image_features
-
-            scores["eval/fid"] = frechet_distance(image_features(inception, held_out), image_features(inception,
-                                                                                                      samples))
-    return scores

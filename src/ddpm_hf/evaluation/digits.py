@@ -29,7 +29,7 @@ def ddpm_hf_cache_dir():
 
 def digits_arrays(split):
     """The embedded digits of ``split`` ("train" or "test") as (uint8 (N, 1, 8, 8) tensor, labels (N,) array)."""
-    from .data import load_digits_dataset
+    from ..data import load_digits_dataset
 
     data = load_digits_dataset()[split]
     images = np.stack([np.asarray(im, dtype=np.uint8) for im in data["image"]])[:, None]
@@ -94,11 +94,11 @@ def digits_metric(images_uint8, reference_uint8=None, classifier=None):
 
     Returns {"digits_fd": Frechet distance of the classifier features (torchmetrics' FID code on these features),
     "digits_kid"/"digits_kid_std": the kernel distance (KID, unbiased) in the same features, mean and std over
-    subsets, "digits_confidence": mean max class probability, "digits_class_balance": entropy of the predicted-class histogram
-    over log 10 (1 = all ten digits equally often), "digits_class_histogram", "digits_classifier_test_accuracy",
-    "num_samples", "num_reference"}.
+    subsets, "digits_confidence": mean max class probability, "digits_class_balance": entropy of the predicted-class
+    histogram over log 10 (1 = all ten digits equally often), "digits_class_histogram",
+    "digits_classifier_test_accuracy", "num_samples", "num_reference"}.
     """
-    from .feature_metrics import frechet_distance, kernel_distance
+    from .features import frechet_distance, kernel_distance
 
     classifier = classifier or load_digits_classifier()
     if reference_uint8 is None:

@@ -1,0 +1,27 @@
+"""What every ``ddpm-hf`` command shares: turning a library's typed error into one line that names the flag."""
+
+from ..errors import DDPMHFError
+
+
+def flag_message(error, flags=None):
+    """The message of ``error`` for the command line: when the error names the argument at fault (``argument``),
+    the flag that sets it (``flags`` maps argument names to flag names where they differ) leads the message."""
+    argument = getattr(error, "argument", None)
+    message = str(error)
+    if not argument:
+        return message
+    flag = "--" + (flags or {}).get(argument, argument)
+    if message.startswith(argument + " "):
+        return flag + message[len(argument):]
+    return f"{flag}: {message}"
+
+
+def fail(parser, error, flags=None):
+    """Exit 2 with ``parser``'s usage and the error's message (no traceback)."""
+    parser.error(flag_message(error, flags) if isinstance(error, DDPMHFError) else str(error))
+
+
+def check_positive(parser, **values):
+    for name, value in values.items():
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")

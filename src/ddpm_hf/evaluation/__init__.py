@@ -1,0 +1,40 @@
+"""Scoring a diffusion model: the variational bound on held-out images (``bound``; a training run's periodic scores in
+``periodic``), sample metrics in Inception features (``inception``, ``features``) or in an offline digits classifier's
+(``digits``), and ``ddpm-hf evaluate``'s report (``report``) with its pictures (``plots``).
+
+The names below are imported on first use (PEP 562), so ``import ddpm_hf.evaluation`` costs nothing until then.
+"""
+
+import importlib
+
+SAMPLE_METRICS = ("fid", "kid", "prc", "digits")
+ALL_METRICS = ("bpd",) + SAMPLE_METRICS
+INCEPTION_METRICS = ("fid", "kid", "prc")
+
+_EXPORTS = {
+    "bound": ("held_out_bits", "stratified_bits", "summarize_bits", "evaluate_bits_per_dim", "evaluate_on_all_ranks"),
+    "periodic": ("periodic_scores",),
+    "features": ("frechet_distance", "kernel_distance", "precision_recall", "PrecomputedFeatures"),
+    "inception": ("FEATURES_NAME", "INCEPTION_FILE", "INCEPTION_URL", "InceptionFeatures", "default_inception_path",
+                  "image_features", "inception_path", "load_inception"),
+    "digits": ("LABEL", "DigitsClassifier", "ddpm_hf_cache_dir", "digits_arrays", "digits_metric",
+               "load_digits_classifier"),
+    "report": ("EvaluationConfig", "evaluate", "merge_into_metrics", "model_folder", "training_args_of"),
+    "plots": ("plot_curve", "plot_steps", "save_grid"),
+}
+_WHERE = {name: f".{module}" for module, names in _EXPORTS.items() for name in names}
+_WHERE["InceptionWeightsMissing"] = "..errors"
+
+__all__ = ["ALL_METRICS", "INCEPTION_METRICS", "SAMPLE_METRICS", *sorted(_WHERE)]
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value  # the next access finds it directly
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,38 @@
+"""A training run's periodic scores (``--eval_steps``): held-out bits/dim on every process, and on the main process
+the digits metric and FID of a few samples."""
+
+from .bound import evaluate_on_all_ranks
+
+
+def periodic_scores(accelerator, unet, scheduler, held_out, args, inception=None):
+    """A training run's ``eval_metrics``, as {"eval/<name>": value}: held-out bits/dim (all ranks; an estimate from
+    ``eval_bpd_timesteps`` terms when set), and on the main process the digits metric and FID of ``eval_num_samples``
+    samples with ``eval_inference_steps`` steps (FID against the held-out images). ``args``: the run's typed training
+    config (those fields, ``eval_batch_size`` and ``seed``)."""
+    scores = {}
+    if "bpd" in args.eval_metrics and held_out is not None:
+        result = evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, args.eval_batch_size, args.seed,
+                                       args.eval_bpd_timesteps)
+        key = "eval/bits_per_dim_estimate" if args.eval_bpd_timesteps else "eval/bits_per_dim"
+        scores[key] = result["bits_per_dim"]
+    wanted = [m for m in ("digits", "fid") if m in args.eval_metrics and (m != "fid" or inception is not None)]
+    if wanted and accelerator.is_main_process:
+        from ..pipeline_ddpm_hf import DDPMHFPipeline
+        from ..sampling import generate_uint8
+        from ..scheduling_ddpm_hf import DDPMHFScheduler
+
+        pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        samples, _ = generate_uint8(pipe, args.eval_num_samples, args.eval_batch_size, args.eval_inference_steps,
+                                    args.seed)
+        if "digits" in wanted:
+            from .digits import digits_metric
+
+            scores["eval/digits_fd"] = digits_metric(samples)["digits_fd"]
+        if "fid" in wanted and held_out is not None:
+            from .features import frechet_distance
+            from .inception import image_features
+
+            scores["eval/fid"] = frechet_distance(image_features(inception, held_out), image_features(inception,
+                                                                                                      samples))
+    return scores

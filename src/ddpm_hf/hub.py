@@ -1,0 +1,132 @@
+"""Pushing a finished training run to the Hub: what goes up (the pipeline, README.md, images/, metrics.json,
+training_args.json; never checkpoints, logs or samples), the card that goes with it, and what to say when it fails.
+
+A push writes nothing in the run: the upload is staged in a temporary folder of links to the run's files, beside
+the model card to upload. That card is the run's README.md as it is when the user edited it (it differs from every
+card ``ddpm-hf card`` renders for the run), else the card rendered for the repo pushed to. The upload itself is
+``pipeline_ddpm_hf.upload_folder_to_hub``, the one upload path of ddpm-hf (``save_pretrained(push_to_hub=True)``
+uses it too).
+"""
+
+import contextlib
+import json
+import os
+import shlex
+import tempfile
+
+from .errors import PushError
+from .model_card import PICTURES, check_run, model_card
+
+# what a push leaves out of --output_dir (huggingface_hub ignore_patterns, as diffusers' scripts pass them)
+PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "samples/**", "samples-*/**", "history.jsonl",
+                        "loss.png", "*.tmp", "*.tmp/**", ".ddpm-hf.lock"]  # the lock names the host
+CARD = "README.md"
+
+
+def push_ignore_patterns(output_dir):
+    """``PUSH_IGNORE_PATTERNS`` plus the run's own ``logging_dir`` (from training_args.json) when it lies inside
+    ``output_dir``."""
+    patterns = list(PUSH_IGNORE_PATTERNS)
+    args_path = os.path.join(output_dir, "training_args.json")
+    if os.path.isfile(args_path):
+        with open(args_path) as f:
+            logging_dir = json.load(f).get("logging_dir")
+        if logging_dir:
+            relative = os.path.relpath(os.path.join(output_dir, logging_dir), output_dir).replace(os.sep, "/")
+            if not relative.startswith(".."):
+                patterns.append(f"{relative}/**")
+    return patterns
+
+
+def push_command(output_dir, repo_id, private=False, revision=None):
+    """The ``ddpm-hf push`` command that (re)uploads ``output_dir`` to ``repo_id``; it never holds a token."""
+    parts = ["ddpm-hf", "push", os.fspath(output_dir), "--hub_model_id", repo_id]
+    if revision:
+        parts += ["--hub_revision", revision]
+    if private:
+        parts.append("--hub_private_repo")
+    return shlex.join(parts)
+
+
+def push_failure_message(error, output_dir, repo_id, private=False, revision=None, token=None):
+    """One message for a push that failed: the repo, the error (first line, and its cause's), the state of the local
+    run and the exact command that resumes the push; ``token`` (a --hub_token) is never printed, only asked for."""
+    def first_line(e):
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+    where = f"{repo_id} (branch {revision})" if revision else repo_id
+    if isinstance(error, KeyboardInterrupt):
+        what = "was interrupted"
+    else:
+        reason = first_line(error)
+        cause = error.__cause__ or error.__context__
+        if cause is not None and str(cause).strip() and str(cause).strip().splitlines()[0] not in reason:
+            reason += f" ({first_line(cause)})"
+        what = "failed: " + (reason.replace(token, "<token>") if token else reason)
+    return (f"the upload to {where} {what}\n"
+            f"The run in {output_dir} is complete and unchanged. Resume the push (files already on the Hub are not "
+            f"sent again) with:\n  {push_command(output_dir, repo_id, private, revision)}"
+            + ("\n(adding the same --hub_token, or with HF_TOKEN set)" if token else ""))
+
+
+def _link(source, destination):
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    os.symlink(os.path.abspath(source), destination)
+
+
+@contextlib.contextmanager
+def staged_upload(output_dir, repo_id):
+    """A temporary folder holding what a push of ``output_dir`` uploads, as links to the run's files (nothing is
+    copied, nothing in the run is written), and the card to upload. Yields (folder, the user's card kept as it
+    is: True or False)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    root = os.path.abspath(output_dir)
+    files = sorted(os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/")
+                   for d, _, names in os.walk(root) for f in names)
+    with tempfile.TemporaryDirectory(prefix="ddpm-hf-push-") as tmp:
+        folder = os.path.join(tmp, os.path.basename(root))
+        for rel in filter_repo_objects(files, ignore_patterns=push_ignore_patterns(root)):
+            if rel != CARD:
+                _link(os.path.join(root, rel), os.path.join(folder, rel))
+        for old, new in PICTURES.values():  # where the card links them, as write_model_card puts them
+            if os.path.isfile(os.path.join(root, old)) and not os.path.exists(os.path.join(folder, new)):
+                _link(os.path.join(root, old), os.path.join(folder, new))
+        ours = [str(model_card(folder, repo_id)), str(model_card(folder))]  # the cards ddpm-hf would write
+        edited = False
+        if os.path.isfile(os.path.join(root, CARD)):
+            with open(os.path.join(root, CARD), encoding="utf-8") as f:
+                edited = f.read().rstrip("\n") not in [card.rstrip("\n") for card in ours]
+        if edited:
+            _link(os.path.join(root, CARD), os.path.join(folder, CARD))
+        else:
+            with open(os.path.join(folder, CARD), "w", encoding="utf-8") as f:
+                f.write(ours[0])
+        yield folder, edited
+
+
+def push_run(output_dir, repo_id, private=None, token=None, revision=None, commit_message=None, log=None):
+    """Upload a finished run to the Hub repo ``repo_id`` (created if missing, private if ``private``), on branch
+    ``revision`` (created from main if missing; default main): the pipeline, its card (see the module docstring),
+    images/, metrics.json and training_args.json; ``push_ignore_patterns`` keeps checkpoints, logs and samples out.
+    Nothing in ``output_dir`` is written. ``log`` (e.g. print) hears when a hand-edited card goes up as it is.
+    Returns the commit info.
+
+    Raises PushError (argument "private") if ``private`` is asked for a repo that already exists and is public (a
+    push never changes a repo's visibility); errors of huggingface_hub pass through after its own retries."""
+    from .pipeline_ddpm_hf import upload_folder_to_hub
+
+    check_run(output_dir)
+    with staged_upload(output_dir, repo_id) as (folder, edited):
+        if edited and log:
+            log(f"{os.path.join(output_dir, CARD)} differs from the card ddpm-hf renders for this run: pushed as it "
+                "is (`ddpm-hf card` renders it again, replacing the edits)")
+        try:
+            return upload_folder_to_hub(folder, repo_id, token=token, private=private, revision=revision,
+                                        commit_message=commit_message or "Upload DDPMHFPipeline trained with ddpm-hf",
+                                        ignore_patterns=push_ignore_patterns(output_dir))
+        except ValueError as error:
+            if type(error) is not ValueError:  # e.g. huggingface_hub's HFValidationError of a bad repo id
+                raise
+            raise PushError(str(error), argument="private") from error
