@@ -253,7 +253,7 @@ def test_corrupt_image_is_skipped_and_named(world, capsys):
     streamed)."""
     from argparse import Namespace
 
-    from ddpm_hf.batches import prepare_data
+    from ddpm_hf.data import prepare_data
 
     args = Namespace(dataset_name=None, dataset_config_name=None, train_data_dir=str(world["corrupt"]),
                      cache_dir=None, split="train", streaming=False, image_column=None, channels=None, resolution=8,
@@ -277,7 +277,7 @@ def test_mixed_image_modes_train_in_colour(tmp_path, capsys):
     channel."""
     from argparse import Namespace
 
-    from ddpm_hf.batches import prepare_data
+    from ddpm_hf.data import prepare_data
 
     modes = ("L", "LA", "RGB", "RGBA", "P", "I;16", "CMYK")
     folder = _images(tmp_path / "mixed", n=14, modes=modes, size=(10, 8))

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_training import TINY, TRAIN, _env, _history, _train, _weights  # noqa: E402
 
-from ddpm_hf.checkpointing import LOCK_NAME, checkpoint_dirs, resolve_checkpoint  # noqa: E402
+from ddpm_hf.run_dir import LOCK_NAME, checkpoint_dirs, resolve_checkpoint  # noqa: E402
 
 COMMON = ["--max_train_steps", "10", "--checkpointing_steps", "2", "--eval_max_images", "96"]
 
@@ -176,7 +176,7 @@ def _run_in_process(capsys, *argv):
     """`ddpm-hf train` in this process (no import cost): its exit code and stderr."""
     from accelerate.state import AcceleratorState
 
-    from ddpm_hf.training import main
+    from ddpm_hf.cli_train import main
 
     try:
         main([*TINY, *argv])

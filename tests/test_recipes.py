@@ -4,12 +4,12 @@ import pytest
 
 from ddpm_hf import build_unet
 from ddpm_hf.recipes import RECIPES
-from ddpm_hf.training import parse_args
+from ddpm_hf.cli_train import parse_args
 
 
 def test_digits_is_the_default_for_the_embedded_digits():
     args = parse_args([])
-    assert args.recipe == "digits" and args.recipe_overrides == []
+    assert args.recipe == "digits" and args.recipe_overrides == ()
     for key, value in RECIPES["digits"].items():
         assert getattr(args, key) == value, key
     assert args.unet_preset == "cpu-8" and args.learning_rate == 1e-3 and args.max_train_steps == 1400
@@ -40,7 +40,7 @@ def test_diffusers_is_the_default_for_other_data():
 def test_paper_recipes_and_explicit_flags_win():
     args = parse_args(["--recipe", "ddpm-cifar10", "--learning_rate", "1e-3", "--no-random_flip"])
     assert args.learning_rate == 1e-3 and args.random_flip is False
-    assert args.recipe_overrides == ["learning_rate", "random_flip"]
+    assert args.recipe_overrides == ("learning_rate", "random_flip")
     assert (args.train_batch_size, args.lr_warmup_steps, args.max_train_steps, args.ema_max_decay) == \
         (128, 5000, 800_000, 0.9999)
     assert (args.ddpm_num_steps, args.ddpm_beta_schedule, args.dropout) == (1000, "linear", 0.1)
@@ -51,10 +51,10 @@ def test_paper_recipes_and_explicit_flags_win():
     assert improved.ddpm_num_steps == 4000 and improved.dropout == 0.3
     celeb = parse_args(["--recipe", "ddpm-celebahq-256", "--max_train_steps", "10"])
     assert (celeb.resolution, celeb.learning_rate, celeb.train_batch_size) == (256, 2e-5, 64)
-    assert celeb.max_train_steps == 10 and celeb.recipe_overrides == ["max_train_steps"]
+    assert celeb.max_train_steps == 10 and celeb.recipe_overrides == ("max_train_steps",)
     # a step budget given as epochs replaces the recipe's step budget
     epochs = parse_args(["--num_epochs", "3"])
-    assert epochs.num_epochs == 3 and epochs.max_train_steps is None and epochs.recipe_overrides == ["num_epochs"]
+    assert epochs.num_epochs == 3 and epochs.max_train_steps is None and epochs.recipe_overrides == ("num_epochs",)
 
 
 @pytest.mark.parametrize("argv, message", [

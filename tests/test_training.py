@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 
 from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.data import load_digits_dataset, to_mode
-from ddpm_hf.batches import EpochBatches, StreamBatches
-from ddpm_hf.flat_parameters import flatten_parameters
-from ddpm_hf.training import micro_batches, parse_args
+from ddpm_hf.data import EpochBatches, StreamBatches
+from ddpm_hf.training.flat_parameters import flatten_parameters
+from ddpm_hf.cli_train import parse_args
+from ddpm_hf.training import micro_batches
 from ddpm_hf.unet_configs import unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -219,7 +220,8 @@ def test_resuming_earlier_prunes_the_abandoned_later_checkpoints(tmp_path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from ddpm_hf.checkpointing import checkpoint_dirs, read_training_state, resolve_checkpoint, save_checkpoint
+    from ddpm_hf.run_dir import checkpoint_dirs, read_training_state, resolve_checkpoint
+    from ddpm_hf.training.checkpoints import save_checkpoint
 
     for n in (1, 2, 6, 8):
         (tmp_path / f"checkpoint-{n}").mkdir()
@@ -343,7 +345,7 @@ def test_hub_dataset_over_loopback(tmp_path):
         env = hub.client_env(tmp_path / "hf_home")
         env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
         code = ("import sys, datasets; datasets.config.USE_PARQUET_EXPORT = False\n"
-                "from ddpm_hf.training import main; main(sys.argv[1:])")
+                "from ddpm_hf.cli_train import main; main(sys.argv[1:])")
         out = tmp_path / "run"
         r = subprocess.run([sys.executable, "-c", code, *TINY, "--dataset_name", "someone/tiny-digits",
                             "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "4",

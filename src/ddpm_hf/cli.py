@@ -204,7 +204,7 @@ def cmd_sample(args, parser):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # the training flags live in ddpm_hf.training (shared with scripts/train.py)
-        from .training import main as train_main
+        from .cli_train import main as train_main
 
         train_main(argv[1:])
         return
