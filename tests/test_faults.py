@@ -8,6 +8,7 @@ leave the folder behind, unpublished) and the final held-out evaluation (the las
 pipeline is not yet written; 96 held-out images make it last about a second).
 """
 
+import contextlib
 import os
 import re
 import resource
@@ -301,3 +302,72 @@ def test_the_lock_is_never_pushed():
     from ddpm_hf.model_card import PUSH_IGNORE_PATTERNS
 
     assert any(fnmatch(LOCK_NAME, pattern) for pattern in PUSH_IGNORE_PATTERNS)
+
+
+# --------------------------------------------------------------------------------------- preemption, every launcher
+BIN = os.path.dirname(sys.executable)
+LAUNCHERS = {  # the launch commands README shows, as real processes
+    "ddpm-hf train": [os.path.join(BIN, "ddpm-hf"), "train"],
+    "accelerate launch": [os.path.join(BIN, "accelerate"), "launch", "--num_processes", "1", TRAIN],
+    "accelerate launch 2 processes": [os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                                      TRAIN],
+    "torchrun 2 processes": [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN],
+}
+SLOW_LAUNCHERS = ("accelerate launch 2 processes", "torchrun 2 processes")
+
+
+def _session_processes(sid):
+    """The pids of the live processes of session ``sid`` (a launcher and the workers it started, orphans too)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(name))
+    return pids
+
+
+@pytest.mark.parametrize("target", ["top process", "process group"])
+@pytest.mark.parametrize("launcher", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_LAUNCHERS else name
+                                      for name in LAUNCHERS])
+def test_preemption_under_every_launcher(tmp_path, launcher, target):
+    """SIGTERM to the launcher alone (Kubernetes signals PID 1) or to its whole process group (SLURM), during a long
+    run: every process of the launch ends within a minute, and the last step any process recorded is a published
+    checkpoint (written after the signal; no periodic checkpoint is due). Before the parent-death signal,
+    accelerate's one-process launcher died at once and left its worker training unseen, without a checkpoint. `ddpm-hf
+    train` and torch elastic's agent (torchrun, accelerate launch with 2 processes) return only after the checkpoint
+    is published; accelerate's one-process launcher exits at once (its worker publishes it a moment later)."""
+    out = tmp_path / "run"
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen([*LAUNCHERS[launcher], *TINY, "--output_dir", str(out), "--max_train_steps", "100000",
+                             "--checkpointing_steps", "100000", "--eval_split", ""], cwd=tmp_path, env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(proc, lambda: len(_steps(out)) >= 2, timeout=240, poll=0.05)
+        if target == "top process":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=120)
+        published_when_launcher_ended = bool(checkpoint_dirs(str(out)))
+        deadline = time.time() + 60
+        while _session_processes(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _session_processes(proc.pid), f"still running after its launcher ended (code {code})"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # this launch's own processes, if the test failed
+        log.close()
+    text = (tmp_path / "run.log").read_text(errors="replace")
+    last = _steps(out)[-1]
+    assert checkpoint_dirs(str(out)) == [f"checkpoint-{last}"], text[-3000:]
+    assert not list(out.glob("*.tmp")) and not (out / LOCK_NAME).exists(), text[-3000:]
+    assert f"stopped by SIGTERM: saved {out / f'checkpoint-{last}'}" in text, text[-3000:]
+    if launcher == "ddpm-hf train":
+        assert code == 128 + signal.SIGTERM
+    if launcher != "accelerate launch":  # these wait for their workers; accelerate's one-process launcher cannot
+        assert published_when_launcher_ended

@@ -79,3 +79,29 @@ def test_streaming_has_no_epochs_to_save_by():
     args = parse_args(["--dataset_name", "someone/faces", "--streaming", "--max_train_steps", "10"])
     assert args.recipe == "diffusers" and (args.save_images_epochs, args.save_model_epochs) == (None, None)
     assert parse_args(["--dataset_name", "someone/faces"]).save_images_epochs == 10  # not streamed: kept
+
+
+def test_evaluate_spellings_are_aliases_of_the_train_flags():
+    """The flags of `evaluate` that mean the same as a train flag are accepted by `train` too (train keeps
+    train_unconditional.py's names)."""
+    args = parse_args(["--num_inference_steps", "7", "--bpd_timesteps", "9", "--max_eval_images", "11"])
+    assert (args.ddpm_num_inference_steps, args.eval_bpd_timesteps, args.eval_max_images) == (7, 9, 11)
+    assert "ddpm_num_inference_steps" in args.recipe_overrides
+
+
+def test_config_is_checked_without_the_cli():
+    """TrainConfig raises ConfigError naming the setting (the CLI spells it as a flag); it is frozen."""
+    import dataclasses
+
+    from ddpm_hf.errors import ConfigError, DDPMHFError
+    from ddpm_hf.training import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^ema_max_decay must be in \[0, 1\]") as error:
+        TrainConfig.create(ema_max_decay=2.0)
+    assert isinstance(error.value, DDPMHFError) and error.value.message(lambda f: "--" + f).startswith("--ema_max")
+    config = TrainConfig.create(max_train_steps=3)
+    assert config.max_train_steps == 3 and config.recipe == "digits"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.learning_rate = 1.0
+    with pytest.raises(ConfigError, match="adam_beta1"):
+        dataclasses.replace(config, adam_beta1=1.5)
