@@ -31,9 +31,10 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
 
 
-def _train(*args, cwd, launcher=None, timeout=300):
+def _train(*args, cwd, launcher=None, timeout=300, env=None):
     cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
-    r = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, cwd=cwd, env=dict(_env(), **(env or {})), capture_output=True, text=True,
+                       timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -461,3 +462,51 @@ def test_num_epochs_with_gradient_accumulation(tmp_path):
     assert metrics["steps"] == 4 and metrics["images_seen"] == 2 * 12
     assert [h["epoch"] for h in _history(out)] == [1, 1, 2, 2]
     assert (out / "samples-epoch1" / "grid.png").is_file() and not (out / "samples-epoch2").exists()
+
+
+def _wandb_records(path):
+    """The protobuf Records of a .wandb file (wandb 0.31 no longer ships a Python reader): a 7-byte header (":W&B",
+    magic, version), then LevelDB log blocks of 32 KiB, each record a 7-byte header (crc32c, length, type: 1 full,
+    2 first, 3 middle, 4 last) and its data."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pending, pos = pending + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_wandb_logger_offline(tmp_path):
+    """--logger wandb (accelerate's tracker, as train_unconditional.py has it) with WANDB_MODE=offline and no
+    network: the run's files land in --logging_dir, and the run file holds every step's loss as history.jsonl has
+    it, the settings without the token, and the sample grid and strip."""
+    out = tmp_path / "run"
+    _train("--logger", "wandb", "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100",
+           "--eval_split", "", "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path,
+           env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    (run_file,) = (out / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
+    losses, settings = [], {}
+    for record in _wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            losses.append(items["loss"])
+        elif kind == "config":
+            settings.update({i.key: json.loads(i.value_json) for i in record.config.update})
+    assert losses == [h["loss"] for h in _history(out)]
+    assert settings["learning_rate"] == 1e-3 and settings["logger"] == "wandb" and "hub_token" not in settings
+    assert b"hf_not_a_real_token" not in run_file.read_bytes()
+    media = {p.name.split("_")[0] for p in run_file.parent.glob("files/media/images/samples/*.png")}
+    assert media == {"grid", "strip"}
