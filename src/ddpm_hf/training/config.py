@@ -188,6 +188,13 @@ class TrainConfig:
         self._check_files()
 
     def _check_combinations(self):
+        from ..scheduling_ddpm_hf import BETA_SCHEDULES, PREDICTION_TYPES
+        from ..unet_configs import UNET_PRESETS
+
+        for name, choices in (("unet_preset", UNET_PRESETS), ("ddpm_beta_schedule", BETA_SCHEDULES),
+                              ("prediction_type", PREDICTION_TYPES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{{{name}}} {getattr(self, name)}: choose from {', '.join(sorted(choices))}")
         if self.ddpm_num_inference_steps > self.ddpm_num_steps:
             raise ConfigError("{ddpm_num_inference_steps} cannot exceed {ddpm_num_steps}")
         if self.eval_bpd_timesteps is not None and self.eval_bpd_timesteps > self.ddpm_num_steps:

@@ -117,6 +117,38 @@ def make_accelerator(config):
     )
 
 
+def start_trackers(config, accelerator):
+    """accelerate's tracker (tensorboard or wandb) with the run's scalar settings (no token)."""
+    if config.logger == "none":
+        return
+    settings = {k: v for k, v in config.record().items() if isinstance(v, (int, float, str, bool))}
+    init_kwargs = {}
+    if config.logger == "wandb":  # wandb's files beside tensorboard's: in --logging_dir
+        logging_dir = os.path.join(config.output_dir, config.logging_dir)
+        os.makedirs(logging_dir, exist_ok=True)
+        init_kwargs = {"wandb": {"dir": logging_dir}}
+    with argv_without_token():  # wandb records the command line in its run file
+        accelerator.init_trackers("ddpm-hf", config=settings, init_kwargs=init_kwargs)
+
+
+@contextlib.contextmanager
+def argv_without_token():
+    """sys.argv with the value of --hub_token replaced by "***", restored on exit."""
+    import sys
+
+    saved, argv = sys.argv, list(sys.argv)
+    for i, arg in enumerate(argv):
+        if arg == "--hub_token" and i + 1 < len(argv):
+            argv[i + 1] = "***"
+        elif arg.startswith("--hub_token="):
+            argv[i] = "--hub_token=***"
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 class Run:
     """One training run's folder and life, as a context: on entry the folder is checked (not a file, not another
     run's unless --overwrite_output_dir or a resume), locked and cleared of half-written checkpoints, and the

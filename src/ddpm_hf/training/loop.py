@@ -18,13 +18,15 @@ import time
 
 import torch
 
+from .. import __version__
 from ..data import EpochBatches, dataset_source, prepare_data, step_seed, to_model_range
 from ..errors import RunError
+from ..evaluation import evaluate_on_all_ranks, periodic_scores
 from ..run_dir import TRAINING_ARGS, History, latest_checkpoint, read_history, write_json_atomic
 from .checkpoints import any_rank
 from .export import finish, save_pipeline, save_samples
 from .flat_parameters import ema_weights, flatten_parameters
-from .lifecycle import Run
+from .lifecycle import Run, start_trackers
 
 
 def train(config):
@@ -32,12 +34,9 @@ def train(config):
     with its model card, samples, loss plot, training_args.json and metrics.json. Returns the metrics dict. Raises
     RunError (a failure to act on), Interrupted (SIGTERM/SIGINT: a checkpoint of the current step was written)."""
     import diffusers
-    from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
-    from .. import __version__
-    from ..evaluation import evaluate_on_all_ranks, periodic_scores
     from ..scheduling_ddpm_hf import DDPMHFScheduler
 
     with Run(config) as run:
@@ -57,24 +56,12 @@ def train(config):
                                           beta_schedule=config.ddpm_beta_schedule,
                                           prediction_type=config.prediction_type, variance_type=config.variance_type)
 
-        # steps: an epoch is ceil(micro-batches per epoch / accumulation) optimizer steps (see micro_batches)
+        config, steps_per_epoch = step_budget(config, batches.per_epoch)
         accum, per_epoch = config.gradient_accumulation_steps, batches.per_epoch
-        steps_per_epoch = math.ceil(per_epoch / accum) if per_epoch else None
-        if config.max_train_steps is None:
-            config = dataclasses.replace(config, max_train_steps=config.num_epochs * steps_per_epoch)
-        steps_per_epoch = steps_per_epoch or config.max_train_steps  # streaming: the whole run is one epoch
         if main:
             write_json_atomic(os.path.join(config.output_dir, TRAINING_ARGS), config.record())
 
-        # fused AdamW over the one flat buffer: a single kernel instead of a Python loop over every tensor
-        optimizer = torch.optim.AdamW([flat], lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                      weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
-                                      fused=accelerator.device.type in ("cpu", "cuda"))
-        # accelerate steps a prepared LR scheduler once per process for each optimizer step, so both lengths count
-        # in those units and step s gets the same LR for any number of processes; no accumulation factor enters
-        lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
-                                     num_warmup_steps=config.lr_warmup_steps * world,
-                                     num_training_steps=config.max_train_steps * world)
+        optimizer, lr_scheduler = optimization(config, accelerator, flat)
         unet, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)  # unet: DDP/compiled
         ema = EMAModel([flat], decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=config.ema_inv_gamma,
                        power=config.ema_power, foreach=True) if config.use_ema else None
@@ -157,11 +144,7 @@ def train(config):
         if run.signalled():  # a signal during the last step
             run.checkpoint("signal", counters)
         if held_out is not None:
-            eval_start = time.time()
-            with ema_weights(model, flat, ema) as ema_unet:
-                metrics.update(evaluate_on_all_ranks(accelerator, ema_unet, noise_scheduler, held_out,
-                                                     config.eval_batch_size, config.seed))
-            metrics["eval_seconds"] = round(time.time() - eval_start, 1)
+            metrics.update(held_out_bits_per_dim(config, accelerator, model, flat, ema, noise_scheduler, held_out))
             accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
         if run.signalled():  # a signal during the evaluation
             run.checkpoint("signal", counters)
@@ -175,6 +158,41 @@ def train(config):
         if push_error:
             raise push_error
         return metrics
+
+
+def step_budget(config, per_epoch):
+    """``config`` with ``max_train_steps`` set (from ``num_epochs`` if it was not given) and the optimizer steps of an
+    epoch: ceil(micro-batches per epoch / accumulation) (see micro_batches); a stream's whole run is one epoch."""
+    steps_per_epoch = math.ceil(per_epoch / config.gradient_accumulation_steps) if per_epoch else None
+    if config.max_train_steps is None:
+        config = dataclasses.replace(config, max_train_steps=config.num_epochs * steps_per_epoch)
+    return config, steps_per_epoch or config.max_train_steps
+
+
+def optimization(config, accelerator, flat):
+    """Fused AdamW over the one flat buffer (a single kernel instead of a Python loop over every tensor) and the LR
+    schedule. accelerate steps a prepared LR scheduler once per process for each optimizer step, so both lengths
+    count in those units and step s gets the same LR for any number of processes; no accumulation factor enters."""
+    from diffusers.optimization import get_scheduler
+
+    world = accelerator.num_processes
+    optimizer = torch.optim.AdamW([flat], lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+                                  fused=accelerator.device.type in ("cpu", "cuda"))
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps * world,
+                                 num_training_steps=config.max_train_steps * world)
+    return optimizer, lr_scheduler
+
+
+def held_out_bits_per_dim(config, accelerator, model, flat, ema, noise_scheduler, held_out):
+    """The held-out bits/dim (Ho eq. 5, all T terms) of the weights that are saved (EMA if on), split across ranks,
+    with its terms and the seconds it took."""
+    start = time.time()
+    with ema_weights(model, flat, ema) as ema_unet:
+        result = evaluate_on_all_ranks(accelerator, ema_unet, noise_scheduler, held_out, config.eval_batch_size,
+                                       config.seed)
+    return {**result, "eval_seconds": round(time.time() - start, 1)}
 
 
 def algorithm1_step(config, accelerator, unet, noise_scheduler, raw, rank, k):
@@ -288,38 +306,6 @@ def periodic_inception(config, accelerator):
     except InceptionWeightsMissing as error:
         accelerator.print(f"--eval_metrics fid skipped: {error}")
         return None
-
-
-def start_trackers(config, accelerator):
-    """accelerate's tracker (tensorboard or wandb) with the run's scalar settings (no token)."""
-    if config.logger == "none":
-        return
-    settings = {k: v for k, v in config.record().items() if isinstance(v, (int, float, str, bool))}
-    init_kwargs = {}
-    if config.logger == "wandb":  # wandb's files beside tensorboard's: in --logging_dir
-        logging_dir = os.path.join(config.output_dir, config.logging_dir)
-        os.makedirs(logging_dir, exist_ok=True)
-        init_kwargs = {"wandb": {"dir": logging_dir}}
-    with argv_without_token():  # wandb records the command line in its run file
-        accelerator.init_trackers("ddpm-hf", config=settings, init_kwargs=init_kwargs)
-
-
-@contextlib.contextmanager
-def argv_without_token():
-    """sys.argv with the value of --hub_token replaced by "***", restored on exit."""
-    import sys
-
-    saved, argv = sys.argv, list(sys.argv)
-    for i, arg in enumerate(argv):
-        if arg == "--hub_token" and i + 1 < len(argv):
-            argv[i + 1] = "***"
-        elif arg.startswith("--hub_token="):
-            argv[i] = "--hub_token=***"
-    sys.argv = argv
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def checksum(tensors):
