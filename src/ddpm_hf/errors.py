@@ -1,11 +1,9 @@
-"""The errors ddpm_hf raises for bad input or a failed run. Libraries raise them; only the CLI turns one into a
-message (naming its flags) and an exit code."""
-
-import string
-
-
 class DDPMHFError(Exception):
     """Base of the errors ddpm_hf raises for bad input or a failed run; the CLI prints their message (no traceback)."""
+
+
+# The kinds below are raised by the libraries; only the CLI turns one into a message (naming its flags) and an exit
+# code.
 
 
 class ConfigError(DDPMHFError, ValueError):
@@ -13,6 +11,8 @@ class ConfigError(DDPMHFError, ValueError):
     gives the plain field names (a library caller), ``message(name)`` lets the CLI spell them as its flags."""
 
     def __init__(self, template):
+        import string
+
         self.template = template
         self.fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
         super().__init__(self.message(lambda field: field))
