@@ -129,15 +129,15 @@ def run_ours(args, mixed_precision, compile_=False):
     """ddpm_hf.training.train for --steps steps (no checkpoints, no held-out evaluation, one 1-step sample at the
     end, which is not timed). Returns (images, data + training seconds, steady-state seconds after the first step
     for the images after it)."""
-    from ddpm_hf.training import parse_args, train
+    from ddpm_hf.training import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as output_dir:
-        metrics = train(parse_args(["--dynamo_backend", "inductor" if compile_ else "no",
-            "--output_dir", output_dir, "--unet_preset", args.unet_preset, "--resolution", str(args.resolution),
-            "--train_batch_size", str(args.batch_size), "--max_train_steps", str(args.steps),
-            "--variance_type", "fixed_small", "--random_flip", "--mixed_precision", mixed_precision,
-            "--checkpointing_steps", str(args.steps + 1), "--eval_split", "", "--num_sample_images", "1",
-            "--ddpm_num_inference_steps", "1", "--seed", str(args.seed)]))
+        metrics = train(TrainConfig.create(
+            dynamo_backend="inductor" if compile_ else "no", output_dir=output_dir, unet_preset=args.unet_preset,
+            resolution=args.resolution, train_batch_size=args.batch_size, max_train_steps=args.steps,
+            variance_type="fixed_small", random_flip=True, mixed_precision=mixed_precision,
+            checkpointing_steps=args.steps + 1, eval_split="", num_sample_images=1, ddpm_num_inference_steps=1,
+            seed=args.seed))
     steady = (metrics["images_seen"] - args.batch_size, metrics["train_seconds"] - metrics["first_step_seconds"])
     return metrics["images_seen"], metrics["data_seconds"] + metrics["train_seconds"], steady
 

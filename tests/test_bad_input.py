@@ -123,6 +123,25 @@ CASES = [
     ("zero batch", "train", ["--train_batch_size", "0"], ["--train_batch_size must be >= 1"]),
     ("negative learning rate", "train", ["--learning_rate=-1e-4"], ["--learning_rate must be > 0"]),
     ("dropout out of range", "train", ["--dropout", "1.5"], ["--dropout must be in [0, 1)"]),
+    ("output_dir is a file", "train", ["--output_dir", "{root}/text_files/notes.txt"],
+     ["--output_dir", "notes.txt is a file, not a folder", "choose another --output_dir"]),
+    ("output_dir inside a file", "train", ["--output_dir", "{root}/text_files/notes.txt/run"],
+     ["--output_dir", "notes.txt/run cannot be created", "NotADirectoryError"]),
+    ("EMA decay above 1", "train", ["--ema_max_decay", "2"], ["--ema_max_decay must be in [0, 1]", "got 2.0"]),
+    ("EMA inv_gamma zero", "train", ["--ema_inv_gamma", "0"], ["--ema_inv_gamma must be > 0", "got 0.0"]),
+    ("EMA power negative", "train", ["--ema_power=-1"], ["--ema_power must be > 0"]),
+    ("Adam beta1 of 1", "train", ["--adam_beta1", "1"], ["--adam_beta1 must be in [0, 1)", "got 1.0"]),
+    ("Adam beta2 negative", "train", ["--adam_beta2=-0.1"], ["--adam_beta2 must be in [0, 1)"]),
+    ("Adam epsilon zero", "train", ["--adam_epsilon", "0"], ["--adam_epsilon must be > 0"]),
+    ("weight decay negative", "train", ["--adam_weight_decay=-1e-2"], ["--adam_weight_decay must be >= 0"]),
+    ("gradient clipping negative", "train", ["--max_grad_norm=-1"], ["--max_grad_norm must be >= 0"]),
+    ("warm-up negative", "train", ["--lr_warmup_steps=-5"], ["--lr_warmup_steps must be >= 0, got -5"]),
+    ("learning rate NaN", "train", ["--learning_rate", "nan"], ["--learning_rate must be > 0, got nan"]),
+    ("dropout negative", "train", ["--dropout=-0.1"], ["--dropout must be in [0, 1)"]),
+    ("min-SNR gamma zero", "train", ["--snr_gamma", "0"], ["--snr_gamma must be > 0"]),
+    ("vlb weight negative", "train", ["--vlb_weight=-1"], ["--vlb_weight must be >= 0"]),
+    ("seed negative", "train", ["--seed=-1"], ["--seed must be >= 0, got -1"]),
+    ("bound terms above T", "train", ["--bpd_timesteps", "50"], ["--eval_bpd_timesteps cannot exceed --ddpm_num_steps"]),
     ("inference steps above T", "train", ["--ddpm_num_inference_steps", "50"],
      ["--ddpm_num_inference_steps cannot exceed --ddpm_num_steps"]),
     ("zero timesteps", "train", ["--ddpm_num_steps", "0"], ["--ddpm_num_steps must be >= 1"]),
@@ -253,7 +272,7 @@ def test_corrupt_image_is_skipped_and_named(world, capsys):
     streamed)."""
     from argparse import Namespace
 
-    from ddpm_hf.batches import prepare_data
+    from ddpm_hf.data import prepare_data
 
     args = Namespace(dataset_name=None, dataset_config_name=None, train_data_dir=str(world["corrupt"]),
                      cache_dir=None, split="train", streaming=False, image_column=None, channels=None, resolution=8,
@@ -277,7 +296,7 @@ def test_mixed_image_modes_train_in_colour(tmp_path, capsys):
     channel."""
     from argparse import Namespace
 
-    from ddpm_hf.batches import prepare_data
+    from ddpm_hf.data import prepare_data
 
     modes = ("L", "LA", "RGB", "RGBA", "P", "I;16", "CMYK")
     folder = _images(tmp_path / "mixed", n=14, modes=modes, size=(10, 8))

@@ -8,6 +8,7 @@ leave the folder behind, unpublished) and the final held-out evaluation (the las
 pipeline is not yet written; 96 held-out images make it last about a second).
 """
 
+import contextlib
 import os
 import re
 import resource
@@ -24,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_training import TINY, TRAIN, _env, _history, _train, _weights  # noqa: E402
 
-from ddpm_hf.checkpointing import LOCK_NAME, checkpoint_dirs, resolve_checkpoint  # noqa: E402
+from ddpm_hf.run_dir import LOCK_NAME, checkpoint_dirs, resolve_checkpoint  # noqa: E402
 
 COMMON = ["--max_train_steps", "10", "--checkpointing_steps", "2", "--eval_max_images", "96"]
 
@@ -176,7 +177,7 @@ def _run_in_process(capsys, *argv):
     """`ddpm-hf train` in this process (no import cost): its exit code and stderr."""
     from accelerate.state import AcceleratorState
 
-    from ddpm_hf.training import main
+    from ddpm_hf.cli.train import main
 
     try:
         main([*TINY, *argv])
@@ -294,10 +295,91 @@ def test_lock_of_a_live_run_refuses_and_a_dead_ones_does_not(tmp_path, offline, 
     assert (out / "model_index.json").exists() and not (out / LOCK_NAME).exists()
 
 
-def test_the_lock_is_never_pushed():
-    """The lock file names the host: `--push_to_hub` (which pushes while the run holds it) leaves it out."""
-    from fnmatch import fnmatch
+def test_the_lock_is_never_pushed(tmp_path, straight):
+    """The lock file names the host: a push while a run holds it (`--push_to_hub` pushes before the lock is released)
+    uploads the pipeline and leaves the lock out. A real upload to the loopback Hub server."""
+    from hub_server import HubServer
 
-    from ddpm_hf.hub import PUSH_IGNORE_PATTERNS
+    out = tmp_path / "run"
+    shutil.copytree(straight, out, ignore=shutil.ignore_patterns("checkpoint-*"))
+    (out / LOCK_NAME).write_text(f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}}}')
+    with HubServer(tmp_path / "hub") as hub:
+        env = hub.client_env(tmp_path / "hf_home")
+        env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        code = "import sys; from ddpm_hf.hub import push_run; push_run(sys.argv[1], 'ns/locked')"
+        r = subprocess.run([sys.executable, "-c", code, str(out)], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        repo = __import__("pathlib").Path(hub.repo_dir("ns/locked"))
+        stored = {str(p.relative_to(repo)) for p in repo.rglob("*")}
+    assert {"model_index.json", "unet", "README.md"} <= stored
+    assert LOCK_NAME not in stored and (out / LOCK_NAME).exists()
 
-    assert any(fnmatch(LOCK_NAME, pattern) for pattern in PUSH_IGNORE_PATTERNS)
+
+# --------------------------------------------------------------------------------------- preemption, every launcher
+BIN = os.path.dirname(sys.executable)
+LAUNCHERS = {  # the launch commands README shows, as real processes
+    "ddpm-hf train": [os.path.join(BIN, "ddpm-hf"), "train"],
+    "accelerate launch": [os.path.join(BIN, "accelerate"), "launch", "--num_processes", "1", TRAIN],
+    "accelerate launch 2 processes": [os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                                      TRAIN],
+    "torchrun 2 processes": [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN],
+}
+SLOW_LAUNCHERS = ("accelerate launch 2 processes", "torchrun 2 processes")
+
+
+def _session_processes(sid):
+    """The pids of the live processes of session ``sid`` (a launcher and the workers it started, orphans too)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(name))
+    return pids
+
+
+@pytest.mark.parametrize("target", ["top process", "process group"])
+@pytest.mark.parametrize("launcher", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_LAUNCHERS else name
+                                      for name in LAUNCHERS])
+def test_preemption_under_every_launcher(tmp_path, launcher, target):
+    """SIGTERM to the launcher alone (Kubernetes signals PID 1) or to its whole process group (SLURM), during a long
+    run: every process of the launch ends within a minute, and the last step any process recorded is a published
+    checkpoint (written after the signal; no periodic checkpoint is due). Before the parent-death signal,
+    accelerate's one-process launcher died at once and left its worker training unseen, without a checkpoint. `ddpm-hf
+    train` and torch elastic's agent (torchrun, accelerate launch with 2 processes) return only after the checkpoint
+    is published; accelerate's one-process launcher exits at once (its worker publishes it a moment later)."""
+    out = tmp_path / "run"
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen([*LAUNCHERS[launcher], *TINY, "--output_dir", str(out), "--max_train_steps", "100000",
+                             "--checkpointing_steps", "100000", "--eval_split", ""], cwd=tmp_path, env=_env(),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(proc, lambda: len(_steps(out)) >= 2, timeout=240, poll=0.05)
+        if target == "top process":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=120)
+        published_when_launcher_ended = bool(checkpoint_dirs(str(out)))
+        deadline = time.time() + 60
+        while _session_processes(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _session_processes(proc.pid), f"still running after its launcher ended (code {code})"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # this launch's own processes, if the test failed
+        log.close()
+    text = (tmp_path / "run.log").read_text(errors="replace")
+    last = _steps(out)[-1]
+    assert checkpoint_dirs(str(out)) == [f"checkpoint-{last}"], text[-3000:]
+    assert not list(out.glob("*.tmp")) and not (out / LOCK_NAME).exists(), text[-3000:]
+    assert f"stopped by SIGTERM: saved {out / f'checkpoint-{last}'}" in text, text[-3000:]
+    if launcher == "ddpm-hf train":
+        assert code == 128 + signal.SIGTERM
+    if launcher != "accelerate launch":  # these wait for their workers; accelerate's one-process launcher cannot
+        assert published_when_launcher_ended

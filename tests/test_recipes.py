@@ -4,12 +4,12 @@ import pytest
 
 from ddpm_hf import build_unet
 from ddpm_hf.recipes import RECIPES
-from ddpm_hf.training import parse_args
+from ddpm_hf.cli.train import parse_args
 
 
 def test_digits_is_the_default_for_the_embedded_digits():
     args = parse_args([])
-    assert args.recipe == "digits" and args.recipe_overrides == []
+    assert args.recipe == "digits" and args.recipe_overrides == ()
     for key, value in RECIPES["digits"].items():
         assert getattr(args, key) == value, key
     assert args.unet_preset == "cpu-8" and args.learning_rate == 1e-3 and args.max_train_steps == 1400
@@ -40,7 +40,7 @@ def test_diffusers_is_the_default_for_other_data():
 def test_paper_recipes_and_explicit_flags_win():
     args = parse_args(["--recipe", "ddpm-cifar10", "--learning_rate", "1e-3", "--no-random_flip"])
     assert args.learning_rate == 1e-3 and args.random_flip is False
-    assert args.recipe_overrides == ["learning_rate", "random_flip"]
+    assert args.recipe_overrides == ("learning_rate", "random_flip")
     assert (args.train_batch_size, args.lr_warmup_steps, args.max_train_steps, args.ema_max_decay) == \
         (128, 5000, 800_000, 0.9999)
     assert (args.ddpm_num_steps, args.ddpm_beta_schedule, args.dropout) == (1000, "linear", 0.1)
@@ -51,10 +51,10 @@ def test_paper_recipes_and_explicit_flags_win():
     assert improved.ddpm_num_steps == 4000 and improved.dropout == 0.3
     celeb = parse_args(["--recipe", "ddpm-celebahq-256", "--max_train_steps", "10"])
     assert (celeb.resolution, celeb.learning_rate, celeb.train_batch_size) == (256, 2e-5, 64)
-    assert celeb.max_train_steps == 10 and celeb.recipe_overrides == ["max_train_steps"]
+    assert celeb.max_train_steps == 10 and celeb.recipe_overrides == ("max_train_steps",)
     # a step budget given as epochs replaces the recipe's step budget
     epochs = parse_args(["--num_epochs", "3"])
-    assert epochs.num_epochs == 3 and epochs.max_train_steps is None and epochs.recipe_overrides == ["num_epochs"]
+    assert epochs.num_epochs == 3 and epochs.max_train_steps is None and epochs.recipe_overrides == ("num_epochs",)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -79,3 +79,29 @@ def test_streaming_has_no_epochs_to_save_by():
     args = parse_args(["--dataset_name", "someone/faces", "--streaming", "--max_train_steps", "10"])
     assert args.recipe == "diffusers" and (args.save_images_epochs, args.save_model_epochs) == (None, None)
     assert parse_args(["--dataset_name", "someone/faces"]).save_images_epochs == 10  # not streamed: kept
+
+
+def test_evaluate_spellings_are_aliases_of_the_train_flags():
+    """The flags of `evaluate` that mean the same as a train flag are accepted by `train` too (train keeps
+    train_unconditional.py's names)."""
+    args = parse_args(["--num_inference_steps", "7", "--bpd_timesteps", "9", "--max_eval_images", "11"])
+    assert (args.ddpm_num_inference_steps, args.eval_bpd_timesteps, args.eval_max_images) == (7, 9, 11)
+    assert "ddpm_num_inference_steps" in args.recipe_overrides
+
+
+def test_config_is_checked_without_the_cli():
+    """TrainConfig raises ConfigError naming the setting (the CLI spells it as a flag); it is frozen."""
+    import dataclasses
+
+    from ddpm_hf.errors import ConfigError, DDPMHFError
+    from ddpm_hf.training import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^ema_max_decay must be in \[0, 1\]") as error:
+        TrainConfig.create(ema_max_decay=2.0)
+    assert isinstance(error.value, DDPMHFError) and error.value.message(lambda f: "--" + f).startswith("--ema_max")
+    config = TrainConfig.create(max_train_steps=3)
+    assert config.max_train_steps == 3 and config.recipe == "digits"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.learning_rate = 1.0
+    with pytest.raises(ConfigError, match="adam_beta1"):
+        dataclasses.replace(config, adam_beta1=1.5)

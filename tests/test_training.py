@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 
 from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.data import load_digits_dataset, to_mode
-from ddpm_hf.batches import EpochBatches, StreamBatches
-from ddpm_hf.flat_parameters import flatten_parameters
-from ddpm_hf.training import micro_batches, parse_args
+from ddpm_hf.data import EpochBatches, StreamBatches
+from ddpm_hf.training.flat_parameters import flatten_parameters
+from ddpm_hf.cli.train import parse_args
+from ddpm_hf.training import micro_batches
 from ddpm_hf.unet_configs import unet_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,9 +31,10 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
 
 
-def _train(*args, cwd, launcher=None, timeout=300):
+def _train(*args, cwd, launcher=None, timeout=300, env=None):
     cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
-    r = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, cwd=cwd, env=dict(_env(), **(env or {})), capture_output=True, text=True,
+                       timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -40,6 +42,23 @@ def _train(*args, cwd, launcher=None, timeout=300):
 def _history(folder):
     with open(os.path.join(folder, "history.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def _held_out_bpd(folder, num_images, ranks=1):
+    """The held-out bits/dim of a saved run recomputed here, independently of the training code's evaluation: the
+    saved pipeline's UNet and scheduler, the first ``num_images`` digits of the test split, ``ddpm_hf.likelihood``'s
+    full T-term bound (Ho eq. 5) with the noise the run used (rank r scores images r, r + ranks, ... with seed r)."""
+    from ddpm_hf.data import cache_images, to_model_range
+    from ddpm_hf.likelihood import bits_per_dim
+
+    pipe = DDPMHFPipeline.from_pretrained(folder)
+    test = load_digits_dataset()["test"].select(range(num_images))
+    images = cache_images(test, "image", 8, 1, progress=False)
+    with torch.no_grad():
+        totals = [bits_per_dim(pipe.unet.eval(), pipe.scheduler, to_model_range(images[r::ranks]),
+                               generator=torch.Generator().manual_seed(r), progress=False).total
+                  for r in range(ranks)]
+    return torch.cat(totals).mean().item()
 
 
 def _weights(folder):
@@ -139,7 +158,8 @@ def test_tiny_run_writes_every_output(tmp_path):
             assert "hf_not_a_real_token" not in (out / name).read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["images_seen"] == 6 * 16
-    assert 0 < metrics["bits_per_dim"] < 20 and metrics["num_images"] == 16
+    assert metrics["num_images"] == 16  # the bound of the saved (EMA) weights on the held-out images, recomputed
+    assert metrics["bits_per_dim"] == pytest.approx(_held_out_bpd(out, 16), rel=1e-6)
     history = _history(out)
     assert [h["step"] for h in history] == list(range(1, 7)) and all(np.isfinite(h["loss"]) for h in history)
     seconds = [h["seconds"] for h in history]  # wall time since the start, for loss-against-time plots
@@ -219,7 +239,8 @@ def test_resuming_earlier_prunes_the_abandoned_later_checkpoints(tmp_path):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from ddpm_hf.checkpointing import checkpoint_dirs, read_training_state, resolve_checkpoint, save_checkpoint
+    from ddpm_hf.run_dir import checkpoint_dirs, read_training_state, resolve_checkpoint
+    from ddpm_hf.training.checkpoints import save_checkpoint
 
     for n in (1, 2, 6, 8):
         (tmp_path / f"checkpoint-{n}").mkdir()
@@ -270,7 +291,8 @@ def test_two_processes_one_node_two_nodes_and_one_process(tmp_path):
     assert metrics["processes"] == 2 and metrics["images_seen"] == 4 * 16 * 2
     assert metrics["process_group_timeout_seconds"] == 7200  # --ddp_timeout reached the live process group
     # held-out bits/dim split across the ranks (8 + 7 images) and gathered: every image counted once
-    assert metrics["num_images"] == 15 and 0 < metrics["bits_per_dim"] < 20
+    assert metrics["num_images"] == 15
+    assert metrics["bits_per_dim"] == pytest.approx(_held_out_bpd(out, 15, ranks=2), rel=1e-6)
     assert metrics["weights_identical_across_ranks"] is True
     assert metrics["first_batches_distinct_across_ranks"] is True
     assert sorted(os.listdir(out / "samples")).count("grid.png") == 1
@@ -323,13 +345,18 @@ def test_image_folder_rgb_resized(tmp_path):
 
 
 def test_streaming_with_bf16(tmp_path):
+    """--mixed_precision bf16 reaches the forward pass: the first step's loss (same initial weights, batch and draws)
+    differs from the float32 run's by bf16 rounding (about 2^-8 relative), not more."""
     out = tmp_path / "run"
-    _train("--streaming", "--mixed_precision", "bf16", "--output_dir", str(out), "--max_train_steps", "3",
-           "--checkpointing_steps", "100", cwd=tmp_path)
+    common = ["--streaming", "--checkpointing_steps", "100", "--eval_split", "", "--num_sample_images", "1"]
+    _train(*common, "--mixed_precision", "bf16", "--output_dir", str(out), "--max_train_steps", "3", cwd=tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["images_seen"] == 48
     args = json.loads((out / "training_args.json").read_text())
     assert args["streaming"] is True and args["mixed_precision"] == "bf16"
+    _train(*common, "--output_dir", str(tmp_path / "fp32"), "--max_train_steps", "1", cwd=tmp_path)
+    bf16, fp32 = _history(out)[0]["loss"], _history(tmp_path / "fp32")[0]["loss"]
+    assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)
 
 
 def test_hub_dataset_over_loopback(tmp_path):
@@ -343,7 +370,7 @@ def test_hub_dataset_over_loopback(tmp_path):
         env = hub.client_env(tmp_path / "hf_home")
         env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
         code = ("import sys, datasets; datasets.config.USE_PARQUET_EXPORT = False\n"
-                "from ddpm_hf.training import main; main(sys.argv[1:])")
+                "from ddpm_hf.cli.train import main; main(sys.argv[1:])")
         out = tmp_path / "run"
         r = subprocess.run([sys.executable, "-c", code, *TINY, "--dataset_name", "someone/tiny-digits",
                             "--output_dir", str(out), "--max_train_steps", "2", "--train_batch_size", "4",
@@ -363,15 +390,30 @@ def test_hub_dataset_over_loopback(tmp_path):
 
 
 def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
+    """L_hybrid with v-prediction and --snr_gamma 5: against the same first step without --snr_gamma (same weights,
+    batch and draws), the unweighted v-MSE by timestep quartile and the L_vlb estimate are equal, and the loss is
+    smaller by the min-SNR weights min(SNR, 5) / (SNR + 1) < 1 (Hang et al. ICCV 2023); the saved run's held-out
+    bits/dim is the bound recomputed from its weights."""
     out = tmp_path / "run"
-    _train("--variance_type", "learned_range", "--prediction_type", "v_prediction", "--snr_gamma", "5",
-           "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", cwd=tmp_path)
+    common = ["--variance_type", "learned_range", "--prediction_type", "v_prediction", "--checkpointing_steps", "100"]
+    _train(*common, "--snr_gamma", "5", "--output_dir", str(out), "--max_train_steps", "3", cwd=tmp_path)
     history = _history(out)
     assert all("vlb_bpd" in h and np.isfinite(h["vlb_bpd"]) for h in history)
     pipe = DDPMHFPipeline.from_pretrained(out)
     assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.variance_type == "learned_range"
     assert pipe.scheduler.config.prediction_type == "v_prediction"
-    assert np.isfinite(json.loads((out / "metrics.json").read_text())["bits_per_dim"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bits_per_dim"] == pytest.approx(_held_out_bpd(out, 16), rel=1e-6)
+
+    _train(*common, "--output_dir", str(tmp_path / "plain"), "--max_train_steps", "1", "--eval_split", "",
+           cwd=tmp_path)
+    weighted, plain = history[0], _history(tmp_path / "plain")[0]
+    quartiles = [k for k in plain if k.startswith("loss_t_q")]
+    assert quartiles and all(weighted[k] == pytest.approx(plain[k], rel=1e-6) for k in quartiles)
+    assert weighted["vlb_bpd"] == pytest.approx(plain["vlb_bpd"], rel=1e-6)
+    mse_weighted = weighted["loss"] - 0.001 * weighted["vlb_bpd"]
+    mse_plain = plain["loss"] - 0.001 * plain["vlb_bpd"]
+    assert 0 < mse_weighted < 0.95 * mse_plain
 
 
 def test_dynamo_backend_inductor_trains_like_eager(tmp_path):
@@ -459,3 +501,51 @@ def test_num_epochs_with_gradient_accumulation(tmp_path):
     assert metrics["steps"] == 4 and metrics["images_seen"] == 2 * 12
     assert [h["epoch"] for h in _history(out)] == [1, 1, 2, 2]
     assert (out / "samples-epoch1" / "grid.png").is_file() and not (out / "samples-epoch2").exists()
+
+
+def _wandb_records(path):
+    """The protobuf Records of a .wandb file (wandb 0.31 no longer ships a Python reader): a 7-byte header (":W&B",
+    magic, version), then LevelDB log blocks of 32 KiB, each record a 7-byte header (crc32c, length, type: 1 full,
+    2 first, 3 middle, 4 last) and its data."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending = 7, 32768, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pending, pos = pending + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def test_wandb_logger_offline(tmp_path):
+    """--logger wandb (accelerate's tracker, as train_unconditional.py has it) with WANDB_MODE=offline and no
+    network: the run's files land in --logging_dir, and the run file holds every step's loss as history.jsonl has
+    it, the settings without the token, and the sample grid and strip."""
+    out = tmp_path / "run"
+    _train("--logger", "wandb", "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100",
+           "--eval_split", "", "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path,
+           env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    (run_file,) = (out / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
+    losses, settings = [], {}
+    for record in _wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            losses.append(items["loss"])
+        elif kind == "config":
+            settings.update({i.key: json.loads(i.value_json) for i in record.config.update})
+    assert losses == [h["loss"] for h in _history(out)]
+    assert settings["learning_rate"] == 1e-3 and settings["logger"] == "wandb" and "hub_token" not in settings
+    assert b"hf_not_a_real_token" not in run_file.read_bytes()
+    media = {p.name.split("_")[0] for p in run_file.parent.glob("files/media/images/samples/*.png")}
+    assert media == {"grid", "strip"}

@@ -68,28 +68,30 @@ def default_recipe(is_digits):
     return "digits" if is_digits else "diffusers"
 
 
-def apply_recipe(args, is_digits):
-    """Fill every flag the user left unset (None) from ``args.recipe`` (default: ``default_recipe``), in place.
+def apply_recipe(values, is_digits):
+    """``values`` (a dict of settings, None where the user gave none) with every unset one filled from
+    ``values["recipe"]`` (default: ``default_recipe``); returns a new dict.
 
-    The step budget (``max_train_steps`` or ``num_epochs``) is taken from the recipe only when neither flag was
-    given. Records ``args.recipe``, ``args.recipe_overrides`` (the recipe values that explicit flags replaced) and
-    ``args.recipe_filled`` (the flags that took the recipe's value).
+    The step budget (``max_train_steps`` or ``num_epochs``) is taken from the recipe only when neither was given.
+    Records ``recipe``, ``recipe_overrides`` (the recipe values that explicit settings replaced) and ``recipe_filled``
+    (the settings that took the recipe's value).
     """
-    args.recipe = args.recipe or default_recipe(is_digits)
-    recipe = RECIPES[args.recipe]
-    budget_given = args.max_train_steps is not None or args.num_epochs is not None
+    values = dict(values)
+    values["recipe"] = values.get("recipe") or default_recipe(is_digits)
+    recipe = RECIPES[values["recipe"]]
+    budget_given = values.get("max_train_steps") is not None or values.get("num_epochs") is not None
     overrides = [k for k in ("max_train_steps", "num_epochs")
-                 if getattr(args, k) is not None and getattr(args, k) != recipe.get(k)]
+                 if values.get(k) is not None and values.get(k) != recipe.get(k)]
     filled = []
     for key, value in recipe.items():
         if key in ("max_train_steps", "num_epochs") and budget_given:
             continue
-        current = getattr(args, key, None)
+        current = values.get(key)
         if current is None:
-            setattr(args, key, value)
+            values[key] = value
             filled.append(key)
         elif current != value and key not in overrides:
             overrides.append(key)
-    args.recipe_overrides = sorted(overrides)
-    args.recipe_filled = sorted(filled)
-    return args
+    values["recipe_overrides"] = sorted(overrides)
+    values["recipe_filled"] = sorted(filled)
+    return values

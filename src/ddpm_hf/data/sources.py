@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpointing import RunError
+from ..errors import MissingSplit, RunError
 
 DIGITS = "digits"
 GRAY_MODES = ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1", "F")
@@ -112,10 +112,6 @@ def load_image_dataset(dataset_name=None, dataset_config_name=None, train_data_d
         raise RunError(f"--dataset_name {dataset_name}: the dataset could not be loaded ({type(error).__name__}: "
                        f"{str(error).strip()[:300]}): check the name (namespace/name on the Hub, or a local folder) "
                        "and the network or HF_HUB_OFFLINE") from None
-
-
-class MissingSplit(RunError):
-    """The split asked for does not exist (the held-out split is then skipped; the training split is fatal)."""
 
 
 def find_image_column(dataset, image_column=None):

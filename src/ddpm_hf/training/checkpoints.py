@@ -7,57 +7,24 @@ A checkpoint is written to ``checkpoint-N.tmp`` and renamed by the main process 
 writing, so ``latest`` never picks a half-written one; a write that fails (disk full) removes the ``.tmp`` folder and
 stops the run with a ``RunError`` naming the file. Before a resume, ``verify_checkpoint`` opens every file the
 checkpoint must hold, so a truncated or missing file stops the run instead of being skipped (accelerate, for one,
-carries on without a random-state file it cannot read). ``OutputLock`` keeps two runs out of one ``--output_dir``.
+carries on without a random-state file it cannot read). Folder names and ``latest`` are ddpm_hf.run_dir's.
 """
 
 import errno
 import json
 import os
 import shutil
-import socket
 
 import torch
 
-LOCK_NAME = ".ddpm-hf.lock"
+from ..errors import RunError
+from ..run_dir import CHECKPOINT_PREFIX, TRAINING_STATE, checkpoint_dirs, checkpoint_step, read_training_state
+
 DISK_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-class RunError(RuntimeError):
-    """A failure the user can act on (disk full, corrupt checkpoint, NaN loss, busy --output_dir, bad data): the CLI
-    prints the message, which names the problem and the fix, and exits with code 2 without a traceback."""
-
-CHECKPOINT_PREFIX = "checkpoint-"
 EMA_STATE_KEYS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma",
                   "power")
-
-
-def checkpoint_step(name):
-    """N of a ``checkpoint-N`` folder name."""
-    return int(name[len(CHECKPOINT_PREFIX):])
-
-
-def checkpoint_dirs(output_dir):
-    """The names of the complete checkpoints in ``output_dir``, oldest first (``checkpoint-N``, N ascending)."""
-    if not os.path.isdir(output_dir):
-        return []
-    names = [d for d in os.listdir(output_dir)
-             if d.startswith(CHECKPOINT_PREFIX) and d[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(names, key=checkpoint_step)
-
-
-def resolve_checkpoint(value, output_dir):
-    """The checkpoint folder ``--resume_from_checkpoint value`` names: "latest" (the newest in ``output_dir``, or
-    None when there is none), a ``checkpoint-N`` name inside ``output_dir`` (as diffusers' script takes it), or a path.
-    Raises FileNotFoundError for a name or path that does not exist."""
-    if value == "latest":
-        names = checkpoint_dirs(output_dir)
-        return os.path.join(output_dir, names[-1]) if names else None
-    for path in (os.path.join(output_dir, value), value):
-        if os.path.isdir(path):
-            return path
-    available = ", ".join(checkpoint_dirs(output_dir)) or "none"
-    raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint (not a folder, nor a name inside "
-                            f"--output_dir {output_dir}; checkpoints there: {available})")
 
 
 def _newest_file(folder):
@@ -96,15 +63,6 @@ def write_error_message(what, folder, error, output_dir, resume_hint=True):
                     "--resume_from_checkpoint latest." if latest else
                     " No checkpoint was written yet; free some space and run the command again.")
     return message
-
-
-def remove_stale_tmp(output_dir):
-    """Delete the ``checkpoint-N.tmp`` and ``.pipeline.tmp`` folders a run killed while writing left (main process,
-    lock held)."""
-    if os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            if (name.startswith(CHECKPOINT_PREFIX) and name.endswith(".tmp")) or name == ".pipeline.tmp":
-                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
 def verify_checkpoint(path, world, use_ema, fp16=False):
@@ -155,77 +113,6 @@ def verify_checkpoint(path, world, use_ema, fp16=False):
     if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit() and \
             state.get("step") != checkpoint_step(name):
         fail("training_state.json", f"says step {state.get('step')}, not {checkpoint_step(name)}")
-
-
-class OutputLock:
-    """``--output_dir/.ddpm-hf.lock`` holding the owner's host and pid, created atomically (O_EXCL) by the main
-    process. A second run on the same folder refuses with RunError; a lock whose process is gone (on this host) is
-    stale and taken over."""
-
-    def __init__(self, output_dir):
-        self.path = os.path.join(output_dir, LOCK_NAME)
-        self.held = False
-
-    def acquire(self):
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is None or self._alive(owner):
-                    who = f"pid {owner['pid']} on {owner['host']}" if owner else "a run that is starting"
-                    raise RunError(f"--output_dir {os.path.dirname(self.path)} is in use by another training run "
-                                   f"({who}; lock file {self.path}). Wait for it to finish, or choose another "
-                                   "--output_dir; if that process is gone (e.g. on another machine), delete the "
-                                   "lock file.") from None
-                try:  # stale: its process is gone
-                    os.remove(self.path)
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return self
-        raise RunError(f"could not take the lock {self.path}; delete it if no run uses --output_dir")
-
-    def _owner(self):
-        try:
-            with open(self.path) as f:
-                owner = json.load(f)
-            return {"host": str(owner["host"]), "pid": int(owner["pid"])}
-        except (OSError, ValueError, KeyError, TypeError):
-            try:  # being written right now (held), or garbage left long ago (stale)
-                import time
-
-                if time.time() - os.path.getmtime(self.path) > 10:
-                    return {"host": socket.gethostname(), "pid": -1}
-            except OSError:
-                pass
-            return None
-
-    @staticmethod
-    def _alive(owner):
-        if owner["pid"] < 0:
-            return False
-        if owner["host"] != socket.gethostname():
-            return True  # cannot tell from here
-        try:
-            os.kill(owner["pid"], 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def release(self):
-        if self.held:
-            self.held = False
-            try:
-                os.remove(self.path)
-            except FileNotFoundError:
-                pass
 
 
 def register_unet_hooks(accelerator, model, flat, ema):
@@ -292,7 +179,7 @@ def save_checkpoint(accelerator, output_dir, step, state, total_limit):
     try:
         accelerator.save_state(tmp)
         if accelerator.is_main_process:
-            with open(os.path.join(tmp, "training_state.json"), "w") as f:
+            with open(os.path.join(tmp, TRAINING_STATE), "w") as f:
                 json.dump(state, f)
     except Exception as e:  # noqa: BLE001 - reported below with the file it was writing
         error = e
@@ -317,17 +204,3 @@ def save_checkpoint(accelerator, output_dir, step, state, total_limit):
             if name != os.path.basename(final):
                 shutil.rmtree(os.path.join(output_dir, name))
     accelerator.wait_for_everyone()
-
-
-def read_training_state(checkpoint):
-    with open(os.path.join(checkpoint, "training_state.json")) as f:
-        return json.load(f)
-
-
-def read_history(path, last_step):
-    """The records of history.jsonl up to ``last_step`` (a resumed run drops what came after its checkpoint)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return [r for r in records if r["step"] <= last_step]

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import torch
 
-from .checkpointing import RunError
-from .data import DIGITS, MissingSplit, Unreadable, cache_images, decode, find_image_column, fits_in_memory
-from .data import image_name, image_to_uint8, infer_channels, load_image_dataset, undecoded
+from ..errors import MissingSplit, RunError
+from .sources import DIGITS, Unreadable, cache_images, decode, find_image_column, fits_in_memory
+from .sources import image_name, image_to_uint8, infer_channels, load_image_dataset, undecoded
 
 
 def step_seed(seed, *parts):
@@ -92,43 +92,45 @@ class StreamBatches:
                             for im in images])
 
 
-def prepare_data(args, rank, world, progress=True):
-    """The training batches, the held-out images (uint8, or None) for bits/dim, channels and resolution."""
-    strict = getattr(args, "strict", False)
-    train = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir, args.cache_dir,
-                               args.split, args.streaming)
-    column = find_image_column(train, args.image_column)
-    if not args.streaming and len(train) == 0:
-        raise RunError(f"the --split {args.split} of the data holds no images: give a dataset with images")
-    channels = args.channels or infer_channels(train, column)
-    resolution = args.resolution
-    if args.streaming:
-        batches = StreamBatches(train, column, resolution, channels, args.center_crop, args.train_batch_size,
-                                args.seed, rank, world, args.shuffle_buffer_size, strict)
+def prepare_data(config, rank, world, progress=True):
+    """The training batches, the held-out images (uint8, or None) for bits/dim, channels and resolution, for a
+    TrainConfig (or any object with its data fields: dataset_name, train_data_dir, split, streaming, ...)."""
+    strict = getattr(config, "strict", False)
+    train = load_image_dataset(config.dataset_name, config.dataset_config_name, config.train_data_dir, config.cache_dir,
+                               config.split, config.streaming)
+    column = find_image_column(train, config.image_column)
+    if not config.streaming and len(train) == 0:
+        raise RunError(f"the --split {config.split} of the data holds no images: give a dataset with images")
+    channels = config.channels or infer_channels(train, column)
+    resolution = config.resolution
+    if config.streaming:
+        batches = StreamBatches(train, column, resolution, channels, config.center_crop, config.train_batch_size,
+                                config.seed, rank, world, config.shuffle_buffer_size, strict)
     else:
         if not fits_in_memory(train, resolution, channels):
             raise RunError("the dataset does not fit in memory as uint8 tensors; use --streaming")
         cache_start = time.time()
-        images = cache_images(train, column, resolution, channels, args.center_crop, progress=progress,
-                              unreadable=Unreadable(strict, f"--split {args.split}"))
+        images = cache_images(train, column, resolution, channels, config.center_crop, progress=progress,
+                              unreadable=Unreadable(strict, f"--split {config.split}"))
         if len(images) == 0:
-            raise RunError(f"no image of --split {args.split} could be read: every file is corrupt")
-        batches = EpochBatches(images, args.train_batch_size, args.seed, rank, world)
+            raise RunError(f"no image of --split {config.split} could be read: every file is corrupt")
+        batches = EpochBatches(images, config.train_batch_size, config.seed, rank, world)
         batches.transform_seconds = time.time() - cache_start  # decoding and transforms, done once
     held_out = None
-    if args.eval_split and not args.streaming:
+    if config.eval_split and not config.streaming:
         try:
-            test = load_image_dataset(args.dataset_name, args.dataset_config_name, args.train_data_dir,
-                                      args.cache_dir, args.eval_split)
+            test = load_image_dataset(config.dataset_name, config.dataset_config_name, config.train_data_dir,
+                                      config.cache_dir, config.eval_split)
         except (ValueError, KeyError, MissingSplit):
             test = None
         if test is not None and len(test):
-            test = test.select(range(min(len(test), args.eval_max_images)))
+            test = test.select(range(min(len(test), config.eval_max_images)))
             held_out = cache_images(test, column, resolution, channels, center_crop=True, progress=False,
-                                    unreadable=Unreadable(strict, f"--eval_split {args.eval_split}"))
+                                    unreadable=Unreadable(strict, f"--eval_split {config.eval_split}"))
             held_out = held_out if len(held_out) else None
     return batches, held_out, channels, resolution
 
 
-def is_digits(args):
-    return args.dataset_name in (None, DIGITS) and args.train_data_dir is None
+def is_digits(config):
+    """Whether the run trains on the embedded digits (no dataset or train_data_dir given)."""
+    return config.dataset_name in (None, DIGITS) and config.train_data_dir is None

@@ -1,0 +1,103 @@
+"""What a training run leaves for people and the Hub: the pipeline at --output_dir (as train_unconditional.py saves
+it), sample grids and the denoising strip, the loss plot, metrics.json, the model card and, on request, the upload."""
+
+import os
+import shutil
+import time
+
+import numpy as np
+
+from ..errors import PushFailed, RunError
+from ..run_dir import PIPELINE_TMP, write_metrics
+from .checkpoints import write_error_message
+from .flat_parameters import ema_weights
+
+
+def _pipeline(unet, noise_scheduler):
+    from ..pipeline_ddpm_hf import DDPMHFPipeline
+    from ..scheduling_ddpm_hf import DDPMHFScheduler
+
+    pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(noise_scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_pipeline(config, model, flat, ema, noise_scheduler):
+    """The pipeline (EMA weights if on) at --output_dir. Written beside the run first and moved in when complete: a
+    failed write (disk full) leaves the pipeline saved before it (if any) as it was and raises RunError."""
+    tmp = os.path.join(config.output_dir, PIPELINE_TMP)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with ema_weights(model, flat, ema) as unet:
+            _pipeline(unet, noise_scheduler).save_pretrained(tmp)
+    except Exception as error:  # noqa: BLE001 - reported with the file it was writing
+        message = write_error_message("the pipeline", tmp, error, config.output_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(message) from error
+    finally:
+        model.train()
+    for name in os.listdir(tmp):
+        target = os.path.join(config.output_dir, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(tmp, name), target)
+    os.rmdir(tmp)
+
+
+def save_samples(config, accelerator, model, flat, ema, noise_scheduler, epoch, step):
+    """A sample grid of the EMA weights at the end of ``epoch`` in samples-epochN/ (and the tracker)."""
+    from ..sampling import generate, write_samples
+
+    with ema_weights(model, flat, ema) as unet:
+        pipe = _pipeline(unet, noise_scheduler)
+        images, _ = generate(pipe, config.num_sample_images, config.eval_batch_size,
+                             config.ddpm_num_inference_steps, config.seed)
+        pictures = write_samples(pipe, images, os.path.join(config.output_dir, f"samples-epoch{epoch}"),
+                                 f"epoch {epoch}, {config.ddpm_num_inference_steps} steps")
+    model.train()
+    log_pictures(accelerator, config, pictures, step)
+
+
+def log_pictures(accelerator, config, pictures, step):
+    """The sample grid and denoising strip as tracker images (tags samples/grid, samples/strip)."""
+    if config.logger == "tensorboard":
+        writer = accelerator.get_tracker("tensorboard", unwrap=True)
+        for name, picture in pictures.items():
+            writer.add_image(f"samples/{name}", np.asarray(picture.convert("RGB")), step, dataformats="HWC")
+    elif config.logger == "wandb":
+        accelerator.get_tracker("wandb").log_images(
+            {f"samples/{name}": [np.asarray(picture.convert("RGB"))] for name, picture in pictures.items()}, step=step)
+
+
+def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metrics):
+    """The main process's outputs at the end: the pipeline, the final samples and strip, the loss plot,
+    metrics.json, the model card and the upload. Raises PushFailed (after everything is saved) if the upload fails."""
+    from ..images import save_loss_plot
+    from ..hub import push_failure_message, push_run
+    from ..model_card import write_model_card
+    from ..pipeline_ddpm_hf import DDPMHFPipeline
+    from ..sampling import generate, write_samples
+
+    step = metrics["steps"]
+    save_pipeline(config, model, flat, ema, noise_scheduler)
+    pipe = DDPMHFPipeline.from_pretrained(config.output_dir).to(accelerator.device)
+    pipe.set_progress_bar_config(disable=True)
+    sample_start = time.time()
+    images, strip = generate(pipe, config.num_sample_images, config.eval_batch_size,
+                             config.ddpm_num_inference_steps, config.seed, strip=True)
+    metrics["sampling_seconds"] = round(time.time() - sample_start, 1)
+    name = os.path.basename(os.path.normpath(config.dataset_name or config.train_data_dir or "digits"))
+    title = f"{name}: {step} steps, {config.ddpm_num_inference_steps} sampling steps{', EMA' if ema else ''}"
+    pictures = write_samples(pipe, images, os.path.join(config.output_dir, "samples"), title, strip)
+    log_pictures(accelerator, config, pictures, step)
+    save_loss_plot(history, os.path.join(config.output_dir, "loss.png"), f"{name} training loss")
+    write_metrics(config.output_dir, metrics)
+    write_model_card(config.output_dir, repo_id=config.hub_model_id)  # README.md and images/
+    if config.push_to_hub:
+        try:
+            push_run(config.output_dir, config.hub_model_id, private=config.hub_private_repo,
+                     token=config.hub_token, revision=config.hub_revision)
+        except Exception as error:  # the run is saved: say how to upload it without training again
+            return PushFailed(push_failure_message(error, config.output_dir, config.hub_model_id,
+                                                   config.hub_private_repo, config.hub_revision, config.hub_token))
+    return None
