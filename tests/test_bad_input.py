@@ -313,3 +313,24 @@ def test_mixed_image_modes_train_in_colour(tmp_path, capsys):
     sixteen = np.asarray(Image.open(gray / "02.png"))
     assert sixteen.dtype == np.uint16 and sixteen.max() > 255  # really 16-bit on disk, 8-bit after loading
     assert "skipped" not in capsys.readouterr().err
+
+
+def test_library_errors_name_settings_the_cli_names_flags(tmp_path):
+    """Below the CLI an error names the setting (``output_dir``), never a flag; only the CLI's ``flag_message``
+    spells it ``--output_dir``. Braces in a value (a path) are taken verbatim, not as a setting."""
+    from ddpm_hf.cli.common import flag_message
+    from ddpm_hf.data import load_image_dataset
+    from ddpm_hf.errors import MissingSplit, OutputDirError
+    from ddpm_hf.run_dir import check_output_dir
+
+    taken = tmp_path / "a {file}"
+    taken.write_text("x")
+    with pytest.raises(OutputDirError) as caught:
+        check_output_dir(str(taken))
+    assert str(caught.value).startswith(f"output_dir {taken} is a file") and "--" not in str(caught.value)
+    assert flag_message(caught.value) == (f"--output_dir {taken} is a file, not a folder: choose another "
+                                          "--output_dir (or move the file away)")
+    with pytest.raises(MissingSplit) as caught:
+        load_image_dataset("digits", None, None, None, "validation")
+    assert str(caught.value).startswith("split validation: ") and "--" not in str(caught.value)
+    assert flag_message(caught.value).startswith("--split validation: ")

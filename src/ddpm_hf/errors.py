@@ -30,34 +30,40 @@ class InceptionWeightsMissing(DDPMHFError, RuntimeError):
 
 
 class PushError(DDPMHFError, RuntimeError):
-    """A push that cannot go ahead as asked; ``argument`` names the parameter at fault, if one is."""
+    """A push refused before anything is uploaded because the request cannot be done as asked (e.g. ``private`` for
+    a repo that exists and is public: a push never changes visibility); ``argument`` names the parameter at fault, if
+    one is. Unlike PushFailed (an upload that was attempted and failed), the fix is to change the request."""
 
     def __init__(self, message, argument=None):
         super().__init__(message)
         self.argument = argument
 
 
+class NamesSettings:
+    """A message that names settings as ``{field}`` in ``template``: ``str()`` gives the plain field names (what a
+    library caller sees), ``message(spell)`` lets the CLI spell them as its flags. Keyword ``values`` fill the other
+    ``{name}`` slots verbatim (paths, exception text: braces in them are never parsed)."""
 
-
-class ConfigError(DDPMHFError, ValueError):
-    """A setting out of its range or contradicting another. ``template`` names settings as ``{field}``: ``str()``
-    gives the plain field names (a library caller), ``message(name)`` lets the CLI spell them as its flags."""
-
-    def __init__(self, template):
+    def __init__(self, template, **values):
         import string
 
-        self.template = template
-        self.fields = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+        self.template, self.values = template, values
+        self.fields = [name for _, name, _, _ in string.Formatter().parse(template) if name and name not in values]
         super().__init__(self.message(lambda field: field))
 
     def message(self, spell):
         """The message with each setting written as ``spell(field)`` (e.g. ``lambda f: "--" + f``)."""
-        return self.template.format(**{field: spell(field) for field in self.fields})
+        return self.template.format(**{field: spell(field) for field in self.fields}, **self.values)
 
 
-class RunError(DDPMHFError, RuntimeError):
+class ConfigError(NamesSettings, DDPMHFError, ValueError):
+    """A setting out of its range or contradicting another (the settings named as in ``NamesSettings``)."""
+
+
+class RunError(NamesSettings, DDPMHFError, RuntimeError):
     """A failure the user can act on (disk full, corrupt checkpoint, NaN loss, busy output folder, bad data): the
-    message names the problem and the fix; the CLI prints it and exits with code 2 without a traceback."""
+    message names the problem and the fix, and the settings it names as in ``NamesSettings``; the CLI prints it
+    with flags and exits with code 2 without a traceback."""
 
 
 class MissingSplit(RunError):
@@ -68,12 +74,21 @@ class OutputDirError(RunError):
     """The output folder cannot be used: it is a file, holds another run, or is locked by a live run."""
 
 
+class CheckpointNotFound(RunError, FileNotFoundError):
+    """The checkpoint named to resume from is neither a folder nor a checkpoint-N name inside the output folder."""
+
+
 class PushFailed(RunError):
-    """The run finished and is saved, but its upload to the Hub failed (the message says how to upload it)."""
+    """After training: the run finished and is saved, but its upload to the Hub failed (network, server, rights);
+    ``message`` says how to resume the upload (a ``ddpm-hf push`` command). Unlike PushError, nothing in the request
+    was wrong and nothing was refused before uploading. The message is taken verbatim (no settings in it)."""
+
+    def __init__(self, message):
+        super().__init__("{message}", message=message)
 
 
 class TrackerMissing(RunError):
-    """The experiment tracker asked for (``--logger wandb``) is not installed."""
+    """The experiment tracker asked for (``logger="wandb"``) is not installed."""
 
 
 class Interrupted(DDPMHFError):

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 
-from .errors import OutputDirError
+from .errors import CheckpointNotFound, OutputDirError
 
 METRICS = "metrics.json"
 TRAINING_ARGS = "training_args.json"
@@ -87,8 +87,8 @@ def run_files(output_dir):
 def check_output_dir(output_dir):
     """Raise OutputDirError when ``output_dir`` exists and is not a folder (a file, or a link to one)."""
     if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
-        raise OutputDirError(f"--output_dir {output_dir} is a file, not a folder: choose another --output_dir (or "
-                             "move the file away)")
+        raise OutputDirError("{output_dir} {path} is a file, not a folder: choose another {output_dir} (or move "
+                             "the file away)", path=output_dir)
 
 
 def clear_output_dir(output_dir):
@@ -132,15 +132,16 @@ def latest_checkpoint(output_dir):
 def resolve_checkpoint(value, output_dir):
     """The checkpoint folder ``--resume_from_checkpoint value`` names: "latest" (the newest in ``output_dir``, or
     None when there is none), a ``checkpoint-N`` name inside ``output_dir`` (as diffusers' script takes it), or a path.
-    Raises FileNotFoundError for a name or path that does not exist."""
+    Raises CheckpointNotFound (a FileNotFoundError) for a name or path that does not exist."""
     if value == "latest":
         return latest_checkpoint(output_dir)
     for path in (os.path.join(output_dir, value), value):
         if os.path.isdir(path):
             return path
     available = ", ".join(checkpoint_dirs(output_dir)) or "none"
-    raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint (not a folder, nor a name inside "
-                            f"--output_dir {output_dir}; checkpoints there: {available})")
+    raise CheckpointNotFound("{resume_from_checkpoint} {value}: no such checkpoint (not a folder, nor a name "
+                             "inside {output_dir} {folder}; checkpoints there: {available})", value=value,
+                             folder=output_dir, available=available)
 
 
 def read_training_state(checkpoint):
@@ -196,10 +197,10 @@ class OutputLock:
                 owner = self._owner()
                 if owner is None or self._alive(owner):
                     who = f"pid {owner['pid']} on {owner['host']}" if owner else "a run that is starting"
-                    raise OutputDirError(f"--output_dir {os.path.dirname(self.path)} is in use by another training "
-                                         f"run ({who}; lock file {self.path}). Wait for it to finish, or choose "
-                                         "another --output_dir; if that process is gone (e.g. on another machine), "
-                                         "delete the lock file.") from None
+                    raise OutputDirError("{output_dir} {folder} is in use by another training run ({who}; lock file "
+                                         "{lock}). Wait for it to finish, or choose another {output_dir}; if that "
+                                         "process is gone (e.g. on another machine), delete the lock file.",
+                                         folder=os.path.dirname(self.path), who=who, lock=self.path) from None
                 try:  # stale: its process is gone
                     os.remove(self.path)
                 except FileNotFoundError:
@@ -209,7 +210,8 @@ class OutputLock:
                 json.dump(me, f)
             self.held = True
             return self
-        raise OutputDirError(f"could not take the lock {self.path}; delete it if no run uses --output_dir")
+        raise OutputDirError("could not take the lock {lock}; delete it if no run uses {output_dir}",
+                             lock=self.path)
 
     def _owner(self):
         try:

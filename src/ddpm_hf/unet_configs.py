@@ -76,13 +76,17 @@ def resolution_divisor(config):
 
 
 def check_resolution(name, resolution):
-    """Raise ValueError, naming sizes that work, if preset ``name`` cannot take images of ``resolution`` pixels."""
+    """Raise ConfigError (a ValueError), naming sizes that work, if preset ``name`` cannot take images of
+    ``resolution`` pixels."""
+    from .errors import ConfigError
+
     divisor = resolution_divisor(UNET_PRESETS[name])
     if resolution % divisor:
         fits = [divisor * k for k in range(1, 5)] + [divisor * 8]
-        raise ValueError(f"--unet_preset {name} halves the image {len(UNET_PRESETS[name]['down_block_types']) - 1} "
-                         f"times, so it needs a resolution divisible by {divisor} (e.g. "
-                         f"{', '.join(map(str, fits))}); got {resolution}")
+        raise ConfigError("{unet_preset} {name} halves the image {halvings} times, so it needs a resolution "
+                          "divisible by {divisor} (e.g. {fits}); got {value}", name=name, divisor=divisor,
+                          halvings=len(UNET_PRESETS[name]["down_block_types"]) - 1,
+                          fits=", ".join(map(str, fits)), value=resolution)
 
 
 def unet_config(name, channels=None, learned_variance=False, **overrides):

@@ -1,16 +1,22 @@
 """What every ``ddpm-hf`` command shares: turning a library's typed error into one line that names the flag."""
 
-from ..errors import DDPMHFError
+from ..errors import DDPMHFError, NamesSettings
 
 
 def flag_message(error, flags=None):
     """The message of ``error`` for the command line: when the error names the argument at fault (``argument``),
-    the flag that sets it (``flags`` maps argument names to flag names where they differ) leads the message."""
+    the flag that sets it (``flags`` maps argument names to flag names where they differ) leads the message; when
+    it names settings inside its message (``NamesSettings``: ConfigError, RunError), each is spelled as its flag."""
+    def spell(name):
+        return "--" + (flags or {}).get(name, name)
+
+    if isinstance(error, NamesSettings):  # the settings named inside the message
+        return error.message(spell)
     argument = getattr(error, "argument", None)
     message = str(error)
     if not argument:
         return message
-    flag = "--" + (flags or {}).get(argument, argument)
+    flag = spell(argument)
     if message.startswith(argument + " "):
         return flag + message[len(argument):]
     return f"{flag}: {message}"

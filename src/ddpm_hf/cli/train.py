@@ -174,7 +174,7 @@ def main(argv=None):
     try:
         return train(config)
     except RunError as error:
-        print(f"ddpm-hf train: error: {error}", file=sys.stderr)
+        print(f"ddpm-hf train: error: {error.message(flag)}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as stopped:
         if int(os.environ.get("RANK", "0")) == 0:  # one message, from the main process

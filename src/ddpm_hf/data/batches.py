@@ -26,9 +26,10 @@ class EpochBatches:
         self.images, self.batch_size, self.seed, self.rank, self.world = images, batch_size, seed, rank, world
         self.per_epoch = len(images) // (batch_size * world)
         if self.per_epoch < 1:
-            raise RunError(f"the {len(images)} training images are fewer than one batch of --train_batch_size "
-                           f"{batch_size}{f' x {world} processes' if world > 1 else ''}: use --train_batch_size "
-                           f"{max(len(images) // world, 1)} or less, or more images")
+            raise RunError("the {count} training images are fewer than one batch of {train_batch_size} {size}{world}: "
+                           "use {train_batch_size} {fits} or less, or more images", count=len(images),
+                           size=batch_size, world=f" x {world} processes" if world > 1 else "",
+                           fits=max(len(images) // world, 1))
         self._epoch, self._order = None, None
         self.transform_seconds = 0.0
 
@@ -100,7 +101,8 @@ def prepare_data(config, rank, world, progress=True):
                                config.split, config.streaming)
     column = find_image_column(train, config.image_column)
     if not config.streaming and len(train) == 0:
-        raise RunError(f"the --split {config.split} of the data holds no images: give a dataset with images")
+        raise RunError("the {split} {value} of the data holds no images: give a dataset with images",
+                       value=config.split)
     channels = config.channels or infer_channels(train, column)
     resolution = config.resolution
     if config.streaming:
@@ -108,12 +110,12 @@ def prepare_data(config, rank, world, progress=True):
                                 config.seed, rank, world, config.shuffle_buffer_size, strict)
     else:
         if not fits_in_memory(train, resolution, channels):
-            raise RunError("the dataset does not fit in memory as uint8 tensors; use --streaming")
+            raise RunError("the dataset does not fit in memory as uint8 tensors; use {streaming}")
         cache_start = time.time()
         images = cache_images(train, column, resolution, channels, config.center_crop, progress=progress,
-                              unreadable=Unreadable(strict, f"--split {config.split}"))
+                              unreadable=Unreadable(strict, config.split, "split"))
         if len(images) == 0:
-            raise RunError(f"no image of --split {config.split} could be read: every file is corrupt")
+            raise RunError("no image of {split} {value} could be read: every file is corrupt", value=config.split)
         batches = EpochBatches(images, config.train_batch_size, config.seed, rank, world)
         batches.transform_seconds = time.time() - cache_start  # decoding and transforms, done once
     held_out = None
@@ -126,7 +128,7 @@ def prepare_data(config, rank, world, progress=True):
         if test is not None and len(test):
             test = test.select(range(min(len(test), config.eval_max_images)))
             held_out = cache_images(test, column, resolution, channels, center_crop=True, progress=False,
-                                    unreadable=Unreadable(strict, f"--eval_split {config.eval_split}"))
+                                    unreadable=Unreadable(strict, config.eval_split, "eval_split"))
             held_out = held_out if len(held_out) else None
     return batches, held_out, channels, resolution
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import MissingSplit, RunError
+from ..errors import ConfigError, MissingSplit, RunError
 
 DIGITS = "digits"
 GRAY_MODES = ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1", "F")
@@ -65,53 +65,58 @@ def load_image_dataset(dataset_name=None, dataset_config_name=None, train_data_d
     from datasets import DatasetDict, load_dataset, load_from_disk
 
     if train_data_dir is not None and dataset_name not in (None, DIGITS):
-        raise ValueError("give either --dataset_name or --train_data_dir, not both")
+        raise ConfigError("give either {dataset_name} or {train_data_dir}, not both")
     source = dataset_source(dataset_name, train_data_dir)
     if source == DIGITS:
         if split not in ("train", "test"):
-            raise MissingSplit(f"--split {split}: the embedded digits have the splits train and test")
+            raise MissingSplit("{split} {value}: the embedded digits have the splits train and test", value=split)
         data = load_digits_dataset()[split]
         return data.to_iterable_dataset() if streaming else data
     if source == "local":
         folder = train_data_dir or dataset_name
         if not os.path.isdir(folder):
-            raise RunError(f"--train_data_dir {folder}: no such folder; give a folder of images")
+            raise RunError("{train_data_dir} {folder}: no such folder; give a folder of images", folder=folder)
         saved = any(os.path.exists(os.path.join(folder, name)) for name in ("dataset_dict.json", "dataset_info.json"))
         if saved and train_data_dir is None:  # a dataset written by save_to_disk
             try:
                 data = load_from_disk(folder)
             except Exception as error:  # noqa: BLE001 - datasets fails in many ways on an empty or damaged folder
-                raise RunError(f"{folder}: the saved dataset cannot be loaded ({type(error).__name__}: "
-                               f"{str(error).strip()[:200]}); it is empty or damaged: save it again with "
-                               "save_to_disk, or give a folder of images") from None
+                raise RunError("{folder}: the saved dataset cannot be loaded ({error}); it is empty or damaged: save it "
+                               "again with save_to_disk, or give a folder of images", folder=folder,
+                               error=f"{type(error).__name__}: {str(error).strip()[:200]}") from None
             if isinstance(data, DatasetDict):
                 if split not in data:
-                    raise MissingSplit(f"--split {split}: {folder} has no such split; its splits: {', '.join(data)}")
+                    raise MissingSplit("{split} {value}: {folder} has no such split; its splits: {splits}", value=split,
+                                       folder=folder, splits=", ".join(data))
                 data = data[split]
             return data.to_iterable_dataset() if streaming else data
         try:
             return load_dataset("imagefolder", data_dir=folder, cache_dir=cache_dir, split=split, streaming=streaming)
         except ValueError as error:
             if "Unknown split" in str(error):
-                raise MissingSplit(f"--split {split}: {folder} has no such split ({error})") from None
+                raise MissingSplit("{split} {value}: {folder} has no such split ({error})", value=split, folder=folder,
+                                   error=str(error)) from None
             if "corresponds to no data" in str(error):
-                raise RunError(f"{folder} holds no image files (png, jpg, ...): give a folder of images") from None
+                raise RunError("{folder} holds no image files (png, jpg, ...): give a folder of images",
+                               folder=folder) from None
             raise
         except FileNotFoundError:  # datasets' EmptyDatasetError
-            raise RunError(f"{folder} holds no image files (png, jpg, ...): give a folder of images") from None
+            raise RunError("{folder} holds no image files (png, jpg, ...): give a folder of images",
+                           folder=folder) from None
     if dataset_name.startswith((".", "/", "~")) or dataset_name.count("/") > 1:
-        raise RunError(f"--dataset_name {dataset_name}: no such folder (a local folder, a Hub dataset id "
-                       "namespace/name, or digits)")
+        raise RunError("{dataset_name} {name}: no such folder (a local folder, a Hub dataset id namespace/name, "
+                       "or digits)", name=dataset_name)
     try:
         return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split, streaming=streaming)
     except ValueError as error:
         if "Unknown split" in str(error) or "Bad split" in str(error):
-            raise MissingSplit(f"--split {split}: {dataset_name} has no such split ({error})") from None
+            raise MissingSplit("{split} {value}: {name} has no such split ({error})", value=split, name=dataset_name,
+                               error=str(error)) from None
         raise
     except (OSError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError; offline: ConnectionError
-        raise RunError(f"--dataset_name {dataset_name}: the dataset could not be loaded ({type(error).__name__}: "
-                       f"{str(error).strip()[:300]}): check the name (namespace/name on the Hub, or a local folder) "
-                       "and the network or HF_HUB_OFFLINE") from None
+        raise RunError("{dataset_name} {name}: the dataset could not be loaded ({error}): check the name "
+                       "(namespace/name on the Hub, or a local folder) and the network or HF_HUB_OFFLINE",
+                       name=dataset_name, error=f"{type(error).__name__}: {str(error).strip()[:300]}") from None
 
 
 def find_image_column(dataset, image_column=None):
@@ -123,16 +128,19 @@ def find_image_column(dataset, image_column=None):
     images = [name for name, feature in features.items() if isinstance(feature, ImageFeature)]
     if image_column is not None:
         if features and image_column not in features:
-            raise RunError(f"--image_column {image_column!r} is not a column; columns: {', '.join(features)}"
-                           f"{'; image columns: ' + ', '.join(images) if images else ''}")
+            raise RunError("{image_column} {column} is not a column; columns: {columns}{images}",
+                           column=repr(image_column), columns=", ".join(features),
+                           images="; image columns: " + ", ".join(images) if images else "")
         if features and not isinstance(features[image_column], ImageFeature):
-            raise RunError(f"--image_column {image_column!r} holds {type(features[image_column]).__name__} values, "
-                           f"not images; {'image columns: ' + ', '.join(images) if images else 'no column holds images'}")
+            raise RunError("{image_column} {column} holds {kind} values, not images; {images}",
+                           column=repr(image_column), kind=type(features[image_column]).__name__,
+                           images="image columns: " + ", ".join(images) if images else "no column holds images")
         return image_column
     if images:
         return images[0]
-    raise RunError(f"no image column found among the columns {', '.join(features) or '(none)'}: the dataset holds "
-                   "no datasets.Image column; pass --image_column NAME, or give a folder of images")
+    raise RunError("no image column found among the columns {columns}: the dataset holds no datasets.Image "
+                   "column; pass {image_column} NAME, or give a folder of images",
+                   columns=", ".join(features) or "(none)")
 
 
 def undecoded(dataset, image_column):
@@ -163,14 +171,17 @@ def image_name(value, index):
 class Unreadable:
     """Images that could not be decoded: skipped and counted (named in a warning), or fatal with ``strict``."""
 
-    def __init__(self, strict=False, what="the data"):
-        self.strict, self.what, self.names = strict, what, []
+    def __init__(self, strict=False, what="the data", setting=None):
+        """``what``: the data, as a phrase ("the stream") or as the value of ``setting`` (e.g. "train" of "split")."""
+        self.strict, self.names = strict, []
+        self.what = f"--{setting} {what}" if setting else what  # the warnings, printed as the CLI spells the setting
+        self.template, self.values = ("{%s} {what}" % setting if setting else "{what}"), {"what": what}
 
     def add(self, name, error):
         message = f"{name}: {type(error).__name__}: {str(error).strip()[:200]}"
         if self.strict:
-            raise RunError(f"cannot read an image of {self.what}: {message}. Remove or replace the file, or leave out "
-                           "--strict to skip unreadable images")
+            raise RunError("cannot read an image of " + self.template + ": {detail}. Remove or replace the file, or "
+                           "leave out {strict} to skip unreadable images", detail=message, **self.values)
         self.names.append(name)
         print(f"warning: skipped an unreadable image of {self.what}: {message}", file=sys.stderr)
 

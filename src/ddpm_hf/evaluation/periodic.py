@@ -4,18 +4,18 @@ the digits metric and FID of a few samples."""
 from .bound import evaluate_on_all_ranks
 
 
-def periodic_scores(accelerator, unet, scheduler, held_out, args, inception=None):
+def periodic_scores(accelerator, unet, scheduler, held_out, config, inception=None):
     """A training run's ``eval_metrics``, as {"eval/<name>": value}: held-out bits/dim (all ranks; an estimate from
     ``eval_bpd_timesteps`` terms when set), and on the main process the digits metric and FID of ``eval_num_samples``
-    samples with ``eval_inference_steps`` steps (FID against the held-out images). ``args``: the run's typed training
+    samples with ``eval_inference_steps`` steps (FID against the held-out images). ``config``: the run's typed training
     config (those fields, ``eval_batch_size`` and ``seed``)."""
     scores = {}
-    if "bpd" in args.eval_metrics and held_out is not None:
-        result = evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, args.eval_batch_size, args.seed,
-                                       args.eval_bpd_timesteps)
-        key = "eval/bits_per_dim_estimate" if args.eval_bpd_timesteps else "eval/bits_per_dim"
+    if "bpd" in config.eval_metrics and held_out is not None:
+        result = evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, config.eval_batch_size, config.seed,
+                                       config.eval_bpd_timesteps)
+        key = "eval/bits_per_dim_estimate" if config.eval_bpd_timesteps else "eval/bits_per_dim"
         scores[key] = result["bits_per_dim"]
-    wanted = [m for m in ("digits", "fid") if m in args.eval_metrics and (m != "fid" or inception is not None)]
+    wanted = [m for m in ("digits", "fid") if m in config.eval_metrics and (m != "fid" or inception is not None)]
     if wanted and accelerator.is_main_process:
         from ..pipeline_ddpm_hf import DDPMHFPipeline
         from ..sampling import generate_uint8
@@ -23,8 +23,8 @@ def periodic_scores(accelerator, unet, scheduler, held_out, args, inception=None
 
         pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(scheduler.config))
         pipe.set_progress_bar_config(disable=True)
-        samples, _ = generate_uint8(pipe, args.eval_num_samples, args.eval_batch_size, args.eval_inference_steps,
-                                    args.seed)
+        samples, _ = generate_uint8(pipe, config.eval_num_samples, config.eval_batch_size, config.eval_inference_steps,
+                                    config.seed)
         if "digits" in wanted:
             from .digits import digits_metric
 

@@ -53,16 +53,17 @@ def _explain_write_error(error):
     return f"{type(error).__name__}: {text.strip()[:300]}"
 
 
-def write_error_message(what, folder, error, output_dir, resume_hint=True):
-    """The message of a failed write into ``folder``: the file, the cause, the checkpoint ``latest`` still picks."""
+def write_error(what, folder, error, output_dir, resume_hint=True):
+    """The RunError of a failed write into ``folder``: the file, the cause, the checkpoint ``latest`` still picks."""
     names = checkpoint_dirs(output_dir)
     latest = os.path.join(output_dir, names[-1]) if names else None
-    message = f"could not write {what}: {_newest_file(folder)}: {_explain_write_error(error)}."
+    template = "could not write {what}: {file}: {cause}."
     if resume_hint:
-        message += (f" The last complete checkpoint is {latest}; free some space and run the same command with "
-                    "--resume_from_checkpoint latest." if latest else
-                    " No checkpoint was written yet; free some space and run the command again.")
-    return message
+        template += (" The last complete checkpoint is {latest}; free some space and run the same command with "
+                     "{resume_from_checkpoint} latest." if latest else
+                     " No checkpoint was written yet; free some space and run the command again.")
+    return RunError(template, what=what, file=_newest_file(folder), cause=_explain_write_error(error),
+                    **({"latest": latest} if latest and resume_hint else {}))
 
 
 def verify_checkpoint(path, world, use_ema, fp16=False):
@@ -73,18 +74,18 @@ def verify_checkpoint(path, world, use_ema, fp16=False):
     from safetensors import safe_open
 
     def fail(name, why):
-        raise RunError(f"checkpoint {path} is damaged: {os.path.join(path, name)} {why}. Resume from another "
-                       f"checkpoint (--resume_from_checkpoint checkpoint-N; {path}'s folder holds: "
-                       f"{', '.join(checkpoint_dirs(os.path.dirname(os.path.abspath(path)))) or 'none'}) or delete "
-                       "this one.")
+        raise RunError("checkpoint {path} is damaged: {file} {why}. Resume from another checkpoint "
+                       "({resume_from_checkpoint} checkpoint-N; {path}'s folder holds: {held}) or delete this one.",
+                       path=path, file=os.path.join(path, name), why=why,
+                       held=", ".join(checkpoint_dirs(os.path.dirname(os.path.abspath(path)))) or "none")
 
     weights = ["unet"] + (["unet_ema"] if use_ema else [])
     expected = [os.path.join(w, f) for w in weights for f in ("config.json", "diffusion_pytorch_model.safetensors")]
-    expected += ["optimizer.bin", "scheduler.bin", "training_state.json"]
+    expected += ["optimizer.bin", "scheduler.bin", TRAINING_STATE]
     expected += [f"random_states_{r}.pkl" for r in range(world)] + (["scaler.pt"] if fp16 else [])
     if not any(os.path.exists(os.path.join(path, name)) for name in expected):
-        raise RunError(f"--resume_from_checkpoint {path} is not a checkpoint (none of unet/, optimizer.bin, "
-                       "training_state.json in it): give checkpoint-N of a run's --output_dir, or latest")
+        raise RunError("{resume_from_checkpoint} {path} is not a checkpoint (none of unet/, optimizer.bin, "
+                       "training_state.json in it): give checkpoint-N of a run's {output_dir}, or latest", path=path)
     for name in expected:
         full = os.path.join(path, name)
         if not os.path.isfile(full):
@@ -112,7 +113,7 @@ def verify_checkpoint(path, world, use_ema, fp16=False):
     name = os.path.basename(os.path.normpath(path))
     if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX):].isdigit() and \
             state.get("step") != checkpoint_step(name):
-        fail("training_state.json", f"says step {state.get('step')}, not {checkpoint_step(name)}")
+        fail(TRAINING_STATE, f"says step {state.get('step')}, not {checkpoint_step(name)}")
 
 
 def register_unet_hooks(accelerator, model, flat, ema):
@@ -185,12 +186,12 @@ def save_checkpoint(accelerator, output_dir, step, state, total_limit):
         error = e
     # every rank's files (RNG states, shards) are in tmp before it is published; this all-reduce is the barrier
     if any_rank(accelerator, [error is not None])[0]:
-        message = (write_error_message(f"checkpoint-{step}", tmp, error, output_dir) if error is not None else
-                   f"another process could not write checkpoint-{step} (see its error)")
+        failure = (write_error(f"checkpoint-{step}", tmp, error, output_dir) if error is not None else
+                   RunError("another process could not write checkpoint-{step} (see its error)", step=step))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise RunError(message) from error
+        raise failure from error
     if accelerator.is_main_process:
         # checkpoints past this step belong to an abandoned run (resumed from an earlier one): `latest` must not
         # pick them, so they go before this one is published

@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from ..errors import CheckpointNotFound, ConfigError
 from ..recipes import RECIPES, apply_recipe
 
 CHOICES = {  # the settings that take one of a few values (the CLI's argparse choices come from here)
@@ -207,10 +207,7 @@ class TrainConfig:
         if not self.model_config_name_or_path:
             from ..unet_configs import check_resolution
 
-            try:
-                check_resolution(self.unet_preset, self.resolution)
-            except ValueError as error:
-                raise ConfigError(str(error).replace("{", "{{").replace("}", "}}")) from None
+            check_resolution(self.unet_preset, self.resolution)
         if self.overwrite_output_dir and self.resume_from_checkpoint:
             raise ConfigError("{overwrite_output_dir} would delete the checkpoints that {resume_from_checkpoint} "
                               "needs")
@@ -235,8 +232,8 @@ class TrainConfig:
         if self.resume_from_checkpoint:  # a name or path that does not exist fails now, before anything is loaded
             try:
                 resolve_checkpoint(self.resume_from_checkpoint, self.output_dir)
-            except FileNotFoundError as error:
-                raise ConfigError(str(error).replace("{", "{{").replace("}", "}}")) from None
+            except CheckpointNotFound as error:
+                raise ConfigError(error.template, **error.values) from None
         if self.hub_model_id is not None:  # checked now, not after hours of training
             from huggingface_hub import get_token
             from huggingface_hub.utils import HFValidationError, validate_repo_id

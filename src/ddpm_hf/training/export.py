@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import PushFailed, RunError
 from ..run_dir import PIPELINE_TMP, write_metrics
-from .checkpoints import write_error_message
+from .checkpoints import write_error
 from .flat_parameters import ema_weights
 
 
@@ -23,7 +23,7 @@ def _pipeline(unet, noise_scheduler):
 
 
 def save_pipeline(config, model, flat, ema, noise_scheduler):
-    """The pipeline (EMA weights if on) at --output_dir. Written beside the run first and moved in when complete: a
+    """The pipeline (EMA weights if on) at ``output_dir``. Written beside the run first and moved in when complete: a
     failed write (disk full) leaves the pipeline saved before it (if any) as it was and raises RunError."""
     tmp = os.path.join(config.output_dir, PIPELINE_TMP)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -31,9 +31,9 @@ def save_pipeline(config, model, flat, ema, noise_scheduler):
         with ema_weights(model, flat, ema) as unet:
             _pipeline(unet, noise_scheduler).save_pretrained(tmp)
     except Exception as error:  # noqa: BLE001 - reported with the file it was writing
-        message = write_error_message("the pipeline", tmp, error, config.output_dir)
+        failure = write_error("the pipeline", tmp, error, config.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RunError(message) from error
+        raise failure from error
     finally:
         model.train()
     for name in os.listdir(tmp):

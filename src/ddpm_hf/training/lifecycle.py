@@ -103,8 +103,8 @@ def make_accelerator(config):
         from accelerate.utils import is_wandb_available
 
         if not is_wandb_available():
-            raise TrackerMissing("--logger wandb needs the wandb package: `pip install wandb` (WANDB_MODE=offline "
-                                 "logs without a network), or use --logger tensorboard")
+            raise TrackerMissing("{logger} wandb needs the wandb package: `pip install wandb` (WANDB_MODE=offline "
+                                 "logs without a network), or use {logger} tensorboard")
     multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return Accelerator(
         cpu=multi_cpu,
@@ -167,16 +167,17 @@ class Run:
         self.created = not os.path.isdir(out)
         held = [] if config.overwrite_output_dir or config.resume_from_checkpoint else run_files(out)
         if held:  # checked by every rank before any writes
-            raise OutputDirError(f"--output_dir {out} already holds a training run ({', '.join(held)}): add "
-                                 "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace "
-                                 "it, or choose another --output_dir")
+            raise OutputDirError("{output_dir} {out} already holds a training run ({held}): add "
+                                 "{resume_from_checkpoint} latest to continue it, {overwrite_output_dir} to replace "
+                                 "it, or choose another {output_dir}", out=out, held=", ".join(held))
         try:
             if self.main:  # one run per folder (a dead run's lock is taken over)
                 try:
                     os.makedirs(out, exist_ok=True)
                 except OSError as error:  # e.g. a parent that is a file
-                    raise OutputDirError(f"--output_dir {out} cannot be created ({type(error).__name__}: "
-                                         f"{error.strerror}): choose another --output_dir") from None
+                    raise OutputDirError("{output_dir} {out} cannot be created ({cause}): choose another "
+                                         "{output_dir}", out=out,
+                                         cause=f"{type(error).__name__}: {error.strerror}") from None
                 self.lock.acquire()
                 remove_stale_tmp(out)  # checkpoint-N.tmp of a run killed while writing
             self.accelerator.wait_for_everyone()
@@ -221,9 +222,9 @@ class Run:
         try:
             self.accelerator.load_state(self.resume_from)
         except Exception as error:  # noqa: BLE001 - e.g. weights of another UNet configuration
-            raise RunError(f"could not resume from {self.resume_from}: {type(error).__name__}: "
-                           f"{str(error).strip()[:500]}. Resume with the flags of the run that wrote it, or from "
-                           "another checkpoint.") from error
+            raise RunError("could not resume from {path}: {cause}. Resume with the settings of the run that wrote "
+                           "it, or from another checkpoint.", path=self.resume_from,
+                           cause=f"{type(error).__name__}: {str(error).strip()[:500]}") from error
         if self.ema is not None:
             self.ema.to(self.accelerator.device)
         state = read_training_state(self.resume_from)

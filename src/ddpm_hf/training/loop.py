@@ -219,12 +219,13 @@ def non_finite_error(config, step, loss, norm, rank, finite_here):
     """The NaN guard's RunError: the step, the values, the last good checkpoint and what to change."""
     last = latest_checkpoint(config.output_dir)
     return RunError(
-        f"step {step + 1}: the loss is {loss:.6g} and the gradient norm {float(norm):.6g} on process {rank}"
-        f"{' (another process had a non-finite value)' if finite_here else ''}: stopped before this step changed "
-        f"the weights; nothing was saved after step {step}. The last good checkpoint is "
-        f"{last or 'none (no checkpoint was written)'}. Start again with a lower --learning_rate (now "
-        f"{config.learning_rate:g}) or stronger clipping (--max_grad_norm)"
-        f"{'; a resume from the checkpoint keeps its saved learning-rate schedule' if last else ''}.")
+        "step {step}: the loss is {loss} and the gradient norm {norm} on process {rank}{others}: stopped before this "
+        "step changed the weights; nothing was saved after step {saved}. The last good checkpoint is {last}. Start "
+        "again with a lower {learning_rate} (now {lr}) or stronger clipping ({max_grad_norm}){schedule}.",
+        step=step + 1, loss=f"{loss:.6g}", norm=f"{float(norm):.6g}", rank=rank,
+        others=" (another process had a non-finite value)" if finite_here else "", saved=step,
+        last=last or "none (no checkpoint was written)", lr=f"{config.learning_rate:g}",
+        schedule="; a resume from the checkpoint keeps its saved learning-rate schedule" if last else "")
 
 
 def step_record(step, epoch, seconds, loss, lr, grad_norm, t, mse, vlb, T):
