@@ -31,7 +31,7 @@ def add_parsers(sub):
     inpaint.add_argument("--mask", required=True, help="mask image, same size as --image: white = repaint, black = "
                          "keep (grey levels are thresholded at 0.5)")
     inpaint.add_argument("--method", choices=("repaint", "ddnm"), default="repaint",
-                         help="RePaint resampling (Lugmayr et al. 2022) or DDNM projection (Wang et al. 2022); "
+                         help="RePaint resampling (Lugmayr et al. CVPR 2022) or DDNM projection (Wang et al. ICLR 2023); "
                          "default repaint")
     inpaint.add_argument("--jump_length", type=int, default=10, help="RePaint's jump length j (default 10)")
     inpaint.add_argument("--jump_n_sample", type=int, default=None,
@@ -41,9 +41,9 @@ def add_parsers(sub):
                          help="upscaling factor; the model's resolution must be scale x the image's (default: the "
                          "ratio of the two)")
     upscale.add_argument("--method", choices=("ddnm", "ilvr"), default="ddnm",
-                         help="DDNM projection (Wang et al. 2022) or ILVR (Choi et al. 2021); default ddnm")
+                         help="DDNM projection (Wang et al. ICLR 2023) or ILVR (Choi et al. ICCV 2021); default ddnm")
     upscale.add_argument("--noise_level", type=float, default=0.0,
-                         help="std of Gaussian noise in the input, [0, 1] pixel units (DDNM+, ddnm only; default 0)")
+                         help="std of Gaussian noise in the input, [0, 1] pixel units (DDNM+, Wang et al. ICLR 2023, Eq. 17 and 19; ddnm only; default 0)")
     img2img = _common(sub.add_parser("img2img", help="SDEdit: noise the image to strength x T and denoise it back"))
     img2img.add_argument("--strength", type=float, default=IMG2IMG_STRENGTH,
                          help=f"in (0, 1]: how far the image is noised (as diffusers' img2img; default "
