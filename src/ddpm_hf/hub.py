@@ -15,19 +15,20 @@ import shlex
 import tempfile
 
 from .errors import PushError
-from .model_card import PICTURES, check_run, model_card
+from .model_card import PICTURES, model_card
+from .run_dir import HISTORY, LOCK_NAME, MODEL_CARD, TRAINING_ARGS, check_run
 
 # what a push leaves out of --output_dir (huggingface_hub ignore_patterns, as diffusers' scripts pass them)
-PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "samples/**", "samples-*/**", "history.jsonl",
-                        "loss.png", "*.tmp", "*.tmp/**", ".ddpm-hf.lock"]  # the lock names the host
-CARD = "README.md"
+PUSH_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "logs/**", "samples/**", "samples-*/**", HISTORY,
+                        "loss.png", "*.tmp", "*.tmp/**", LOCK_NAME]  # the lock names the host
+CARD = MODEL_CARD
 
 
 def push_ignore_patterns(output_dir):
     """``PUSH_IGNORE_PATTERNS`` plus the run's own ``logging_dir`` (from training_args.json) when it lies inside
     ``output_dir``."""
     patterns = list(PUSH_IGNORE_PATTERNS)
-    args_path = os.path.join(output_dir, "training_args.json")
+    args_path = os.path.join(output_dir, TRAINING_ARGS)
     if os.path.isfile(args_path):
         with open(args_path) as f:
             logging_dir = json.load(f).get("logging_dir")

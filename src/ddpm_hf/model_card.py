@@ -12,7 +12,7 @@ import os
 import shutil
 
 from .data import DIGITS, dataset_source
-from .errors import LayoutError
+from .run_dir import METRICS, MODEL_CARD, TRAINING_ARGS, check_run
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
 # pictures of the run -> their name beside the card (and so in the Hub repo)
@@ -31,21 +31,6 @@ PREDICTION_TEXT = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_p
 SAMPLE_METRIC_NAMES = {"fid": "FID (lower is better)", "kid": "KID (lower is better)",
                        "precision": "precision (k=3, higher is better)", "recall": "recall (k=3, higher is better)",
                        "digits_fd": "digits classifier Frechet distance (lower is better)"}
-
-
-def check_run(output_dir):
-    """Raise LayoutError unless ``output_dir`` is a finished training run with the pipeline at its root; a run of an
-    older ddpm-hf (pipeline in ``output_dir/pipeline``) gets a message that says so."""
-    if not os.path.isfile(os.path.join(output_dir, "model_index.json")) and os.path.isfile(
-            os.path.join(output_dir, "pipeline", "model_index.json")):
-        raise LayoutError(
-            f"{output_dir} is a run of an older ddpm-hf that saved its pipeline in {os.path.join(output_dir, 'pipeline')}"
-            f"; this version keeps the pipeline at the run's top level, as diffusers' train_unconditional.py does. "
-            f"`ddpm-hf sample {os.path.join(output_dir, 'pipeline')}` still loads it; to card or push it, move the "
-            f"contents of pipeline/ up into {output_dir}")
-    for name in ("training_args.json", "metrics.json", "model_index.json"):
-        if not os.path.isfile(os.path.join(output_dir, name)):
-            raise LayoutError(f"{output_dir} is not a finished training run: {name} is missing")
 
 
 def _read_json(path):
@@ -159,8 +144,8 @@ def model_card(output_dir, repo_id=None):
     ``images/...`` of ``PICTURES`` that are beside it (``write_model_card`` copies them there)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    args = _read_json(os.path.join(output_dir, "training_args.json"))
-    metrics = _read_json(os.path.join(output_dir, "metrics.json"))
+    args = _read_json(os.path.join(output_dir, TRAINING_ARGS))
+    metrics = _read_json(os.path.join(output_dir, METRICS))
     pipeline_dir = output_dir
     unet = _read_json(os.path.join(pipeline_dir, "unet", "config.json"))
     scheduler = _read_json(os.path.join(pipeline_dir, "scheduler", "scheduler_config.json"))
@@ -208,6 +193,6 @@ def write_model_card(output_dir, repo_id=None):
         if os.path.isfile(os.path.join(output_dir, old)):
             os.makedirs(os.path.join(output_dir, os.path.dirname(new)), exist_ok=True)
             shutil.copyfile(os.path.join(output_dir, old), os.path.join(output_dir, new))
-    path = os.path.join(output_dir, "README.md")
+    path = os.path.join(output_dir, MODEL_CARD)
     model_card(output_dir, repo_id).save(path)
     return path

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 
-from .errors import CheckpointNotFound, OutputDirError
+from .errors import CheckpointNotFound, LayoutError, OutputDirError
 
 METRICS = "metrics.json"
 TRAINING_ARGS = "training_args.json"
@@ -27,6 +27,8 @@ LOCK_NAME = ".ddpm-hf.lock"
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINING_STATE = "training_state.json"
 PIPELINE_TMP = ".pipeline.tmp"
+MODEL_CARD = "README.md"
+LEGACY_PIPELINE = "pipeline"  # where ddpm-hf before the train_unconditional.py layout saved the pipeline
 
 
 # --------------------------------------------------------------------------------------------- atomic JSON files
@@ -76,6 +78,20 @@ def update_metrics(output_dir, updates):
 
 
 # ------------------------------------------------------------------------------------------- what a folder holds
+def check_run(output_dir):
+    """Raise LayoutError unless ``output_dir`` is a finished training run with the pipeline at its root; a run of an
+    older ddpm-hf (pipeline in ``output_dir/pipeline``) gets a message that says so."""
+    legacy = os.path.join(output_dir, LEGACY_PIPELINE)
+    if not os.path.isfile(os.path.join(output_dir, MODEL_INDEX)) and os.path.isfile(os.path.join(legacy, MODEL_INDEX)):
+        raise LayoutError(
+            f"{output_dir} is a run of an older ddpm-hf that saved its pipeline in {legacy}; this version keeps the "
+            f"pipeline at the run's top level, as diffusers' train_unconditional.py does. `ddpm-hf sample {legacy}` "
+            f"still loads it; to card or push it, move the contents of {LEGACY_PIPELINE}/ up into {output_dir}")
+    for name in (TRAINING_ARGS, METRICS, MODEL_INDEX):
+        if not os.path.isfile(os.path.join(output_dir, name)):
+            raise LayoutError(f"{output_dir} is not a finished training run: {name} is missing")
+
+
 def run_files(output_dir):
     """The files and folders in ``output_dir`` that show it holds a training run or its pipeline (any version)."""
     if not os.path.isdir(output_dir):

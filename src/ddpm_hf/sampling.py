@@ -7,12 +7,13 @@ import numpy as np
 import torch
 
 from .errors import ModelNotFound
+from .run_dir import MODEL_INDEX
 
 
 def load_pipeline(cls, model, **kwargs):
     """``cls.from_pretrained(model, **kwargs)`` for a folder written by save_pretrained or a Hub repo id; raises
     ModelNotFound naming what is wrong with the folder and the fix."""
-    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "model_index.json")):
+    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, MODEL_INDEX)):
         raise ModelNotFound(f"{model} is not a model folder: no model_index.json in it. Give a folder written by "
                             "save_pretrained or `ddpm-hf train` (model_index.json, unet/, scheduler/), or a Hub "
                             "repo id")

@@ -35,7 +35,7 @@ def add_push_parser(sub):
 
 def _check_run(parser, output_dir):
     from ..errors import LayoutError
-    from ..model_card import check_run
+    from ..run_dir import check_run
 
     try:
         check_run(output_dir)

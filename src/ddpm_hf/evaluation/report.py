@@ -32,8 +32,10 @@ def _read_json(path):
 def model_folder(model):
     """The local folder of ``model`` that holds model_index.json (a run's output folder, its old-layout ``pipeline/``
     subfolder, or a pipeline folder), or None for a Hub repo id."""
-    for folder in (model, os.path.join(model, "pipeline")):
-        if os.path.isfile(os.path.join(folder, "model_index.json")):
+    from ..run_dir import LEGACY_PIPELINE, MODEL_INDEX
+
+    for folder in (model, os.path.join(model, LEGACY_PIPELINE)):
+        if os.path.isfile(os.path.join(folder, MODEL_INDEX)):
             return folder
     if os.path.isdir(model):
         raise ModelNotFound(f"{model} is not a saved pipeline or training run: no model_index.json in it")
@@ -42,15 +44,17 @@ def model_folder(model):
 
 def training_args_of(model, folder):
     """The training_args.json of the run (local, or downloaded from the Hub repo), or {}."""
+    from ..run_dir import TRAINING_ARGS
+
     if folder is not None:
-        for path in (os.path.join(folder, "training_args.json"), os.path.join(folder, "..", "training_args.json")):
+        for path in (os.path.join(folder, TRAINING_ARGS), os.path.join(folder, "..", TRAINING_ARGS)):
             if os.path.isfile(path):
                 return _read_json(path)
         return {}
     try:
         from huggingface_hub import hf_hub_download
 
-        return _read_json(hf_hub_download(model, "training_args.json"))
+        return _read_json(hf_hub_download(model, TRAINING_ARGS))
     except Exception:  # noqa: BLE001  (an older repo without it: fall back to the flags)
         return {}
 
@@ -138,9 +142,9 @@ def merge_into_metrics(folder, report):
     """Headline numbers of ``report`` into ``folder/metrics.json`` (a training run's, through ``run_dir``, its one
     writer): the bound as ``bits_per_dim`` (or ``bits_per_dim_estimate``) and each sample score as an entry of
     ``sample_metrics`` (one per metric and step count, replaced when measured again). False if there is none."""
-    from ..run_dir import read_metrics, update_metrics
+    from ..run_dir import METRICS, read_metrics, update_metrics
 
-    if not os.path.isfile(os.path.join(folder, "metrics.json")):
+    if not os.path.isfile(os.path.join(folder, METRICS)):
         return False
     updates = {}
     bpd = report.get("bpd")
