@@ -39,7 +39,7 @@ def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, pr
     from tqdm.auto import tqdm
 
     from ..data import to_model_range
-    from ..likelihood import LOG2, prior_kl, q_mean_variance, vlb_terms
+    from ..likelihood import LOG2, prior_kl, q_sample, vlb_terms
 
     T = scheduler.alphas_cumprod.shape[0]
     if not 2 <= num_timesteps <= T:
@@ -57,9 +57,8 @@ def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, pr
             b = x.shape[0]
 
             def term(t):  # L_{t-1} per image, in nats, at code timesteps t (B,)
-                mean, var = q_mean_variance(scheduler, x, t)
                 noise = torch.randn(x.shape, generator=g).to(device)
-                x_t = mean + var.sqrt() * noise  # Ho eq. 4
+                x_t = q_sample(scheduler, x, t, noise)  # Ho eq. 4
                 out = unet(x_t, t).sample
                 bar.update(b)
                 return vlb_terms(scheduler, out, x, x_t, t).double().cpu()
