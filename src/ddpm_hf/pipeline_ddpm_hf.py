@@ -239,16 +239,11 @@ class DDPMHFPipeline(DiffusionPipeline):
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (batch_size, self.unet.config.in_channels, *size)
 
-    def _model_output(self, image, t):
-        """The UNet output, keeping the variance channels only when the scheduler uses them."""
-        output = self.unet(image, t).sample
-        channels = image.shape[1]
-        if output.shape[1] == 2 * channels and getattr(self.scheduler.config, "variance_type", None) not in (
-            "learned",
-            "learned_range",
-        ):
-            output = output[:, :channels]
-        return output
+    def _model_output(self, x, t):
+        """The UNet output at (x, t), keeping the variance channels only when the scheduler uses them."""
+        output = self.unet(x, t).sample
+        learned = getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
+        return output if learned or output.shape[1] == x.shape[1] else output[:, : x.shape[1]]
 
     @staticmethod
     def _to_output(image, output_type):
@@ -366,11 +361,27 @@ class DDPMHFTaskPipelineMixin:
         """Save as a ``DDPMHFPipeline`` folder (which carries the task files): load it back with ``from_pretrained``."""
         DDPMHFPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(save_directory, **kwargs)
 
-    def _model_output(self, x, t):
-        """The UNet output, keeping the variance channels only when the scheduler uses them."""
-        output = self.unet(x, t).sample
-        learned = getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
-        return output if learned or output.shape[1] == x.shape[1] else output[:, : x.shape[1]]
+    def _unit_range_processor(self, **kwargs):
+        """A ``VaeImageProcessor`` that takes images as [0, 1] values and leaves the mapping to [-1, 1] to the pipeline:
+        diffusers' normalisation skips inputs with negative values (a noisy image has some)."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        return VaeImageProcessor(vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False,
+                                 **kwargs)
+
+    @staticmethod
+    def _chain(scheduler, num_inference_steps, timesteps, generator, batch):
+        """The reverse chain's timesteps (a list, noisiest first) after ``scheduler.set_timesteps`` with ``timesteps``
+        if given, else ``num_inference_steps``; a list of generators must hold one per image of the ``batch``."""
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch}")
+        if timesteps is not None:
+            scheduler.set_timesteps(timesteps=list(timesteps))
+        else:
+            scheduler.set_timesteps(num_inference_steps)
+        return scheduler.timesteps.tolist()
+
+    _model_output = DDPMHFPipeline._model_output  # the same UNet call: variance channels kept only when used
 
     def _ddpm_scheduler(self):
         """The scheduler whose ``step`` takes ``x0_transform`` and has the maths surface (``predict_x0``,

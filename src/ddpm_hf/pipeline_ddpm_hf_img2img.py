@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
@@ -75,11 +74,7 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        # values taken as [0, 1] and mapped to [-1, 1] here: diffusers' normalisation skips inputs with negative
-        # values (a noisy image has some)
-        self.image_processor = VaeImageProcessor(
-            vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False
-        )
+        self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
 
     @torch.no_grad()
     def __call__(
@@ -122,14 +117,8 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
         if y.shape[-2] % factor or y.shape[-1] % factor:
             raise ValueError(f"image size {tuple(y.shape[-2:])} is not a multiple of {factor}, which the UNet needs")
-        if isinstance(generator, list) and len(generator) != len(y):
-            raise ValueError(f"got {len(generator)} generators for a batch of {len(y)}")
 
-        if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=list(timesteps))
-        else:
-            self.scheduler.set_timesteps(num_inference_steps)
-        chain = self.scheduler.timesteps.tolist()
+        chain = self._chain(self.scheduler, num_inference_steps, timesteps, generator, len(y))
         if noise_level is None:
             chain = chain[strength_start(len(chain), strength):]
             noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)

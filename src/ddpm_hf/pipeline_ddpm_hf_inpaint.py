@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
@@ -90,15 +89,8 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        # values taken as [0, 1] and mapped to [-1, 1] here: diffusers' normalisation skips inputs with negative
-        # values (a noisy image has some)
-        self.image_processor = VaeImageProcessor(
-            vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False
-        )
-        self.mask_processor = VaeImageProcessor(
-            vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False, do_binarize=True,
-            do_convert_grayscale=True,
-        )
+        self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
+        self.mask_processor = self._unit_range_processor(do_binarize=True, do_convert_grayscale=True)
 
     # ------------------------------------------------------------------ pieces
 
@@ -172,15 +164,9 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         device, dtype = self._execution_device, self.unet.dtype
         y, mask = self._prepare(image, mask_image)
         y, mask = y.to(device, dtype), mask.to(device, dtype)
-        if isinstance(generator, list) and len(generator) != len(y):
-            raise ValueError(f"got {len(generator)} generators for a batch of {len(y)}")
 
         scheduler = self._ddpm_scheduler()
-        if timesteps is not None:
-            scheduler.set_timesteps(timesteps=list(timesteps))
-        else:
-            scheduler.set_timesteps(num_inference_steps)
-        chain = scheduler.timesteps.tolist()
+        chain = self._chain(scheduler, num_inference_steps, timesteps, generator, len(y))
         path = repaint_path(len(chain), int(jump_length), int(jump_n_sample))
         known = 1 - mask
 

@@ -13,7 +13,6 @@ custom_pipeline="pipeline_ddpm_hf_super_resolution", trust_remote_code=True)``.
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
-from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
@@ -74,11 +73,7 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        # values taken as [0, 1] and mapped to [-1, 1] here: diffusers' normalisation skips inputs with negative
-        # values (a noisy image has some)
-        self.image_processor = VaeImageProcessor(
-            vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False
-        )
+        self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
 
     # ------------------------------------------------------------------ pieces
 
@@ -165,15 +160,9 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
                 f"an input of {low} at scale {scale} gives {(low[0] * scale, low[1] * scale)}, but the model makes "
                 f"{size}: give a {(size[0] // scale, size[1] // scale)} input"
             )
-        if isinstance(generator, list) and len(generator) != len(y):
-            raise ValueError(f"got {len(generator)} generators for a batch of {len(y)}")
 
         scheduler = self._ddpm_scheduler()
-        if timesteps is not None:
-            scheduler.set_timesteps(timesteps=list(timesteps))
-        else:
-            scheduler.set_timesteps(num_inference_steps)
-        chain = scheduler.timesteps.tolist()
+        chain = self._chain(scheduler, num_inference_steps, timesteps, generator, len(y))
         sigma_y = 2.0 * noise_level  # [0, 1] pixel units -> the model's [-1, 1]
         y_up = upsample(y, scale)
 
