@@ -27,6 +27,7 @@ def saved(tmp_path_factory):
     return pipe, folder
 
 
+@pytest.mark.slow
 def test_sample_writes_pngs_grid_and_strip(saved, tmp_path):
     pipe, folder = saved
     out = tmp_path / "samples"
@@ -47,6 +48,7 @@ def test_sample_writes_pngs_grid_and_strip(saved, tmp_path):
     assert "wrote 3 images" in r.stdout
 
 
+@pytest.mark.slow
 def test_bad_arguments_fail_with_a_message(saved, tmp_path):
     _, folder = saved
     r = _run("sample", str(folder), "--num_images", "0", cwd=tmp_path)
@@ -77,6 +79,7 @@ def test_the_other_spelling_of_a_flag_is_an_alias(command, canonical, alias):
     assert got == want != other
 
 
+@pytest.mark.slow
 def test_denoise_sigma_alias_runs_the_same_chain(saved, tmp_path):
     """`denoise --sigma` (the old name) and `--noise_level` (the pipeline's) write the same image."""
     _, folder = saved
