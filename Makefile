@@ -33,7 +33,8 @@ test: env
 	$(PY) -m pytest -q tests
 
 # the in-process unit tier: equations, scheduler vs diffusers, likelihood, losses, small pipelines, CLI parsing;
-# leaves out the tests marked slow (training runs, CLI processes, multi-process launches, Hub round trips)
+# leaves out the tests marked slow (training runs, CLI processes, multi-process launches, Hub round trips, the
+# full 1000-term bound, the paper-size networks)
 test-fast: env
 	$(PY) -m pytest -q -m "not slow" tests
 

@@ -109,6 +109,7 @@ def test_img2img_strength_default_is_the_pipelines():
 
 
 # ------------------------------------------------------------------------------------------------ import cost
+@pytest.mark.slow  # a fresh interpreter
 def test_import_and_the_parser_tree_do_not_import_torch_or_diffusers():
     """`import ddpm_hf`, its evaluation package and errors, and every command's --help (the whole parser tree) run
     without importing torch, diffusers or a pipeline; the lazy names still resolve."""

@@ -91,6 +91,7 @@ def test_precision_recall_cases():
 # ---------------------------------------------------------------------------------------------- the digits metric
 
 
+@pytest.mark.slow  # fits the digits classifier
 def test_digits_metric_ranks_real_below_blurred_below_noise():
     classifier = load_digits_classifier()
     assert classifier.test_accuracy > 0.93

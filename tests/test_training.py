@@ -70,6 +70,7 @@ def test_batches_are_sharded_and_reproducible():
     assert not torch.equal(ranks[0].batch(0), ranks[0].batch(5))  # a new permutation each epoch
 
 
+@pytest.mark.slow  # optimizer steps of two cpu-8 UNets
 def test_flat_parameters_train_like_separate_ones():
     """flatten_parameters: gradients land in the flat buffer, and AdamW + clipping over it match the same steps over
     the module's separate tensors."""
