@@ -3,7 +3,6 @@ stratified bound estimate against the full bound, and the whole command on a tin
 file made here (the real one is a download)."""
 
 import json
-import os
 import subprocess
 import sys
 import time

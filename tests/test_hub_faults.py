@@ -15,7 +15,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess

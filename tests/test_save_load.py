@@ -17,9 +17,7 @@ import os
 import re
 import runpy
 import shutil
-import subprocess
 import sys
-import textwrap
 from types import SimpleNamespace
 
 import numpy as np
