@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo model-card test bench bench-train clean
+.PHONY: env demo model-card test test-fast bench bench-train clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ model-card: env
 
 test: env
 	$(PY) -m pytest -q tests
+
+# the in-process unit tier: equations, scheduler vs diffusers, likelihood, losses, small pipelines, CLI parsing;
+# leaves out the tests marked slow (training runs, CLI processes, multi-process launches, Hub round trips, the
+# full 1000-term bound, the paper-size networks)
+test-fast: env
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: env
 	$(PY) benchmarks/bench_scheduler.py

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_training import _env  # noqa: E402
+from helpers import train_env
 
 TINY = ["--ddpm_num_steps", "20", "--ddpm_num_inference_steps", "5", "--train_batch_size", "4", "--logger", "none",
         "--max_train_steps", "1", "--eval_split", "", "--unet_preset", "cpu-8"]
@@ -250,6 +249,7 @@ def test_bad_input(case, world, capsys, monkeypatch, tmp_path):
     assert [_snapshot(folder) for folder in watched] == before
 
 
+@pytest.mark.slow
 def test_as_a_real_command(world, tmp_path):
     """The CLI itself (one process, a real exit code): a Hub dataset id that cannot be reached (offline here) is named
     with what to check, no traceback, the run folder untouched."""
@@ -261,7 +261,7 @@ def test_as_a_real_command(world, tmp_path):
         cmd = [sys.executable, "-m", "ddpm_hf.cli", *argv]
         if argv[0] == "train":
             cmd += [*TINY, "--output_dir", str(world["run"])]
-        r = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+        r = subprocess.run(cmd, cwd=tmp_path, env=train_env(), capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert part in [line for line in r.stderr.splitlines() if ": error: " in line][-1]
     assert _snapshot(world["run"]) == before

@@ -27,6 +27,7 @@ def saved(tmp_path_factory):
     return pipe, folder
 
 
+@pytest.mark.slow
 def test_sample_writes_pngs_grid_and_strip(saved, tmp_path):
     pipe, folder = saved
     out = tmp_path / "samples"
@@ -47,6 +48,7 @@ def test_sample_writes_pngs_grid_and_strip(saved, tmp_path):
     assert "wrote 3 images" in r.stdout
 
 
+@pytest.mark.slow
 def test_bad_arguments_fail_with_a_message(saved, tmp_path):
     _, folder = saved
     r = _run("sample", str(folder), "--num_images", "0", cwd=tmp_path)
@@ -77,14 +79,17 @@ def test_the_other_spelling_of_a_flag_is_an_alias(command, canonical, alias):
     assert got == want != other
 
 
-def test_denoise_sigma_alias_runs_the_same_chain(saved, tmp_path):
-    """`denoise --sigma` (the old name) and `--noise_level` (the pipeline's) write the same image."""
+def test_denoise_sigma_alias_runs_the_same_chain(saved, tmp_path, monkeypatch):
+    """`denoise --sigma` (the old name) and `--noise_level` (the pipeline's) write the same image. In process (the
+    command's own entry point; test_sample_writes_pngs_grid_and_strip runs the CLI as a real process)."""
+    from ddpm_hf.cli import main
+
     _, folder = saved
+    monkeypatch.chdir(tmp_path)
     Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "grey.png")
     for flag in ("--noise_level", "--sigma"):
-        r = _run("denoise", str(folder), "--image", "grey.png", flag, "0.2", "--num_inference_steps", "3",
-                 "--output_dir", flag.strip("-"), cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
+        main(["denoise", str(folder), "--image", "grey.png", flag, "0.2", "--num_inference_steps", "3",
+              "--output_dir", flag.strip("-")])
     assert (tmp_path / "noise_level" / "grey_denoise.png").read_bytes() == \
         (tmp_path / "sigma" / "grey_denoise.png").read_bytes()
 
@@ -104,6 +109,7 @@ def test_img2img_strength_default_is_the_pipelines():
 
 
 # ------------------------------------------------------------------------------------------------ import cost
+@pytest.mark.slow  # a fresh interpreter
 def test_import_and_the_parser_tree_do_not_import_torch_or_diffusers():
     """`import ddpm_hf`, its evaluation package and errors, and every command's --help (the whole parser tree) run
     without importing torch, diffusers or a pipeline; the lazy names still resolve."""

@@ -3,7 +3,6 @@ stratified bound estimate against the full bound, and the whole command on a tin
 file made here (the real one is a download)."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,8 +17,7 @@ from ddpm_hf.evaluation.digits import digits_arrays, digits_metric, load_digits_
 from ddpm_hf.evaluation.bound import held_out_bits, stratified_bits
 from ddpm_hf.evaluation.features import frechet_distance, kernel_distance, precision_recall
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_training import _env, _train  # noqa: E402
+from helpers import run_train, train_env
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +90,7 @@ def test_precision_recall_cases():
 # ---------------------------------------------------------------------------------------------- the digits metric
 
 
+@pytest.mark.slow  # fits the digits classifier
 def test_digits_metric_ranks_real_below_blurred_below_noise():
     classifier = load_digits_classifier()
     assert classifier.test_accuracy > 0.93
@@ -159,14 +158,14 @@ class InceptionStandIn(torch.nn.Module):
 
 
 def _cli(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *args], env=env or _env(), capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *args], env=env or train_env(), capture_output=True,
                           text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("evaluate")
-    _train("--output_dir", str(folder / "run"), "--max_train_steps", "2", "--checkpointing_steps", "100",
+    run_train("--output_dir", str(folder / "run"), "--max_train_steps", "2", "--checkpointing_steps", "100",
            cwd=folder)
     weights = folder / "inception-stand-in.pt"
     torch.manual_seed(0)
@@ -174,9 +173,10 @@ def run(tmp_path_factory):
     return folder / "run", weights
 
 
+@pytest.mark.slow
 def test_evaluate_every_metric_on_a_run(run, tmp_path):
     out, weights = run
-    env = dict(_env(), DDPM_HF_CACHE=str(tmp_path / "cache"))
+    env = dict(train_env(), DDPM_HF_CACHE=str(tmp_path / "cache"))
     args = ["evaluate", str(out), "--metrics", "bpd,fid,kid,prc,digits", "--num_samples", "24",
             "--num_inference_steps", "5,2", "--bpd_timesteps", "6", "--max_eval_images", "16",
             "--max_reference_images", "64", "--inception_weights", str(weights), "--name", "e2e",
@@ -215,12 +215,13 @@ def test_evaluate_every_metric_on_a_run(run, tmp_path):
     assert "FID (lower is better): 24 samples, 5 steps" in card.text
 
 
+@pytest.mark.slow
 def test_evaluate_without_inception_weights_fails_fast(run, tmp_path):
     """No --inception_weights, an empty torch cache, no network: one message naming the file and the flag, exit
     code 2, in seconds (once offline by HF_HUB_OFFLINE, once through a real download attempt)."""
     out, _ = run
     for offline in (True, False):
-        env = dict(_env(), TORCH_HOME=str(tmp_path / "torch"))
+        env = dict(train_env(), TORCH_HOME=str(tmp_path / "torch"))
         if not offline:
             env.pop("HF_HUB_OFFLINE")
         start = time.time()
@@ -232,6 +233,7 @@ def test_evaluate_without_inception_weights_fails_fast(run, tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
     (["--metrics", "fidd"], "choose from bpd, fid, kid, prc, digits"),
     (["--num_inference_steps", "5,x"], "integers separated by commas"),
@@ -243,6 +245,7 @@ def test_evaluate_bad_flags(run, argv, message):
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_the_digits_metric_for_other_data(tmp_path):
     from ddpm_hf import DDPMHFPipeline
 
@@ -253,6 +256,7 @@ def test_evaluate_refuses_the_digits_metric_for_other_data(tmp_path):
     assert r.returncode == 2 and "embedded 8x8 digits only" in r.stderr
 
 
+@pytest.mark.slow
 def test_periodic_metrics_during_training(run, tmp_path):
     """--eval_steps with --eval_metrics bpd,digits,fid: each evaluated step's history record (and tensorboard) carries
     the bound estimate, the digits metric and FID (with the stand-in Inception file)."""
@@ -260,7 +264,7 @@ def test_periodic_metrics_during_training(run, tmp_path):
 
     _, weights = run
     out = tmp_path / "run"
-    _train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", "--logger",
+    run_train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", "--logger",
            "tensorboard", "--eval_steps", "1", "--eval_metrics", "bpd,digits,fid", "--eval_bpd_timesteps", "4",
            "--eval_num_samples", "8", "--eval_inference_steps", "2", "--inception_weights", str(weights), cwd=tmp_path)
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
@@ -272,10 +276,11 @@ def test_periodic_metrics_during_training(run, tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("eval/digits_fd")] == [1, 2]
     r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", "train", "--eval_metrics", "digits", "--train_data_dir",
-                        str(tmp_path)], capture_output=True, text=True, env=_env(), timeout=120)
+                        str(tmp_path)], capture_output=True, text=True, env=train_env(), timeout=120)
     assert r.returncode == 2 and "embedded digits only" in r.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_a_hub_repo(run, tmp_path):
     """MODEL as a Hub repo id (a loopback Hub): the pipeline and its training_args.json come over HTTP, the report
     lands in --output_dir, the run's own data (the digits) is the default reference."""

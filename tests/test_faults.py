@@ -22,8 +22,7 @@ import time
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_training import TINY, TRAIN, _env, _history, _train, _weights  # noqa: E402
+from helpers import TINY, TRAIN, read_history, read_weights, run_train, train_env
 
 from ddpm_hf.run_dir import LOCK_NAME, checkpoint_dirs, resolve_checkpoint  # noqa: E402
 
@@ -34,14 +33,14 @@ COMMON = ["--max_train_steps", "10", "--checkpointing_steps", "2", "--eval_max_i
 def straight(tmp_path_factory):
     """The uninterrupted run every interrupted one must equal (checkpoint-6 and -8 kept, the pipeline at step 10)."""
     root = tmp_path_factory.mktemp("straight")
-    _train("--output_dir", str(root / "run"), *COMMON, cwd=root)
+    run_train("--output_dir", str(root / "run"), *COMMON, cwd=root)
     return root / "run"
 
 
 def _start(out, *extra):
     log = open(out.parent / f"{out.name}.log", "ab")
     return subprocess.Popen([sys.executable, TRAIN, *TINY, "--output_dir", str(out), *COMMON, *extra],
-                            cwd=out.parent, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+                            cwd=out.parent, env=train_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _wait(proc, condition, timeout=180, poll=0.002):
@@ -66,10 +65,11 @@ def _kill(proc):
 
 
 def _same_weights(a, b):
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = read_weights(a), read_weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_killed_five_times_and_stopped_twice_then_resume_is_bit_identical(tmp_path, straight, offline, capsys):
     """One run interrupted seven times, each time resumed with `latest`: SIGKILL during a step, during a checkpoint
     write, then SIGTERM (preemption), SIGKILL during a step and a write, SIGINT (Ctrl-C), and SIGKILL during the final
@@ -120,10 +120,10 @@ def test_killed_five_times_and_stopped_twice_then_resume_is_bit_identical(tmp_pa
             assert (out / f"checkpoint-{at}.tmp").exists() and not (out / f"checkpoint-{at}").exists()
         assert not (out / "model_index.json").exists() and not (out / "metrics.json").exists()
         assert resolve_checkpoint("latest", str(out)) == str(out / f"checkpoint-{expect_latest}")
-    r = _train("--output_dir", str(out), *COMMON, "--resume_from_checkpoint", "latest", cwd=tmp_path)
+    r = run_train("--output_dir", str(out), *COMMON, "--resume_from_checkpoint", "latest", cwd=tmp_path)
     assert f"checkpoint-8 at step 8" in r.stdout + r.stderr
     assert _same_weights(straight, out)
-    assert [h["loss"] for h in _history(out)] == [h["loss"] for h in _history(straight)]
+    assert [h["loss"] for h in read_history(out)] == [h["loss"] for h in read_history(straight)]
     assert not list(out.glob("*.tmp")) and not (out / LOCK_NAME).exists()
 
 
@@ -140,6 +140,7 @@ def _files(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["checkpoint", "pipeline"])
 def test_disk_full(tmp_path, straight, what):
     """A write fails with EFBIG (RLIMIT_FSIZE of 2 MB in the child, below the 6.4 MB weights): while writing
@@ -156,7 +157,7 @@ def test_disk_full(tmp_path, straight, what):
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     r = subprocess.run([sys.executable, TRAIN, *TINY, "--output_dir", str(out), *COMMON, "--resume_from_checkpoint",
-                        "latest"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
+                        "latest"], cwd=tmp_path, env=train_env(), capture_output=True, text=True, timeout=300,
                        preexec_fn=small_files)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     err = [line for line in r.stderr.splitlines() if "error: " in line][-1]
@@ -191,7 +192,7 @@ def _run_in_process(capsys, *argv):
 
 @pytest.fixture
 def offline(monkeypatch):
-    for key, value in _env().items():
+    for key, value in train_env().items():
         if key in ("OMP_NUM_THREADS", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TQDM_DISABLE"):
             monkeypatch.setenv(key, value)
 
@@ -234,6 +235,7 @@ def finished(straight, tmp_path_factory):
     return _copy_with(straight, tmp_path_factory.mktemp("finished") / "run", 8)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_damaged_checkpoint_stops_the_resume(tmp_path, finished, offline, capsys, monkeypatch, damage):
@@ -253,6 +255,7 @@ def test_damaged_checkpoint_stops_the_resume(tmp_path, finished, offline, capsys
     assert _files(out) == before and not (tmp_path / "pwned.txt").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_before_it_reaches_the_weights(tmp_path, offline, capsys, monkeypatch):
     """--learning_rate 1e30 (a real flag, no hook): Adam moves every weight by about 1e30 in the first step and the
     loss overflows within a few steps. The run stops at that step naming the loss and the last good checkpoint,
@@ -275,6 +278,7 @@ def test_nan_loss_stops_before_it_reaches_the_weights(tmp_path, offline, capsys,
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+@pytest.mark.slow
 def test_lock_of_a_live_run_refuses_and_a_dead_ones_does_not(tmp_path, offline, capsys, monkeypatch):
     """A lock held by a live process (this one's parent) refuses with the owner named and leaves the folder as it
     was; a lock left by a process that is gone is taken over."""
@@ -295,6 +299,7 @@ def test_lock_of_a_live_run_refuses_and_a_dead_ones_does_not(tmp_path, offline, 
     assert (out / "model_index.json").exists() and not (out / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_the_lock_is_never_pushed(tmp_path, straight):
     """The lock file names the host: a push while a run holds it (`--push_to_hub` pushes before the lock is released)
     uploads the pipeline and leaves the lock out. A real upload to the loopback Hub server."""
@@ -343,6 +348,7 @@ def _session_processes(sid):
     return pids
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["top process", "process group"])
 @pytest.mark.parametrize("launcher", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW_LAUNCHERS else name
                                       for name in LAUNCHERS])
@@ -356,7 +362,7 @@ def test_preemption_under_every_launcher(tmp_path, launcher, target):
     out = tmp_path / "run"
     log = open(tmp_path / "run.log", "wb")
     proc = subprocess.Popen([*LAUNCHERS[launcher], *TINY, "--output_dir", str(out), "--max_train_steps", "100000",
-                             "--checkpointing_steps", "100000", "--eval_split", ""], cwd=tmp_path, env=_env(),
+                             "--checkpointing_steps", "100000", "--eval_split", ""], cwd=tmp_path, env=train_env(),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait(proc, lambda: len(_steps(out)) >= 2, timeout=240, poll=0.05)

@@ -15,7 +15,6 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -28,9 +27,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hub_server import CLIENT_PRELUDE, HubServer  # noqa: E402
-from test_training import TINY, TRAIN, _env  # noqa: E402
+from hub_server import CLIENT_PRELUDE, HubServer
+from helpers import TINY, TRAIN, train_env
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "ns/tiny"
@@ -46,7 +44,7 @@ def trained(tmp_path_factory):
     """One tiny finished run whose card names REPO; tests copy it."""
     out = tmp_path_factory.mktemp("trained") / "run"
     r = subprocess.run([sys.executable, TRAIN, *TINY, "--output_dir", str(out), "--max_train_steps", "2",
-                        "--checkpointing_steps", "100", "--hub_model_id", REPO], cwd=out.parent, env=_env(),
+                        "--checkpointing_steps", "100", "--hub_model_id", REPO], cwd=out.parent, env=train_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
@@ -108,6 +106,7 @@ def _retrain_weights(out):
 
 
 # ------------------------------------------------------------------------------------------------ the LFS path
+@pytest.mark.slow
 def test_push_uploads_weights_through_lfs_and_a_second_push_updates(run, tmp_path):
     with HubServer(tmp_path / "hub") as hub:
         r = _push(hub, run)
@@ -140,6 +139,7 @@ def test_push_uploads_weights_through_lfs_and_a_second_push_updates(run, tmp_pat
             assert answer.read() == (run / WEIGHTS).read_bytes()
 
 
+@pytest.mark.slow
 def test_push_rides_out_transient_faults(run, tmp_path):
     """One 500 on preupload, one 429 (Retry-After: 0) on the LFS batch, a connection cut half-way through the PUT of
     the weights and one 500 on verify: huggingface_hub retries each and the push completes."""
@@ -159,6 +159,7 @@ def test_push_rides_out_transient_faults(run, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ failures
+@pytest.mark.slow
 def test_failed_push_says_how_to_resume_and_the_resume_works(run, tmp_path):
     """Faults huggingface_hub does not retry: a 429 (Retry-After: 5) on create_repo, a 500 on the commit, the
     connection cut half-way through the commit's body. Each push fails with one error naming the repo and the
@@ -194,6 +195,7 @@ def _hashes(folder):
     return {str(p.relative_to(folder)): _sha256(p) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_push_keeps_a_hand_edited_card_and_writes_nothing_in_the_run(run, tmp_path):
     """Found as a user: `ddpm-hf push` rendered README.md again before uploading, so a hand-edited card was replaced,
     even by a push that then failed and said the run was "complete and unchanged". A push writes nothing in the run
@@ -229,6 +231,7 @@ def test_push_keeps_a_hand_edited_card_and_writes_nothing_in_the_run(run, tmp_pa
         assert _hashes(run) == before and not card.exists()
 
 
+@pytest.mark.slow
 def test_interrupted_push_says_how_to_resume_and_the_resume_works(run, tmp_path):
     """Ctrl-C while huggingface_hub's upload threads wait out a 429 (Retry-After: 60): the push stops at once (it
     does not wait for the threads) with exit code 130 and the command that resumes it; that command completes it."""
@@ -253,6 +256,7 @@ def test_interrupted_push_says_how_to_resume_and_the_resume_works(run, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ private, branch
+@pytest.mark.slow
 def test_private_repo_and_branch_reach_the_server(run, tmp_path):
     with HubServer(tmp_path / "hub") as hub:
         r = _push(hub, run, "--hub_private_repo", "--hub_revision", "dev")
@@ -301,6 +305,7 @@ def _hidden(data: bytes, needle: bytes) -> bool:
     return needle in data or needle.decode().encode("utf-16-le") in data
 
 
+@pytest.mark.slow
 def test_token_is_never_written_or_sent_but_as_authorization(tmp_path):
     """Tiny runs with --push_to_hub, TensorBoard logging and checkpoints, their token from --hub_token, HF_TOKEN or
     the login cache (one run each, side by side, each with its own Hub): every byte they write (outputs,

@@ -19,9 +19,8 @@ import urllib.request
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hub_server import CLIENT_PRELUDE, HubServer, git_blob_oid  # noqa: E402
+from hub_server import CLIENT_PRELUDE, HubServer, git_blob_oid
 
 PYTHON = sys.executable
 
@@ -69,6 +68,7 @@ def _tree(folder):
 
 
 # ---------------------------------------------------------------------------------------------- (a) models
+@pytest.mark.slow
 def test_upload_folder_then_snapshot_and_file_download(hub, tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -116,6 +116,7 @@ def test_upload_folder_then_snapshot_and_file_download(hub, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- (b) datasets
+@pytest.mark.slow
 def test_load_dataset_imagefolder(hub, tmp_path):
     from PIL import Image
 
@@ -151,6 +152,7 @@ def test_load_dataset_imagefolder(hub, tmp_path):
             + "/train/cat/0.png") in hub.requests
 
 
+@pytest.mark.slow
 def test_load_dataset_parquet_seeded(hub, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -173,6 +175,7 @@ def test_load_dataset_parquet_seeded(hub, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- (c) errors
+@pytest.mark.slow
 def test_missing_repo_and_missing_file_raise_typed_errors(hub, tmp_path):
     src = tmp_path / "m"
     src.mkdir()
@@ -224,6 +227,7 @@ def _call(hub, method, path, body=None, headers=None):
         return e.code, dict(e.headers), e.read()
 
 
+@pytest.mark.slow
 def test_protocol_details(tmp_path):
     src = tmp_path / "f"
     (src / "a" / "b").mkdir(parents=True)
@@ -285,6 +289,7 @@ def test_protocol_details(tmp_path):
         assert ("HEAD", "/ns/r/resolve/main/a/y.txt") in hub.requests
 
 
+@pytest.mark.slow
 def test_preupload_modes_and_lfs_batch_protocol(tmp_path):
     """preupload answers "lfs" for binary, large or .gitattributes-matched files; the LFS batch API hands out an
     upload (signed, checked against oid and size) and a verify action; the commit's lfsFile resolves to the bytes."""
@@ -356,6 +361,7 @@ def test_preupload_modes_and_lfs_batch_protocol(tmp_path):
         assert json.loads(body)["files"][0]["oid"] == oid
 
 
+@pytest.mark.slow
 def test_faults_and_branches(tmp_path):
     """Injected faults (500, 429 with Retry-After, a connection cut mid-body) hit only the matching requests, the
     given number of times; branches are created from main and read back by name."""

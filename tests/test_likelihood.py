@@ -182,6 +182,7 @@ def _discrete_entropy_bits(probs):
     return -(probs * probs.log2()).sum().item()
 
 
+@pytest.mark.slow  # the full 1000-term bound of 256 images
 def test_bits_per_dim_of_the_true_model_on_gaussian_data():
     """Data: N(0, 0.2^2) quantised to the 256 levels. A model whose reverse steps are the true ones must reach the
     data's entropy (the bound is tight up to the decoder's Gaussian approximation of the last bin)."""
@@ -202,6 +203,7 @@ def test_bits_per_dim_of_the_true_model_on_gaussian_data():
     assert result.terms.shape == (256, 1000) and result.prior.max() < 1e-4
 
 
+@pytest.mark.slow  # the full 1000-term bound of 256 images
 def test_uniform_noise_costs_about_8_bits_per_dim():
     """Pixels uniform over the 256 levels have exactly 8 bits of entropy; the bound of the best Gaussian-data model
     (variance 1/3, the uniform's) must lie just above it."""

@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from huggingface_hub import ModelCard
 from PIL import Image
 
 from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.model_card import model_card
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_training import TINY, _env, _png_folder, _train  # noqa: E402
+from helpers import TINY, png_folder, run_train, train_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "hf_not_a_real_token_value_111111111"
@@ -33,14 +33,15 @@ def _files(folder):
 
 
 def _cli(*args, env=None):
-    r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *args], env=env or _env(), capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *args], env=env or train_env(), capture_output=True,
                        text=True, timeout=300)
     return r
 
 
+@pytest.mark.slow
 def test_digits_run_card(tmp_path):
     out = tmp_path / "run"
-    _train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", "--hub_model_id",
+    run_train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", "--hub_model_id",
            "someone/tiny-digits", "--hub_token", TOKEN, cwd=tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     path = out / "README.md"
@@ -70,10 +71,11 @@ def test_digits_run_card(tmp_path):
     assert TOKEN not in text and str(tmp_path) not in text and os.path.expanduser("~") + os.sep not in text
 
 
+@pytest.mark.slow
 def test_local_folder_card_and_cli_rerender(tmp_path):
-    images = _png_folder(tmp_path / "my-faces", mode="RGB")
+    images = png_folder(tmp_path / "my-faces", mode="RGB")
     out = tmp_path / "run"
-    _train("--train_data_dir", str(images), "--resolution", "8", "--output_dir", str(out), "--max_train_steps", "2",
+    run_train("--train_data_dir", str(images), "--resolution", "8", "--output_dir", str(out), "--max_train_steps", "2",
            "--train_batch_size", "4", "--checkpointing_steps", "100", "--variance_type", "fixed_small",
            "--num_sample_images", "2", cwd=tmp_path)
     text = (out / "README.md").read_text()
@@ -107,6 +109,7 @@ def test_local_folder_card_and_cli_rerender(tmp_path):
         assert r.returncode == 2 and "older ddpm-hf" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_push_run_with_card_over_loopback(tmp_path):
     """`ddpm-hf train --push_to_hub` uploads the pipeline with its card and pictures; a fresh client reads the card
     with huggingface_hub and loads the repo with DiffusionPipeline.from_pretrained(..., trust_remote_code=True)."""
@@ -168,8 +171,9 @@ def test_example_card_is_what_the_code_renders():
         assert os.path.isfile(os.path.join(run, link)), link
 
 
+@pytest.mark.slow
 def test_push_needs_a_login_at_start(tmp_path):
-    env = {k: v for k, v in _env().items() if not k.startswith(("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))}
+    env = {k: v for k, v in train_env().items() if not k.startswith(("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))}
     env["HF_HOME"] = str(tmp_path / "no_login")  # no stored token there
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "train.py"), "--push_to_hub", "--hub_model_id",
                         "ns/x", "--output_dir", str(tmp_path / "run")], env=env, capture_output=True, text=True,
@@ -178,6 +182,7 @@ def test_push_needs_a_login_at_start(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_failed_upload_loses_nothing(tmp_path):
     """The Hub is unreachable when training ends: the run fails saying where the pipeline is and how to upload it;
     `ddpm-hf push` then uploads it, card included, once the Hub answers."""

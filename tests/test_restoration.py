@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, RePaintPipeline, RePaintScheduler, StableDiffusionImg2ImgPipeline, UNet2DModel
 from PIL import Image
 from hub_server import HubServer
-from test_save_load import _one_torch_thread, hub_env, local_env, run_python  # noqa: F401 (an autouse fixture)
+from helpers import hub_env, local_env, run_python
 
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.cli import main as cli_main
@@ -29,6 +29,9 @@ from ddpm_hf.pipeline_ddpm_hf_super_resolution import (
     downsample,
     upsample,
 )
+
+# In-process sampling on one thread, as the subprocesses (helpers.THREADS).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_unet(channels=1, learned=False, seed=0):
@@ -530,6 +533,7 @@ def test_one_line_from_a_saved_model_and_save_carries_the_task_pipelines(saved, 
         np.testing.assert_array_equal(a[name], b[name])
 
 
+@pytest.mark.slow
 def test_no_install_route_runs_the_folder_code(saved, tmp_path):
     """DiffusionPipeline.from_pretrained(folder, custom_pipeline=<task file>, trust_remote_code=True) in a process
     that cannot import ddpm_hf gives the installed pipelines' results."""
@@ -575,6 +579,7 @@ def test_no_install_route_runs_the_folder_code(saved, tmp_path):
         np.testing.assert_allclose(remote[name], images, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_no_install_route_from_a_hub_repo(saved, tmp_path):
     """The same route from a Hub repository (the loopback Hub of tests/hub_server.py): diffusers fetches the task
     file named by custom_pipeline from the repo."""
@@ -645,6 +650,7 @@ def test_cli_commands_write_the_result_and_a_labelled_strip(saved, tmp_path):
     assert Image.open(out / "low_upscale_strip.png").width >= 2 * 64
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_message_and_exit_code_2(saved, tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "small.png")

@@ -17,9 +17,7 @@ import os
 import re
 import runpy
 import shutil
-import subprocess
 import sys
-import textwrap
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,120 +31,12 @@ from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler, build_unet
 from ddpm_hf import pipeline_ddpm_hf as pipeline_module
 from ddpm_hf import scheduling_ddpm_hf as scheduling_module
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from helpers import BATCH, PACKAGE_DIR, SEED, STEPS, hub_env, local_env, run_python
 
-from hub_server import CLIENT_PRELUDE, HubServer  # noqa: E402
-
-PYTHON = sys.executable
-PACKAGE_DIR = os.path.dirname(os.path.abspath(ddpm_hf.__file__))
-SEED = 1234
-BATCH = 2
-STEPS = 10
 # Non-default values, so that a config that is lost or mangled on the way changes the images.
 SCHEDULER_KWARGS = dict(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing")
-
-# ------------------------------------------------------------------------------------------------ subprocess code
-
-# Goes first in the -c code of a subprocess that must not see ddpm_hf.
-_BLOCK_DDPM_HF = textwrap.dedent(
-    """
-    import sys
-
-    class _BlockDDPMHF:
-        def find_spec(self, name, path=None, target=None):
-            if name == "ddpm_hf" or name.startswith("ddpm_hf."):
-                raise ImportError(f"ddpm_hf is blocked in this process ({name})")
-            return None
-
-    sys.meta_path.insert(0, _BlockDDPMHF())
-    assert "ddpm_hf" not in sys.modules, "ddpm_hf was imported at interpreter start-up"
-    try:
-        import ddpm_hf
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("ddpm_hf is importable although it is blocked")
-    """
-)
-
-# At the end of such a subprocess: nothing of the package was used.
-_CHECK_NO_DDPM_HF = textwrap.dedent(
-    """
-    import os as _os
-    _used = sorted(n for n in sys.modules if n == "ddpm_hf" or n.startswith("ddpm_hf."))
-    _used += sorted(
-        n for n, m in list(sys.modules.items())
-        if getattr(m, "__file__", None) and _os.path.abspath(m.__file__).startswith(ARGS["package_dir"] + _os.sep)
-    )
-    assert not _used, f"modules of ddpm_hf were loaded: {_used}"
-    """
-)
-
-# Every subprocess: only loopback may be resolved or connected to; ARGS and result() for the test's data.
-_GUARD = CLIENT_PRELUDE + textwrap.dedent(
-    """
-
-    import numpy as np
-    import torch
-
-    def generate(pipe, seed=ARGS.get("seed", 0)):
-        pipe.set_progress_bar_config(disable=True)
-        return pipe(
-            batch_size=ARGS["batch"], generator=torch.Generator("cpu").manual_seed(seed),
-            num_inference_steps=ARGS["steps"], output_type="np",
-        ).images
-
-    def public_config(config):
-        return {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    """
-)
-
-
-def run_python(code, args, env, block_ddpm_hf=False, timeout=180):
-    """Run ``code`` in a fresh interpreter with ``env``; return what it passed to ``result``."""
-    args = dict(args, package_dir=PACKAGE_DIR, seed=SEED, batch=BATCH, steps=STEPS)
-    script = (_BLOCK_DDPM_HF if block_ddpm_hf else "") + _GUARD + textwrap.dedent(code)
-    if block_ddpm_hf:
-        script += _CHECK_NO_DDPM_HF
-    proc = subprocess.run(
-        [PYTHON, "-c", script, json.dumps(args)], capture_output=True, text=True, timeout=timeout, env=env
-    )
-    assert "BLOCKED" not in proc.stderr, proc.stderr
-    assert proc.returncode == 0, f"subprocess failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT:")]
-    assert lines, f"subprocess printed no result:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(lines[-1][len("RESULT:"):])
-
-
-# One intra-op thread: these models are tiny, and on a busy machine torch's thread pool makes the first forward
-# pass take many seconds instead of a fraction of one.
-_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def local_env(tmp_path):
-    """Environment for a subprocess that loads local folders only: fresh HF_HOME / HF_MODULES_CACHE, offline."""
-    env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("HF_", "HUGGINGFACE_", "DIFFUSERS_")) and k != "TRANSFORMERS_OFFLINE"
-    }
-    env.update(
-        _THREADS,
-        HF_HOME=str(tmp_path / "hf_home"),
-        HF_MODULES_CACHE=str(tmp_path / "hf_modules"),
-        HF_HUB_OFFLINE="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_PROGRESS_BARS="1",
-    )
-    return env
-
-
-def hub_env(hub, tmp_path):
-    env = hub.client_env(tmp_path / "hf_home")
-    env.pop("DIFFUSERS_DISABLE_REMOTE_CODE", None)
-    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
-    env.update(_THREADS)
-    return env
-
+# In-process sampling on one thread too, as the subprocesses (helpers.THREADS).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -208,15 +98,6 @@ def leaks_in_json(folder, extra_forbidden=()):
             if bad and bad != os.sep and bad in text:
                 findings.append(f"{rel}: contains {bad!r}")
     return findings
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Run this module's in-process sampling on one thread too (see _THREADS); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -305,6 +186,7 @@ def test_resaving_a_loaded_pipeline_leaks_no_absolute_path(saved, tmp_path):
 # ------------------------------------------------------------------------------------------------ 2. remote code
 
 
+@pytest.mark.slow
 def test_remote_code_load_without_ddpm_hf(saved, tmp_path):
     out = run_python(
         """
@@ -625,13 +507,7 @@ def test_from_pretrained_logs_the_ddpm_scheduler_conversion(saved, tmp_path, cap
 # ------------------------------------------------------------------------------------------------ 6. loopback Hub
 
 
-@pytest.fixture
-def hub(tmp_path):
-    with HubServer(tmp_path / "hub") as server:
-        yield server
-        assert server.unknown_requests == [], f"routes the server does not know: {server.unknown_requests}"
-
-
+@pytest.mark.slow
 def test_hub_remote_code_load_without_ddpm_hf(saved, hub, tmp_path):
     sha = hub.seed_repo("ns/ddpm-cpu8", saved.folder)
     out = run_python(
@@ -667,6 +543,7 @@ def test_hub_remote_code_load_without_ddpm_hf(saved, hub, tmp_path):
         assert ("GET", f"/ns/ddpm-cpu8/resolve/{sha}/{path}") in hub.requests, path
 
 
+@pytest.mark.slow
 def test_hub_load_with_package(saved, hub, tmp_path):
     sha = hub.seed_repo("ns/ddpm-cpu8", saved.folder)
     out = run_python(
@@ -706,6 +583,7 @@ def test_hub_load_with_package(saved, hub, tmp_path):
     assert ("GET", f"/ns/ddpm-cpu8/resolve/{sha}/unet/diffusion_pytorch_model.safetensors") in hub.requests
 
 
+@pytest.mark.slow
 def test_hub_push_to_hub(saved, hub, tmp_path):
     out_dir = tmp_path / "pushed-local"
     out = run_python(

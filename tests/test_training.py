@@ -10,7 +10,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.data import load_digits_dataset, to_mode
@@ -20,28 +19,7 @@ from ddpm_hf.cli.train import parse_args
 from ddpm_hf.training import micro_batches
 from ddpm_hf.unet_configs import unet_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(ROOT, "scripts", "train.py")
-TINY = ["--ddpm_num_steps", "20", "--ddpm_num_inference_steps", "5", "--num_sample_images", "4",
-        "--eval_max_images", "16", "--train_batch_size", "16", "--logger", "none", "--lr_warmup_steps", "2",
-        "--unet_preset", "cpu-8", "--checkpoints_total_limit", "2"]
-
-
-def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
-
-
-def _train(*args, cwd, launcher=None, timeout=300, env=None):
-    cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
-    r = subprocess.run(cmd, cwd=cwd, env=dict(_env(), **(env or {})), capture_output=True, text=True,
-                       timeout=timeout)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
-def _history(folder):
-    with open(os.path.join(folder, "history.jsonl")) as f:
-        return [json.loads(line) for line in f]
+from helpers import TINY, TRAIN, png_folder, read_history, read_weights, run_train, train_env
 
 
 def _held_out_bpd(folder, num_images, ranks=1):
@@ -59,10 +37,6 @@ def _held_out_bpd(folder, num_images, ranks=1):
                                generator=torch.Generator().manual_seed(r), progress=False).total
                   for r in range(ranks)]
     return torch.cat(totals).mean().item()
-
-
-def _weights(folder):
-    return load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
 
 
 def test_digits_default_dataset():
@@ -96,6 +70,7 @@ def test_batches_are_sharded_and_reproducible():
     assert not torch.equal(ranks[0].batch(0), ranks[0].batch(5))  # a new permutation each epoch
 
 
+@pytest.mark.slow  # optimizer steps of two cpu-8 UNets
 def test_flat_parameters_train_like_separate_ones():
     """flatten_parameters: gradients land in the flat buffer, and AdamW + clipping over it match the same steps over
     the module's separate tensors."""
@@ -144,9 +119,10 @@ def test_bad_flags_fail_at_start(capsys):
         assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_output(tmp_path):
     out = tmp_path / "run"
-    _train("--output_dir", str(out), "--max_train_steps", "6", "--checkpointing_steps", "2", "--logger",
+    run_train("--output_dir", str(out), "--max_train_steps", "6", "--checkpointing_steps", "2", "--logger",
            "tensorboard", "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path)
     names = set(os.listdir(out))
     assert {"model_index.json", "unet", "scheduler", "pipeline_ddpm_hf.py", "README.md", "images", "samples", "loss.png",
@@ -160,7 +136,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert metrics["steps"] == 6 and metrics["images_seen"] == 6 * 16
     assert metrics["num_images"] == 16  # the bound of the saved (EMA) weights on the held-out images, recomputed
     assert metrics["bits_per_dim"] == pytest.approx(_held_out_bpd(out, 16), rel=1e-6)
-    history = _history(out)
+    history = read_history(out)
     assert [h["step"] for h in history] == list(range(1, 7)) and all(np.isfinite(h["loss"]) for h in history)
     seconds = [h["seconds"] for h in history]  # wall time since the start, for loss-against-time plots
     assert seconds == sorted(seconds) and 0 < seconds[-1] <= metrics["train_seconds"] + 0.01
@@ -171,7 +147,7 @@ def test_tiny_run_writes_every_output(tmp_path):
 
     remote = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
     assert type(remote).__name__ == "DDPMHFPipeline"
-    saved = _weights(out)
+    saved = read_weights(out)
     assert all(torch.equal(v, remote.unet.state_dict()[k]) for k, v in saved.items())
     # checkpoints a diffusers user opens with UNet2DModel: the training weights and the EMA with its state
     for sub in ("unet", "unet_ema"):
@@ -198,6 +174,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert grid.step == 6 and grid.width >= 8 * 8 and grid.height >= 8 * 8  # upscaled, not 8x8 thumbnails
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", ["cached", "streamed"])
 def test_resume_is_bit_identical(tmp_path, data):
     """A run killed after its step-4 checkpoint and resumed to step 8 ends with the same weights (EMA included)
@@ -206,30 +183,30 @@ def test_resume_is_bit_identical(tmp_path, data):
     common = ["--max_train_steps", "8", "--checkpointing_steps", "4", "--eval_max_images", "1",
               "--num_sample_images", "1"]
     if data == "streamed":
-        images = _png_folder(tmp_path / "images", n=20, size=(12, 10), mode="RGB")
+        images = png_folder(tmp_path / "images", n=20, size=(12, 10), mode="RGB")
         common += ["--train_data_dir", str(images), "--streaming", "--resolution", "8", "--random_flip",
                    "--train_batch_size", "4"]
-    _train("--output_dir", str(tmp_path / "straight"), *common, cwd=tmp_path)
+    run_train("--output_dir", str(tmp_path / "straight"), *common, cwd=tmp_path)
 
     stopped = tmp_path / "stopped"
     cmd = [sys.executable, TRAIN, *TINY, "--output_dir", str(stopped), *common]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (stopped / "checkpoint-4").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (stopped / "checkpoint-4").exists() and not (stopped / "metrics.json").exists()
-    r = _train("--output_dir", str(stopped), *common, "--resume_from_checkpoint", "latest", cwd=tmp_path)
+    r = run_train("--output_dir", str(stopped), *common, "--resume_from_checkpoint", "latest", cwd=tmp_path)
     assert "resumed from" in r.stdout + r.stderr
 
-    a, b = _weights(tmp_path / "straight"), _weights(stopped)
+    a, b = read_weights(tmp_path / "straight"), read_weights(stopped)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    la = [h["loss"] for h in _history(tmp_path / "straight")]
-    lb = [h["loss"] for h in _history(stopped)]
+    la = [h["loss"] for h in read_history(tmp_path / "straight")]
+    lb = [h["loss"] for h in read_history(stopped)]
     assert la == lb
     if data == "streamed":  # 20 images in batches of 4: the stream's second pass starts at step 6
-        assert [h["epoch"] for h in _history(stopped)] == [1] * 5 + [2] * 3
+        assert [h["epoch"] for h in read_history(stopped)] == [1] * 5 + [2] * 3
 
 
 def test_resuming_earlier_prunes_the_abandoned_later_checkpoints(tmp_path):
@@ -272,7 +249,7 @@ def _two_nodes(*args, cwd):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
                TRAIN, *TINY, *args]
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     results = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, results):
@@ -280,13 +257,14 @@ def _two_nodes(*args, cwd):
     return results
 
 
+@pytest.mark.slow
 def test_two_processes_one_node_two_nodes_and_one_process(tmp_path):
     """torchrun with 2 processes on one node, the same run on two simulated nodes, a two-node resume from a
     checkpoint name, and the learning rate of every step for 1 and 2 processes and 1 and 2 accumulation steps."""
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     common = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_max_images", "15"]
-    _train("--output_dir", str(out), *common, "--eval_steps", "2", cwd=tmp_path, launcher=launcher)
+    run_train("--output_dir", str(out), *common, "--eval_steps", "2", cwd=tmp_path, launcher=launcher)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["images_seen"] == 4 * 16 * 2
     assert metrics["process_group_timeout_seconds"] == 7200  # --ddp_timeout reached the live process group
@@ -302,69 +280,59 @@ def test_two_processes_one_node_two_nodes_and_one_process(tmp_path):
     # two machines: the same weights and losses as one machine with two processes
     nodes = tmp_path / "nodes"
     _two_nodes("--output_dir", str(nodes), *common, cwd=tmp_path)
-    a, b = _weights(out), _weights(nodes)
+    a, b = read_weights(out), read_weights(nodes)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [h["loss"] for h in _history(nodes)] == [h["loss"] for h in _history(out)]
+    assert [h["loss"] for h in read_history(nodes)] == [h["loss"] for h in read_history(out)]
     # ... and a two-node resume from a checkpoint named as diffusers' script names it ends the same
     _, err = _two_nodes("--output_dir", str(nodes), *common, "--resume_from_checkpoint", "checkpoint-2",
                         cwd=tmp_path)[0]
-    c = _weights(nodes)
+    c = read_weights(nodes)
     assert all(torch.equal(a[k], c[k]) for k in a)
-    assert [h["step"] for h in _history(nodes)] == [1, 2, 3, 4]
+    assert [h["step"] for h in read_history(nodes)] == [1, 2, 3, 4]
 
     # the LR of optimizer step s does not depend on the number of processes or on gradient accumulation
-    lrs = [h["lr"] for h in _history(out)]
+    lrs = [h["lr"] for h in read_history(out)]
     for extra in ([], ["--gradient_accumulation_steps", "2", "--train_batch_size", "8"]):
         one = tmp_path / f"one{len(extra)}"
-        _train("--output_dir", str(one), *common, "--eval_split", "", *extra, cwd=tmp_path)
-        assert [h["lr"] for h in _history(one)] == lrs
+        run_train("--output_dir", str(one), *common, "--eval_split", "", *extra, cwd=tmp_path)
+        assert [h["lr"] for h in read_history(one)] == lrs
     # and it is diffusers' warm-up + cosine over 4 steps (logged after each step, as train_unconditional.py logs it)
     np.testing.assert_allclose(lrs, [1e-3 * 1 / 2, 1e-3, 1e-3 * (1 + np.cos(np.pi / 2)) / 2, 0.0], atol=1e-12)
 
 
-def _png_folder(root, n=12, size=(12, 10), mode="RGB"):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        folder = root / ("a" if i % 2 else "b")
-        folder.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        Image.fromarray(pixels).convert(mode).save(folder / f"{i}.png")
-    return root
-
-
+@pytest.mark.slow
 def test_image_folder_rgb_resized(tmp_path):
-    images = _png_folder(tmp_path / "images", mode="P")  # palette PNGs become RGB
+    images = png_folder(tmp_path / "images", mode="P")  # palette PNGs become RGB
     out = tmp_path / "run"
-    _train("--train_data_dir", str(images), "--resolution", "8", "--random_flip", "--output_dir", str(out),
+    run_train("--train_data_dir", str(images), "--resolution", "8", "--random_flip", "--output_dir", str(out),
            "--max_train_steps", "2", "--train_batch_size", "4", "--checkpointing_steps", "100", cwd=tmp_path)
     pipe = DDPMHFPipeline.from_pretrained(out)
     assert pipe.unet.config.in_channels == 3 and pipe.unet.config.sample_size == 8
     assert "bits_per_dim" not in json.loads((out / "metrics.json").read_text())  # no held-out split there
 
 
+@pytest.mark.slow
 def test_streaming_with_bf16(tmp_path):
     """--mixed_precision bf16 reaches the forward pass: the first step's loss (same initial weights, batch and draws)
     differs from the float32 run's by bf16 rounding (about 2^-8 relative), not more."""
     out = tmp_path / "run"
     common = ["--streaming", "--checkpointing_steps", "100", "--eval_split", "", "--num_sample_images", "1"]
-    _train(*common, "--mixed_precision", "bf16", "--output_dir", str(out), "--max_train_steps", "3", cwd=tmp_path)
+    run_train(*common, "--mixed_precision", "bf16", "--output_dir", str(out), "--max_train_steps", "3", cwd=tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["images_seen"] == 48
     args = json.loads((out / "training_args.json").read_text())
     assert args["streaming"] is True and args["mixed_precision"] == "bf16"
-    _train(*common, "--output_dir", str(tmp_path / "fp32"), "--max_train_steps", "1", cwd=tmp_path)
-    bf16, fp32 = _history(out)[0]["loss"], _history(tmp_path / "fp32")[0]["loss"]
+    run_train(*common, "--output_dir", str(tmp_path / "fp32"), "--max_train_steps", "1", cwd=tmp_path)
+    bf16, fp32 = read_history(out)[0]["loss"], read_history(tmp_path / "fp32")[0]["loss"]
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)
 
 
+@pytest.mark.slow
 def test_hub_dataset_over_loopback(tmp_path):
     """--dataset_name ns/name goes through datasets.load_dataset to HF_ENDPOINT (a loopback Hub server)."""
-    sys.path.insert(0, os.path.dirname(__file__))
     from hub_server import HubServer
 
-    repo = _png_folder(tmp_path / "repo" / "train", n=8, size=(8, 8), mode="L").parent
+    repo = png_folder(tmp_path / "repo" / "train", n=8, size=(8, 8), mode="L").parent
     with HubServer(tmp_path / "hub") as hub:
         hub.seed_repo("someone/tiny-digits", repo, repo_type="dataset")
         env = hub.client_env(tmp_path / "hf_home")
@@ -389,6 +357,7 @@ def test_hub_dataset_over_loopback(tmp_path):
     assert "[someone/tiny-digits](https://huggingface.co/datasets/someone/tiny-digits)" in card.text
 
 
+@pytest.mark.slow
 def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
     """L_hybrid with v-prediction and --snr_gamma 5: against the same first step without --snr_gamma (same weights,
     batch and draws), the unweighted v-MSE by timestep quartile and the L_vlb estimate are equal, and the loss is
@@ -396,8 +365,8 @@ def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
     bits/dim is the bound recomputed from its weights."""
     out = tmp_path / "run"
     common = ["--variance_type", "learned_range", "--prediction_type", "v_prediction", "--checkpointing_steps", "100"]
-    _train(*common, "--snr_gamma", "5", "--output_dir", str(out), "--max_train_steps", "3", cwd=tmp_path)
-    history = _history(out)
+    run_train(*common, "--snr_gamma", "5", "--output_dir", str(out), "--max_train_steps", "3", cwd=tmp_path)
+    history = read_history(out)
     assert all("vlb_bpd" in h and np.isfinite(h["vlb_bpd"]) for h in history)
     pipe = DDPMHFPipeline.from_pretrained(out)
     assert pipe.unet.config.out_channels == 2 and pipe.scheduler.config.variance_type == "learned_range"
@@ -405,9 +374,9 @@ def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bits_per_dim"] == pytest.approx(_held_out_bpd(out, 16), rel=1e-6)
 
-    _train(*common, "--output_dir", str(tmp_path / "plain"), "--max_train_steps", "1", "--eval_split", "",
+    run_train(*common, "--output_dir", str(tmp_path / "plain"), "--max_train_steps", "1", "--eval_split", "",
            cwd=tmp_path)
-    weighted, plain = history[0], _history(tmp_path / "plain")[0]
+    weighted, plain = history[0], read_history(tmp_path / "plain")[0]
     quartiles = [k for k in plain if k.startswith("loss_t_q")]
     assert quartiles and all(weighted[k] == pytest.approx(plain[k], rel=1e-6) for k in quartiles)
     assert weighted["vlb_bpd"] == pytest.approx(plain["vlb_bpd"], rel=1e-6)
@@ -416,6 +385,7 @@ def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
     assert 0 < mse_weighted < 0.95 * mse_plain
 
 
+@pytest.mark.slow
 def test_dynamo_backend_inductor_trains_like_eager(tmp_path):
     """--dynamo_backend inductor (accelerate compiles the UNet): the same losses as eager to float tolerance, and the
     saved pipeline is a plain UNet2DModel (the compiled wrapper is not saved)."""
@@ -426,12 +396,12 @@ def test_dynamo_backend_inductor_trains_like_eager(tmp_path):
                                              up_block_types=("AttnUpBlock2D",))))
     common = ["--max_train_steps", "2", "--checkpointing_steps", "100", "--eval_max_images", "4",
               "--num_sample_images", "1", "--train_batch_size", "4", "--model_config_name_or_path", str(config)]
-    _train("--output_dir", str(tmp_path / "eager"), *common, cwd=tmp_path)
-    _train("--output_dir", str(tmp_path / "compiled"), *common, "--dynamo_backend", "inductor", cwd=tmp_path,
+    run_train("--output_dir", str(tmp_path / "eager"), *common, cwd=tmp_path)
+    run_train("--output_dir", str(tmp_path / "compiled"), *common, "--dynamo_backend", "inductor", cwd=tmp_path,
            timeout=600)
-    eager, compiled = _history(tmp_path / "eager"), _history(tmp_path / "compiled")
+    eager, compiled = read_history(tmp_path / "eager"), read_history(tmp_path / "compiled")
     np.testing.assert_allclose([h["loss"] for h in compiled], [h["loss"] for h in eager], rtol=1e-3)
-    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    a, b = read_weights(tmp_path / "eager"), read_weights(tmp_path / "compiled")
     assert a.keys() == b.keys()
     # Adam moves a weight by at most about lr (1e-3) a step whatever the gradient's size, so rounding differences in
     # tiny gradients can move weights apart by up to 2 lr in 2 steps; anything beyond that is a real difference
@@ -488,18 +458,19 @@ def test_micro_batches_of_each_step():
     assert list(micro_batches(5, 2, None)) == [10, 11]  # streaming: no epochs
 
 
+@pytest.mark.slow
 def test_num_epochs_with_gradient_accumulation(tmp_path):
     """--num_epochs 2 with 4 accumulated micro-batches over 6 micro-batches an epoch: 2 optimizer steps an epoch (the
     second with the 2 remaining micro-batches), so the run sees exactly 2 epochs of images and epoch-based saving
     happens at the end of epoch 1."""
-    images = _png_folder(tmp_path / "images", n=12, size=(8, 8), mode="L")
+    images = png_folder(tmp_path / "images", n=12, size=(8, 8), mode="L")
     out = tmp_path / "run"
-    _train("--train_data_dir", str(images), "--resolution", "8", "--output_dir", str(out), "--num_epochs", "2",
+    run_train("--train_data_dir", str(images), "--resolution", "8", "--output_dir", str(out), "--num_epochs", "2",
            "--train_batch_size", "2", "--gradient_accumulation_steps", "4", "--save_images_epochs", "1",
            "--checkpointing_steps", "100", cwd=tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["images_seen"] == 2 * 12
-    assert [h["epoch"] for h in _history(out)] == [1, 1, 2, 2]
+    assert [h["epoch"] for h in read_history(out)] == [1, 1, 2, 2]
     assert (out / "samples-epoch1" / "grid.png").is_file() and not (out / "samples-epoch2").exists()
 
 
@@ -527,12 +498,13 @@ def _wandb_records(path):
             yield record
 
 
+@pytest.mark.slow
 def test_wandb_logger_offline(tmp_path):
     """--logger wandb (accelerate's tracker, as train_unconditional.py has it) with WANDB_MODE=offline and no
     network: the run's files land in --logging_dir, and the run file holds every step's loss as history.jsonl has
     it, the settings without the token, and the sample grid and strip."""
     out = tmp_path / "run"
-    _train("--logger", "wandb", "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100",
+    run_train("--logger", "wandb", "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100",
            "--eval_split", "", "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path,
            env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     (run_file,) = (out / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
@@ -544,7 +516,7 @@ def test_wandb_logger_offline(tmp_path):
             losses.append(items["loss"])
         elif kind == "config":
             settings.update({i.key: json.loads(i.value_json) for i in record.config.update})
-    assert losses == [h["loss"] for h in _history(out)]
+    assert losses == [h["loss"] for h in read_history(out)]
     assert settings["learning_rate"] == 1e-3 and settings["logger"] == "wandb" and "hub_token" not in settings
     assert b"hf_not_a_real_token" not in run_file.read_bytes()
     media = {p.name.split("_")[0] for p in run_file.parent.glob("files/media/images/samples/*.png")}

@@ -34,7 +34,9 @@ def test_256_presets_follow_the_paper():
     assert _params(build_unet("ddpm-celebahq-256")) == _params(build_unet("ddpm-lsun-256")) == 113_673_219
 
 
-@pytest.mark.parametrize("name", sorted(UNET_PRESETS))
+# the paper-size networks (not the cpu-* ones) take seconds each: slow
+@pytest.mark.parametrize("name", [name if name.startswith("cpu-") else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in sorted(UNET_PRESETS)])
 def test_every_preset_runs_forward_and_backward(name):
     config = unet_config(name)
     # the 256x256 networks are fully convolutional: run them on 32x32 to keep the test fast on a CPU

@@ -1,0 +1,167 @@
+"""Plain helpers shared by the test files (fixtures live in conftest.py): tiny training runs as a user starts them,
+reading what a run wrote, image folders, and fresh Python subprocesses that load pipelines with or without ddpm_hf
+(see test_save_load.py's docstring for what "without ddpm_hf" means)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+from safetensors.torch import load_file
+
+import ddpm_hf
+from hub_server import CLIENT_PRELUDE
+
+# ------------------------------------------------------------------------------------------------ training runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "scripts", "train.py")
+TINY = ["--ddpm_num_steps", "20", "--ddpm_num_inference_steps", "5", "--num_sample_images", "4",
+        "--eval_max_images", "16", "--train_batch_size", "16", "--logger", "none", "--lr_warmup_steps", "2",
+        "--unet_preset", "cpu-8", "--checkpoints_total_limit", "2"]
+
+
+def train_env():
+    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
+
+
+def run_train(*args, cwd, launcher=None, timeout=300, env=None):
+    cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
+    r = subprocess.run(cmd, cwd=cwd, env=dict(train_env(), **(env or {})), capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def read_history(folder):
+    with open(os.path.join(folder, "history.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def read_weights(folder):
+    return load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
+
+
+def png_folder(root, n=12, size=(12, 10), mode="RGB"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).convert(mode).save(folder / f"{i}.png")
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ subprocesses
+
+PYTHON = sys.executable
+PACKAGE_DIR = os.path.dirname(os.path.abspath(ddpm_hf.__file__))
+SEED = 1234
+BATCH = 2
+STEPS = 10
+
+# ------------------------------------------------------------------------------------------------ subprocess code
+
+# Goes first in the -c code of a subprocess that must not see ddpm_hf.
+_BLOCK_DDPM_HF = textwrap.dedent(
+    """
+    import sys
+
+    class _BlockDDPMHF:
+        def find_spec(self, name, path=None, target=None):
+            if name == "ddpm_hf" or name.startswith("ddpm_hf."):
+                raise ImportError(f"ddpm_hf is blocked in this process ({name})")
+            return None
+
+    sys.meta_path.insert(0, _BlockDDPMHF())
+    assert "ddpm_hf" not in sys.modules, "ddpm_hf was imported at interpreter start-up"
+    try:
+        import ddpm_hf
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("ddpm_hf is importable although it is blocked")
+    """
+)
+
+# At the end of such a subprocess: nothing of the package was used.
+_CHECK_NO_DDPM_HF = textwrap.dedent(
+    """
+    import os as _os
+    _used = sorted(n for n in sys.modules if n == "ddpm_hf" or n.startswith("ddpm_hf."))
+    _used += sorted(
+        n for n, m in list(sys.modules.items())
+        if getattr(m, "__file__", None) and _os.path.abspath(m.__file__).startswith(ARGS["package_dir"] + _os.sep)
+    )
+    assert not _used, f"modules of ddpm_hf were loaded: {_used}"
+    """
+)
+
+# Every subprocess: only loopback may be resolved or connected to; ARGS and result() for the test's data.
+_GUARD = CLIENT_PRELUDE + textwrap.dedent(
+    """
+
+    import numpy as np
+    import torch
+
+    def generate(pipe, seed=ARGS.get("seed", 0)):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(
+            batch_size=ARGS["batch"], generator=torch.Generator("cpu").manual_seed(seed),
+            num_inference_steps=ARGS["steps"], output_type="np",
+        ).images
+
+    def public_config(config):
+        return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    """
+)
+
+
+def run_python(code, args, env, block_ddpm_hf=False, timeout=180):
+    """Run ``code`` in a fresh interpreter with ``env``; return what it passed to ``result``."""
+    args = dict(args, package_dir=PACKAGE_DIR, seed=SEED, batch=BATCH, steps=STEPS)
+    script = (_BLOCK_DDPM_HF if block_ddpm_hf else "") + _GUARD + textwrap.dedent(code)
+    if block_ddpm_hf:
+        script += _CHECK_NO_DDPM_HF
+    proc = subprocess.run(
+        [PYTHON, "-c", script, json.dumps(args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert "BLOCKED" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, f"subprocess failed (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT:")]
+    assert lines, f"subprocess printed no result:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(lines[-1][len("RESULT:"):])
+
+
+# One intra-op thread: these models are tiny, and on a busy machine torch's thread pool makes the first forward
+# pass take many seconds instead of a fraction of one.
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def local_env(tmp_path):
+    """Environment for a subprocess that loads local folders only: fresh HF_HOME / HF_MODULES_CACHE, offline."""
+    env = {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HUGGINGFACE_", "DIFFUSERS_")) and k != "TRANSFORMERS_OFFLINE"
+    }
+    env.update(
+        THREADS,
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_MODULES_CACHE=str(tmp_path / "hf_modules"),
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
+    return env
+
+
+def hub_env(hub, tmp_path):
+    env = hub.client_env(tmp_path / "hf_home")
+    env.pop("DIFFUSERS_DISABLE_REMOTE_CODE", None)
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
+    env.update(THREADS)
+    return env
