@@ -94,14 +94,22 @@ class DDPMHFPipeline(DiffusionPipeline):
             With twice the image channels out it also predicts variances (Nichol & Dhariwal sec. 3.1); these are
             used when the scheduler's variance_type is "learned"/"learned_range" and dropped otherwise.
         scheduler (`DDPMHFScheduler` or diffusers' `DDPMScheduler`, or any scheduler with the same API).
+        id2label (`dict[int, str]`, optional): class-conditional models only: the name of each class id (as
+            diffusers' DiT pipeline), saved in model_index.json.
+        null_class_id (`int`, optional): class-conditional models only: the class id that means "no label" (the
+            unconditional branch of classifier-free guidance, Ho & Salimans 2022), saved in model_index.json; the
+            UNet has ``num_class_embeds = null_class_id + 1``.
     """
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["image", "model_output"]
 
-    def __init__(self, unet, scheduler):
+    def __init__(self, unet, scheduler, id2label=None, null_class_id=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        if id2label is not None or null_class_id is not None:  # an unconditional model's model_index.json is unchanged
+            id2label = {int(k): str(v) for k, v in (id2label or {}).items()}  # JSON keys are strings
+            self.register_to_config(id2label=id2label, null_class_id=null_class_id)
 
     # ------------------------------------------------------------------ saving and loading
 
