@@ -124,6 +124,7 @@ def test_save_pretrained_layout(saved):
     assert sorted(files) == [
         "model_index.json",
         "pipeline_ddpm_hf.py",
+        "pipeline_ddpm_hf_denoiser.py",
         "pipeline_ddpm_hf_img2img.py",
         "pipeline_ddpm_hf_inpaint.py",
         "pipeline_ddpm_hf_super_resolution.py",

@@ -16,6 +16,8 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UN
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
+from .pipeline_ddpm_hf_denoiser import denoise  # noqa: F401 - imported here too: diffusers copies a local folder's
+# relative imports one level deep only, and the mixin's model call needs this file
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 METHODS = ("ddnm", "ilvr")
@@ -70,9 +72,10 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_conditional(id2label, null_class_id)  # a conditional model's, kept by from_pipe and saving
         self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
 
     # ------------------------------------------------------------------ pieces
@@ -172,7 +175,7 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         shape = (len(y), channels, *size)
         x = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # x_T ~ N(0, I)
         for k, t in enumerate(self.progress_bar(chain)):
-            output = self._model_output(x, t)
+            output = self._model_output(x, t, scheduler=scheduler)
             if method == "ilvr":
                 x = scheduler.step(output, t, x, generator=generator).prev_sample  # x'_s ~ p(x_s | x_t)
                 noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
