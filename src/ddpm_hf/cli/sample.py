@@ -28,8 +28,9 @@ def add_parser(sub):
                    help="class-conditional models: the classes to draw, as ids (or names), --num_images of each, one "
                    "labelled grid row per class (default: every class)")
     p.add_argument("--guidance_scale", type=float, default=None,
-                   help="class-conditional models: classifier-free guidance scale s, diffusers' convention: 1 = no "
-                   "guidance, 0 = unconditional samples (default: the pipeline's, DEFAULT_GUIDANCE_SCALE)")
+                   help="class-conditional models: classifier-free guidance scale s in diffusers' convention: 1 = the "
+                   "conditional model alone, larger = stronger guidance (default: the pipeline's, "
+                   "DEFAULT_GUIDANCE_SCALE)")
     return p
 
 
