@@ -260,3 +260,23 @@ def test_cli_sample_with_a_scheduler_name(saved, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "invalid choice: 'plms'" in r.stderr
 
+
+
+@pytest.mark.slow
+def test_evaluate_samples_with_the_scheduler_named_and_bounds_with_the_models(saved, tmp_path):
+    from ddpm_hf.evaluation.report import EvaluationConfig, evaluate
+
+    folder, _ = saved
+    with pytest.raises(BadArgument, match="scheduler plms: choose from ddpm, ddim"):
+        EvaluationConfig(scheduler="plms")
+    reports = {}
+    for name in (None, "ddim"):
+        config = EvaluationConfig(metrics=("bpd", "digits"), num_samples=16, steps=(4,), batch_size=16,
+                                  bpd_timesteps=4, max_eval_images=8, scheduler=name, name=str(name),
+                                  output_dir=str(tmp_path))
+        reports[name] = evaluate(str(folder), config, progress=False, log=lambda *args: None)
+    # the bound (which needs the DDPM posterior, not DDIM's step) ran on the model's scheduler both times
+    assert reports["ddim"]["bpd"]["bits_per_dim"] == reports[None]["bpd"]["bits_per_dim"]
+    assert reports["ddim"]["scheduler"] == "ddim" and reports[None]["scheduler"] == "DDPMHFScheduler"
+    fd = {name: report["sampling"][0]["scores"]["digits_fd"]["value"] for name, report in reports.items()}
+    assert fd["ddim"] != fd[None]  # other samples
