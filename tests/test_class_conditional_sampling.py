@@ -1,5 +1,6 @@
-"""Class-conditional sampling with classifier-free guidance (issue 18 sec. 2): ``pipe(class_labels=..., guidance_scale=...)``
-on a UNet2DModel with ``num_class_embeds = num_classes + 1`` whose last id is the null class (Ho & Salimans 2022).
+"""Class-conditional sampling with classifier-free guidance (issue 18 sec. 2): ``pipe(class_labels=...,
+guidance_scale=...)`` on a UNet2DModel with ``num_class_embeds = num_classes + 1`` whose last id is the null class
+(Ho & Salimans 2022).
 
 The guidance is checked against the formula written here, eps = eps(x, null) + s (eps(x, c) - eps(x, null)) with
 the variance channels from the conditional branch, computed from two separate UNet calls; the pipeline makes one
@@ -166,7 +167,8 @@ def test_bad_labels_get_a_clear_error():
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             pipe(num_inference_steps=2, **kwargs)
-    unconditional = DDPMHFPipeline(unet=tiny_unet(conditional=False), scheduler=DDPMHFScheduler(variance_type="learned_range"))
+    unconditional = DDPMHFPipeline(unet=tiny_unet(conditional=False),
+                                   scheduler=DDPMHFScheduler(variance_type="learned_range"))
     with pytest.raises(ValueError, match="this UNet is unconditional"):
         unconditional(class_labels=[1], num_inference_steps=2)
     no_null = DDPMHFPipeline(unet=tiny_unet(), scheduler=DDPMHFScheduler())

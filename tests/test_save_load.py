@@ -128,6 +128,7 @@ def test_save_pretrained_layout(saved):
         "pipeline_ddpm_hf_img2img.py",
         "pipeline_ddpm_hf_inpaint.py",
         "pipeline_ddpm_hf_super_resolution.py",
+        "pipeline_ddpm_hf_task_base.py",
         "scheduler/scheduler_config.json",
         "scheduler/scheduling_ddpm_hf.py",
         "unet/config.json",

@@ -30,7 +30,7 @@ SCHEDULER_MODULE = "scheduling_ddpm_hf"  # file stem of the scheduler's source, 
 # copies them into the folder, where DiffusionPipeline.from_pretrained(..., custom_pipeline=stem) finds them.
 TASK_PIPELINES = ("pipeline_ddpm_hf_inpaint", "pipeline_ddpm_hf_super_resolution", "pipeline_ddpm_hf_img2img")
 # File stems of the modules beside this file that it and the task pipelines import relatively (no pipeline class).
-SIBLING_MODULES = ("pipeline_ddpm_hf_denoiser",)
+SIBLING_MODULES = ("pipeline_ddpm_hf_denoiser", "pipeline_ddpm_hf_task_base")
 # Scheduler classes of a saved pipeline that this module loads as its own DDPMHFScheduler (with the same config).
 _OWN_SCHEDULER_NAMES = ("DDPMScheduler", "DDPMHFScheduler")
 # from_pretrained arguments that locate a Hub repository's files (DiffusionPipeline.download's own names).
@@ -366,57 +366,3 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
         if not return_dict:
             return (images,) if intermediates is None else (images, intermediates)
         return DDPMHFPipelineOutput(images=images, intermediates=intermediates)
-
-
-class DDPMHFTaskPipelineMixin(DDPMHFDenoiserMixin):
-    """What the task pipelines (``TASK_PIPELINES``) share: loading and saving as a ``DDPMHFPipeline`` folder, the UNet
-    call, and the scheduler whose ``step`` takes ``x0_transform``.
-
-    A task file imports it with ``from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin``, which works installed (a
-    package-relative import) and as remote code: diffusers' loader (``get_cached_module_file``) finds that relative
-    import (``get_relative_imports``) and copies the sibling ``pipeline_ddpm_hf.py`` from the folder, or downloads it
-    from the Hub repo, into the same dynamic-module package. It is not a ``DiffusionPipeline``, so diffusers still
-    finds exactly one pipeline class in a task file (``find_pipeline_class``).
-    """
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved DDPMHFPipeline folder or Hub repo as this pipeline: ``DDPMHFPipeline.from_pretrained`` (no
-        folder code runs when ddpm_hf is installed) then ``from_pipe``."""
-        return cls.from_pipe(DDPMHFPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs), torch_dtype=None)
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save as a ``DDPMHFPipeline`` folder (which carries the task files, and ``id2label`` / ``null_class_id`` of
-        a conditional model): load it back with ``from_pretrained``."""
-        conditional = {k: getattr(self.config, k) for k in ("id2label", "null_class_id") if k in self.config}
-        pipe = DDPMHFPipeline(unet=self.unet, scheduler=self.scheduler, **conditional)
-        pipe.save_pretrained(save_directory, **kwargs)
-
-    def _unit_range_processor(self, **kwargs):
-        """A ``VaeImageProcessor`` that takes images as [0, 1] values and leaves the mapping to [-1, 1] to the pipeline:
-        diffusers' normalisation skips inputs with negative values (a noisy image has some)."""
-        from diffusers.image_processor import VaeImageProcessor
-
-        return VaeImageProcessor(vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False,
-                                 **kwargs)
-
-    @staticmethod
-    def _chain(scheduler, num_inference_steps, timesteps, generator, batch):
-        """The reverse chain's timesteps (a list, noisiest first) after ``scheduler.set_timesteps`` with ``timesteps``
-        if given, else ``num_inference_steps``; a list of generators must hold one per image of the ``batch``."""
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for a batch of {batch}")
-        check_scheduler_input(scheduler, timesteps)
-        if timesteps is not None:
-            scheduler.set_timesteps(timesteps=list(timesteps))
-        else:
-            scheduler.set_timesteps(num_inference_steps)
-        return scheduler.timesteps.tolist()
-
-    def _ddpm_scheduler(self):
-        """The scheduler whose ``step`` takes ``x0_transform`` and has the maths surface (``predict_x0``,
-        ``posterior``, ...): ours, or diffusers' DDPMScheduler as a DDPMHFScheduler with the same config
-        (``from_config`` swaps the two; ours adds no noise at the last step of a chain ending above 0)."""
-        if hasattr(self.scheduler, "posterior"):
-            return self.scheduler
-        return _own_scheduler_class().from_config(self.scheduler.config)

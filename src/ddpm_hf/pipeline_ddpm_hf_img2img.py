@@ -2,10 +2,11 @@
 """Image-to-image (SDEdit, Meng et al. ICLR 2022) and denoising of an image with known Gaussian noise with an
 unconditional DDPM, no retraining, as a diffusers ``DiffusionPipeline``.
 
-This file imports torch, numpy, diffusers and its sibling ``pipeline_ddpm_hf.py`` (the shared
-``DDPMHFTaskPipelineMixin``) only: ``DDPMHFPipeline.save_pretrained`` copies both into the saved folder, and
-diffusers' remote-code loader fetches the sibling with it (it follows a ``from .module import`` of a file beside the
-pipeline's), so that a process without ddpm_hf can run it with ``DiffusionPipeline.from_pretrained(folder_or_repo,
+This file imports torch, numpy, diffusers and its siblings ``pipeline_ddpm_hf*.py`` (the shared
+``DDPMHFTaskPipelineMixin`` of ``pipeline_ddpm_hf_task_base.py``) only: ``DDPMHFPipeline.save_pretrained`` copies
+them all into the saved folder, and diffusers' remote-code loader fetches the siblings with it (it follows a
+``from .module import`` of a file beside the pipeline's), so that a process without ddpm_hf can run it with
+``DiffusionPipeline.from_pretrained(folder_or_repo,
 custom_pipeline="pipeline_ddpm_hf_img2img", trust_remote_code=True)``.
 """
 
@@ -16,11 +17,10 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
-from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE, step_kwargs  # imported here too: diffusers copies a
-# local folder's relative imports one level deep only
-
-OUTPUT_TYPES = ("pil", "np", "pt")
+# diffusers copies a local folder's relative imports one level deep: this file names every sibling it needs
+from .pipeline_ddpm_hf import OUTPUT_TYPES
+from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE, step_kwargs
+from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
 
 def strength_start(num_steps, strength):

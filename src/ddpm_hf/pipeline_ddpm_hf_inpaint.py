@@ -2,10 +2,11 @@
 """Inpainting with an unconditional DDPM, no retraining: RePaint (Lugmayr et al. CVPR 2022) and DDNM-style projection
 (Wang et al. ICLR 2023) on top of the scheduler's ancestral step, as a diffusers ``DiffusionPipeline``.
 
-This file imports torch, numpy, diffusers and its sibling ``pipeline_ddpm_hf.py`` (the shared
-``DDPMHFTaskPipelineMixin``) only: ``DDPMHFPipeline.save_pretrained`` copies both into the saved folder, and
-diffusers' remote-code loader fetches the sibling with it (it follows a ``from .module import`` of a file beside the
-pipeline's), so that a process without ddpm_hf can run it with ``DiffusionPipeline.from_pretrained(folder_or_repo,
+This file imports torch, numpy, diffusers and its siblings ``pipeline_ddpm_hf*.py`` (the shared
+``DDPMHFTaskPipelineMixin`` of ``pipeline_ddpm_hf_task_base.py``) only: ``DDPMHFPipeline.save_pretrained`` copies
+them all into the saved folder, and diffusers' remote-code loader fetches the siblings with it (it follows a
+``from .module import`` of a file beside the pipeline's), so that a process without ddpm_hf can run it with
+``DiffusionPipeline.from_pretrained(folder_or_repo,
 custom_pipeline="pipeline_ddpm_hf_inpaint", trust_remote_code=True)``.
 """
 
@@ -15,11 +16,11 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
-from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE  # imported here too: diffusers copies a local
-# folder's relative imports one level deep only
+# diffusers copies a local folder's relative imports one level deep: this file names every sibling it needs
+from .pipeline_ddpm_hf import OUTPUT_TYPES
+from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
+from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
-OUTPUT_TYPES = ("pil", "np", "pt")
 METHODS = ("repaint", "ddnm")
 
 
