@@ -295,3 +295,24 @@ def test_cli_sample_one_labelled_row_per_class(saved, tmp_path):
     for args, message in [(("--class_labels", "9"), "out of range"), (("--class_labels", "seven"), "not known")]:
         r = cli(folder, *args, "--num_inference_steps", 2, "--output_dir", tmp_path / "bad")
         assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_cli_img2img_with_a_class_label_a_guidance_scale_and_a_scheduler(saved, tmp_path, capsys):
+    from ddpm_hf.cli import main as cli_main
+
+    folder, _ = saved
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "grey.png")
+    cli_main(["img2img", str(folder), "--image", str(tmp_path / "grey.png"), "--class_label", "uno",
+              "--guidance_scale", "2", "--scheduler", "dpmsolver++", "--strength", "0.6", "--num_inference_steps",
+              str(STEPS), "--seed", "4", "--output_dir", str(tmp_path / "out")])
+    pipe = DDPMHFImg2ImgPipeline.from_pretrained(folder)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(Image.open(tmp_path / "grey.png"), strength=0.6, class_labels=[1], guidance_scale=2.0,
+                num_inference_steps=STEPS, generator=torch.Generator().manual_seed(4), output_type="np").images
+    got = np.asarray(Image.open(tmp_path / "out" / "grey_img2img.png"), dtype=int)
+    assert np.abs(got - np.round(want[0, ..., 0] * 255)).max() <= 1
+    with pytest.raises(SystemExit):
+        cli_main(["img2img", str(folder), "--image", str(tmp_path / "grey.png"), "--class_label", "9",
+                  "--num_inference_steps", "2", "--output_dir", str(tmp_path / "bad")])
+    assert "class ids [9] out of range" in capsys.readouterr().err
