@@ -96,7 +96,8 @@ def class_ids(unet, class_labels, id2label, null_class_id, batch_size):
     if class_labels is None:
         if null_class_id is None:
             raise ValueError("this UNet is class-conditional but the pipeline has no null_class_id: give class_labels")
-        return [int(null_class_id)] * (1 if batch_size is None else batch_size)
+        # (a batch_size that is not a positive int is the caller's check_inputs' to refuse)
+        return [int(null_class_id)] * (batch_size if isinstance(batch_size, int) and batch_size > 0 else 1)
     labels = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
     if torch.is_tensor(class_labels):
         labels = class_labels.flatten().tolist()
