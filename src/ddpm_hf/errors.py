@@ -87,6 +87,16 @@ class PushFailed(RunError):
         super().__init__("{message}", message=message)
 
 
+class CardEdited(RunError):
+    """The run's README.md was edited by hand since ddpm-hf wrote it (``model_card.edited_by_hand``): rendering the
+    card again would lose the edits, so nothing is written; ``replace_edited_card`` asks for it anyway."""
+
+    def __init__(self, path):
+        super().__init__("{path} was edited by hand since ddpm-hf wrote it: left as it is (a push uploads it as it "
+                         "is). {replace_edited_card} renders the card again, replacing the edits", path=path)
+        self.path = path
+
+
 class TrackerMissing(RunError):
     """The experiment tracker asked for (``logger="wandb"``) is not installed."""
 

@@ -4,7 +4,7 @@ from ..evaluation import ALL_METRICS
 from .common import fail
 
 # the evaluation's argument names -> this command's flags, where they differ
-FLAGS = {"steps": "num_inference_steps"}
+FLAGS = {"steps": "num_inference_steps", "replace_edited_card": "force"}
 
 
 def add_parser(sub):
@@ -39,7 +39,10 @@ def add_parser(sub):
                    "downloaded there if missing")
     p.add_argument("--name", default=None, help="the evaluation's name: eval-NAME.json (default: today's date)")
     p.add_argument("--output_dir", default=None, help="where eval-NAME.json goes (default: the model's folder)")
-    p.add_argument("--update_model_card", action="store_true", help="re-render the run's README.md with the scores")
+    p.add_argument("--update_model_card", action="store_true", help="re-render the run's README.md with the scores "
+                   "(refused at start if the card was edited by hand, unless --force)")
+    p.add_argument("--force", action="store_true", help="with --update_model_card: replace README.md even if it was "
+                   "edited by hand")
     return p
 
 
@@ -63,7 +66,7 @@ def config_from_args(args, parser):
             max_eval_images=args.max_eval_images, max_reference_images=args.max_reference_images,
             inception_weights=args.inception_weights, bpd_timesteps=args.bpd_timesteps,
             timestep_spacing=args.timestep_spacing, name=args.name, output_dir=args.output_dir,
-            update_model_card=args.update_model_card)
+            update_model_card=args.update_model_card, replace_edited_card=args.force)
     except BadArgument as error:
         fail(parser, error, FLAGS)
 

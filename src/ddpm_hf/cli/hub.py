@@ -8,12 +8,16 @@ from .common import fail
 
 # the push's argument names -> this command's flags
 FLAGS = {"private": "hub_private_repo", "revision": "hub_revision", "token": "hub_token"}
+CARD_FLAGS = {"replace_edited_card": "force"}
 
 
 def add_card_parser(sub):
-    p = sub.add_parser("card", help="(re)write the model card of a training run: OUTPUT_DIR/README.md")
+    p = sub.add_parser("card", help="(re)write the model card of a training run: OUTPUT_DIR/README.md",
+                       description="Render the model card of a finished training run into OUTPUT_DIR/README.md. A "
+                       "card you edited by hand is never replaced without --force.")
     p.add_argument("output_dir", help="the --output_dir of a finished training run")
     p.add_argument("--hub_model_id", default=None, help="the Hub repo id the card's loading example names")
+    p.add_argument("--force", action="store_true", help="replace README.md even if it was edited by hand")
     return p
 
 
@@ -45,9 +49,14 @@ def _check_run(parser, output_dir):
 
 def run_card(args, parser):
     _check_run(parser, args.output_dir)
+    from ..errors import CardEdited
     from ..model_card import write_model_card
 
-    print(f"wrote {write_model_card(args.output_dir, repo_id=args.hub_model_id)}")
+    try:
+        path = write_model_card(args.output_dir, repo_id=args.hub_model_id, replace_edited_card=args.force)
+    except CardEdited as error:
+        fail(parser, error, CARD_FLAGS)
+    print(f"wrote {path}")
 
 
 def run_push(args, parser):

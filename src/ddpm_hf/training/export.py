@@ -92,7 +92,8 @@ def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metr
     log_pictures(accelerator, config, pictures, step)
     save_loss_plot(history, os.path.join(config.output_dir, "loss.png"), f"{name} training loss")
     write_metrics(config.output_dir, metrics)
-    write_model_card(config.output_dir, repo_id=config.hub_model_id)  # README.md and images/
+    # README.md and images/; the run's weights changed, so a card edited before a resume is rendered anew
+    write_model_card(config.output_dir, repo_id=config.hub_model_id, replace_edited_card=True)
     if config.push_to_hub:
         try:
             push_run(config.output_dir, config.hub_model_id, private=config.hub_private_repo,
