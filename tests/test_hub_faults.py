@@ -28,10 +28,10 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from hub_server import CLIENT_PRELUDE, HubServer
-from helpers import TINY, TRAIN, train_env
+from helpers import TINY, TINY_RUN_REPO, TRAIN, train_env
 
 ROOT = Path(__file__).resolve().parent.parent
-REPO = "ns/tiny"
+REPO = TINY_RUN_REPO
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 SENTINEL = "hf_SENTINEL_fake_token_for_tests_0123456789"  # not a token: a marker searched for in every byte
 
@@ -39,22 +39,10 @@ SENTINEL = "hf_SENTINEL_fake_token_for_tests_0123456789"  # not a token: a marke
 CLI = CLIENT_PRELUDE + "from ddpm_hf.cli import main\nmain(ARGS)\n"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny finished run whose card names REPO; tests copy it."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    r = subprocess.run([sys.executable, TRAIN, *TINY, "--output_dir", str(out), "--max_train_steps", "2",
-                        "--checkpointing_steps", "100", "--hub_model_id", REPO], cwd=out.parent, env=train_env(),
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 @pytest.fixture
-def run(trained, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    return out
+def run(run_copy):
+    """A copy of the session's tiny run (conftest.trained_run), whose card names REPO."""
+    return run_copy
 
 
 def _push(hub, out, *args, home="hf_home", token="hf_test_dummy", timeout=240, wait=True):
@@ -212,7 +200,7 @@ def test_push_keeps_a_hand_edited_card_and_writes_nothing_in_the_run(run, tmp_pa
         assert _hashes(run) == before  # the edit is still there, and every other byte
         r = _push(hub, run)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert "differs from the card ddpm-hf renders" in r.stdout
+        assert "was edited by hand since ddpm-hf wrote it: pushed as it is" in r.stdout
         assert _download(hub, tmp_path / "fresh", "README.md") == card.read_bytes()
         assert _hashes(run) == before
 

@@ -19,7 +19,7 @@ from ddpm_hf.cli.train import parse_args
 from ddpm_hf.training import micro_batches
 from ddpm_hf.unet_configs import unet_config
 
-from helpers import TINY, TRAIN, png_folder, read_history, read_weights, run_train, train_env
+from helpers import TINY, TINY_RUN_TOKEN, TRAIN, png_folder, read_history, read_weights, run_train, train_env
 
 
 def _held_out_bpd(folder, num_images, ranks=1):
@@ -120,10 +120,9 @@ def test_bad_flags_fail_at_start(capsys):
 
 
 @pytest.mark.slow
-def test_tiny_run_writes_every_output(tmp_path):
-    out = tmp_path / "run"
-    run_train("--output_dir", str(out), "--max_train_steps", "6", "--checkpointing_steps", "2", "--logger",
-           "tensorboard", "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path)
+def test_tiny_run_writes_every_output(trained_run):
+    """The session's tiny run (helpers.TINY_RUN: 6 steps, checkpoints every 2, TensorBoard, a --hub_token)."""
+    out = trained_run
     names = set(os.listdir(out))
     assert {"model_index.json", "unet", "scheduler", "pipeline_ddpm_hf.py", "README.md", "images", "samples", "loss.png",
             "training_args.json", "metrics.json", "history.jsonl"} <= names
@@ -131,7 +130,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert {"grid.png", "strip.png", "sample_0000.png"} <= set(os.listdir(out / "samples"))
     for name in os.listdir(out):
         if name.endswith(".json"):
-            assert "hf_not_a_real_token" not in (out / name).read_text()
+            assert TINY_RUN_TOKEN not in (out / name).read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["images_seen"] == 6 * 16
     assert metrics["num_images"] == 16  # the bound of the saved (EMA) weights on the held-out images, recomputed
