@@ -11,10 +11,9 @@ uses it too).
 import contextlib
 import json
 import os
-import shlex
 import tempfile
 
-from .errors import PushError
+from .errors import PushError, PushFailed
 from .model_card import PICTURES, card_text, edited_by_hand
 from .run_dir import HISTORY, LOCK_NAME, MODEL_CARD, TRAINING_ARGS, check_run
 
@@ -39,24 +38,14 @@ def push_ignore_patterns(output_dir):
     return patterns
 
 
-def push_command(output_dir, repo_id, private=False, revision=None):
-    """The ``ddpm-hf push`` command that (re)uploads ``output_dir`` to ``repo_id``; it never holds a token."""
-    parts = ["ddpm-hf", "push", os.fspath(output_dir), "--hub_model_id", repo_id]
-    if revision:
-        parts += ["--hub_revision", revision]
-    if private:
-        parts.append("--hub_private_repo")
-    return shlex.join(parts)
-
-
-def push_failure_message(error, output_dir, repo_id, private=False, revision=None, token=None):
-    """One message for a push that failed: the repo, the error (first line, and its cause's), the state of the local
-    run and the exact command that resumes the push; ``token`` (a --hub_token) is never printed, only asked for."""
+def push_failed(error, output_dir, repo_id, private=False, revision=None, token=None):
+    """The PushFailed of a push of ``output_dir`` to ``repo_id`` that ended in ``error`` (KeyboardInterrupt: it was
+    interrupted): what failed (the error's first line, and its cause's), and what to push again to resume. ``token``
+    (one passed as an argument) is never in it, only that one was given."""
     def first_line(e):
         text = str(e).strip().splitlines()
         return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
-    where = f"{repo_id} (branch {revision})" if revision else repo_id
     if isinstance(error, KeyboardInterrupt):
         what = "was interrupted"
     else:
@@ -65,10 +54,7 @@ def push_failure_message(error, output_dir, repo_id, private=False, revision=Non
         if cause is not None and str(cause).strip() and str(cause).strip().splitlines()[0] not in reason:
             reason += f" ({first_line(cause)})"
         what = "failed: " + (reason.replace(token, "<token>") if token else reason)
-    return (f"the upload to {where} {what}\n"
-            f"The run in {output_dir} is complete and unchanged. Resume the push (files already on the Hub are not "
-            f"sent again) with:\n  {push_command(output_dir, repo_id, private, revision)}"
-            + ("\n(adding the same --hub_token, or with HF_TOKEN set)" if token else ""))
+    return PushFailed(what, output_dir, repo_id, private, revision, token_given=bool(token))
 
 
 def _link(source, destination):

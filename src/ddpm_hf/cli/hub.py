@@ -4,7 +4,7 @@ import os
 import signal
 import sys
 
-from .common import fail
+from .common import fail, flag_message
 
 # the push's argument names -> this command's flags
 FLAGS = {"private": "hub_private_repo", "revision": "hub_revision", "token": "hub_token"}
@@ -62,13 +62,13 @@ def run_card(args, parser):
 def run_push(args, parser):
     _check_run(parser, args.output_dir)
     from ..errors import PushError
-    from ..hub import push_failure_message, push_run
+    from ..hub import push_failed, push_run
 
     def stop(signum, _frame):
         # Ctrl-C or SIGTERM: huggingface_hub's upload threads may be sleeping out a Retry-After, and a normal exit
         # would wait for them (minutes); nothing local is being written, so say how to resume and leave at once
-        message = push_failure_message(KeyboardInterrupt(), args.output_dir, args.hub_model_id,
-                                       args.hub_private_repo, args.hub_revision, args.hub_token)
+        message = flag_message(push_failed(KeyboardInterrupt(), args.output_dir, args.hub_model_id,
+                                           args.hub_private_repo, args.hub_revision, args.hub_token))
         sys.stdout.flush()
         sys.stderr.write(f"{parser.prog}: error: {message}\n")
         sys.stderr.flush()
@@ -81,8 +81,8 @@ def run_push(args, parser):
     except PushError as error:
         fail(parser, error, FLAGS)
     except Exception as error:  # huggingface_hub has retried what it retries: say how to resume
-        message = push_failure_message(error, args.output_dir, args.hub_model_id, args.hub_private_repo,
-                                       args.hub_revision, args.hub_token)
+        message = flag_message(push_failed(error, args.output_dir, args.hub_model_id, args.hub_private_repo,
+                                           args.hub_revision, args.hub_token))
         parser.exit(2, f"{parser.prog}: error: {message}\n")
     finally:
         for sig, handler in previous.items():
