@@ -193,15 +193,19 @@ def run(trained_run, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_evaluate_every_metric_on_a_run(run, tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")
+def test_evaluate_every_metric_on_a_run(run, tmp_path, capsys, monkeypatch):
+    """The whole command in this process (what it computes and writes; the command as a process of its own:
+    test_evaluate_without_inception_weights_fails_fast, test_evaluate_a_hub_repo)."""
     out, weights = run
-    env = dict(train_env(), DDPM_HF_CACHE=str(_seeded_cache(tmp_path)))
+    monkeypatch.setenv("DDPM_HF_CACHE", str(_seeded_cache(tmp_path)))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     args = ["evaluate", str(out), "--metrics", "bpd,fid,kid,prc,digits", "--num_samples", "24",
             "--num_inference_steps", "5,2", "--bpd_timesteps", "6", "--max_eval_images", "16",
             "--max_reference_images", "64", "--inception_weights", str(weights), "--name", "e2e",
             "--update_model_card"]
-    r = _cli(*args, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, _, err = cli_in_process(capsys, *args)
+    assert code == 0, err[-3000:]
     report = json.loads((out / "eval-e2e.json").read_text())
     assert report["bpd"]["estimate"] and report["bpd"]["num_images"] == 16 and report["bpd"]["bits_per_dim"] > 0
     assert [s["num_inference_steps"] for s in report["sampling"]] == [5, 2]
@@ -218,8 +222,8 @@ def test_evaluate_every_metric_on_a_run(run, tmp_path):
     cached = list((tmp_path / "cache" / "reference_features").glob("*.safetensors"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    r = _cli(*args[:-3], "--name", "again", "--num_inference_steps", "5", env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, _, err = cli_in_process(capsys, *args[:-3], "--name", "again", "--num_inference_steps", "5")
+    assert code == 0, err[-3000:]
     assert cached[0].stat().st_mtime_ns == stamp
     again = json.loads((out / "eval-again.json").read_text())
     assert again["sampling"][0]["scores"]["fid"]["value"] == report["sampling"][0]["scores"]["fid"]["value"]
