@@ -15,8 +15,10 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,8 +29,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from ddpm_hf.run_dir import LOCK_NAME
+
 from hub_server import CLIENT_PRELUDE, HubServer
-from helpers import TINY, TINY_RUN_REPO, TRAIN, train_env
+from helpers import TINY, TINY_RUN_REPO, TRAIN
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = TINY_RUN_REPO
@@ -96,9 +100,13 @@ def _retrain_weights(out):
 # ------------------------------------------------------------------------------------------------ the LFS path
 @pytest.mark.slow
 def test_push_uploads_weights_through_lfs_and_a_second_push_updates(run, tmp_path):
+    """Also: the lock file names the host, and a push while a run holds it (`--push_to_hub` pushes before the lock
+    is released) leaves it out of the upload and in the run."""
+    (run / LOCK_NAME).write_text(f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}}}')
     with HubServer(tmp_path / "hub") as hub:
         r = _push(hub, run)
         assert r.returncode == 0, r.stderr[-3000:]
+        assert not (Path(hub.repo_dir(REPO)) / LOCK_NAME).exists() and (run / LOCK_NAME).is_file()
         oid, size = _sha256(run / WEIGHTS), (run / WEIGHTS).stat().st_size
         # batch, then a PUT of the bytes to the upload action, then verify; the commit names the object
         assert ("POST", f"/{REPO}.git/info/lfs/objects/batch") in hub.requests
@@ -106,6 +114,7 @@ def test_push_uploads_weights_through_lfs_and_a_second_push_updates(run, tmp_pat
         assert ("POST", f"/{REPO}.git/info/lfs/objects/verify") in hub.requests
         (commit,) = _commit_lines(hub)
         entries = {x["value"]["path"]: x for x in commit if x["key"] != "header"}
+        assert LOCK_NAME not in entries
         assert entries[WEIGHTS] == {"key": "lfsFile", "value": {"path": WEIGHTS, "algo": "sha256", "oid": oid,
                                                                  "size": size}}
         assert entries["images/samples.png"]["key"] == "lfsFile"  # binary
