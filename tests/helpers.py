@@ -44,6 +44,16 @@ def run_train(*args, cwd, launcher=None, timeout=300, env=None):
     return r
 
 
+def run_trains(*arg_lists, cwd, timeout=600):
+    """Independent tiny runs (each ``run_train``'s arguments) side by side, each in its own process on one thread:
+    on two cores a pair takes about the wall time of one."""
+    procs = [subprocess.Popen([sys.executable, TRAIN, *TINY, *args], cwd=cwd, env=train_env(), text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for args in arg_lists]
+    errors = [proc.communicate(timeout=timeout)[1] for proc in procs]
+    for proc, err in zip(procs, errors):
+        assert proc.returncode == 0, err[-3000:]
+
+
 def cli_in_process(capsys, *argv):
     """``ddpm-hf ARGV`` run by ddpm_hf.cli.main in this process (no interpreter start-up or import cost), for the
     tests of what a command does, not of how a process behaves: its exit code, stdout and stderr (``capsys``)."""
