@@ -1,9 +1,27 @@
 """Shared fixtures; plain helper functions and constants are in helpers.py."""
 
+import shutil
+
 import pytest
 import torch
 
+from helpers import TINY_RUN, run_train
 from hub_server import HubServer
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """The folder of one tiny finished training run (helpers.TINY_RUN: `scripts/train.py` in its own process, as a
+    user starts it), trained once per session. Read it only; a test that writes in a run takes ``run_copy``."""
+    folder = tmp_path_factory.mktemp("trained_run")
+    run_train("--output_dir", str(folder / "run"), *TINY_RUN, cwd=folder)
+    return folder / "run"
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A copy of ``trained_run`` of this test's own, at tmp_path/run."""
+    return shutil.copytree(trained_run, tmp_path / "run", symlinks=True)
 
 
 @pytest.fixture

@@ -23,6 +23,15 @@ TINY = ["--ddpm_num_steps", "20", "--ddpm_num_inference_steps", "5", "--num_samp
         "--unet_preset", "cpu-8", "--checkpoints_total_limit", "2"]
 
 
+# The one tiny finished run most tests start from (conftest.py's `trained_run`, trained once per session; each test
+# takes its own copy, `run_copy`): 6 steps, checkpoints at 2 and 4, TensorBoard, a card naming TINY_RUN_REPO, and a
+# --hub_token that must end up nowhere.
+TINY_RUN_REPO = "ns/tiny"
+TINY_RUN_TOKEN = "hf_not_a_real_token_value_000000000"
+TINY_RUN = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--logger", "tensorboard", "--hub_model_id",
+            TINY_RUN_REPO, "--hub_token", TINY_RUN_TOKEN]
+
+
 def train_env():
     return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
 
@@ -33,6 +42,35 @@ def run_train(*args, cwd, launcher=None, timeout=300, env=None):
                        timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
+
+
+def run_trains(*arg_lists, cwd, timeout=600):
+    """Independent tiny runs (each ``run_train``'s arguments) side by side, each in its own process on one thread:
+    on two cores a pair takes about the wall time of one."""
+    procs = [subprocess.Popen([sys.executable, TRAIN, *TINY, *args], cwd=cwd, env=train_env(), text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for args in arg_lists]
+    errors = [proc.communicate(timeout=timeout)[1] for proc in procs]
+    for proc, err in zip(procs, errors):
+        assert proc.returncode == 0, err[-3000:]
+
+
+def cli_in_process(capsys, *argv):
+    """``ddpm-hf ARGV`` run by ddpm_hf.cli.main in this process (no interpreter start-up or import cost), for the
+    tests of what a command does, not of how a process behaves: its exit code, stdout and stderr (``capsys``)."""
+    from accelerate.state import AcceleratorState
+
+    from ddpm_hf.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        AcceleratorState._reset_state(True)
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def read_history(folder):

@@ -334,3 +334,25 @@ def test_library_errors_name_settings_the_cli_names_flags(tmp_path):
         load_image_dataset("digits", None, None, None, "validation")
     assert str(caught.value).startswith("split validation: ") and "--" not in str(caught.value)
     assert flag_message(caught.value).startswith("--split validation: ")
+
+
+def test_a_failed_push_says_how_to_resume_in_the_library_and_on_the_command_line(tmp_path):
+    """A push that failed (hub.push_failed, what training and `ddpm-hf push` raise or print): the library's message
+    resumes with ``push_run`` and its arguments and spells no flag; the CLI's gives the `ddpm-hf push` command with
+    the same repo, branch and privacy. Neither holds the token, only that one is needed."""
+    from ddpm_hf.cli.common import flag_message
+    from ddpm_hf.hub import push_failed
+
+    run, token = tmp_path / "my run", "hf_not_a_real_token_value_222222222"
+    error = push_failed(OSError(f"refused for {token}"), run, "ns/x", private=True, revision="dev", token=token)
+    library, cli = str(error), flag_message(error)
+    assert library.startswith("the upload to ns/x (branch dev) failed: OSError: refused for <token>\n")
+    assert library.endswith(f"\n  ddpm_hf.hub.push_run({str(run)!r}, 'ns/x', private=True, revision='dev', "
+                            "token=<the same token>)") and "--" not in library
+    assert cli.splitlines()[:2] == library.splitlines()[:2]
+    assert cli.endswith(f"\n  ddpm-hf push '{run}' --hub_model_id ns/x --hub_revision dev --hub_private_repo\n"
+                        "(adding the same --hub_token, or with HF_TOKEN set)")
+    assert token not in library + cli
+    plain = push_failed(KeyboardInterrupt(), run, "ns/x")
+    assert str(plain).startswith("the upload to ns/x was interrupted\n")
+    assert flag_message(plain).endswith(f"\n  ddpm-hf push '{run}' --hub_model_id ns/x")

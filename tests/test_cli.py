@@ -11,6 +11,8 @@ from PIL import Image
 
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler, build_unet
 
+from helpers import cli_in_process
+
 
 def _run(*args, cwd):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
@@ -48,15 +50,17 @@ def test_sample_writes_pngs_grid_and_strip(saved, tmp_path):
     assert "wrote 3 images" in r.stdout
 
 
-@pytest.mark.slow
-def test_bad_arguments_fail_with_a_message(saved, tmp_path):
+def test_bad_arguments_fail_with_a_message(saved, tmp_path, capsys, monkeypatch):
+    """In process (the command's own entry point; test_sample_writes_pngs_grid_and_strip runs the CLI as a real
+    process, with its exit code)."""
     _, folder = saved
-    r = _run("sample", str(folder), "--num_images", "0", cwd=tmp_path)
-    assert r.returncode == 2 and "--num_images must be >= 1" in r.stderr
-    r = _run("sample", str(tmp_path / "missing"), "--num_images", "1", cwd=tmp_path)
-    assert r.returncode != 0 and "missing" in r.stderr
-    r = _run("frobnicate", cwd=tmp_path)
-    assert r.returncode == 2 and "invalid choice" in r.stderr
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli_in_process(capsys, "sample", folder, "--num_images", "0")
+    assert code == 2 and "--num_images must be >= 1" in err
+    code, _, err = cli_in_process(capsys, "sample", tmp_path / "missing", "--num_images", "1")
+    assert code != 0 and "missing" in err
+    code, _, err = cli_in_process(capsys, "frobnicate")
+    assert code == 2 and "invalid choice" in err
 
 
 # ------------------------------------------------------------------------------------------------ flag names

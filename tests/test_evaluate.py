@@ -3,6 +3,8 @@ stratified bound estimate against the full bound, and the whole command on a tin
 file made here (the real one is a download)."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from ddpm_hf.evaluation.digits import digits_arrays, digits_metric, load_digits_
 from ddpm_hf.evaluation.bound import held_out_bits, stratified_bits
 from ddpm_hf.evaluation.features import frechet_distance, kernel_distance, precision_recall
 
-from helpers import run_train, train_env
+from helpers import cli_in_process, run_train, train_env
 
 
 @pytest.fixture(autouse=True)
@@ -153,8 +155,24 @@ class InceptionStandIn(torch.nn.Module):
         x = torch.nn.functional.interpolate(img.to(torch.float32), size=(299, 299), mode="bilinear",
                                             align_corners=False)
         x = torch.relu(self.conv((x - 128) / 128))
-        x = self.proj(x).mean(dim=(2, 3))
+        # the 1x1 projection of the spatial mean: the spatial mean of the 1x1 projection (both linear), without
+        # projecting 75x75 positions to 2048 channels first
+        x = self.proj(x.mean(dim=(2, 3), keepdim=True)).flatten(1)
         return x if return_features else self.fc(x)
+
+
+def _seeded_cache(tmp_path):
+    """A fresh DDPM_HF_CACHE for one command holding only the digits classifier, trained once per session in this
+    process (in the autouse fixture's cache): the command does not train it again, its reference features start
+    uncached."""
+    from ddpm_hf.evaluation.digits import CLASSIFIER_VERSION, ddpm_hf_cache_dir
+
+    load_digits_classifier()
+    name = f"digits_classifier_v{CLASSIFIER_VERSION}.npz"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copyfile(os.path.join(ddpm_hf_cache_dir(), name), cache / name)
+    return cache
 
 
 def _cli(*args, env=None, timeout=600):
@@ -163,10 +181,11 @@ def _cli(*args, env=None, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(trained_run, tmp_path_factory):
+    """A copy of the session's tiny run (conftest.trained_run) that this module's tests evaluate, and an Inception
+    stand-in file."""
     folder = tmp_path_factory.mktemp("evaluate")
-    run_train("--output_dir", str(folder / "run"), "--max_train_steps", "2", "--checkpointing_steps", "100",
-           cwd=folder)
+    shutil.copytree(trained_run, folder / "run", symlinks=True)
     weights = folder / "inception-stand-in.pt"
     torch.manual_seed(0)
     torch.jit.script(InceptionStandIn().eval()).save(str(weights))
@@ -174,15 +193,19 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_evaluate_every_metric_on_a_run(run, tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")
+def test_evaluate_every_metric_on_a_run(run, tmp_path, capsys, monkeypatch):
+    """The whole command in this process (what it computes and writes; the command as a process of its own:
+    test_evaluate_without_inception_weights_fails_fast, test_evaluate_a_hub_repo)."""
     out, weights = run
-    env = dict(train_env(), DDPM_HF_CACHE=str(tmp_path / "cache"))
+    monkeypatch.setenv("DDPM_HF_CACHE", str(_seeded_cache(tmp_path)))
+    monkeypatch.setenv("TQDM_DISABLE", "1")
     args = ["evaluate", str(out), "--metrics", "bpd,fid,kid,prc,digits", "--num_samples", "24",
             "--num_inference_steps", "5,2", "--bpd_timesteps", "6", "--max_eval_images", "16",
             "--max_reference_images", "64", "--inception_weights", str(weights), "--name", "e2e",
             "--update_model_card"]
-    r = _cli(*args, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, _, err = cli_in_process(capsys, *args)
+    assert code == 0, err[-3000:]
     report = json.loads((out / "eval-e2e.json").read_text())
     assert report["bpd"]["estimate"] and report["bpd"]["num_images"] == 16 and report["bpd"]["bits_per_dim"] > 0
     assert [s["num_inference_steps"] for s in report["sampling"]] == [5, 2]
@@ -199,8 +222,8 @@ def test_evaluate_every_metric_on_a_run(run, tmp_path):
     cached = list((tmp_path / "cache" / "reference_features").glob("*.safetensors"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    r = _cli(*args[:-3], "--name", "again", "--num_inference_steps", "5", env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    code, _, err = cli_in_process(capsys, *args[:-3], "--name", "again", "--num_inference_steps", "5")
+    assert code == 0, err[-3000:]
     assert cached[0].stat().st_mtime_ns == stamp
     again = json.loads((out / "eval-again.json").read_text())
     assert again["sampling"][0]["scores"]["fid"]["value"] == report["sampling"][0]["scores"]["fid"]["value"]
@@ -216,9 +239,10 @@ def test_evaluate_every_metric_on_a_run(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_without_inception_weights_fails_fast(run, tmp_path):
+def test_evaluate_without_inception_weights_fails_fast(run, tmp_path, capsys):
     """No --inception_weights, an empty torch cache, no network: one message naming the file and the flag, exit
-    code 2, in seconds (once offline by HF_HUB_OFFLINE, once through a real download attempt)."""
+    code 2, in seconds (in a process of its own: once offline by HF_HUB_OFFLINE, once through a real download
+    attempt). A file that is not there: named."""
     out, _ = run
     for offline in (True, False):
         env = dict(train_env(), TORCH_HOME=str(tmp_path / "torch"))
@@ -229,8 +253,9 @@ def test_evaluate_without_inception_weights_fails_fast(run, tmp_path):
         assert r.returncode == 2 and time.time() - start < 60
         assert "inception-2015-12-05.pt" in r.stderr and "--inception_weights" in r.stderr
         assert "Traceback" not in r.stderr
-    r = _cli("evaluate", str(out), "--metrics", "fid", "--inception_weights", str(tmp_path / "nope.pt"))
-    assert r.returncode == 2 and "no such file" in r.stderr
+    code, _, err = cli_in_process(capsys, "evaluate", out, "--metrics", "fid", "--inception_weights",
+                                  tmp_path / "nope.pt")
+    assert code == 2 and "no such file" in err
 
 
 @pytest.mark.slow
@@ -239,25 +264,24 @@ def test_evaluate_without_inception_weights_fails_fast(run, tmp_path):
     (["--num_inference_steps", "5,x"], "integers separated by commas"),
     (["--num_samples", "0"], "--num_samples must be >= 1"),
 ])
-def test_evaluate_bad_flags(run, argv, message):
+def test_evaluate_bad_flags(run, argv, message, capsys):
     out, _ = run
-    r = _cli("evaluate", str(out), *argv)
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    code, _, err = cli_in_process(capsys, "evaluate", out, *argv)
+    assert code == 2 and message in err.splitlines()[-1] and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_evaluate_refuses_the_digits_metric_for_other_data(tmp_path):
+def test_evaluate_refuses_the_digits_metric_for_other_data(tmp_path, capsys):
     from ddpm_hf import DDPMHFPipeline
 
     folder = tmp_path / "rgb"
     DDPMHFPipeline(unet=build_unet("cpu-8", channels=3), scheduler=DDPMHFScheduler(num_train_timesteps=10)
                    ).save_pretrained(folder)
-    r = _cli("evaluate", str(folder), "--metrics", "digits", "--train_data_dir", str(tmp_path))
-    assert r.returncode == 2 and "embedded 8x8 digits only" in r.stderr
+    code, _, err = cli_in_process(capsys, "evaluate", folder, "--metrics", "digits", "--train_data_dir", tmp_path)
+    assert code == 2 and "embedded 8x8 digits only" in err.splitlines()[-1]
 
 
 @pytest.mark.slow
-def test_periodic_metrics_during_training(run, tmp_path):
+def test_periodic_metrics_during_training(run, tmp_path, capsys):
     """--eval_steps with --eval_metrics bpd,digits,fid: each evaluated step's history record (and tensorboard) carries
     the bound estimate, the digits metric and FID (with the stand-in Inception file)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -275,9 +299,8 @@ def test_periodic_metrics_during_training(run, tmp_path):
     events = EventAccumulator(str(out / "logs" / "ddpm-hf"), size_guidance={"scalars": 0})
     events.Reload()
     assert [e.step for e in events.Scalars("eval/digits_fd")] == [1, 2]
-    r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", "train", "--eval_metrics", "digits", "--train_data_dir",
-                        str(tmp_path)], capture_output=True, text=True, env=train_env(), timeout=120)
-    assert r.returncode == 2 and "embedded digits only" in r.stderr
+    code, _, err = cli_in_process(capsys, "train", "--eval_metrics", "digits", "--train_data_dir", tmp_path)
+    assert code == 2 and "embedded digits only" in err.splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -290,7 +313,7 @@ def test_evaluate_a_hub_repo(run, tmp_path):
     with HubServer(tmp_path / "hub") as hub:
         hub.seed_repo("ns/tiny-digits", out)
         env = hub.client_env(tmp_path / "hf_home")
-        env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", DDPM_HF_CACHE=str(tmp_path / "cache"))
+        env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", DDPM_HF_CACHE=str(_seeded_cache(tmp_path)))
         r = _cli("evaluate", "ns/tiny-digits", "--metrics", "digits", "--num_samples", "8", "--num_inference_steps",
                  "2", "--name", "hub", "--output_dir", str(tmp_path / "scores"), "--timestep_spacing", "trailing",
                  env=env)

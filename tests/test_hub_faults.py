@@ -15,8 +15,10 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,11 +29,13 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from ddpm_hf.run_dir import LOCK_NAME
+
 from hub_server import CLIENT_PRELUDE, HubServer
-from helpers import TINY, TRAIN, train_env
+from helpers import TINY, TINY_RUN_REPO, TRAIN
 
 ROOT = Path(__file__).resolve().parent.parent
-REPO = "ns/tiny"
+REPO = TINY_RUN_REPO
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 SENTINEL = "hf_SENTINEL_fake_token_for_tests_0123456789"  # not a token: a marker searched for in every byte
 
@@ -39,22 +43,10 @@ SENTINEL = "hf_SENTINEL_fake_token_for_tests_0123456789"  # not a token: a marke
 CLI = CLIENT_PRELUDE + "from ddpm_hf.cli import main\nmain(ARGS)\n"
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny finished run whose card names REPO; tests copy it."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    r = subprocess.run([sys.executable, TRAIN, *TINY, "--output_dir", str(out), "--max_train_steps", "2",
-                        "--checkpointing_steps", "100", "--hub_model_id", REPO], cwd=out.parent, env=train_env(),
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 @pytest.fixture
-def run(trained, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(trained, out)
-    return out
+def run(run_copy):
+    """A copy of the session's tiny run (conftest.trained_run), whose card names REPO."""
+    return run_copy
 
 
 def _push(hub, out, *args, home="hf_home", token="hf_test_dummy", timeout=240, wait=True):
@@ -108,9 +100,13 @@ def _retrain_weights(out):
 # ------------------------------------------------------------------------------------------------ the LFS path
 @pytest.mark.slow
 def test_push_uploads_weights_through_lfs_and_a_second_push_updates(run, tmp_path):
+    """Also: the lock file names the host, and a push while a run holds it (`--push_to_hub` pushes before the lock
+    is released) leaves it out of the upload and in the run."""
+    (run / LOCK_NAME).write_text(f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}}}')
     with HubServer(tmp_path / "hub") as hub:
         r = _push(hub, run)
         assert r.returncode == 0, r.stderr[-3000:]
+        assert not (Path(hub.repo_dir(REPO)) / LOCK_NAME).exists() and (run / LOCK_NAME).is_file()
         oid, size = _sha256(run / WEIGHTS), (run / WEIGHTS).stat().st_size
         # batch, then a PUT of the bytes to the upload action, then verify; the commit names the object
         assert ("POST", f"/{REPO}.git/info/lfs/objects/batch") in hub.requests
@@ -118,6 +114,7 @@ def test_push_uploads_weights_through_lfs_and_a_second_push_updates(run, tmp_pat
         assert ("POST", f"/{REPO}.git/info/lfs/objects/verify") in hub.requests
         (commit,) = _commit_lines(hub)
         entries = {x["value"]["path"]: x for x in commit if x["key"] != "header"}
+        assert LOCK_NAME not in entries
         assert entries[WEIGHTS] == {"key": "lfsFile", "value": {"path": WEIGHTS, "algo": "sha256", "oid": oid,
                                                                  "size": size}}
         assert entries["images/samples.png"]["key"] == "lfsFile"  # binary
@@ -212,7 +209,7 @@ def test_push_keeps_a_hand_edited_card_and_writes_nothing_in_the_run(run, tmp_pa
         assert _hashes(run) == before  # the edit is still there, and every other byte
         r = _push(hub, run)
         assert r.returncode == 0, r.stderr[-3000:]
-        assert "differs from the card ddpm-hf renders" in r.stdout
+        assert "was edited by hand since ddpm-hf wrote it: pushed as it is" in r.stdout
         assert _download(hub, tmp_path / "fresh", "README.md") == card.read_bytes()
         assert _hashes(run) == before
 

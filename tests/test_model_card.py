@@ -15,12 +15,11 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from ddpm_hf import DDPMHFPipeline
-from ddpm_hf.model_card import model_card
+from ddpm_hf.model_card import card_text, edited_by_hand, model_card
 
-from helpers import TINY, png_folder, run_train, train_env
+from helpers import TINY, TINY_RUN_REPO, TINY_RUN_TOKEN, cli_in_process, png_folder, run_train, train_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOKEN = "hf_not_a_real_token_value_111111111"
 
 
 def _linked_images(card_text):
@@ -39,10 +38,9 @@ def _cli(*args, env=None):
 
 
 @pytest.mark.slow
-def test_digits_run_card(tmp_path):
-    out = tmp_path / "run"
-    run_train("--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "100", "--hub_model_id",
-           "someone/tiny-digits", "--hub_token", TOKEN, cwd=tmp_path)
+def test_digits_run_card(trained_run):
+    """The card of the session's tiny run (helpers.TINY_RUN: 6 steps, --hub_model_id ns/tiny, a --hub_token)."""
+    out = trained_run
     metrics = json.loads((out / "metrics.json").read_text())
     path = out / "README.md"
     text = path.read_text()
@@ -50,7 +48,7 @@ def test_digits_run_card(tmp_path):
     data = card.data
     assert data.library_name == "diffusers" and data.pipeline_tag == "unconditional-image-generation"
     assert {"ddpm", "ddpm-hf", "diffusers"} <= set(data.tags) and data.license == "cc-by-4.0"
-    assert data.model_name == "tiny-digits" and not data.datasets  # digits are not a Hub dataset
+    assert data.model_name == "tiny" and not data.datasets  # digits are not a Hub dataset
     (result,) = data.eval_results
     assert result.metric_type == "bits_per_dim" and result.dataset_split == "test"
     assert result.metric_value == round(metrics["bits_per_dim"], 3)
@@ -59,8 +57,8 @@ def test_digits_run_card(tmp_path):
     assert f"{pipe.unet.num_parameters():,} parameters" in text
     assert f"{metrics['bits_per_dim']:.3f}** +- {metrics['bits_per_dim_stderr']:.3f}" in text
     assert f"{metrics['train_images']:,} images of the UCI digits" in text and metrics["train_images"] == 1617
-    assert "T = 20," in text and "3 (48 images seen)" in text and "on cpu" in text
-    assert 'from_pretrained("someone/tiny-digits", trust_remote_code=True)' in text
+    assert "T = 20," in text and "6 (96 images seen)" in text and "on cpu" in text
+    assert f'from_pretrained("{TINY_RUN_REPO}", trust_remote_code=True)' in text
     # pictures: linked relative to the card, present, upscaled so an 8x8 digit is visible
     links = _linked_images(text)
     assert links == ["images/samples.png", "images/denoising.png", "images/loss.png"]
@@ -68,11 +66,18 @@ def test_digits_run_card(tmp_path):
         with Image.open(out / link) as image:
             assert image.width >= 64 and image.height >= 64
     # nothing of the machine or the login
-    assert TOKEN not in text and str(tmp_path) not in text and os.path.expanduser("~") + os.sep not in text
+    assert TINY_RUN_TOKEN not in text and str(out.parent) not in text and os.path.expanduser("~") + os.sep not in text
+
+
+def _without_stamp(text):
+    """The card without its last line, the stamp of write_model_card (a hash of the text above it)."""
+    body, stamp = text.rstrip("\n").rsplit("\n", 1)
+    assert stamp.startswith("<!-- ddpm-hf card; sha256 of the text above: "), stamp
+    return body
 
 
 @pytest.mark.slow
-def test_local_folder_card_and_cli_rerender(tmp_path):
+def test_local_folder_card_and_cli_rerender(tmp_path, capsys):
     images = png_folder(tmp_path / "my-faces", mode="RGB")
     out = tmp_path / "run"
     run_train("--train_data_dir", str(images), "--resolution", "8", "--output_dir", str(out), "--max_train_steps", "2",
@@ -85,28 +90,29 @@ def test_local_folder_card_and_cli_rerender(tmp_path):
     assert "not computed (no held-out split)" in text and 'mode "RGB"' in text and "variances are fixed" in text
     assert 'from_pretrained("path/to/this/folder"' in text
     # `ddpm-hf card` re-renders it for a repo id; the same run gives the same card otherwise
-    r = _cli("card", str(out), "--hub_model_id", "ns/faces-8")
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli_in_process(capsys, "card", out, "--hub_model_id", "ns/faces-8")
+    assert code == 0, err
     again = (out / "README.md").read_text()
     assert 'from_pretrained("ns/faces-8"' in again and ModelCard.load(out / "README.md").data.model_name \
         == "faces-8"
-    assert again.replace('"ns/faces-8"', '"path/to/this/folder"').replace("faces-8", "ddpm-my-faces-8") == text
+    assert _without_stamp(again).replace('"ns/faces-8"', '"path/to/this/folder"').replace(
+        "faces-8", "ddpm-my-faces-8") == _without_stamp(text)
     # a folder that is not a finished run: one clear error
-    r = _cli("card", str(tmp_path / "my-faces"))
-    assert r.returncode == 2 and "is not a finished training run" in r.stderr
+    code, _, err = cli_in_process(capsys, "card", tmp_path / "my-faces")
+    assert code == 2 and "is not a finished training run" in err
     # a run of the old layout (pipeline in run/pipeline/): sampling it still works, card and push say what it is
     old = tmp_path / "old_run"
     shutil.copytree(out, old)
     (old / "pipeline").mkdir()
     for name in ("model_index.json", "unet", "scheduler", "pipeline_ddpm_hf.py", "README.md", "images"):
         shutil.move(old / name, old / "pipeline" / name)
-    r = _cli("sample", str(old / "pipeline"), "--num_images", "1", "--num_inference_steps", "2", "--output_dir",
-             str(tmp_path / "old_samples"))
-    assert r.returncode == 0, r.stderr[-2000:]
+    code, _, err = cli_in_process(capsys, "sample", old / "pipeline", "--num_images", "1", "--num_inference_steps",
+                                  "2", "--output_dir", tmp_path / "old_samples")
+    assert code == 0, err[-2000:]
     assert (tmp_path / "old_samples" / "grid.png").is_file()
-    for command in (["card", str(old)], ["push", str(old), "--hub_model_id", "ns/old"]):
-        r = _cli(*command)
-        assert r.returncode == 2 and "older ddpm-hf" in r.stderr and "Traceback" not in r.stderr
+    for command in (["card", old], ["push", old, "--hub_model_id", "ns/old"]):
+        code, _, err = cli_in_process(capsys, *command)
+        assert code == 2 and "older ddpm-hf" in err and "Traceback" not in err
 
 
 @pytest.mark.slow
@@ -166,9 +172,55 @@ def test_example_card_is_what_the_code_renders():
     run = os.path.join(ROOT, "model_cards", "ddpm-digits-8")
     with open(os.path.join(run, "README.md")) as f:
         stored = f.read()
-    assert str(model_card(run)) == stored.rstrip("\n") or str(model_card(run)) + "\n" == stored
+    assert card_text(run) == stored
     for link in _linked_images(stored):
         assert os.path.isfile(os.path.join(run, link)), link
+
+
+@pytest.mark.slow
+def test_card_and_evaluate_keep_a_hand_edited_card(run_copy, capsys):
+    """Found as a user: `ddpm-hf card` and `ddpm-hf evaluate --update_model_card` rendered README.md again, and a
+    hand-edited card was gone. A card ddpm-hf wrote ends with the hash of its text; once the text changes, both
+    commands refuse (exit 2, naming --force, nothing written: card, pictures, metrics.json, no evaluation) and
+    --force replaces it. A card without the stamp (an older ddpm-hf's) counts as edited unless it is one ddpm-hf
+    renders for the run."""
+    from ddpm_hf.run_dir import MODEL_CARD
+
+    run, card = run_copy, run_copy / MODEL_CARD
+    assert not edited_by_hand(run)  # as training wrote it: `card` renders it again
+    code, out, err = cli_in_process(capsys, "card", run, "--hub_model_id", "ns/other")
+    assert code == 0 and f"wrote {card}" in out, err
+    assert 'from_pretrained("ns/other"' in card.read_text() and not edited_by_hand(run)
+
+    card.write_text(card.read_text().replace("## ", "## Trained on a Tuesday\n\n## ", 1))
+    assert edited_by_hand(run)
+    watched = [card, run / "metrics.json", *sorted((run / "images").iterdir())]
+    before = [p.read_bytes() for p in watched]
+    evaluate = ["evaluate", run, "--metrics", "bpd", "--bpd_timesteps", "2", "--max_eval_images", "4",
+                "--batch_size", "4", "--name", "edit", "--update_model_card"]
+    for argv in (["card", run], ["card", run, "--hub_model_id", TINY_RUN_REPO], evaluate):
+        code, _, err = cli_in_process(capsys, *argv)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and "was edited by hand since ddpm-hf wrote it" in last and "--force" in last, err
+        assert "Traceback" not in err and [p.read_bytes() for p in watched] == before
+    assert not (run / "eval-edit.json").exists()  # refused before the evaluation, not after it
+
+    code, _, err = cli_in_process(capsys, *evaluate, "--force")
+    assert code == 0, err[-2000:]
+    text = card.read_text()
+    assert "Trained on a Tuesday" not in text and not edited_by_hand(run)
+    assert json.loads((run / "metrics.json").read_text())["bits_per_dim_estimate"]["num_images"] == 4
+    card.write_text(text + "\nA note.\n")
+    code, _, err = cli_in_process(capsys, "card", run, "--force")
+    assert code == 0 and "A note." not in card.read_text(), err
+
+    # a card without the stamp: ddpm-hf's own text is not an edit, any change is
+    card.write_text(str(model_card(run)))
+    assert not edited_by_hand(run)
+    card.write_text(str(model_card(run)).replace("## ", "## By hand\n\n## ", 1))
+    assert edited_by_hand(run)
+    code, _, err = cli_in_process(capsys, "card", run)
+    assert code == 2 and "was edited by hand" in err
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ from ddpm_hf.cli.train import parse_args
 from ddpm_hf.training import micro_batches
 from ddpm_hf.unet_configs import unet_config
 
-from helpers import TINY, TRAIN, png_folder, read_history, read_weights, run_train, train_env
+from helpers import (TINY, TINY_RUN_TOKEN, TRAIN, png_folder, read_history, read_weights, run_train, run_trains,
+                     train_env)
 
 
 def _held_out_bpd(folder, num_images, ranks=1):
@@ -120,10 +121,9 @@ def test_bad_flags_fail_at_start(capsys):
 
 
 @pytest.mark.slow
-def test_tiny_run_writes_every_output(tmp_path):
-    out = tmp_path / "run"
-    run_train("--output_dir", str(out), "--max_train_steps", "6", "--checkpointing_steps", "2", "--logger",
-           "tensorboard", "--hub_token", "hf_not_a_real_token_value_000000000", cwd=tmp_path)
+def test_tiny_run_writes_every_output(trained_run):
+    """The session's tiny run (helpers.TINY_RUN: 6 steps, checkpoints every 2, TensorBoard, a --hub_token)."""
+    out = trained_run
     names = set(os.listdir(out))
     assert {"model_index.json", "unet", "scheduler", "pipeline_ddpm_hf.py", "README.md", "images", "samples", "loss.png",
             "training_args.json", "metrics.json", "history.jsonl"} <= names
@@ -131,7 +131,7 @@ def test_tiny_run_writes_every_output(tmp_path):
     assert {"grid.png", "strip.png", "sample_0000.png"} <= set(os.listdir(out / "samples"))
     for name in os.listdir(out):
         if name.endswith(".json"):
-            assert "hf_not_a_real_token" not in (out / name).read_text()
+            assert TINY_RUN_TOKEN not in (out / name).read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["images_seen"] == 6 * 16
     assert metrics["num_images"] == 16  # the bound of the saved (EMA) weights on the held-out images, recomputed
@@ -317,12 +317,12 @@ def test_streaming_with_bf16(tmp_path):
     differs from the float32 run's by bf16 rounding (about 2^-8 relative), not more."""
     out = tmp_path / "run"
     common = ["--streaming", "--checkpointing_steps", "100", "--eval_split", "", "--num_sample_images", "1"]
-    run_train(*common, "--mixed_precision", "bf16", "--output_dir", str(out), "--max_train_steps", "3", cwd=tmp_path)
+    run_trains([*common, "--mixed_precision", "bf16", "--output_dir", str(out), "--max_train_steps", "3"],
+               [*common, "--output_dir", str(tmp_path / "fp32"), "--max_train_steps", "1"], cwd=tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["images_seen"] == 48
     args = json.loads((out / "training_args.json").read_text())
     assert args["streaming"] is True and args["mixed_precision"] == "bf16"
-    run_train(*common, "--output_dir", str(tmp_path / "fp32"), "--max_train_steps", "1", cwd=tmp_path)
     bf16, fp32 = read_history(out)[0]["loss"], read_history(tmp_path / "fp32")[0]["loss"]
     assert bf16 != fp32 and bf16 == pytest.approx(fp32, rel=0.05)
 
@@ -365,7 +365,9 @@ def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
     bits/dim is the bound recomputed from its weights."""
     out = tmp_path / "run"
     common = ["--variance_type", "learned_range", "--prediction_type", "v_prediction", "--checkpointing_steps", "100"]
-    run_train(*common, "--snr_gamma", "5", "--output_dir", str(out), "--max_train_steps", "3", cwd=tmp_path)
+    run_trains([*common, "--snr_gamma", "5", "--output_dir", str(out), "--max_train_steps", "3"],
+               [*common, "--output_dir", str(tmp_path / "plain"), "--max_train_steps", "1", "--eval_split", ""],
+               cwd=tmp_path)
     history = read_history(out)
     assert all("vlb_bpd" in h and np.isfinite(h["vlb_bpd"]) for h in history)
     pipe = DDPMHFPipeline.from_pretrained(out)
@@ -374,8 +376,6 @@ def test_learned_range_hybrid_loss_with_v_prediction_and_min_snr(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bits_per_dim"] == pytest.approx(_held_out_bpd(out, 16), rel=1e-6)
 
-    run_train(*common, "--output_dir", str(tmp_path / "plain"), "--max_train_steps", "1", "--eval_split", "",
-           cwd=tmp_path)
     weighted, plain = history[0], read_history(tmp_path / "plain")[0]
     quartiles = [k for k in plain if k.startswith("loss_t_q")]
     assert quartiles and all(weighted[k] == pytest.approx(plain[k], rel=1e-6) for k in quartiles)
@@ -396,9 +396,8 @@ def test_dynamo_backend_inductor_trains_like_eager(tmp_path):
                                              up_block_types=("AttnUpBlock2D",))))
     common = ["--max_train_steps", "2", "--checkpointing_steps", "100", "--eval_max_images", "4",
               "--num_sample_images", "1", "--train_batch_size", "4", "--model_config_name_or_path", str(config)]
-    run_train("--output_dir", str(tmp_path / "eager"), *common, cwd=tmp_path)
-    run_train("--output_dir", str(tmp_path / "compiled"), *common, "--dynamo_backend", "inductor", cwd=tmp_path,
-           timeout=600)
+    run_trains(["--output_dir", str(tmp_path / "eager"), *common],
+               ["--output_dir", str(tmp_path / "compiled"), *common, "--dynamo_backend", "inductor"], cwd=tmp_path)
     eager, compiled = read_history(tmp_path / "eager"), read_history(tmp_path / "compiled")
     np.testing.assert_allclose([h["loss"] for h in compiled], [h["loss"] for h in eager], rtol=1e-3)
     a, b = read_weights(tmp_path / "eager"), read_weights(tmp_path / "compiled")

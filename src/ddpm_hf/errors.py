@@ -79,12 +79,33 @@ class CheckpointNotFound(RunError, FileNotFoundError):
 
 
 class PushFailed(RunError):
-    """After training: the run finished and is saved, but its upload to the Hub failed (network, server, rights);
-    ``message`` says how to resume the upload (a ``ddpm-hf push`` command). Unlike PushError, nothing in the request
-    was wrong and nothing was refused before uploading. The message is taken verbatim (no settings in it)."""
+    """A push of a finished run failed (network, server, rights, interrupted) after huggingface_hub's own retries;
+    the run is saved and unchanged. ``reason`` says what failed; ``output_dir``, ``repo_id``, ``private`` and
+    ``revision`` are what to push again, ``token_given`` whether a token was passed as an argument (never the token).
+    The message ends with how to resume: ``hub.push_run`` with the same arguments (the CLI's message gives its
+    ``ddpm-hf push`` command there instead, from these attributes). Unlike PushError, nothing in the request was
+    wrong and nothing was refused before uploading."""
 
-    def __init__(self, message):
-        super().__init__("{message}", message=message)
+    def __init__(self, reason, output_dir, repo_id, private=False, revision=None, token_given=False):
+        self.reason, self.output_dir, self.repo_id = reason, output_dir, repo_id
+        self.private, self.revision, self.token_given = bool(private), revision, bool(token_given)
+        call = f"ddpm_hf.hub.push_run({str(output_dir)!r}, {repo_id!r}"
+        call += (", private=True" if private else "") + (f", revision={revision!r}" if revision else "")
+        call += (", token=<the same token>)" if token_given else ")")
+        where = f"{repo_id} (branch {revision})" if revision else repo_id
+        super().__init__("the upload to {where} {reason}\nThe run in {output_dir} is complete and unchanged. Resume the "
+                         "push (files already on the Hub are not sent again) with:\n  {resume}", where=where,
+                         reason=reason, output_dir=output_dir, resume=call)
+
+
+class CardEdited(RunError):
+    """The run's README.md was edited by hand since ddpm-hf wrote it (``model_card.edited_by_hand``): rendering the
+    card again would lose the edits, so nothing is written; ``replace_edited_card`` asks for it anyway."""
+
+    def __init__(self, path):
+        super().__init__("{path} was edited by hand since ddpm-hf wrote it: left as it is (a push uploads it as it "
+                         "is). {replace_edited_card} renders the card again, replacing the edits", path=path)
+        self.path = path
 
 
 class TrackerMissing(RunError):

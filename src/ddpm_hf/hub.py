@@ -2,8 +2,8 @@
 training_args.json; never checkpoints, logs or samples), the card that goes with it, and what to say when it fails.
 
 A push writes nothing in the run: the upload is staged in a temporary folder of links to the run's files, beside
-the model card to upload. That card is the run's README.md as it is when the user edited it (it differs from every
-card ``ddpm-hf card`` renders for the run), else the card rendered for the repo pushed to. The upload itself is
+the model card to upload. That card is the run's README.md as it is when the user edited it
+(``model_card.edited_by_hand``), else the card rendered for the repo pushed to. The upload itself is
 ``pipeline_ddpm_hf.upload_folder_to_hub``, the one upload path of ddpm-hf (``save_pretrained(push_to_hub=True)``
 uses it too).
 """
@@ -11,11 +11,10 @@ uses it too).
 import contextlib
 import json
 import os
-import shlex
 import tempfile
 
-from .errors import PushError
-from .model_card import PICTURES, model_card
+from .errors import PushError, PushFailed
+from .model_card import PICTURES, card_text, edited_by_hand
 from .run_dir import HISTORY, LOCK_NAME, MODEL_CARD, TRAINING_ARGS, check_run
 
 # what a push leaves out of --output_dir (huggingface_hub ignore_patterns, as diffusers' scripts pass them)
@@ -39,24 +38,14 @@ def push_ignore_patterns(output_dir):
     return patterns
 
 
-def push_command(output_dir, repo_id, private=False, revision=None):
-    """The ``ddpm-hf push`` command that (re)uploads ``output_dir`` to ``repo_id``; it never holds a token."""
-    parts = ["ddpm-hf", "push", os.fspath(output_dir), "--hub_model_id", repo_id]
-    if revision:
-        parts += ["--hub_revision", revision]
-    if private:
-        parts.append("--hub_private_repo")
-    return shlex.join(parts)
-
-
-def push_failure_message(error, output_dir, repo_id, private=False, revision=None, token=None):
-    """One message for a push that failed: the repo, the error (first line, and its cause's), the state of the local
-    run and the exact command that resumes the push; ``token`` (a --hub_token) is never printed, only asked for."""
+def push_failed(error, output_dir, repo_id, private=False, revision=None, token=None):
+    """The PushFailed of a push of ``output_dir`` to ``repo_id`` that ended in ``error`` (KeyboardInterrupt: it was
+    interrupted): what failed (the error's first line, and its cause's), and what to push again to resume. ``token``
+    (one passed as an argument) is never in it, only that one was given."""
     def first_line(e):
         text = str(e).strip().splitlines()
         return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
-    where = f"{repo_id} (branch {revision})" if revision else repo_id
     if isinstance(error, KeyboardInterrupt):
         what = "was interrupted"
     else:
@@ -65,10 +54,7 @@ def push_failure_message(error, output_dir, repo_id, private=False, revision=Non
         if cause is not None and str(cause).strip() and str(cause).strip().splitlines()[0] not in reason:
             reason += f" ({first_line(cause)})"
         what = "failed: " + (reason.replace(token, "<token>") if token else reason)
-    return (f"the upload to {where} {what}\n"
-            f"The run in {output_dir} is complete and unchanged. Resume the push (files already on the Hub are not "
-            f"sent again) with:\n  {push_command(output_dir, repo_id, private, revision)}"
-            + ("\n(adding the same --hub_token, or with HF_TOKEN set)" if token else ""))
+    return PushFailed(what, output_dir, repo_id, private, revision, token_given=bool(token))
 
 
 def _link(source, destination):
@@ -94,16 +80,12 @@ def staged_upload(output_dir, repo_id):
         for old, new in PICTURES.values():  # where the card links them, as write_model_card puts them
             if os.path.isfile(os.path.join(root, old)) and not os.path.exists(os.path.join(folder, new)):
                 _link(os.path.join(root, old), os.path.join(folder, new))
-        ours = [str(model_card(folder, repo_id)), str(model_card(folder))]  # the cards ddpm-hf would write
-        edited = False
-        if os.path.isfile(os.path.join(root, CARD)):
-            with open(os.path.join(root, CARD), encoding="utf-8") as f:
-                edited = f.read().rstrip("\n") not in [card.rstrip("\n") for card in ours]
+        edited = edited_by_hand(root, repo_id)
         if edited:
             _link(os.path.join(root, CARD), os.path.join(folder, CARD))
         else:
-            with open(os.path.join(folder, CARD), "w", encoding="utf-8") as f:
-                f.write(ours[0])
+            with open(os.path.join(folder, CARD), "w", newline="", encoding="utf-8") as f:
+                f.write(card_text(folder, repo_id))
         yield folder, edited
 
 
@@ -121,8 +103,7 @@ def push_run(output_dir, repo_id, private=None, token=None, revision=None, commi
     check_run(output_dir)
     with staged_upload(output_dir, repo_id) as (folder, edited):
         if edited and log:
-            log(f"{os.path.join(output_dir, CARD)} differs from the card ddpm-hf renders for this run: pushed as it "
-                "is (`ddpm-hf card` renders it again, replacing the edits)")
+            log(f"{os.path.join(output_dir, CARD)} was edited by hand since ddpm-hf wrote it: pushed as it is")
         try:
             return upload_folder_to_hub(folder, repo_id, token=token, private=private, revision=revision,
                                         commit_message=commit_message or "Upload DDPMHFPipeline trained with ddpm-hf",

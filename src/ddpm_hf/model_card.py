@@ -5,13 +5,22 @@ the saved pipeline's configs, the sample grid, denoising strip and loss plot), c
 ``output_dir/images/`` and renders ``model_card_template.md`` through huggingface_hub's ``ModelCard`` into
 ``output_dir/README.md``, beside the pipeline (train_unconditional.py's layout). The card names no local path and no
 token: local datasets appear by their folder's name only. ``ddpm_hf.hub`` uploads it with the run.
+
+A card ddpm-hf writes ends with a stamp, an HTML comment (invisible when rendered) holding the SHA-256 of the text
+above it. A README.md whose text no longer matches its stamp was edited by hand: ``write_model_card`` (``ddpm-hf
+card``, ``ddpm-hf evaluate --update_model_card``) refuses to replace it unless asked to (``replace_edited_card``), and
+a push uploads it as it is. A card without a stamp (from before the stamp) counts as edited unless it is one of the
+cards ddpm-hf renders for the run now.
 """
 
+import hashlib
 import json
 import os
+import re
 import shutil
 
 from .data import DIGITS, dataset_source
+from .errors import CardEdited
 from .run_dir import METRICS, MODEL_CARD, TRAINING_ARGS, check_run
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
@@ -185,14 +194,50 @@ def model_card(output_dir, repo_id=None):
         training_rows=_training_rows(args, metrics, data, unet, scheduler))
 
 
-def write_model_card(output_dir, repo_id=None):
-    """Write ``output_dir/README.md`` and copy the run's pictures to ``output_dir/images/``. Returns the card's
-    path."""
+STAMP = "<!-- ddpm-hf card; sha256 of the text above: {} -->"
+_STAMP = re.compile(r"\n*<!-- ddpm-hf card; sha256 of the text above: ([0-9a-f]{64}) -->\n*\Z")
+
+
+def _sha256(text):
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def card_text(output_dir, repo_id=None):
+    """What ddpm-hf writes as README.md: ``model_card(output_dir, repo_id)`` and, on its last line, the stamp (the
+    SHA-256 of the text above it)."""
+    text = str(model_card(output_dir, repo_id)).rstrip("\n")
+    return f"{text}\n\n{STAMP.format(_sha256(text))}\n"
+
+
+def edited_by_hand(output_dir, repo_id=None):
+    """Whether ``output_dir/README.md`` was changed since ddpm-hf wrote it: its text does not match its stamp, or
+    it has no stamp and is none of the cards ``model_card`` renders for the run now (for ``repo_id`` or for none).
+    False when there is no card."""
+    path = os.path.join(output_dir, MODEL_CARD)
+    if not os.path.isfile(path):
+        return False
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    stamp = _STAMP.search(text)
+    if stamp:
+        return _sha256(text[:stamp.start()].rstrip("\n")) != stamp.group(1)
+    ours = {str(model_card(output_dir, r)).rstrip("\n") for r in (repo_id, None)}
+    return text.rstrip("\n") not in ours
+
+
+def write_model_card(output_dir, repo_id=None, replace_edited_card=False):
+    """Write ``output_dir/README.md`` (``card_text``) and copy the run's pictures to ``output_dir/images/``.
+    Returns the card's path. Raises CardEdited, writing nothing, if the card there was edited by hand
+    (``edited_by_hand``), unless ``replace_edited_card``."""
     check_run(output_dir)
+    path = os.path.join(output_dir, MODEL_CARD)
+    if not replace_edited_card and edited_by_hand(output_dir, repo_id):
+        raise CardEdited(path)
     for old, new in PICTURES.values():
         if os.path.isfile(os.path.join(output_dir, old)):
             os.makedirs(os.path.join(output_dir, os.path.dirname(new)), exist_ok=True)
             shutil.copyfile(os.path.join(output_dir, old), os.path.join(output_dir, new))
-    path = os.path.join(output_dir, MODEL_CARD)
-    model_card(output_dir, repo_id).save(path)
+    text = card_text(output_dir, repo_id)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        f.write(text)
     return path

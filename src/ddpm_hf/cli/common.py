@@ -1,6 +1,20 @@
 """What every ``ddpm-hf`` command shares: turning a library's typed error into one line that names the flag."""
 
-from ..errors import DDPMHFError, NamesSettings
+import os
+import shlex
+
+from ..errors import DDPMHFError, NamesSettings, PushFailed
+
+
+def push_command(error):
+    """The ``ddpm-hf push`` command that resumes the push a PushFailed names (never with the token: the line after
+    it asks for it)."""
+    parts = ["ddpm-hf", "push", os.fspath(error.output_dir), "--hub_model_id", error.repo_id]
+    if error.revision:
+        parts += ["--hub_revision", error.revision]
+    if error.private:
+        parts.append("--hub_private_repo")
+    return shlex.join(parts) + ("\n(adding the same --hub_token, or with HF_TOKEN set)" if error.token_given else "")
 
 
 def flag_message(error, flags=None):
@@ -10,6 +24,8 @@ def flag_message(error, flags=None):
     def spell(name):
         return "--" + (flags or {}).get(name, name)
 
+    if isinstance(error, PushFailed):  # resumed by the command, not the library call
+        return error.template.format(**dict(error.values, resume=push_command(error)))
     if isinstance(error, NamesSettings):  # the settings named inside the message
         return error.message(spell)
     argument = getattr(error, "argument", None)

@@ -5,7 +5,7 @@ from ..sampling import SCHEDULERS
 from .common import fail
 
 # the evaluation's argument names -> this command's flags, where they differ
-FLAGS = {"steps": "num_inference_steps"}
+FLAGS = {"steps": "num_inference_steps", "replace_edited_card": "force"}
 
 
 def add_parser(sub):
@@ -43,7 +43,10 @@ def add_parser(sub):
                    "downloaded there if missing")
     p.add_argument("--name", default=None, help="the evaluation's name: eval-NAME.json (default: today's date)")
     p.add_argument("--output_dir", default=None, help="where eval-NAME.json goes (default: the model's folder)")
-    p.add_argument("--update_model_card", action="store_true", help="re-render the run's README.md with the scores")
+    p.add_argument("--update_model_card", action="store_true", help="re-render the run's README.md with the scores "
+                   "(refused at start if the card was edited by hand, unless --force)")
+    p.add_argument("--force", action="store_true", help="with --update_model_card: replace README.md even if it was "
+                   "edited by hand")
     return p
 
 
@@ -67,8 +70,7 @@ def config_from_args(args, parser):
             max_eval_images=args.max_eval_images, max_reference_images=args.max_reference_images,
             inception_weights=args.inception_weights, bpd_timesteps=args.bpd_timesteps,
             timestep_spacing=args.timestep_spacing, scheduler=args.scheduler, name=args.name,
-            output_dir=args.output_dir,
-            update_model_card=args.update_model_card)
+            output_dir=args.output_dir, update_model_card=args.update_model_card, replace_edited_card=args.force)
     except BadArgument as error:
         fail(parser, error, FLAGS)
 

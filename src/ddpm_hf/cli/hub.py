@@ -4,16 +4,20 @@ import os
 import signal
 import sys
 
-from .common import fail
+from .common import fail, flag_message
 
 # the push's argument names -> this command's flags
 FLAGS = {"private": "hub_private_repo", "revision": "hub_revision", "token": "hub_token"}
+CARD_FLAGS = {"replace_edited_card": "force"}
 
 
 def add_card_parser(sub):
-    p = sub.add_parser("card", help="(re)write the model card of a training run: OUTPUT_DIR/README.md")
+    p = sub.add_parser("card", help="(re)write the model card of a training run: OUTPUT_DIR/README.md",
+                       description="Render the model card of a finished training run into OUTPUT_DIR/README.md. A "
+                       "card you edited by hand is never replaced without --force.")
     p.add_argument("output_dir", help="the --output_dir of a finished training run")
     p.add_argument("--hub_model_id", default=None, help="the Hub repo id the card's loading example names")
+    p.add_argument("--force", action="store_true", help="replace README.md even if it was edited by hand")
     return p
 
 
@@ -45,21 +49,26 @@ def _check_run(parser, output_dir):
 
 def run_card(args, parser):
     _check_run(parser, args.output_dir)
+    from ..errors import CardEdited
     from ..model_card import write_model_card
 
-    print(f"wrote {write_model_card(args.output_dir, repo_id=args.hub_model_id)}")
+    try:
+        path = write_model_card(args.output_dir, repo_id=args.hub_model_id, replace_edited_card=args.force)
+    except CardEdited as error:
+        fail(parser, error, CARD_FLAGS)
+    print(f"wrote {path}")
 
 
 def run_push(args, parser):
     _check_run(parser, args.output_dir)
     from ..errors import PushError
-    from ..hub import push_failure_message, push_run
+    from ..hub import push_failed, push_run
 
     def stop(signum, _frame):
         # Ctrl-C or SIGTERM: huggingface_hub's upload threads may be sleeping out a Retry-After, and a normal exit
         # would wait for them (minutes); nothing local is being written, so say how to resume and leave at once
-        message = push_failure_message(KeyboardInterrupt(), args.output_dir, args.hub_model_id,
-                                       args.hub_private_repo, args.hub_revision, args.hub_token)
+        message = flag_message(push_failed(KeyboardInterrupt(), args.output_dir, args.hub_model_id,
+                                           args.hub_private_repo, args.hub_revision, args.hub_token))
         sys.stdout.flush()
         sys.stderr.write(f"{parser.prog}: error: {message}\n")
         sys.stderr.flush()
@@ -72,8 +81,8 @@ def run_push(args, parser):
     except PushError as error:
         fail(parser, error, FLAGS)
     except Exception as error:  # huggingface_hub has retried what it retries: say how to resume
-        message = push_failure_message(error, args.output_dir, args.hub_model_id, args.hub_private_repo,
-                                       args.hub_revision, args.hub_token)
+        message = flag_message(push_failed(error, args.output_dir, args.hub_model_id, args.hub_private_repo,
+                                           args.hub_revision, args.hub_token))
         parser.exit(2, f"{parser.prog}: error: {message}\n")
     finally:
         for sig, handler in previous.items():

@@ -167,6 +167,7 @@ def main(argv=None):
     from ..errors import Interrupted, RunError
     from ..training import train
     from ..training.lifecycle import die_with_launcher
+    from .common import flag_message
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_args(argv)
@@ -174,7 +175,7 @@ def main(argv=None):
     try:
         return train(config)
     except RunError as error:
-        print(f"ddpm-hf train: error: {error.message(flag)}", file=sys.stderr)
+        print(f"ddpm-hf train: error: {flag_message(error)}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as stopped:
         if int(os.environ.get("RANK", "0")) == 0:  # one message, from the main process

@@ -9,7 +9,8 @@ For a model (a training output folder, a pipeline folder or a Hub repo id) and a
 - ``digits``: the offline digits metric (``digits.py``), for models of the embedded digits.
 The sample metrics are computed at every requested number of sampling steps, with the sampling time. The result goes
 to ``eval-<name>.json`` (every score with its sample count, steps, seed, split and feature extractor), plots beside
-it (``plots.py``), the headline numbers into ``metrics.json`` and, on request, the model card.
+it (``plots.py``), the headline numbers into ``metrics.json`` and, on request, the model card (refused at the start,
+unless ``replace_edited_card``, when the card was edited by hand).
 """
 
 import datetime
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import BadArgument, ModelNotFound
+from ..errors import BadArgument, CardEdited, ModelNotFound
 from . import ALL_METRICS, INCEPTION_METRICS, SAMPLE_METRICS
 
 
@@ -194,6 +195,7 @@ class EvaluationConfig:
     name: str | None = None
     output_dir: str | None = None
     update_model_card: bool = False
+    replace_edited_card: bool = False  # with update_model_card: replace a README.md edited by hand
 
     def __post_init__(self):
         self.metrics, self.steps = tuple(self.metrics), tuple(self.steps)
@@ -233,6 +235,13 @@ def evaluate(model, config=None, progress=True, log=print):
 
         inception = load_inception(c.inception_weights)
     folder = model_folder(model)
+    if c.update_model_card and folder is not None and not c.replace_edited_card:
+        from ..model_card import edited_by_hand
+        from ..run_dir import METRICS, MODEL_CARD, TRAINING_ARGS
+
+        run = all(os.path.isfile(os.path.join(folder, name)) for name in (METRICS, TRAINING_ARGS))
+        if run and edited_by_hand(folder):  # refused before the work, not after it
+            raise CardEdited(os.path.join(folder, MODEL_CARD))
     args = training_args_of(model, folder)
     if dataset_name is None and train_data_dir is None:
         dataset_name, train_data_dir = args.get("dataset_name"), args.get("train_data_dir")
@@ -310,7 +319,7 @@ def evaluate(model, config=None, progress=True, log=print):
     if folder is not None and merge_into_metrics(folder, report) and c.update_model_card:
         from ..model_card import write_model_card
 
-        write_model_card(folder)
+        write_model_card(folder, replace_edited_card=c.replace_edited_card)
     return report
 
 

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from ..errors import PushFailed, RunError
+from ..errors import RunError
 from ..run_dir import PIPELINE_TMP, write_metrics
 from .checkpoints import write_error
 from .flat_parameters import ema_weights
@@ -73,7 +73,7 @@ def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metr
     """The main process's outputs at the end: the pipeline, the final samples and strip, the loss plot,
     metrics.json, the model card and the upload. Raises PushFailed (after everything is saved) if the upload fails."""
     from ..images import save_loss_plot
-    from ..hub import push_failure_message, push_run
+    from ..hub import push_failed, push_run
     from ..model_card import write_model_card
     from ..pipeline_ddpm_hf import DDPMHFPipeline
     from ..sampling import generate, write_samples
@@ -92,12 +92,13 @@ def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metr
     log_pictures(accelerator, config, pictures, step)
     save_loss_plot(history, os.path.join(config.output_dir, "loss.png"), f"{name} training loss")
     write_metrics(config.output_dir, metrics)
-    write_model_card(config.output_dir, repo_id=config.hub_model_id)  # README.md and images/
+    # README.md and images/; the run's weights changed, so a card edited before a resume is rendered anew
+    write_model_card(config.output_dir, repo_id=config.hub_model_id, replace_edited_card=True)
     if config.push_to_hub:
         try:
             push_run(config.output_dir, config.hub_model_id, private=config.hub_private_repo,
                      token=config.hub_token, revision=config.hub_revision)
         except Exception as error:  # the run is saved: say how to upload it without training again
-            return PushFailed(push_failure_message(error, config.output_dir, config.hub_model_id,
-                                                   config.hub_private_repo, config.hub_revision, config.hub_token))
+            return push_failed(error, config.output_dir, config.hub_model_id, config.hub_private_repo,
+                               config.hub_revision, config.hub_token)
     return None
