@@ -260,6 +260,11 @@ def test_bound_is_conditional_on_the_labels_given():
         with default_class_labels(unet, 3):  # no labels = the null class here: the bound of b
             assert torch.equal(held_out_bits(unet, scheduler, images, 4, seed=0),
                                held_out_bits(unet, scheduler, images, 4, seed=0, labels=b))
+        # each batch gets its own images' labels: changing the second batch's labels changes its rows only
+        c = torch.tensor([0, 1, 2, 3, 3, 3])
+        full_c = held_out_bits(unet, scheduler, images, 3, seed=0, labels=c)
+        full_a3 = held_out_bits(unet, scheduler, images, 3, seed=0, labels=a)
+        assert torch.equal(full_c[:3], full_a3[:3]) and not torch.allclose(full_c[3:, 0], full_a3[3:, 0])
         sa = stratified_bits(unet, scheduler, images, 4, seed=0, num_timesteps=4, labels=a)[0]
         sb = stratified_bits(unet, scheduler, images, 4, seed=0, num_timesteps=4, labels=b)[0]
         assert not torch.allclose(sa[:, 0], sb[:, 0])
