@@ -186,6 +186,28 @@ def test_default_class_labels_fills_missing_labels_only():
             unet(x, t)
 
 
+@pytest.mark.parametrize("recipe", sorted(__import__("ddpm_hf.recipes", fromlist=["RECIPES"]).RECIPES))
+def test_every_recipe_gets_the_null_class(recipe, tmp_path):
+    """Each recipe's UNet (and a --model_config_name_or_path one) gets K + 1 class embeddings; the cpu-8 one is built
+    and takes labels 0..K."""
+    from diffusers import UNet2DModel
+
+    from ddpm_hf.training.config import TrainConfig
+    from ddpm_hf.training.loop import unet_config_for_data, unet_for_data
+
+    config = TrainConfig.create(recipe=recipe, class_conditional=True, class_names=("a", "b", "c"))
+    unet = unet_config_for_data(config, 3, config.resolution)
+    assert unet["num_class_embeds"] == 4 and unet["class_embed_type"] is None
+    build_unet("cpu-8").save_config(tmp_path)  # a given config, not a preset
+    given = TrainConfig.create(recipe=recipe, class_conditional=True, class_names=("a", "b", "c"), resolution=8,
+                               model_config_name_or_path=str(tmp_path))
+    model = unet_for_data(given, 1, 8)
+    assert isinstance(model, UNet2DModel) and model.class_embedding.num_embeddings == 4
+    with torch.no_grad():
+        out = model(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]), class_labels=torch.arange(4)).sample
+    assert out.shape[1] == (2 if given.variance_type == "learned_range" else 1)
+
+
 # ------------------------------------------------------------------------------------------------ loss and bound
 
 
@@ -354,12 +376,14 @@ def test_conditional_resume_is_bit_identical(tmp_path, data):
 
 @pytest.mark.slow
 def test_conditional_two_processes(tmp_path):
-    """torchrun with 2 processes: the ranks hold the same weights, read different data, and the held-out bound is
-    split across them with each image's own label (recomputed here)."""
+    """torchrun with 2 processes (fixed variances, L_simple): the ranks hold the same weights, read different data,
+    and the held-out bound is split across them with each image's own label (recomputed here)."""
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run_train("--class_conditional", "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "2",
-              "--eval_max_images", "15", cwd=tmp_path, launcher=launcher)
+              "--eval_max_images", "15", "--variance_type", "fixed_large", "--eval_steps", "2", cwd=tmp_path,
+              launcher=launcher)
+    assert "eval/bits_per_dim" in read_history(out)[1]  # the periodic conditional bound, on both ranks
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["weights_identical_across_ranks"] is True
     assert metrics["first_batches_distinct_across_ranks"] is True and metrics["num_images"] == 15
