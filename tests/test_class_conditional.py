@@ -58,7 +58,7 @@ def shade_ids(images):
     return torch.tensor([index[int(image.float().mean().round())] for image in images])
 
 
-# ------------------------------------------------------------------------------------------------ where labels come from
+# ------------------------------------------------------------------------------------------- where labels come from
 
 
 def test_label_column_found_by_type_or_name():
@@ -80,7 +80,8 @@ def test_label_column_found_by_type_or_name():
     assert class_names(data, "word") == ("x", "y")
     with pytest.raises(RunError) as error:
         find_label_column(data, "colour")
-    assert "colour" in str(error.value) and "picture (Image)" in str(error.value) and "number (int64)" in str(error.value)
+    message = str(error.value)
+    assert "colour" in message and "picture (Image)" in message and "number (int64)" in message
     with pytest.raises(RunError, match="holds Image values"):
         find_label_column(data, "picture")
 
@@ -335,6 +336,14 @@ def test_conditional_run_saves_its_classes_and_the_conditional_bound(tmp_path):
     card = (out / "README.md").read_text()
     assert "conditional variational bound" in card and "class-conditional on 10 classes" in card
     assert os.path.isfile(out / "samples" / "grid.png")  # the end's samples (the null class, for now)
+
+    # `evaluate` of the saved model: the same conditional bound on the same images with the same noise
+    from ddpm_hf.evaluation import EvaluationConfig, evaluate
+
+    report = evaluate(str(out), EvaluationConfig(metrics=("bpd",), max_eval_images=16, output_dir=str(tmp_path / "e")),
+                      progress=False, log=lambda *_: None)
+    assert report["bpd"]["conditional"] is True and report["bpd"]["num_images"] == 16
+    assert report["bpd"]["bits_per_dim"] == pytest.approx(metrics["bits_per_dim"], rel=1e-9)
 
 
 def _kill_after_checkpoint(cmd, out, cwd):

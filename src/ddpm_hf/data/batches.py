@@ -10,7 +10,7 @@ import torch
 from ..errors import MissingSplit, RunError
 from .sources import DIGITS, Unreadable, cache_images, class_names, decode, find_image_column, find_label_column
 from .sources import fits_in_memory, image_name, image_to_uint8, infer_channels, label_ids, load_image_dataset
-from .sources import undecoded
+from .sources import row_labels, undecoded
 
 
 def step_seed(seed, *parts):
@@ -147,7 +147,7 @@ def prepare_data(config, rank, world, progress=True):
                                     unreadable=Unreadable(strict, config.split, "split"), with_index=True)
         if len(images) == 0:
             raise RunError("no image of {split} {value} could be read: every file is corrupt", value=config.split)
-        labels = _labels_of(train, label_column, names, kept, config.split) if conditional else None
+        labels = row_labels(train, label_column, names, kept, f"the split {config.split}") if conditional else None
         batches = EpochBatches(images, config.train_batch_size, config.seed, rank, world, labels)
         batches.transform_seconds = time.time() - cache_start  # decoding and transforms, done once
     batches.class_names, batches.held_out_labels = names, None
@@ -168,16 +168,10 @@ def prepare_data(config, rank, world, progress=True):
                     raise RunError("the {eval_split} {value} has no label column {column}, which the training split "
                                    "has: the conditional bound needs the labels", value=config.eval_split,
                                    column=repr(label_column))
-                batches.held_out_labels = _labels_of(test, label_column, names, kept, config.eval_split)
+                batches.held_out_labels = row_labels(test, label_column, names, kept,
+                                                       f"the split {config.eval_split}")
             held_out = held_out if len(held_out) else None
     return batches, held_out, channels, resolution
-
-
-def _labels_of(dataset, label_column, names, rows, split):
-    """The class ids of ``rows`` of ``dataset`` (the images that could be read), ids into ``names``."""
-    values = dataset.select_columns([label_column])[label_column]
-    values = [values[i] for i in rows.tolist()]
-    return label_ids(values, dataset.features[label_column], names, f"the split {split}")
 
 
 def is_digits(config):

@@ -328,6 +328,13 @@ def to_model_range(batch_uint8, random_flip=False, generator=None):
     return x
 
 
+def row_labels(dataset, label_column, names, rows, what="the data"):
+    """The class ids (a (n,) long tensor, ids into ``names``) of the dataset rows ``rows`` (e.g. the images
+    ``cache_images(..., with_index=True)`` could read), from ``label_column`` (see ``label_ids``)."""
+    values = dataset.select_columns([label_column])[label_column]
+    return label_ids([values[i] for i in rows.tolist()], dataset.features[label_column], names, what)
+
+
 def cache_images(dataset, image_column, resolution, channels, center_crop=True, progress=True, unreadable=None,
                  with_index=False):
     """Decode and transform every image once into a uint8 tensor (N, C, resolution, resolution). Used when the
