@@ -143,6 +143,8 @@ CASES = [
     ("bound terms above T", "train", ["--bpd_timesteps", "50"], ["--eval_bpd_timesteps cannot exceed --ddpm_num_steps"]),
     ("inference steps above T", "train", ["--ddpm_num_inference_steps", "50"],
      ["--ddpm_num_inference_steps cannot exceed --ddpm_num_steps"]),
+    ("periodic sample steps above T", "train", ["--eval_metrics", "bpd,digits"],
+     ["--eval_inference_steps (the periodic samples' steps) cannot exceed --ddpm_num_steps"]),
     ("zero timesteps", "train", ["--ddpm_num_steps", "0"], ["--ddpm_num_steps must be >= 1"]),
     ("channels", "train", ["--channels", "2"], ["--channels: invalid choice: 2", "choose from 1, 3"]),
     ("resolution the UNet cannot take", "train", ["--resolution", "10"],

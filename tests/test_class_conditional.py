@@ -17,7 +17,7 @@ import torch
 
 from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.cli.train import parse_args
-from ddpm_hf.conditioning import default_class_labels, drop_labels, null_class_id
+from ddpm_hf.conditioning import drop_labels, null_class_id
 from ddpm_hf.data import (class_names, find_label_column, load_digits_dataset, load_image_dataset, prepare_data,
                           step_seed, to_model_range)
 from ddpm_hf.errors import RunError
@@ -171,20 +171,8 @@ def test_cond_drop_rate_is_p_uncond_and_seeded():
     assert torch.equal(drop_labels(labels, null, 0.0, torch.Generator().manual_seed(1)), labels)
 
 
-def test_default_class_labels_fills_missing_labels_only():
-    unet = build_unet("cpu-8", num_class_embeds=4).eval()
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 7])
-    assert null_class_id(unet) == 3 and null_class_id(build_unet("cpu-8")) is None
-    with torch.no_grad():
-        with pytest.raises(ValueError, match="class_labels should be provided"):
-            unet(x, t)
-        with default_class_labels(unet, 3):
-            filled = unet(x, t).sample
-            given = unet(x, t, class_labels=torch.tensor([0, 1])).sample
-        assert torch.equal(filled, unet(x, t, class_labels=torch.tensor([3, 3])).sample)
-        assert torch.equal(given, unet(x, t, class_labels=torch.tensor([0, 1])).sample)
-        with pytest.raises(ValueError):  # the hook is gone
-            unet(x, t)
+def test_null_class_id_is_read_from_the_unet_config():
+    assert null_class_id(build_unet("cpu-8", num_class_embeds=4)) == 3 and null_class_id(build_unet("cpu-8")) is None
 
 
 @pytest.mark.parametrize("recipe", sorted(__import__("ddpm_hf.recipes", fromlist=["RECIPES"]).RECIPES))
@@ -280,9 +268,6 @@ def test_bound_is_conditional_on_the_labels_given():
         full_a = held_out_bits(unet, scheduler, images, 4, seed=0, labels=a)
         assert torch.equal(full_a, held_out_bits(unet, scheduler, images, 4, seed=0, labels=a))
         assert not torch.allclose(full_a[:, 0], held_out_bits(unet, scheduler, images, 4, seed=0, labels=b)[:, 0])
-        with default_class_labels(unet, 3):  # no labels = the null class here: the bound of b
-            assert torch.equal(held_out_bits(unet, scheduler, images, 4, seed=0),
-                               held_out_bits(unet, scheduler, images, 4, seed=0, labels=b))
         # each batch gets its own images' labels: changing the second batch's labels changes its rows only
         c = torch.tensor([0, 1, 2, 3, 3, 3])
         full_c = held_out_bits(unet, scheduler, images, 3, seed=0, labels=c)
@@ -335,7 +320,9 @@ def test_conditional_run_saves_its_classes_and_the_conditional_bound(tmp_path):
     assert metrics["bits_per_dim"] != pytest.approx(_conditional_bpd(out, 16, torch.full((16,), 10)), rel=1e-6)
     card = (out / "README.md").read_text()
     assert "conditional variational bound" in card and "class-conditional on 10 classes" in card
-    assert os.path.isfile(out / "samples" / "grid.png")  # the end's samples (the null class, for now)
+    # the end's samples: one row per class, max(1, 4 // 10) = 1 image each (TINY's --num_sample_images 4)
+    assert sorted(os.listdir(out / "samples")) == sorted(["grid.png", "strip.png"] + [f"sample_{i:04d}.png"
+                                                                                     for i in range(10)])
 
     # `evaluate` of the saved model: the same conditional bound on the same images with the same noise
     from ddpm_hf.evaluation import EvaluationConfig, evaluate

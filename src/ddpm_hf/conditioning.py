@@ -6,8 +6,6 @@ id K (``null_class_id``) is the null class, the unconditional model eps(x_t) of 
 saved configs (the UNet's num_class_embeds, model_index.json's null_class_id), never as a constant in code.
 """
 
-import contextlib
-
 import torch
 
 
@@ -23,27 +21,3 @@ def drop_labels(labels, null_id, prob, generator):
     come from ``generator`` (CPU), so the drops are seeded like the rest of the micro-batch. Returns (B,) long."""
     drop = torch.rand(labels.shape[0], generator=generator) < prob
     return torch.where(drop.to(labels.device), torch.full_like(labels, null_id), labels)
-
-
-@contextlib.contextmanager
-def default_class_labels(unet, class_id):
-    """Within the block, calls of ``unet`` that give no ``class_labels`` get ``class_id`` for every image (a forward
-    pre-hook, removed on exit). Lets code that calls a conditional UNet without labels (a sampler that does not take
-    them yet, periodic sample grids) draw from class ``class_id``, e.g. the null class: the unconditional model.
-    With ``class_id`` None (an unconditional UNet) nothing changes."""
-    if class_id is None:
-        yield unet
-        return
-
-    def hook(_module, args, kwargs):
-        if kwargs.get("class_labels") is None and (len(args) < 3 or args[2] is None):
-            sample = args[0] if args else kwargs["sample"]
-            kwargs["class_labels"] = torch.full((sample.shape[0],), class_id, dtype=torch.long, device=sample.device)
-            args = args[:2]
-        return args, kwargs
-
-    handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield unet
-    finally:
-        handle.remove()

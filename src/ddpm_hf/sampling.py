@@ -120,7 +120,14 @@ def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=Fals
     return np.concatenate(images), ((states, labels) if strip else None)
 
 
-def generate_uint8(pipe, num_images, batch_size, num_inference_steps, seed):
+def balanced_labels(pipe, num_images):
+    """For a class-conditional pipeline, ``num_images`` class ids cycling through every class (0, 1, ..., K-1, 0,
+    ...), so that a sample metric sees the classes equally often; None for an unconditional pipeline."""
+    labels, _ = class_rows(pipe, None, 1)
+    return None if labels is None else [labels[i % len(labels)] for i in range(num_images)]
+
+
+def generate_uint8(pipe, num_images, batch_size, num_inference_steps, seed, class_labels=None, guidance_scale=None):
     """``generate`` as uint8 tensors (N, C, H, W) in 0..255, the form the sample metrics take, and the seconds it
     took."""
     import time
@@ -130,7 +137,8 @@ def generate_uint8(pipe, num_images, batch_size, num_inference_steps, seed):
     from .images import to_uint8
 
     start = time.time()
-    images, _ = generate(pipe, num_images, batch_size, num_inference_steps, seed)
+    images, _ = generate(pipe, num_images, batch_size, num_inference_steps, seed, class_labels=class_labels,
+                         guidance_scale=guidance_scale)
     seconds = time.time() - start
     return torch.from_numpy(to_uint8(images).transpose(0, 3, 1, 2).copy()), seconds
 

@@ -230,10 +230,10 @@ class EvaluationConfig:
 def evaluate(model, config=None, progress=True, log=print):
     """Score ``model`` (a training output folder, a pipeline folder or a Hub repo id) as ``config`` (an
     EvaluationConfig) says, and return the report written to ``eval-<name>.json`` (see the module docstring)."""
-    from ..conditioning import default_class_labels, null_class_id
+    from ..conditioning import null_class_id
     from ..data import DIGITS, dataset_source
     from ..pipeline_ddpm_hf import DDPMHFPipeline
-    from ..sampling import generate_uint8, use_scheduler
+    from ..sampling import balanced_labels, generate_uint8, use_scheduler
     from .plots import plot_curve, plot_steps, save_grid
 
     c = config or EvaluationConfig()
@@ -318,7 +318,9 @@ def evaluate(model, config=None, progress=True, log=print):
         sampler.set_progress_bar_config(**pipe._progress_bar_config)
         for k in steps:
             log(f"{num_samples} samples with {k} steps ...")
-            samples, seconds = generate_uint8(sampler, num_samples, batch_size, k, seed)
+            # a class-conditional model: the classes in turn, at the pipeline's default guidance scale
+            samples, seconds = generate_uint8(sampler, num_samples, batch_size, k, seed,
+                                              class_labels=balanced_labels(sampler, num_samples))
             scores = sample_scores(samples, sample_metrics, reference, inception, digits_reference, c.reference_split)
             run = {"num_inference_steps": k, "num_samples": num_samples, "sampling_seconds": round(seconds, 2),
                    "images_per_second": round(num_samples / seconds, 2), "scores": scores}

@@ -13,6 +13,18 @@ from .checkpoints import write_error
 from .flat_parameters import ema_weights
 
 
+def _sample_labels(pipe, num_images):
+    """(count, class labels, row titles) of a run's sample grid: ``num_images`` unlabelled images for an
+    unconditional model; for a conditional one a row per class of max(1, num_images // K) images."""
+    from ..sampling import class_rows
+
+    labels, titles = class_rows(pipe, None, 1)
+    if labels is None:
+        return num_images, None, None
+    labels, titles = class_rows(pipe, None, max(1, num_images // len(labels)))
+    return len(labels), labels, titles
+
+
 def _pipeline(config, unet, noise_scheduler):
     """The pipeline of ``unet``; for a class-conditional run with the class names (id2label) and the null class id
     (K, the UNet's last class embedding), which model_index.json records."""
@@ -51,16 +63,16 @@ def save_pipeline(config, model, flat, ema, noise_scheduler):
 
 def save_samples(config, accelerator, model, flat, ema, noise_scheduler, epoch, step):
     """A sample grid of the EMA weights at the end of ``epoch`` in samples-epochN/ (and the tracker); a
-    class-conditional run samples the null class (unconditional) until the pipeline takes class labels."""
-    from ..conditioning import default_class_labels, null_class_id
+    class-conditional run draws one labelled row per class at the pipeline's default guidance scale."""
     from ..sampling import generate, write_samples
 
-    with ema_weights(model, flat, ema) as unet, default_class_labels(unet, null_class_id(unet)):
+    with ema_weights(model, flat, ema) as unet:
         pipe = _pipeline(config, unet, noise_scheduler)
-        images, _ = generate(pipe, config.num_sample_images, config.eval_batch_size,
-                             config.ddpm_num_inference_steps, config.seed)
+        count, labels, titles = _sample_labels(pipe, config.num_sample_images)
+        images, _ = generate(pipe, count, config.eval_batch_size, config.ddpm_num_inference_steps, config.seed,
+                             class_labels=labels)
         pictures = write_samples(pipe, images, os.path.join(config.output_dir, f"samples-epoch{epoch}"),
-                                 f"epoch {epoch}, {config.ddpm_num_inference_steps} steps")
+                                 f"epoch {epoch}, {config.ddpm_num_inference_steps} steps", row_labels=titles)
     model.train()
     log_pictures(accelerator, config, pictures, step)
 
@@ -79,7 +91,6 @@ def log_pictures(accelerator, config, pictures, step):
 def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metrics):
     """The main process's outputs at the end: the pipeline, the final samples and strip, the loss plot,
     metrics.json, the model card and the upload. Raises PushFailed (after everything is saved) if the upload fails."""
-    from ..conditioning import default_class_labels, null_class_id
     from ..images import save_loss_plot
     from ..hub import push_failed, push_run
     from ..model_card import write_model_card
@@ -91,13 +102,14 @@ def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metr
     pipe = DDPMHFPipeline.from_pretrained(config.output_dir).to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
     sample_start = time.time()
-    with default_class_labels(pipe.unet, null_class_id(pipe.unet)):  # conditional: the null class, for now
-        images, strip = generate(pipe, config.num_sample_images, config.eval_batch_size,
-                                 config.ddpm_num_inference_steps, config.seed, strip=True)
+    count, labels, titles = _sample_labels(pipe, config.num_sample_images)  # conditional: a row per class
+    images, strip = generate(pipe, count, config.eval_batch_size, config.ddpm_num_inference_steps, config.seed,
+                             strip=True, class_labels=labels)
     metrics["sampling_seconds"] = round(time.time() - sample_start, 1)
     name = os.path.basename(os.path.normpath(config.dataset_name or config.train_data_dir or "digits"))
     title = f"{name}: {step} steps, {config.ddpm_num_inference_steps} sampling steps{', EMA' if ema else ''}"
-    pictures = write_samples(pipe, images, os.path.join(config.output_dir, "samples"), title, strip)
+    pictures = write_samples(pipe, images, os.path.join(config.output_dir, "samples"), title, strip,
+                             row_labels=titles)
     log_pictures(accelerator, config, pictures, step)
     save_loss_plot(history, os.path.join(config.output_dir, "loss.png"), f"{name} training loss")
     write_metrics(config.output_dir, metrics)
