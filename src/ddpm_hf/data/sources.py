@@ -255,7 +255,7 @@ class Unreadable:
     def report(self, total):
         if self.names:
             print(f"warning: skipped {len(self.names)} of {total} images of {self.what} that could not be read "
-                  f"(first: {self.names[0]}); --strict stops instead", file=sys.stderr)
+                  f"(first: {self.names[0]}); the strict setting stops instead", file=sys.stderr)
 
 
 def to_mode(image, channels):

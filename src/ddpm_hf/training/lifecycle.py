@@ -216,7 +216,7 @@ class Run:
         {"step", "images_seen", "elapsed"}; zeros when starting fresh."""
         if self.resume_from is None:
             if self.config.resume_from_checkpoint == "latest":
-                self.accelerator.print(f"--resume_from_checkpoint latest: no checkpoint in {self.config.output_dir}, "
+                self.accelerator.print(f"resume_from_checkpoint=latest: no checkpoint in {self.config.output_dir}, "
                                        "starting fresh")
             return {"step": 0, "images_seen": 0, "elapsed": 0.0}
         try:

@@ -328,7 +328,7 @@ def periodic_inception(config, accelerator):
     try:
         return load_inception(config.inception_weights, download=False)
     except InceptionWeightsMissing as error:
-        accelerator.print(f"--eval_metrics fid skipped: {error}")
+        accelerator.print(f"eval_metrics: fid skipped: {error}")
         return None
 
 
