@@ -13,7 +13,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from ddpm_hf import DDPMHFScheduler, build_unet
-from ddpm_hf.evaluation.digits import digits_arrays, digits_metric, load_digits_classifier
+from ddpm_hf.evaluation.digits import digits_arrays
 from ddpm_hf.evaluation.bound import held_out_bits, stratified_bits
 from ddpm_hf.evaluation.features import frechet_distance, kernel_distance, precision_recall
 
@@ -90,26 +90,7 @@ def test_precision_recall_cases():
 # ---------------------------------------------------------------------------------------------- the digits metric
 
 
-@pytest.mark.slow  # fits the digits classifier
-def test_digits_metric_ranks_real_below_blurred_below_noise():
-    classifier = load_digits_classifier()
-    assert classifier.test_accuracy > 0.93
-    test, _ = digits_arrays("test")
-    kernel = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float64) / 16
-    blurred = torch.nn.functional.conv2d(test.double(), kernel[None, None], padding=1).round().to(torch.uint8)
-    noise = torch.randint(0, 256, test.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    real, blur, rand = (digits_metric(x, classifier=classifier) for x in (test, blurred, noise))
-    assert 5 * real["digits_fd"] < blur["digits_fd"] and 1.5 * blur["digits_fd"] < rand["digits_fd"]
-    assert real["digits_confidence"] > 0.95 > rand["digits_confidence"]
-    assert real["digits_class_balance"] > 0.99 and rand["digits_class_balance"] < 0.8
-    # the kernel distance is unbiased: about 0 for real digits, far above its spread for noise
-    assert abs(real["digits_kid"]) < 3 * real["digits_kid_std"] and rand["digits_kid"] > 10 * rand["digits_kid_std"]
-    assert sum(real["digits_class_histogram"]) == 180
-    # cached: a second load reads the same weights
-    again = load_digits_classifier()
-    assert all(np.array_equal(a, b) for a, b in zip(again.weights, classifier.weights))
-    with pytest.raises(ValueError, match="grayscale 8x8"):
-        digits_metric(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), classifier=classifier)
+# (the digits metric itself: tests/test_digits_metric.py)
 
 
 # ---------------------------------------------------------------------------------------------- the bound
