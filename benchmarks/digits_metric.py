@@ -208,7 +208,7 @@ def main():
             print("\nWelch t over seeds (row minus column):\n")
             specs = list(scores[name])
             labels = [f"{s.split('=')[0]}@{s.rsplit('@', 1)[1]}" for s in specs]
-            print("| | " + " | ".join(labels) + " |\n|---" * (len(specs) + 1) + "|")
+            print("| | " + " | ".join(labels) + " |\n" + "|---" * (len(specs) + 1) + "|")
             for a, la in zip(specs, labels):
                 cells = [("" if a == b else f"{welch_t(scores[name][a], scores[name][b]):.1f}") for b in specs]
                 print(f"| {la} | " + " | ".join(cells) + " |")
