@@ -124,9 +124,11 @@ def test_save_pretrained_layout(saved):
     assert sorted(files) == [
         "model_index.json",
         "pipeline_ddpm_hf.py",
+        "pipeline_ddpm_hf_denoiser.py",
         "pipeline_ddpm_hf_img2img.py",
         "pipeline_ddpm_hf_inpaint.py",
         "pipeline_ddpm_hf_super_resolution.py",
+        "pipeline_ddpm_hf_task_base.py",
         "scheduler/scheduler_config.json",
         "scheduler/scheduling_ddpm_hf.py",
         "unet/config.json",

@@ -37,7 +37,7 @@ def _labelled(canvas, title):
     return out
 
 
-def make_grid(images, nrow=None, tile=64, pad=2, title=None):
+def make_grid(images, nrow=None, tile=64, pad=2, title=None, row_labels=None):
     """A grid of images, each upscaled (nearest neighbour) to ``tile`` pixels wide, with a title band on top.
 
     Args:
@@ -45,6 +45,7 @@ def make_grid(images, nrow=None, tile=64, pad=2, title=None):
         nrow: images per row (default: about square).
         tile: width of each upscaled image in pixels.
         title: text drawn above the grid (may hold newlines).
+        row_labels: text drawn left of each row (e.g. its class), one per row.
     Returns:
         an RGB PIL image.
     """
@@ -57,6 +58,14 @@ def make_grid(images, nrow=None, tile=64, pad=2, title=None):
     canvas = Image.new("RGB", (nrow * (w + pad) + pad, rows * (h + pad) + pad), (128, 128, 128))
     for i, t in enumerate(tiles):
         canvas.paste(t, (pad + (i % nrow) * (w + pad), pad + (i // nrow) * (h + pad)))
+    if row_labels:
+        margin = 8 + 6 * max(len(str(label)) for label in row_labels)  # the default font is about 6 pixels wide
+        labelled = Image.new("RGB", (canvas.width + margin, canvas.height), "white")
+        labelled.paste(canvas, (margin, 0))
+        draw = ImageDraw.Draw(labelled)
+        for r, label in enumerate(row_labels[:rows]):
+            draw.text((4, pad + r * (h + pad) + h // 2 - 6), str(label), fill="black", font=ImageFont.load_default())
+        canvas = labelled
     return _labelled(canvas, title)
 
 

@@ -1,9 +1,11 @@
 # Copyright 2026 The ddpm-hf authors. Licensed under the Apache License, Version 2.0.
-"""Unconditional DDPM image generation (Ho et al. 2020, Algorithm 2) as a diffusers ``DiffusionPipeline``.
+"""DDPM image generation (Ho et al. 2020, Algorithm 2), unconditional or class-conditional with classifier-free
+guidance (Ho & Salimans 2022), with any diffusers scheduler swapped in, as a diffusers ``DiffusionPipeline``.
 
-This file is self-contained (it imports torch, numpy and diffusers only): ``save_pretrained`` copies it, and the
-scheduler's source file, into the saved folder, so that a process without ddpm_hf installed can load the folder or
-its Hub repository with ``DiffusionPipeline.from_pretrained(path_or_repo_id, trust_remote_code=True)``.
+This file imports torch, numpy, diffusers and its sibling ``pipeline_ddpm_hf_denoiser.py`` only: ``save_pretrained``
+copies both, and the scheduler's source file, into the saved folder, so that a process without ddpm_hf installed can
+load the folder or its Hub repository with ``DiffusionPipeline.from_pretrained(path_or_repo_id,
+trust_remote_code=True)`` (diffusers' remote-code loader follows the relative import).
 """
 
 import importlib
@@ -14,9 +16,11 @@ import shutil
 from dataclasses import dataclass
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
+
+from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE, DDPMHFDenoiserMixin, check_scheduler_input, step_kwargs
 
 logger = logging.get_logger(__name__)
 
@@ -25,6 +29,8 @@ SCHEDULER_MODULE = "scheduling_ddpm_hf"  # file stem of the scheduler's source, 
 # File stems of the task pipelines beside this file (inpainting, super-resolution, img2img/denoising): save_pretrained
 # copies them into the folder, where DiffusionPipeline.from_pretrained(..., custom_pipeline=stem) finds them.
 TASK_PIPELINES = ("pipeline_ddpm_hf_inpaint", "pipeline_ddpm_hf_super_resolution", "pipeline_ddpm_hf_img2img")
+# File stems of the modules beside this file that it and the task pipelines import relatively (no pipeline class).
+SIBLING_MODULES = ("pipeline_ddpm_hf_denoiser", "pipeline_ddpm_hf_task_base")
 # Scheduler classes of a saved pipeline that this module loads as its own DDPMHFScheduler (with the same config).
 _OWN_SCHEDULER_NAMES = ("DDPMScheduler", "DDPMHFScheduler")
 # from_pretrained arguments that locate a Hub repository's files (DiffusionPipeline.download's own names).
@@ -86,14 +92,17 @@ class DDPMHFPipelineOutput(ImagePipelineOutput):
     intermediates: list | None = None
 
 
-class DDPMHFPipeline(DiffusionPipeline):
-    """Pipeline for unconditional image generation with a DDPM.
+class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
+    """Pipeline for image generation with a DDPM, unconditional or class-conditional (``class_labels``, classifier-free
+    guidance ``guidance_scale``).
 
     Args:
-        unet (`UNet2DModel`): the denoising network eps_theta(x_t, t) (or x_0 / v, by the scheduler's prediction_type).
-            With twice the image channels out it also predicts variances (Nichol & Dhariwal sec. 3.1); these are
-            used when the scheduler's variance_type is "learned"/"learned_range" and dropped otherwise.
-        scheduler (`DDPMHFScheduler` or diffusers' `DDPMScheduler`, or any scheduler with the same API).
+        unet (`UNet2DModel`): the denoising network eps_theta(x_t, t) (or x_0 / v, by the scheduler's prediction_type),
+            called as ``unet(x, t, class_labels=ids)`` when conditional (``num_class_embeds`` set). With twice the
+            image channels out it also predicts variances (Nichol & Dhariwal sec. 3.1); these are used by
+            DDPMHFScheduler / DDPMScheduler with variance_type "learned"/"learned_range" and dropped otherwise.
+        scheduler (`DDPMHFScheduler`, or any diffusers scheduler of the ``KarrasDiffusionSchedulers`` family, e.g.
+            ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``).
         id2label (`dict[int, str]`, optional): class-conditional models only: the name of each class id (as
             diffusers' DiT pipeline), saved in model_index.json.
         null_class_id (`int`, optional): class-conditional models only: the class id that means "no label" (the
@@ -104,12 +113,10 @@ class DDPMHFPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["image", "model_output"]
 
-    def __init__(self, unet, scheduler, id2label=None, null_class_id=None):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        if id2label is not None or null_class_id is not None:  # an unconditional model's model_index.json is unchanged
-            id2label = {int(k): str(v) for k, v in (id2label or {}).items()}  # JSON keys are strings
-            self.register_to_config(id2label=id2label, null_class_id=null_class_id)
+        self._register_conditional(id2label, null_class_id)  # an unconditional model's model_index.json is unchanged
 
     # ------------------------------------------------------------------ saving and loading
 
@@ -118,7 +125,8 @@ class DDPMHFPipeline(DiffusionPipeline):
 
         model_index.json  ``_class_name: ["pipeline_ddpm_hf", "DDPMHFPipeline"]``, ``scheduler: ["scheduling_ddpm_hf",
         "DDPMHFScheduler"]`` (a diffusers scheduler keeps its ``["diffusers", Class]`` entry), ``unet: ["diffusers",
-        "UNet2DModel"]``; pipeline_ddpm_hf.py (this file) and the task pipelines beside it (``TASK_PIPELINES``);
+        "UNet2DModel"]``; pipeline_ddpm_hf.py (this file), the task pipelines beside it (``TASK_PIPELINES``) and the
+        modules they import (``SIBLING_MODULES``);
         scheduler/scheduling_ddpm_hf.py and scheduler_config.json;
         unet/config.json and diffusion_pytorch_model.safetensors.
 
@@ -134,7 +142,7 @@ class DDPMHFPipeline(DiffusionPipeline):
         pipeline_source = inspect.getsourcefile(type(self))
         pipeline_stem = os.path.splitext(os.path.basename(pipeline_source))[0]
         shutil.copyfile(pipeline_source, os.path.join(save_directory, pipeline_stem + ".py"))
-        for stem in TASK_PIPELINES:
+        for stem in TASK_PIPELINES + SIBLING_MODULES:
             task_source = os.path.join(os.path.dirname(pipeline_source), stem + ".py")
             if os.path.isfile(task_source):
                 shutil.copyfile(task_source, os.path.join(save_directory, stem + ".py"))
@@ -247,12 +255,6 @@ class DDPMHFPipeline(DiffusionPipeline):
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (batch_size, self.unet.config.in_channels, *size)
 
-    def _model_output(self, x, t):
-        """The UNet output at (x, t), keeping the variance channels only when the scheduler uses them."""
-        output = self.unet(x, t).sample
-        learned = getattr(self.scheduler.config, "variance_type", None) in ("learned", "learned_range")
-        return output if learned or output.shape[1] == x.shape[1] else output[:, : x.shape[1]]
-
     @staticmethod
     def _to_output(image, output_type):
         """Map samples in [-1, 1] of shape (B, C, H, W) to [0, 1] in the requested format."""
@@ -271,6 +273,7 @@ class DDPMHFPipeline(DiffusionPipeline):
             raise ValueError(f"got a list of {len(generator)} generators for a batch of {batch_size}")
         if timesteps is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        check_scheduler_input(self.scheduler, timesteps)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         unknown = [k for k in callback_inputs or [] if k not in self._callback_tensor_inputs]
@@ -280,7 +283,7 @@ class DDPMHFPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         generator=None,
         num_inference_steps: int = 1000,
         timesteps=None,
@@ -289,12 +292,18 @@ class DDPMHFPipeline(DiffusionPipeline):
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs=("image",),
         return_intermediates: bool = False,
+        class_labels=None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        eta: float = 0.0,
     ):
-        """Generate images: x_T ~ N(0, I), then x_{t-1} = scheduler.step(unet(x_t, t), t, x_t) for the scheduler's
-        timesteps (Ho Algorithm 2; with fewer steps than T, Nichol & Dhariwal sec. 4).
+        """Generate images: x_T ~ N(0, I) scaled by the scheduler's ``init_noise_sigma``, then for each of the
+        scheduler's timesteps x <- scheduler.step(unet(scheduler.scale_model_input(x, t), t), t, x) (Ho Algorithm 2
+        with our scheduler; with fewer steps than T, Nichol & Dhariwal sec. 4), as diffusers' own pipelines run any
+        scheduler: ``pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`` works, and a
+        learned-variance model's variance channels reach only a scheduler that uses them (see ``denoise``).
 
         Args:
-            batch_size: number of images.
+            batch_size: number of images (default: one per class label, else 1).
             generator: a `torch.Generator`, or a list of `batch_size` of them (one per image), for reproducibility.
             num_inference_steps: reverse steps (1..T); ignored when `timesteps` is given.
             timesteps: explicit descending timesteps, passed to ``scheduler.set_timesteps(timesteps=...)``.
@@ -305,14 +314,28 @@ class DDPMHFPipeline(DiffusionPipeline):
                 in `callback_on_step_end_tensor_inputs` ("image" = x_{t-1}, "model_output"); may return a dict with
                 a replacement "image".
             return_intermediates: also return x_T and every x_{t-1} (see ``DDPMHFPipelineOutput``).
+            class_labels: class-conditional models: one class per image, as ids or names (``self.labels``). Without
+                it a conditional model samples its null class (unconditional samples). ValueError on an
+                unconditional model, for an unknown name or id, or a count other than `batch_size`.
+            guidance_scale: classifier-free guidance scale s in diffusers' convention (Ho & Salimans 2022 eq. 6
+                with w = s - 1): 1 = the conditional model alone, larger = stronger guidance; default
+                ``DEFAULT_GUIDANCE_SCALE``. Used with `class_labels` only.
+            eta: DDIM's eta (Song et al. 2021 eq. 16), passed to schedulers whose step takes it.
 
         Returns:
             ``DDPMHFPipelineOutput`` or ``(images,)`` / ``(images, intermediates)``.
         """
+        labels = self._class_ids(class_labels, batch_size)
+        batch_size = (1 if labels is None else len(labels)) if batch_size is None else batch_size
         callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs or [])
         self.check_inputs(
             batch_size, generator, num_inference_steps, timesteps, output_type, callback_on_step_end_tensor_inputs
         )
+        if timesteps is not None:
+            self.scheduler.set_timesteps(timesteps=list(timesteps))
+        else:
+            self.scheduler.set_timesteps(num_inference_steps)
+        extra = step_kwargs(self.scheduler, generator, eta)
         device = self._execution_device
         dtype = self.unet.dtype
         shape = self._image_shape(batch_size)
@@ -320,16 +343,13 @@ class DDPMHFPipeline(DiffusionPipeline):
             image = randn_tensor(shape, generator=generator, dtype=dtype).to(device)
         else:
             image = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-
-        if timesteps is not None:
-            self.scheduler.set_timesteps(timesteps=list(timesteps))
-        else:
-            self.scheduler.set_timesteps(num_inference_steps)
+        # x_T in the scheduler's scale (1 for DDPM/DDIM; Euler's depends on the chain: after set_timesteps)
+        image = image * self.scheduler.init_noise_sigma
 
         chain = [image.cpu()] if return_intermediates else None
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_output = self._model_output(image, t)
-            image = self.scheduler.step(model_output, t, image, generator=generator).prev_sample
+            model_output = self._model_output(image, t, labels, guidance_scale)
+            image = self.scheduler.step(model_output, t, image, **extra).prev_sample
             if callback_on_step_end is not None:
                 tensors = {"image": image, "model_output": model_output}
                 returned = callback_on_step_end(
@@ -346,55 +366,3 @@ class DDPMHFPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,) if intermediates is None else (images, intermediates)
         return DDPMHFPipelineOutput(images=images, intermediates=intermediates)
-
-
-class DDPMHFTaskPipelineMixin:
-    """What the task pipelines (``TASK_PIPELINES``) share: loading and saving as a ``DDPMHFPipeline`` folder, the UNet
-    call, and the scheduler whose ``step`` takes ``x0_transform``.
-
-    A task file imports it with ``from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin``, which works installed (a
-    package-relative import) and as remote code: diffusers' loader (``get_cached_module_file``) finds that relative
-    import (``get_relative_imports``) and copies the sibling ``pipeline_ddpm_hf.py`` from the folder, or downloads it
-    from the Hub repo, into the same dynamic-module package. It is not a ``DiffusionPipeline``, so diffusers still
-    finds exactly one pipeline class in a task file (``find_pipeline_class``).
-    """
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved DDPMHFPipeline folder or Hub repo as this pipeline: ``DDPMHFPipeline.from_pretrained`` (no
-        folder code runs when ddpm_hf is installed) then ``from_pipe``."""
-        return cls.from_pipe(DDPMHFPipeline.from_pretrained(pretrained_model_name_or_path, **kwargs), torch_dtype=None)
-
-    def save_pretrained(self, save_directory, **kwargs):
-        """Save as a ``DDPMHFPipeline`` folder (which carries the task files): load it back with ``from_pretrained``."""
-        DDPMHFPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(save_directory, **kwargs)
-
-    def _unit_range_processor(self, **kwargs):
-        """A ``VaeImageProcessor`` that takes images as [0, 1] values and leaves the mapping to [-1, 1] to the pipeline:
-        diffusers' normalisation skips inputs with negative values (a noisy image has some)."""
-        from diffusers.image_processor import VaeImageProcessor
-
-        return VaeImageProcessor(vae_scale_factor=1, do_resize=False, vae_latent_channels=-1, do_normalize=False,
-                                 **kwargs)
-
-    @staticmethod
-    def _chain(scheduler, num_inference_steps, timesteps, generator, batch):
-        """The reverse chain's timesteps (a list, noisiest first) after ``scheduler.set_timesteps`` with ``timesteps``
-        if given, else ``num_inference_steps``; a list of generators must hold one per image of the ``batch``."""
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for a batch of {batch}")
-        if timesteps is not None:
-            scheduler.set_timesteps(timesteps=list(timesteps))
-        else:
-            scheduler.set_timesteps(num_inference_steps)
-        return scheduler.timesteps.tolist()
-
-    _model_output = DDPMHFPipeline._model_output  # the same UNet call: variance channels kept only when used
-
-    def _ddpm_scheduler(self):
-        """The scheduler whose ``step`` takes ``x0_transform`` and has the maths surface (``predict_x0``,
-        ``posterior``, ...): ours, or diffusers' DDPMScheduler as a DDPMHFScheduler with the same config
-        (``from_config`` swaps the two; ours adds no noise at the last step of a chain ending above 0)."""
-        if hasattr(self.scheduler, "posterior"):
-            return self.scheduler
-        return _own_scheduler_class().from_config(self.scheduler.config)

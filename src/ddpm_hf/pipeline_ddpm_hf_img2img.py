@@ -2,22 +2,25 @@
 """Image-to-image (SDEdit, Meng et al. ICLR 2022) and denoising of an image with known Gaussian noise with an
 unconditional DDPM, no retraining, as a diffusers ``DiffusionPipeline``.
 
-This file imports torch, numpy, diffusers and its sibling ``pipeline_ddpm_hf.py`` (the shared
-``DDPMHFTaskPipelineMixin``) only: ``DDPMHFPipeline.save_pretrained`` copies both into the saved folder, and
-diffusers' remote-code loader fetches the sibling with it (it follows a ``from .module import`` of a file beside the
-pipeline's), so that a process without ddpm_hf can run it with ``DiffusionPipeline.from_pretrained(folder_or_repo,
+This file imports torch, numpy, diffusers and its siblings ``pipeline_ddpm_hf*.py`` (the shared
+``DDPMHFTaskPipelineMixin`` of ``pipeline_ddpm_hf_task_base.py``) only: ``DDPMHFPipeline.save_pretrained`` copies
+them all into the saved folder, and diffusers' remote-code loader fetches the siblings with it (it follows a
+``from .module import`` of a file beside the pipeline's), so that a process without ddpm_hf can run it with
+``DiffusionPipeline.from_pretrained(folder_or_repo,
 custom_pipeline="pipeline_ddpm_hf_img2img", trust_remote_code=True)``.
 """
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
-
-OUTPUT_TYPES = ("pil", "np", "pt")
+# diffusers copies a local folder's relative imports one level deep: this file names every sibling it needs
+from .pipeline_ddpm_hf import OUTPUT_TYPES
+from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE, step_kwargs
+from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
 
 def strength_start(num_steps, strength):
@@ -71,9 +74,10 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_conditional(id2label, null_class_id)  # a conditional model's, kept by from_pipe and saving
         self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
 
     @torch.no_grad()
@@ -87,8 +91,13 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         generator=None,
         output_type: str = "pil",
         return_dict: bool = True,
+        class_labels=None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        eta: float = 0.0,
     ):
-        """Run the reverse chain from a noised (SDEdit) or noisy (denoising) image.
+        """Run the reverse chain from a noised (SDEdit) or noisy (denoising) image, with the pipeline's scheduler:
+        ours, or any diffusers scheduler swapped in with ``from_config`` (SDEdit picks and noises the start as
+        diffusers' img2img pipelines do; denoising needs a scheduler whose ``set_timesteps`` takes ``timesteps``).
 
         Args:
             image: PIL image(s), numpy (H, W), (H, W, C) or (B, H, W, C), or tensor (C, H, W) / (B, C, H, W), values
@@ -102,6 +111,9 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
             generator: `torch.Generator` (or a list, one per image).
             output_type: "pil", "np" (B, H, W, C) or "pt" (B, C, H, W), values in [0, 1].
             return_dict: return a ``DDPMHFImg2ImgPipelineOutput`` rather than a tuple.
+            class_labels, guidance_scale: class-conditional models: one class per image (or one image and several
+                classes: the image is repeated), classifier-free guidance as in ``DDPMHFPipeline``.
+            eta: DDIM's eta, for schedulers whose step takes it.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -118,21 +130,36 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         if y.shape[-2] % factor or y.shape[-1] % factor:
             raise ValueError(f"image size {tuple(y.shape[-2:])} is not a multiple of {factor}, which the UNet needs")
 
-        chain = self._chain(self.scheduler, num_inference_steps, timesteps, generator, len(y))
-        if noise_level is None:
-            chain = chain[strength_start(len(chain), strength):]
+        labels = self._class_ids(class_labels, None if len(y) == 1 else len(y))
+        if labels is not None and len(y) == 1:
+            y = y.expand(len(labels), *y.shape[1:])
+        scheduler = self.scheduler
+        custom = "timesteps" in inspect.signature(scheduler.set_timesteps).parameters
+        if noise_level is not None and not (custom and getattr(scheduler, "order", 1) == 1):
+            # (Heun, order 2, takes timesteps but turns them into other sigmas)
+            raise ValueError(f"denoising (noise_level) starts the chain at a timestep of its own, which "
+                             f"{type(scheduler).__name__}.set_timesteps cannot take: use a first-order scheduler "
+                             "whose set_timesteps takes timesteps (ddpm, dpmsolver++, euler), or strength")
+        chain = self._chain(scheduler, num_inference_steps, timesteps, generator, len(y))
+        order = getattr(scheduler, "order", 1)
+        if noise_level is None:  # as diffusers' img2img pipelines: the last int(n * strength) steps of the n
+            skip = strength_start((len(chain) + order - 1) // order, strength) * order  # Heun: 2n - 1 timesteps
+            chain = scheduler.timesteps[skip:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(skip)
             noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)
-            x = self.scheduler.add_noise(y, noise, torch.tensor([chain[0]]))  # x_t0 ~ q(x_t0 | y), Ho eq. 4
+            x = scheduler.add_noise(y, noise, chain[:1])  # x_t0 ~ q(x_t0 | y), Ho eq. 4 (in the scheduler's scale)
         else:
-            start = matching_timestep(self.scheduler.alphas_cumprod, 2.0 * noise_level)
-            chain = [start] + [t for t in chain if t < start]
-            x = float(self.scheduler.alphas_cumprod[start]) ** 0.5 * y  # x_t* = sqrt(alphabar_t*) y
-        self.scheduler.set_timesteps(timesteps=chain)  # the chain that runs (its steps are those of the full chain)
-
+            start = matching_timestep(scheduler.alphas_cumprod, 2.0 * noise_level)
+            scheduler.set_timesteps(timesteps=[start] + [int(t) for t in chain if t < start])
+            chain = scheduler.timesteps
+            # x_t* = sqrt(alphabar_t*) y: the forward marginal with no noise added, in the scheduler's scale
+            x = scheduler.add_noise(y, torch.zeros_like(y), chain[:1])
+        extra = step_kwargs(scheduler, generator, eta)
         for t in self.progress_bar(chain):
-            x = self.scheduler.step(self._model_output(x, t), t, x, generator=generator).prev_sample
+            x = scheduler.step(self._model_output(x, t, labels, guidance_scale), t, x, **extra).prev_sample
         images = self.image_processor.postprocess(x, output_type=output_type, do_denormalize=[True] * len(x))
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
-        return DDPMHFImg2ImgPipelineOutput(images=images, start_timestep=chain[0], unet_calls=len(chain))
+        return DDPMHFImg2ImgPipelineOutput(images=images, start_timestep=int(chain[0]), unet_calls=len(chain))

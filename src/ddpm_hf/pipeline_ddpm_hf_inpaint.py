@@ -2,10 +2,11 @@
 """Inpainting with an unconditional DDPM, no retraining: RePaint (Lugmayr et al. CVPR 2022) and DDNM-style projection
 (Wang et al. ICLR 2023) on top of the scheduler's ancestral step, as a diffusers ``DiffusionPipeline``.
 
-This file imports torch, numpy, diffusers and its sibling ``pipeline_ddpm_hf.py`` (the shared
-``DDPMHFTaskPipelineMixin``) only: ``DDPMHFPipeline.save_pretrained`` copies both into the saved folder, and
-diffusers' remote-code loader fetches the sibling with it (it follows a ``from .module import`` of a file beside the
-pipeline's), so that a process without ddpm_hf can run it with ``DiffusionPipeline.from_pretrained(folder_or_repo,
+This file imports torch, numpy, diffusers and its siblings ``pipeline_ddpm_hf*.py`` (the shared
+``DDPMHFTaskPipelineMixin`` of ``pipeline_ddpm_hf_task_base.py``) only: ``DDPMHFPipeline.save_pretrained`` copies
+them all into the saved folder, and diffusers' remote-code loader fetches the siblings with it (it follows a
+``from .module import`` of a file beside the pipeline's), so that a process without ddpm_hf can run it with
+``DiffusionPipeline.from_pretrained(folder_or_repo,
 custom_pipeline="pipeline_ddpm_hf_inpaint", trust_remote_code=True)``.
 """
 
@@ -15,9 +16,11 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
+# diffusers copies a local folder's relative imports one level deep: this file names every sibling it needs
+from .pipeline_ddpm_hf import OUTPUT_TYPES
+from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
+from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
-OUTPUT_TYPES = ("pil", "np", "pt")
 METHODS = ("repaint", "ddnm")
 
 
@@ -86,9 +89,10 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_conditional(id2label, null_class_id)  # a conditional model's, kept by from_pipe and saving
         self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
         self.mask_processor = self._unit_range_processor(do_binarize=True, do_convert_grayscale=True)
 
@@ -136,6 +140,8 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         generator=None,
         output_type: str = "pil",
         return_dict: bool = True,
+        class_labels=None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     ):
         """Inpaint ``image`` where ``mask_image`` is white.
 
@@ -153,6 +159,8 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
             generator: `torch.Generator` (or a list, one per image).
             output_type: "pil", "np" (B, H, W, C) or "pt" (B, C, H, W), values in [0, 1].
             return_dict: return a ``DDPMHFInpaintPipelineOutput`` rather than a tuple.
+            class_labels, guidance_scale: class-conditional models: one class per image (or one image and mask and
+                several classes: they are repeated), classifier-free guidance as in ``DDPMHFPipeline``.
         """
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -163,6 +171,9 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
             raise ValueError(f"jump_length and jump_n_sample must be >= 1, got {jump_length}, {jump_n_sample}")
         device, dtype = self._execution_device, self.unet.dtype
         y, mask = self._prepare(image, mask_image)
+        labels = self._class_ids(class_labels, None if len(y) == 1 else len(y))
+        if labels is not None and len(y) == 1:
+            y, mask = y.expand(len(labels), *y.shape[1:]), mask.expand(len(labels), *mask.shape[1:])
         y, mask = y.to(device, dtype), mask.to(device, dtype)
 
         scheduler = self._ddpm_scheduler()
@@ -178,7 +189,7 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         for k, k_next in self.progress_bar(list(zip(path[:-1], path[1:]))):
             if k_next == k + 1:  # reverse step tau_k -> tau_{k+1}
                 t = chain[k]
-                output = self._model_output(x, t)
+                output = self._model_output(x, t, labels, guidance_scale, scheduler)
                 calls += 1
                 if method == "ddnm":  # x_s ~ p(x_s | x_t, x^_0|t): the step's posterior mean (Ho eq. 7) of x^_0|t
                     x = scheduler.step(output, t, x, generator=generator, x0_transform=project).prev_sample

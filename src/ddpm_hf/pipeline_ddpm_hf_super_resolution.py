@@ -2,10 +2,11 @@
 """Super-resolution with an unconditional DDPM, no retraining: DDNM / DDNM+ projection (Wang et al. ICLR 2023) or ILVR
 (Choi et al. ICCV 2021) on top of the scheduler's ancestral step, as a diffusers ``DiffusionPipeline``.
 
-This file imports torch, numpy, diffusers and its sibling ``pipeline_ddpm_hf.py`` (the shared
-``DDPMHFTaskPipelineMixin``) only: ``DDPMHFPipeline.save_pretrained`` copies both into the saved folder, and
-diffusers' remote-code loader fetches the sibling with it (it follows a ``from .module import`` of a file beside the
-pipeline's), so that a process without ddpm_hf can run it with ``DiffusionPipeline.from_pretrained(folder_or_repo,
+This file imports torch, numpy, diffusers and its siblings ``pipeline_ddpm_hf*.py`` (the shared
+``DDPMHFTaskPipelineMixin`` of ``pipeline_ddpm_hf_task_base.py``) only: ``DDPMHFPipeline.save_pretrained`` copies
+them all into the saved folder, and diffusers' remote-code loader fetches the siblings with it (it follows a
+``from .module import`` of a file beside the pipeline's), so that a process without ddpm_hf can run it with
+``DiffusionPipeline.from_pretrained(folder_or_repo,
 custom_pipeline="pipeline_ddpm_hf_super_resolution", trust_remote_code=True)``.
 """
 
@@ -15,9 +16,11 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .pipeline_ddpm_hf import DDPMHFTaskPipelineMixin
+# diffusers copies a local folder's relative imports one level deep: this file names every sibling it needs
+from .pipeline_ddpm_hf import OUTPUT_TYPES
+from .pipeline_ddpm_hf_denoiser import denoise  # noqa: F401
+from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
-OUTPUT_TYPES = ("pil", "np", "pt")
 METHODS = ("ddnm", "ilvr")
 
 
@@ -70,9 +73,10 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self._register_conditional(id2label, null_class_id)  # a conditional model's, kept by from_pipe and saving
         self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
 
     # ------------------------------------------------------------------ pieces
@@ -172,7 +176,7 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         shape = (len(y), channels, *size)
         x = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # x_T ~ N(0, I)
         for k, t in enumerate(self.progress_bar(chain)):
-            output = self._model_output(x, t)
+            output = self._model_output(x, t, scheduler=scheduler)
             if method == "ilvr":
                 x = scheduler.step(output, t, x, generator=generator).prev_sample  # x'_s ~ p(x_s | x_t)
                 noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)

@@ -1,13 +1,70 @@
-"""Loading a saved pipeline, drawing samples from it and writing them for people: one PNG per image, a labelled
-upscaled grid and a denoising strip."""
+"""Loading a saved pipeline, choosing its sampler, drawing samples from it and writing them for people: one PNG per
+image, a labelled upscaled grid (one labelled row per class for a class-conditional model) and a denoising strip.
+
+numpy, torch and diffusers are imported where used: the command line reads ``SCHEDULERS`` while building its parser.
+"""
 
 import os
 
-import numpy as np
-import torch
-
-from .errors import ModelNotFound
+from .errors import BadArgument, ModelNotFound
 from .run_dir import MODEL_INDEX
+
+# Sampler names (the CLI's --scheduler) -> (scheduler class, config overrides). "ddpm" is ddpm-hf's own ancestral
+# DDPMHFScheduler (Ho Alg. 2, learned variances used); the others are diffusers' schedulers made from the model's
+# scheduler config with from_config, as diffusers' docs swap them.
+SCHEDULERS = {
+    "ddpm": ("DDPMHFScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmsolver-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+}
+
+
+def make_scheduler(name, config):
+    """The scheduler called ``name`` in ``SCHEDULERS``, made with ``from_config(config)`` (a scheduler's config, e.g.
+    ``pipe.scheduler.config``); BadArgument("scheduler") for a name not in it."""
+    if name not in SCHEDULERS:
+        raise BadArgument("scheduler", f"scheduler {name!r}: choose from {', '.join(SCHEDULERS)}")
+    class_name, overrides = SCHEDULERS[name]
+    if class_name == "DDPMHFScheduler":
+        from .scheduling_ddpm_hf import DDPMHFScheduler as cls
+    else:
+        import diffusers
+
+        cls = getattr(diffusers, class_name)
+    return cls.from_config(config, **overrides)
+
+
+def use_scheduler(pipe, name):
+    """Swap the sampler of ``pipe`` to the one called ``name`` (see ``make_scheduler``), in place; returns pipe."""
+    if name is not None:
+        pipe.scheduler = make_scheduler(name, pipe.scheduler.config)
+    return pipe
+
+
+def class_rows(pipe, class_labels, per_class):
+    """The per-image class labels of a grid with one row of ``per_class`` images per class, and the row titles.
+
+    Args:
+        class_labels: ids or names (see ``DDPMHFPipeline.get_label_ids``), or None: every class of a conditional
+            model (its ids but the null one), and no labels for an unconditional model.
+    Returns:
+        (labels, titles): a list of len(classes) * per_class ids (or None) and one "id: name" title per class (or
+        None).
+    """
+    num_classes = getattr(pipe.unet.config, "num_class_embeds", None)
+    if class_labels is None and num_classes is None:
+        return None, None
+    null = getattr(pipe.config, "null_class_id", None)
+    classes = [i for i in range(num_classes) if i != null] if class_labels is None else list(class_labels)
+    ids = [pipe.get_label_ids(c)[0] if isinstance(c, str) and not c.isdigit() else int(c) for c in classes]
+    names = dict(getattr(pipe.config, "id2label", None) or {})
+    titles = [f"{i}: {names[i]}" if names.get(i, str(i)) != str(i) else str(i) for i in ids]
+    return [i for i in ids for _ in range(per_class)], titles
 
 
 def load_pipeline(cls, model, **kwargs):
@@ -30,11 +87,18 @@ def load_pipeline(cls, model, **kwargs):
             "id") from error
 
 
-def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=False, columns=10, rows=8):
+def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=False, columns=10, rows=8,
+             class_labels=None, guidance_scale=None):
     """Images (N, H, W, C) in [0, 1]; image i is drawn with its own generator seeded seed + i, so the result does
     not depend on the batch size. With ``strip``, also ``(states, labels)``: the first ``rows`` images of the first
-    batch at ``columns`` evenly spaced points of the chain, recorded by a step callback (the chain is not kept)."""
+    batch at ``columns`` evenly spaced points of the chain, recorded by a step callback (the chain is not kept).
+    ``class_labels``: one class id per image (N of them) for a class-conditional model, with ``guidance_scale``
+    (None: the pipeline's default)."""
+    import numpy as np
+    import torch
+
     steps = num_inference_steps or pipe.scheduler.config.num_train_timesteps
+    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
     images, states, labels = [], [], []
 
     def record(p, i, t, tensors):
@@ -49,8 +113,9 @@ def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=Fals
         n = min(batch_size, num_images - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(n)]
         callback = record if strip and start == 0 else None
+        classes = None if class_labels is None else list(class_labels[start:start + n])
         out = pipe(batch_size=n, generator=generators, num_inference_steps=steps, output_type="np",
-                   callback_on_step_end=callback)
+                   callback_on_step_end=callback, class_labels=classes, **guidance)
         images.append(out.images)
     return np.concatenate(images), ((states, labels) if strip else None)
 
@@ -60,6 +125,8 @@ def generate_uint8(pipe, num_images, batch_size, num_inference_steps, seed):
     took."""
     import time
 
+    import torch
+
     from .images import to_uint8
 
     start = time.time()
@@ -68,15 +135,17 @@ def generate_uint8(pipe, num_images, batch_size, num_inference_steps, seed):
     return torch.from_numpy(to_uint8(images).transpose(0, 3, 1, 2).copy()), seconds
 
 
-def write_samples(pipe, images, output_dir, title, strip=None):
+def write_samples(pipe, images, output_dir, title, strip=None, row_labels=None):
     """One PNG per image (native resolution), grid.png (upscaled, labelled) and, given ``(states, labels)`` from
-    ``generate``, strip.png. Returns the pictures written, {"grid": PIL image, "strip": PIL image (with strip)}."""
+    ``generate``, strip.png. ``row_labels``: one title per grid row (the images split evenly into the rows, e.g. one
+    row per class). Returns the pictures written, {"grid": PIL image, "strip": PIL image (with strip)}."""
     from .images import make_grid, make_strip
 
     os.makedirs(output_dir, exist_ok=True)
     for i, image in enumerate(pipe.numpy_to_pil(images)):
         image.save(os.path.join(output_dir, f"sample_{i:04d}.png"))
-    pictures = {"grid": make_grid(images, title=title)}
+    nrow = len(images) // len(row_labels) if row_labels else None
+    pictures = {"grid": make_grid(images, nrow=nrow, title=title, row_labels=row_labels)}
     if strip is not None:
         pictures["strip"] = make_strip(*strip, title=title + "\ndenoising x_T -> x_0")
     for name, picture in pictures.items():

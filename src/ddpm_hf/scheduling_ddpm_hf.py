@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import ConfigMixin, SchedulerMixin
-from diffusers.configuration_utils import register_to_config
+from diffusers.configuration_utils import FrozenDict, register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
@@ -334,6 +334,10 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         # Before set_timesteps the chain is the full one: T-1, ..., 0 (paper T..1).
         self._set_chain(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64), device=None)
+        # Every value of this config is the model's noise process, also those left at their defaults: forget
+        # diffusers' record of which were (_use_default_values), or OtherScheduler.from_config(config) replaces them
+        # by its own defaults (HeunDiscreteScheduler's beta_start 0.00085, DPMSolver's "linspace" spacing, ...).
+        self._internal_dict = FrozenDict({k: v for k, v in self._internal_dict.items() if k != "_use_default_values"})
 
     # ------------------------------------------------------------------ tables
 

@@ -1,6 +1,7 @@
 """``ddpm-hf evaluate``: score a model (ddpm_hf.evaluation.report) and write what was measured beside it."""
 
 from ..evaluation import ALL_METRICS
+from ..sampling import SCHEDULERS
 from .common import fail
 
 # the evaluation's argument names -> this command's flags, where they differ
@@ -22,6 +23,9 @@ def add_parser(sub):
                    help="images per forward pass (default 256; --eval_batch_size is the same, as `train` spells it)")
     p.add_argument("--timestep_spacing", choices=("leading", "trailing", "linspace"), default=None,
                    help="how fewer sampling steps are spread over the T timesteps (default: the model's scheduler's)")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), default=None,
+                   help="the sampler of the sample metrics, made from the model's scheduler config (default: the "
+                   "model's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (image i: seed + i) and of the bound")
     p.add_argument("--dataset_name", default=None, help="data to score against (default: the run's)")
     p.add_argument("--dataset_config_name", default=None)
@@ -62,7 +66,8 @@ def config_from_args(args, parser):
             dataset_config_name=args.dataset_config_name, train_data_dir=args.train_data_dir,
             max_eval_images=args.max_eval_images, max_reference_images=args.max_reference_images,
             inception_weights=args.inception_weights, bpd_timesteps=args.bpd_timesteps,
-            timestep_spacing=args.timestep_spacing, name=args.name, output_dir=args.output_dir,
+            timestep_spacing=args.timestep_spacing, scheduler=args.scheduler, name=args.name,
+            output_dir=args.output_dir,
             update_model_card=args.update_model_card)
     except BadArgument as error:
         fail(parser, error, FLAGS)

@@ -7,6 +7,7 @@ pipelines' argument names (``--noise_level``, ``--strength``, ...) with the pipe
 
 import os
 
+from ..sampling import SCHEDULERS
 from .common import fail
 
 COMMANDS = ("inpaint", "upscale", "img2img", "denoise")
@@ -31,8 +32,8 @@ def add_parsers(sub):
     inpaint.add_argument("--mask", required=True, help="mask image, same size as --image: white = repaint, black = "
                          "keep (grey levels are thresholded at 0.5)")
     inpaint.add_argument("--method", choices=("repaint", "ddnm"), default="repaint",
-                         help="RePaint resampling (Lugmayr et al. CVPR 2022) or DDNM projection (Wang et al. ICLR 2023); "
-                         "default repaint")
+                         help="RePaint resampling (Lugmayr et al. CVPR 2022) or DDNM projection (Wang et al. ICLR "
+                         "2023); default repaint")
     inpaint.add_argument("--jump_length", type=int, default=10, help="RePaint's jump length j (default 10)")
     inpaint.add_argument("--jump_n_sample", type=int, default=None,
                          help="RePaint's resampling count r, 1 = none (default 10 for repaint, 1 for ddnm)")
@@ -43,7 +44,8 @@ def add_parsers(sub):
     upscale.add_argument("--method", choices=("ddnm", "ilvr"), default="ddnm",
                          help="DDNM projection (Wang et al. ICLR 2023) or ILVR (Choi et al. ICCV 2021); default ddnm")
     upscale.add_argument("--noise_level", type=float, default=0.0,
-                         help="std of Gaussian noise in the input, [0, 1] pixel units (DDNM+, Wang et al. ICLR 2023, Eq. 17 and 19; ddnm only; default 0)")
+                         help="std of Gaussian noise in the input, [0, 1] pixel units (DDNM+, Wang et al. ICLR 2023, "
+                         "Eq. 17 and 19; ddnm only; default 0)")
     img2img = _common(sub.add_parser("img2img", help="SDEdit: noise the image to strength x T and denoise it back"))
     img2img.add_argument("--strength", type=float, default=IMG2IMG_STRENGTH,
                          help=f"in (0, 1]: how far the image is noised (as diffusers' img2img; default "
@@ -51,6 +53,17 @@ def add_parsers(sub):
     denoise = _common(sub.add_parser("denoise", help="remove Gaussian noise of a known std from an image"))
     denoise.add_argument("--noise_level", "--sigma", dest="noise_level", type=float, required=True,
                          help="the noise std in [0, 1] pixel units (e.g. 0.1; --sigma is the same)")
+    for parser in (inpaint, img2img, denoise):
+        parser.add_argument("--class_label", default=None,
+                            help="class-conditional models: the class to restore towards, an id (or a name); default: "
+                            "none (the model's null class)")
+        parser.add_argument("--guidance_scale", type=float, default=None,
+                            help="with --class_label: classifier-free guidance scale, 1 = the conditional model alone "
+                            "(default: the pipeline's)")
+    for parser in (img2img, denoise):
+        parser.add_argument("--scheduler", choices=list(SCHEDULERS), default=None,
+                            help="the sampler, made from the model's scheduler config (default: the model's own; "
+                            "denoise needs one that starts the chain at t*: ddpm, dpmsolver++, dpmsolver-sde, euler)")
     return {name: (parser, run) for name, parser in zip(COMMANDS, (inpaint, upscale, img2img, denoise))}
 
 
@@ -115,7 +128,8 @@ def restore(base, command, image, output_dir, stem, num_inference_steps, seed, m
     os.makedirs(output_dir, exist_ok=True)
     result_path, strip_path = os.path.join(output_dir, stem + ".png"), os.path.join(output_dir, stem + "_strip.png")
     pipe.numpy_to_pil(out.images)[0].save(result_path)
-    title = f"{command}, {num_inference_steps} steps"
+    title = f"{command}, {num_inference_steps} steps" + (f", class {options['class_labels'][0]}"
+                                                         if options.get("class_labels") else "")
     make_strip(columns + [out.images], labels, tile=64, title=title).save(strip_path)
     return result_path, strip_path
 
@@ -134,7 +148,7 @@ def run(args, parser):
 
     from ..errors import ModelNotFound
     from ..pipeline_ddpm_hf import DDPMHFPipeline
-    from ..sampling import load_pipeline
+    from ..sampling import load_pipeline, use_scheduler
 
     try:
         base = load_pipeline(DDPMHFPipeline, args.model, **({"revision": args.revision} if args.revision else {}))
@@ -146,8 +160,14 @@ def run(args, parser):
                "upscale": lambda: dict(scale=args.scale, method=args.method, noise_level=args.noise_level),
                "img2img": lambda: dict(strength=args.strength),
                "denoise": lambda: dict(noise_level=args.noise_level)}[args.command]()
+    label = getattr(args, "class_label", None)
+    if label is not None:
+        options["class_labels"] = [int(label) if label.lstrip("-").isdigit() else label]
+    if getattr(args, "guidance_scale", None) is not None:
+        options["guidance_scale"] = args.guidance_scale
     stem = f"{os.path.splitext(os.path.basename(args.image))[0]}_{args.command}"
     try:
+        use_scheduler(base, getattr(args, "scheduler", None))
         paths = restore(base, args.command, image, args.output_dir, stem, args.num_inference_steps, args.seed,
                         mask=mask, **options)
     except ValueError as error:

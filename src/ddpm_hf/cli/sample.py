@@ -3,13 +3,15 @@
 import os
 import time
 
+from ..sampling import SCHEDULERS
 from .common import check_positive, fail
 
 
 def add_parser(sub):
     p = sub.add_parser("sample", help="generate images from a saved pipeline (folder or Hub repo id)")
     p.add_argument("model", help="a folder written by save_pretrained, or a Hub repo id (namespace/name)")
-    p.add_argument("--num_images", type=int, default=16, help="how many images (default 16)")
+    p.add_argument("--num_images", type=int, default=16,
+                   help="how many images (default 16); per class for a class-conditional model")
     p.add_argument("--batch_size", "--eval_batch_size", dest="batch_size", type=int, default=16,
                    help="images per forward pass (default 16; --eval_batch_size is the same, as `train` spells it)")
     p.add_argument("--num_inference_steps", "--ddpm_num_inference_steps", dest="num_inference_steps", type=int,
@@ -19,6 +21,16 @@ def add_parser(sub):
     p.add_argument("--output_dir", default="samples", help="where the PNGs go (default ./samples)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--strip", action="store_true", help="also write a denoising strip x_T ... x_0")
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), default=None,
+                   help="the sampler, made from the model's scheduler config as diffusers' from_config swaps them "
+                   "(default: the model's own; ddpm is ddpm-hf's ancestral sampler)")
+    p.add_argument("--class_labels", nargs="+", default=None,
+                   help="class-conditional models: the classes to draw, as ids (or names), --num_images of each, one "
+                   "labelled grid row per class (default: every class)")
+    p.add_argument("--guidance_scale", type=float, default=None,
+                   help="class-conditional models: classifier-free guidance scale s in diffusers' convention: 1 = the "
+                   "conditional model alone, larger = stronger guidance (default: the pipeline's, "
+                   "DEFAULT_GUIDANCE_SCALE)")
     return p
 
 
@@ -29,7 +41,7 @@ def run(args, parser):
 
     from ..errors import ModelNotFound
     from ..pipeline_ddpm_hf import DDPMHFPipeline
-    from ..sampling import generate, load_pipeline, write_samples
+    from ..sampling import class_rows, generate, load_pipeline, use_scheduler, write_samples
 
     try:
         pipe = load_pipeline(DDPMHFPipeline, args.model, **({"revision": args.revision} if args.revision else {}))
@@ -39,11 +51,32 @@ def run(args, parser):
     steps = args.num_inference_steps or T
     if steps > T:
         parser.error(f"--num_inference_steps {steps}: the model was trained with {T} timesteps; give at most {T}")
+    try:
+        use_scheduler(pipe, args.scheduler)
+        labels, rows = class_rows(pipe, args.class_labels, args.num_images)
+        if labels is not None:  # checked here, before sampling: unknown ids and names
+            pipe._class_ids(labels, None)
+    except ValueError as error:
+        fail(parser, error)
+    if args.guidance_scale is not None and labels is None:
+        parser.error("--guidance_scale: this model is unconditional (no class embeddings); leave it out")
     start = time.time()
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-    images, strip = generate(pipe, args.num_images, args.batch_size, steps, args.seed, strip=args.strip)
+    count = len(labels) if labels is not None else args.num_images
+    images, strip = generate(pipe, count, args.batch_size, steps, args.seed, strip=args.strip, class_labels=labels,
+                             guidance_scale=args.guidance_scale)
     name = os.path.basename(os.path.normpath(args.model))
-    title = f"{name}: {args.num_images} samples, {steps} steps, seed {args.seed}"
-    write_samples(pipe, images, args.output_dir, title, strip)
+    sampler = args.scheduler or type(pipe.scheduler).__name__
+    title = f"{name}: {count} samples, {sampler}, {steps} steps, seed {args.seed}"
+    if labels is not None:
+        title += f", guidance {pipe_guidance(args.guidance_scale)}"
+    write_samples(pipe, images, args.output_dir, title, strip, row_labels=rows)
     grid = os.path.join(args.output_dir, "grid.png")
-    print(f"wrote {args.num_images} images and {grid} in {time.time() - start:.1f}s")
+    print(f"wrote {count} images and {grid} in {time.time() - start:.1f}s")
+
+
+def pipe_guidance(scale):
+    """The guidance scale a run used: ``scale``, or the pipeline's default."""
+    from ..pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
+
+    return DEFAULT_GUIDANCE_SCALE if scale is None else scale

@@ -192,6 +192,7 @@ class EvaluationConfig:
     inception_weights: str | None = None
     bpd_timesteps: int | None = None
     timestep_spacing: str | None = None
+    scheduler: str | None = None  # the sampler of the sample metrics, a name of sampling.SCHEDULERS (None: the model's)
     name: str | None = None
     output_dir: str | None = None
     update_model_card: bool = False
@@ -210,6 +211,11 @@ class EvaluationConfig:
         if self.timestep_spacing not in (None, "leading", "trailing", "linspace"):
             raise BadArgument("timestep_spacing", f"timestep_spacing {self.timestep_spacing}: choose from leading, "
                               "trailing, linspace")
+        if self.scheduler is not None:
+            from ..sampling import SCHEDULERS
+
+            if self.scheduler not in SCHEDULERS:
+                raise BadArgument("scheduler", f"scheduler {self.scheduler}: choose from {', '.join(SCHEDULERS)}")
 
 
 def evaluate(model, config=None, progress=True, log=print):
@@ -217,7 +223,7 @@ def evaluate(model, config=None, progress=True, log=print):
     EvaluationConfig) says, and return the report written to ``eval-<name>.json`` (see the module docstring)."""
     from ..data import DIGITS, dataset_source
     from ..pipeline_ddpm_hf import DDPMHFPipeline
-    from ..sampling import generate_uint8
+    from ..sampling import generate_uint8, use_scheduler
     from .plots import plot_curve, plot_steps, save_grid
 
     c = config or EvaluationConfig()
@@ -254,6 +260,7 @@ def evaluate(model, config=None, progress=True, log=print):
     data_text = os.path.basename(os.path.normpath(data)) if os.path.isdir(str(data)) else data
     report = {"name": name, "model": os.path.basename(os.path.normpath(model)) if folder else model,
               "dataset": data_text, "seed": seed, "timestep_spacing": pipe.scheduler.config.timestep_spacing,
+              "scheduler": c.scheduler or type(pipe.scheduler).__name__,
               "metrics": list(metrics), "reference_split": c.reference_split, "versions": _versions(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -281,9 +288,11 @@ def evaluate(model, config=None, progress=True, log=print):
             reference = (reference_features(inception, ref_images, key, progress),
                          f"{len(ref_images)} images of {data_text} split {c.reference_split}")
         report["sampling"] = []
+        sampler = use_scheduler(DDPMHFPipeline.from_pipe(pipe, torch_dtype=None), c.scheduler)  # bound: pipe's
+        sampler.set_progress_bar_config(**pipe._progress_bar_config)
         for k in steps:
             log(f"{num_samples} samples with {k} steps ...")
-            samples, seconds = generate_uint8(pipe, num_samples, batch_size, k, seed)
+            samples, seconds = generate_uint8(sampler, num_samples, batch_size, k, seed)
             scores = sample_scores(samples, sample_metrics, reference, inception, digits_reference, c.reference_split)
             run = {"num_inference_steps": k, "num_samples": num_samples, "sampling_seconds": round(seconds, 2),
                    "images_per_second": round(num_samples / seconds, 2), "scores": scores}

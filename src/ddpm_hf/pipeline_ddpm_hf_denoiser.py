@@ -1,0 +1,192 @@
+# Copyright 2026 The ddpm-hf authors. Licensed under the Apache License, Version 2.0.
+"""The model call of every ddpm-hf pipeline at one reverse step, as any diffusers scheduler wants it: the
+learned-variance channels kept or split off, classifier-free guidance (Ho & Salimans 2022) for class-conditional
+UNets in one batched call, class labels checked and resolved, and the scheduler's extra step arguments.
+
+Shipped with the pipelines (``DDPMHFPipeline.save_pretrained`` copies it beside ``pipeline_ddpm_hf.py``, which
+imports it relatively; diffusers' remote-code loader follows that import): torch and diffusers only. No
+``DiffusionPipeline`` subclass lives here.
+"""
+
+import inspect
+
+import torch
+
+# The pipelines' default classifier-free guidance scale s (diffusers' convention, 1 = no guidance). A placeholder
+# until the conditional digits model's accuracy/quality trade-off is measured (issue 18 sec. 3).
+DEFAULT_GUIDANCE_SCALE = 3.0
+# Schedulers (by class name, also for subclasses) whose step models the reverse-step variance and so takes a model
+# output with the variance channels when their variance_type is learned; every other scheduler gets the prediction
+# channels only (diffusers' DPMSolverMultistepScheduler would cut at [:, :3], wrong for one-channel models).
+VARIANCE_SCHEDULERS = ("DDPMHFScheduler", "DDPMScheduler")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+
+def keeps_variance_channels(scheduler):
+    """Whether ``scheduler.step`` takes the model's variance channels (Nichol & Dhariwal sec. 3.1): one of
+    ``VARIANCE_SCHEDULERS`` with a learned ``variance_type``."""
+    names = {cls.__name__ for cls in type(scheduler).__mro__}
+    learned = getattr(scheduler.config, "variance_type", None) in LEARNED_VARIANCE_TYPES
+    return learned and any(name in names for name in VARIANCE_SCHEDULERS)
+
+
+def step_kwargs(scheduler, generator=None, eta=0.0):
+    """The extra keyword arguments ``scheduler.step`` accepts, as diffusers' pipelines choose them
+    (``prepare_extra_step_kwargs``): ``generator`` and ``eta`` (DDIM's eta, Song et al. 2021 eq. 16) when its
+    signature has them."""
+    parameters = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "generator" in parameters:
+        kwargs["generator"] = generator
+    if "eta" in parameters:
+        kwargs["eta"] = eta
+    return kwargs
+
+
+def check_scheduler_input(scheduler, timesteps):
+    """A scheduler that cannot set explicit ``timesteps``: ValueError naming it (diffusers raises a TypeError)."""
+    if timesteps is not None and "timesteps" not in inspect.signature(scheduler.set_timesteps).parameters:
+        raise ValueError(f"{type(scheduler).__name__}.set_timesteps takes no explicit timesteps: give "
+                         "num_inference_steps instead")
+
+
+# ------------------------------------------------------------------------------------------------ class labels
+
+
+def label_names(id2label):
+    """{name: id} of a pipeline's ``id2label`` ({id: name}); a name holding commas gives each of its comma-separated
+    parts, as diffusers' DiT pipeline reads ImageNet's names."""
+    names = {}
+    for key, value in (id2label or {}).items():
+        for name in str(value).split(","):
+            names[name.strip()] = int(key)
+    return dict(sorted(names.items()))
+
+
+def get_label_ids(label, id2label):
+    """Class ids of label names (a name or a list of names), as diffusers' DiT pipeline ``get_label_ids``; ValueError
+    naming the known names for one that is not known."""
+    names = label_names(id2label)
+    labels = [label] if isinstance(label, str) else list(label)
+    unknown = [name for name in labels if name not in names]
+    if unknown:
+        raise ValueError(f"class label names {unknown} are not known; this model's are {list(names)}")
+    return [names[name] for name in labels]
+
+
+def class_ids(unet, class_labels, id2label, null_class_id, batch_size):
+    """The class ids (a list of ints, one per image) a call samples, or None for an unconditional UNet.
+
+    Args:
+        unet: a ``UNet2DModel``; class-conditional when its ``num_class_embeds`` is set.
+        class_labels: None, or one label per image: ids (int) or names (str, see ``get_label_ids``), mixed freely.
+        id2label: {id: name} or None. null_class_id: the "no label" id (Ho & Salimans 2022) or None.
+        batch_size: the images asked for, or None (then ``len(class_labels)``, or 1 without labels).
+
+    Without ``class_labels`` a conditional model samples the null class (unconditional samples). ValueError for
+    class labels given to an unconditional model, an id out of 0..num_class_embeds - 1 or the null id itself, an
+    unknown name, a ``batch_size`` that is not the number of labels, and a conditional UNet without a null class id
+    asked for unconditional samples.
+    """
+    num_classes = getattr(unet.config, "num_class_embeds", None)
+    if num_classes is None:
+        if class_labels is not None:
+            raise ValueError("class_labels given, but this UNet is unconditional (its config has no num_class_embeds)")
+        return None
+    if class_labels is None:
+        if null_class_id is None:
+            raise ValueError("this UNet is class-conditional but the pipeline has no null_class_id: give class_labels")
+        # (a batch_size that is not a positive int is the caller's check_inputs' to refuse)
+        return [int(null_class_id)] * (batch_size if isinstance(batch_size, int) and batch_size > 0 else 1)
+    labels = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
+    if torch.is_tensor(class_labels):
+        labels = class_labels.flatten().tolist()
+    if not labels:
+        raise ValueError("class_labels is empty: give one label per image")
+    if batch_size is not None and batch_size != len(labels):
+        raise ValueError(f"{len(labels)} class_labels for batch_size {batch_size}: give one label per image (or leave "
+                         "batch_size out)")
+    ids = [get_label_ids(label, id2label)[0] if isinstance(label, str) else int(label) for label in labels]
+    valid = [i for i in range(num_classes) if i != null_class_id]
+    bad = [i for i in ids if i not in valid]
+    if bad:
+        raise ValueError(f"class ids {bad} out of range: this model's classes are {valid[0]}..{valid[-1]}"
+                         + (f" (the null class {null_class_id} is drawn by giving no class_labels)"
+                            if null_class_id is not None else ""))
+    return ids
+
+
+# ------------------------------------------------------------------------------------------------ the model call
+
+
+def denoise(unet, x, t, labels=None, null_class_id=None, guidance_scale=1.0, keep_variance=False):
+    """The UNet's output at (x, t) for the scheduler's step.
+
+    Classifier-free guidance (Ho & Salimans 2022, eq. 6 with w = s - 1, in diffusers' convention):
+    eps = eps(x, null) + s (eps(x, c) - eps(x, null)), so s = 1 is the conditional model alone and s = 0 the
+    unconditional one. The two branches are one UNet call on the doubled batch [x, x] with labels [c, null]. The
+    combination acts on the prediction channels only; learned-variance channels come from the conditional branch
+    (as GLIDE and DiT do). Prediction types other than eps (x_0, v) are combined in the same way: both are affine
+    in eps with the same coefficients at a given x_t, and the weights (1 - s, s) sum to one, so this is guidance on
+    eps.
+
+    Args:
+        unet: a ``UNet2DModel`` (C in, C or 2C out). x: (B, C, H, W) the scaled model input. t: the timestep.
+        labels: (B,) long tensor of class ids, or None for an unconditional UNet.
+        null_class_id: the "no label" id (needed when guidance_scale != 1).
+        guidance_scale: s.
+        keep_variance: keep the variance channels (``keeps_variance_channels(scheduler)``); otherwise the output
+            has C channels.
+
+    Returns:
+        (B, C, H, W), or (B, 2C, H, W) with ``keep_variance`` and a learned-variance UNet.
+    """
+    channels = x.shape[1]
+    if labels is None:
+        output = unet(x, t).sample
+    elif guidance_scale == 1 or bool((labels == null_class_id).all()):
+        output = unet(x, t, class_labels=labels).sample
+    else:
+        both = unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, torch.full_like(labels, null_class_id)]))
+        conditional, unconditional = both.sample.chunk(2)
+        cond, uncond = conditional[:, :channels], unconditional[:, :channels]
+        guided = uncond + guidance_scale * (cond - uncond)  # Ho & Salimans eq. 6, w = s - 1
+        output = torch.cat([guided, conditional[:, channels:]], dim=1)
+    return output if keep_variance else output[:, :channels]
+
+
+class DDPMHFDenoiserMixin:
+    """The class labels and the model call every ddpm-hf pipeline shares (with ``unet``, ``scheduler`` and the
+    optional ``id2label`` / ``null_class_id`` in its config). Not a ``DiffusionPipeline``."""
+
+    def _register_conditional(self, id2label, null_class_id):
+        """Register a conditional model's ``id2label`` (int keys: JSON makes them strings) and ``null_class_id`` into
+        the config (model_index.json; ``from_pipe`` hands them on); nothing for an unconditional model."""
+        if id2label is not None or null_class_id is not None:
+            self.register_to_config(id2label={int(k): str(v) for k, v in (id2label or {}).items()},
+                                    null_class_id=null_class_id)
+
+    @property
+    def labels(self):
+        """{class name: class id} of a class-conditional model (from ``id2label``; empty for an unconditional one)."""
+        return label_names(getattr(self.config, "id2label", None))
+
+    def get_label_ids(self, label):
+        """Class ids of class names (a name or a list), as diffusers' DiT pipeline: ``pipe(class_labels=
+        pipe.get_label_ids(["3", "7"]))``; ValueError for a name not in ``self.labels``."""
+        return get_label_ids(label, getattr(self.config, "id2label", None))
+
+    def _class_ids(self, class_labels, batch_size):
+        """(B,) long tensor of the class ids sampled (see ``class_ids``), or None for an unconditional UNet."""
+        ids = class_ids(self.unet, class_labels, getattr(self.config, "id2label", None),
+                        getattr(self.config, "null_class_id", None), batch_size)
+        return None if ids is None else torch.tensor(ids, dtype=torch.long, device=self._execution_device)
+
+    def _model_output(self, x, t, labels=None, guidance_scale=1.0, scheduler=None):
+        """The UNet output at (x, t) as ``scheduler.step`` (default ``self.scheduler``) takes it (see ``denoise``):
+        x scaled by the scheduler's ``scale_model_input``, classifier-free guidance with the class ids ``labels``,
+        the variance channels kept only for a scheduler that uses them."""
+        scheduler = scheduler or self.scheduler
+        return denoise(self.unet, scheduler.scale_model_input(x, t), t, labels,
+                       getattr(self.config, "null_class_id", None), guidance_scale,
+                       keeps_variance_channels(scheduler))
