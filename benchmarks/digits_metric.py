@@ -6,8 +6,9 @@ convolution block, the first version's (a scikit-learn MLP's 64-d last hidden la
 1. The floor law: FD between disjoint sets of real digits of sizes (n, m) against c (1/n + 1/m), c fitted by least
    squares (the law ``digits.real_floor`` scales its floor with); and what the overlap does (N real digits taken from
    the reference, scored against all of it).
-2. Models: each MODEL is LABEL=FOLDER[:UNET_SUBFOLDER]@STEPS, e.g. ``ema-1400=outputs/demo@1000`` (a saved
-   pipeline) or ``raw-1000=outputs/demo/checkpoint-1000:unet@50`` (a training checkpoint's UNet, the scheduler taken
+2. Models: each MODEL is LABEL=FOLDER[:UNET_SUBFOLDER]@STEPS[/SAMPLER] (SAMPLER a name of ddpm_hf.sampling.SCHEDULERS,
+   default the model's own ancestral chain), e.g. ``ema-1400=outputs/demo@1000`` (a saved
+   pipeline), ``ema-1400=outputs/demo@20/dpmsolver++`` or ``raw-1000=outputs/demo/checkpoint-1000:unet@50`` (a training checkpoint's UNet, the scheduler taken
    from ``--scheduler_from``). NUM_SAMPLES samples per seed (seed s draws image i with seed s * 100000 + i, so seeds
    share no image), cached as .npy in OUTPUT_DIR/samples; then FD per seed, mean and std over seeds, the floor at
    that N, the ratio FD / floor, and for every pair of models Welch's t over seeds, per feature kind.
@@ -105,22 +106,25 @@ def floor_law(kinds, draws, seed=0):
 
 
 def parse_model(spec):
+    """LABEL=FOLDER[:UNET_SUBFOLDER]@STEPS[/SAMPLER] -> (label, folder, subfolder, steps, sampler or None)."""
     label, rest = spec.split("=", 1)
     where, steps = rest.rsplit("@", 1)
+    steps, _, sampler = steps.partition("/")
     folder, _, subfolder = where.partition(":")
-    return label, folder, subfolder or None, int(steps)
+    return label, folder, subfolder or None, int(steps), sampler or None
 
 
 def samples_for(spec, scheduler_from, num_samples, seed, output_dir, batch_size):
     """uint8 samples (N, 1, 8, 8) of a model spec, drawn once and cached as .npy."""
-    label, folder, subfolder, steps = parse_model(spec)
-    path = os.path.join(output_dir, "samples", f"{label}-{steps}steps-n{num_samples}-seed{seed}.npy")
+    label, folder, subfolder, steps, sampler = parse_model(spec)
+    name = f"{label}-{steps}steps" + (f"-{sampler}" if sampler and sampler != "ddpm" else "")
+    path = os.path.join(output_dir, "samples", f"{name}-n{num_samples}-seed{seed}.npy")
     if os.path.isfile(path):
         return np.load(path), None
     from diffusers import UNet2DModel
 
     from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler
-    from ddpm_hf.sampling import generate_uint8
+    from ddpm_hf.sampling import generate_uint8, use_scheduler
 
     if subfolder:
         unet = UNet2DModel.from_pretrained(folder, subfolder=subfolder)
@@ -128,6 +132,7 @@ def samples_for(spec, scheduler_from, num_samples, seed, output_dir, batch_size)
         pipe = DDPMHFPipeline(unet=unet, scheduler=scheduler)
     else:
         pipe = DDPMHFPipeline.from_pretrained(folder)
+    use_scheduler(pipe, sampler)  # a diffusers scheduler swapped in with from_config (ddpm_hf.sampling.SCHEDULERS)
     pipe.set_progress_bar_config(disable=True)
     samples, seconds = generate_uint8(pipe, num_samples, batch_size, steps, seed * SEED_STRIDE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
