@@ -43,7 +43,7 @@ def classifier(train_images, train_labels):
         def classify(images):  # the classifier takes uint8 images, as they are saved
             return model.probabilities((images.clamp(0, 1) * 255).round().to(torch.uint8)).argmax(1)
 
-        return classify, "the digits metric's MLP classifier (ddpm_hf.evaluation.digits)"
+        return classify, "the digits metric's classifier (ddpm_hf.evaluation.digits)"
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(max_iter=5000).fit(train_images.flatten(1).numpy(), train_labels)
