@@ -29,8 +29,13 @@ model-card: env
 	cp outputs/demo/unet/config.json model_cards/ddpm-digits-8/unet/
 	cp outputs/demo/scheduler/scheduler_config.json model_cards/ddpm-digits-8/scheduler/
 
+# TEST_WORKERS pytest-xdist processes (one per core of CI's two), an idle one taking tests queued for the other
+# (worksteal: test times range from 0.01 s to minutes); tests that share a folder make it once between them
+# (tests/helpers.made_once). TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
+
 test: env
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 # the in-process unit tier: equations, scheduler vs diffusers, likelihood, losses, small pipelines, CLI parsing;
 # leaves out the tests marked slow (training runs, CLI processes, multi-process launches, Hub round trips, the

@@ -1,20 +1,30 @@
 """Shared fixtures; plain helper functions and constants are in helpers.py."""
 
+import os
 import shutil
 
 import pytest
 import torch
 
-from helpers import TINY_RUN, run_train
+from helpers import TINY_RUN, made_once, run_train
 from hub_server import HubServer
+
+
+def pytest_configure(config):
+    """A pytest-xdist worker (`make test` runs one per core) computes on one thread, and so do the processes it
+    starts: two workers of two threads each on two cores would make each wait on the other's spinning threads."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """The folder of one tiny finished training run (helpers.TINY_RUN: `scripts/train.py` in its own process, as a
-    user starts it), trained once per session. Read it only; a test that writes in a run takes ``run_copy``."""
-    folder = tmp_path_factory.mktemp("trained_run")
-    run_train("--output_dir", str(folder / "run"), *TINY_RUN, cwd=folder)
+    user starts it), trained once per session (``made_once``). Read it only; a test that writes in a run takes
+    ``run_copy``."""
+    folder = made_once(tmp_path_factory, "trained_run",
+                       lambda folder: run_train("--output_dir", str(folder / "run"), *TINY_RUN, cwd=folder))
     return folder / "run"
 
 

@@ -4,11 +4,13 @@ reading what a run wrote, image folders, and fresh Python subprocesses that load
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+from filelock import FileLock
 from safetensors.torch import load_file
 
 import ddpm_hf
@@ -42,6 +44,26 @@ def run_train(*args, cwd, launcher=None, timeout=300, env=None):
                        timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
+
+
+def made_once(tmp_path_factory, name, make):
+    """The folder ``name`` that ``make(folder)`` fills, made once per test session. Under pytest-xdist (`make test`
+    runs two workers, each with its own base temp folder) it is made in the folder the workers share, by the first
+    worker to ask, while the others wait on a file lock; a folder left half-made by a failed ``make`` is made again.
+    Read it only."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # the session's, above each worker's popen-gwN
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
 
 
 def run_trains(*arg_lists, cwd, timeout=600):

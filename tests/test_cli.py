@@ -115,18 +115,20 @@ def test_img2img_strength_default_is_the_pipelines():
 # ------------------------------------------------------------------------------------------------ import cost
 @pytest.mark.slow  # a fresh interpreter
 def test_import_and_the_parser_tree_do_not_import_torch_or_diffusers():
-    """`import ddpm_hf`, its evaluation package and errors, and every command's --help (the whole parser tree) run
-    without importing torch, diffusers or a pipeline; the lazy names still resolve."""
+    """`import ddpm_hf`, its evaluation package and errors, what `ddpm-hf push` imports (hub, model_card and the
+    upload, pipeline_ddpm_hf_hub: a push runs without torch; test_hub_faults checks a real one) and every command's
+    --help (the whole parser tree) run without importing torch, diffusers or a pipeline; the lazy names still
+    resolve."""
     code = (
         "import sys, contextlib, io\n"
-        "import ddpm_hf, ddpm_hf.evaluation, ddpm_hf.errors, ddpm_hf.run_dir\n"
+        "import ddpm_hf, ddpm_hf.evaluation, ddpm_hf.errors, ddpm_hf.run_dir, ddpm_hf.hub, ddpm_hf.model_card\n"
         "from ddpm_hf.cli import build_parser, main\n"
         "_, commands = build_parser()\n"
         "for argv in [['--help']] + [[name, '--help'] for name in commands]:\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        main(argv)\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'numpy', 'PIL',\n"
-        "               'huggingface_hub') or m.startswith('ddpm_hf.pipeline'))\n"
+        "               'huggingface_hub') or (m.startswith('ddpm_hf.pipeline') and m != 'ddpm_hf.pipeline_ddpm_hf_hub'))\n"
         "print('HEAVY', heavy)\n"
         "assert ddpm_hf.DDPMHFPipeline.__name__ == 'DDPMHFPipeline' and 'diffusers' in sys.modules\n"
         "assert ddpm_hf.evaluation.held_out_bits.__module__ == 'ddpm_hf.evaluation.bound'\n"

@@ -22,7 +22,7 @@ import time
 import pytest
 import torch
 
-from helpers import TINY, TRAIN, read_history, read_weights, run_train, train_env
+from helpers import TINY, TRAIN, made_once, read_history, read_weights, run_train, train_env
 
 from ddpm_hf.run_dir import LOCK_NAME, checkpoint_dirs, resolve_checkpoint  # noqa: E402
 
@@ -31,9 +31,10 @@ COMMON = ["--max_train_steps", "10", "--checkpointing_steps", "2", "--eval_max_i
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """The uninterrupted run every interrupted one must equal (checkpoint-6 and -8 kept, the pipeline at step 10)."""
-    root = tmp_path_factory.mktemp("straight")
-    run_train("--output_dir", str(root / "run"), *COMMON, cwd=root)
+    """The uninterrupted run every interrupted one must equal (checkpoint-6 and -8 kept, the pipeline at step 10),
+    trained once per session (``made_once``)."""
+    root = made_once(tmp_path_factory, "straight",
+                     lambda root: run_train("--output_dir", str(root / "run"), *COMMON, cwd=root))
     return root / "run"
 
 
@@ -307,8 +308,10 @@ BIN = os.path.dirname(sys.executable)
 LAUNCHERS = {  # the launch commands README shows, as real processes
     "ddpm-hf train": [os.path.join(BIN, "ddpm-hf"), "train"],
     "accelerate launch": [os.path.join(BIN, "accelerate"), "launch", "--num_processes", "1", TRAIN],
+    # on a free port: accelerate's default, 29500, is one port for every launch (two at once, as `make test`'s two
+    # pytest-xdist workers may start, would collide); torchrun --standalone picks a free one itself
     "accelerate launch 2 processes": [os.path.join(BIN, "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-                                      TRAIN],
+                                      "--main_process_port", "0", TRAIN],
     "torchrun 2 processes": [os.path.join(BIN, "torchrun"), "--standalone", "--nproc_per_node", "2", TRAIN],
 }
 SLOW_LAUNCHERS = ("accelerate launch 2 processes", "torchrun 2 processes")

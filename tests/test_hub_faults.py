@@ -41,6 +41,10 @@ SENTINEL = "hf_SENTINEL_fake_token_for_tests_0123456789"  # not a token: a marke
 
 # `ddpm-hf <ARGS>` in a process that may only reach loopback (hub_server.CLIENT_PRELUDE)
 CLI = CLIENT_PRELUDE + "from ddpm_hf.cli import main\nmain(ARGS)\n"
+# the same, then the heavy modules the push imported: torch, diffusers, a pipeline (ddpm_hf.pipeline_ddpm_hf_hub, the
+# upload, imports the standard library and huggingface_hub only)
+CLI_HEAVY = CLI + ("import sys\nresult(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers')\n"
+                   "    or (m.startswith('ddpm_hf.pipeline') and m != 'ddpm_hf.pipeline_ddpm_hf_hub')))\n")
 
 
 @pytest.fixture
@@ -49,10 +53,10 @@ def run(run_copy):
     return run_copy
 
 
-def _push(hub, out, *args, home="hf_home", token="hf_test_dummy", timeout=240, wait=True):
+def _push(hub, out, *args, home="hf_home", token="hf_test_dummy", timeout=240, wait=True, code=CLI):
     env = hub.client_env(out.parent / home, token=token)
     env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    cmd = [sys.executable, "-c", CLI, json.dumps(["push", str(out), "--hub_model_id", REPO, *args])]
+    cmd = [sys.executable, "-c", code, json.dumps(["push", str(out), "--hub_model_id", REPO, *args])]
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -101,11 +105,15 @@ def _retrain_weights(out):
 @pytest.mark.slow
 def test_push_uploads_weights_through_lfs_and_a_second_push_updates(run, tmp_path):
     """Also: the lock file names the host, and a push while a run holds it (`--push_to_hub` pushes before the lock
-    is released) leaves it out of the upload and in the run."""
+    is released) leaves it out of the upload and in the run. The pushing process imports neither torch nor diffusers
+    nor a pipeline (seconds of start-up each): the upload (pipeline_ddpm_hf_hub.py) goes up with the pipeline."""
     (run / LOCK_NAME).write_text(f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}}}')
     with HubServer(tmp_path / "hub") as hub:
-        r = _push(hub, run)
+        r = _push(hub, run, code=CLI_HEAVY)
         assert r.returncode == 0, r.stderr[-3000:]
+        assert "RESULT:[]\n" in r.stdout, r.stdout[-3000:]
+        assert (Path(hub.repo_dir(REPO)) / "pipeline_ddpm_hf_hub.py").read_bytes() == (
+            ROOT / "src" / "ddpm_hf" / "pipeline_ddpm_hf_hub.py").read_bytes()
         assert not (Path(hub.repo_dir(REPO)) / LOCK_NAME).exists() and (run / LOCK_NAME).is_file()
         oid, size = _sha256(run / WEIGHTS), (run / WEIGHTS).stat().st_size
         # batch, then a PUT of the bytes to the upload action, then verify; the commit names the object

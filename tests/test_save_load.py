@@ -125,6 +125,7 @@ def test_save_pretrained_layout(saved):
         "model_index.json",
         "pipeline_ddpm_hf.py",
         "pipeline_ddpm_hf_denoiser.py",
+        "pipeline_ddpm_hf_hub.py",
         "pipeline_ddpm_hf_img2img.py",
         "pipeline_ddpm_hf_inpaint.py",
         "pipeline_ddpm_hf_super_resolution.py",

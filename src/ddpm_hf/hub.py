@@ -4,7 +4,7 @@ training_args.json; never checkpoints, logs or samples), the card that goes with
 A push writes nothing in the run: the upload is staged in a temporary folder of links to the run's files, beside
 the model card to upload. That card is the run's README.md as it is when the user edited it
 (``model_card.edited_by_hand``), else the card rendered for the repo pushed to. The upload itself is
-``pipeline_ddpm_hf.upload_folder_to_hub``, the one upload path of ddpm-hf (``save_pretrained(push_to_hub=True)``
+``pipeline_ddpm_hf_hub.upload_folder_to_hub``, the one upload path of ddpm-hf (``save_pretrained(push_to_hub=True)``
 uses it too).
 """
 
@@ -15,6 +15,7 @@ import tempfile
 
 from .errors import PushError, PushFailed
 from .model_card import PICTURES, card_text, edited_by_hand
+from .pipeline_ddpm_hf_hub import upload_folder_to_hub
 from .run_dir import HISTORY, LOCK_NAME, MODEL_CARD, TRAINING_ARGS, check_run
 
 # what a push leaves out of --output_dir (huggingface_hub ignore_patterns, as diffusers' scripts pass them)
@@ -98,8 +99,6 @@ def push_run(output_dir, repo_id, private=None, token=None, revision=None, commi
 
     Raises PushError (argument "private") if ``private`` is asked for a repo that already exists and is public (a
     push never changes a repo's visibility); errors of huggingface_hub pass through after its own retries."""
-    from .pipeline_ddpm_hf import upload_folder_to_hub
-
     check_run(output_dir)
     with staged_upload(output_dir, repo_id) as (folder, edited):
         if edited and log:

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 
-from .data import DIGITS, dataset_source
 from .errors import CardEdited
 from .run_dir import METRICS, MODEL_CARD, TRAINING_ARGS, check_run
 
@@ -51,11 +50,15 @@ def _dataset(args, metrics):
     """The run's training data: {"text": for the card, "short": a short name, "id": a name without spaces,
     "hub": the Hub dataset id or None, "license": a license id or None}."""
     name, data_dir = args.get("dataset_name"), args.get("train_data_dir")
-    source = metrics.get("dataset_source") or dataset_source(name, data_dir)
-    if source == DIGITS:
+    source = metrics.get("dataset_source")  # "digits", "local" or "hub": ddpm_hf.data.dataset_source, recorded
+    if source is None:  # a run from before metrics.json recorded it (ddpm_hf.data imports torch: only then)
+        from .data import dataset_source
+
+        source = dataset_source(name, data_dir)
+    if source == "digits":
         return {"text": "the UCI handwritten digits as scikit-learn ships them (`sklearn.datasets.load_digits`: "
                         "1,797 8x8 grayscale digits with 17 grey levels, scaled to 0-255; 180 held out, 18 per class)",
-                "short": "the UCI digits", "name": "UCI handwritten digits (scikit-learn)", "id": DIGITS, "hub": None,
+                "short": "the UCI digits", "name": "UCI handwritten digits (scikit-learn)", "id": "digits", "hub": None,
                 "license": "cc-by-4.0"}
     if source == "local":
         folder = os.path.basename(os.path.normpath(data_dir or name))

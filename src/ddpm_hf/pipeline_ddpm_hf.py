@@ -2,8 +2,9 @@
 """DDPM image generation (Ho et al. 2020, Algorithm 2), unconditional or class-conditional with classifier-free
 guidance (Ho & Salimans 2022), with any diffusers scheduler swapped in, as a diffusers ``DiffusionPipeline``.
 
-This file imports torch, numpy, diffusers and its sibling ``pipeline_ddpm_hf_denoiser.py`` only: ``save_pretrained``
-copies both, and the scheduler's source file, into the saved folder, so that a process without ddpm_hf installed can
+This file imports torch, numpy, diffusers and its siblings ``pipeline_ddpm_hf_denoiser.py`` and
+``pipeline_ddpm_hf_hub.py`` (the upload) only: ``save_pretrained`` copies them, and the scheduler's source file, into
+the saved folder, so that a process without ddpm_hf installed can
 load the folder or its Hub repository with ``DiffusionPipeline.from_pretrained(path_or_repo_id,
 trust_remote_code=True)`` (diffusers' remote-code loader follows the relative import).
 """
@@ -21,6 +22,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE, DDPMHFDenoiserMixin, check_scheduler_input, step_kwargs
+from .pipeline_ddpm_hf_hub import upload_folder_to_hub
 
 logger = logging.get_logger(__name__)
 
@@ -30,7 +32,7 @@ SCHEDULER_MODULE = "scheduling_ddpm_hf"  # file stem of the scheduler's source, 
 # copies them into the folder, where DiffusionPipeline.from_pretrained(..., custom_pipeline=stem) finds them.
 TASK_PIPELINES = ("pipeline_ddpm_hf_inpaint", "pipeline_ddpm_hf_super_resolution", "pipeline_ddpm_hf_img2img")
 # File stems of the modules beside this file that it and the task pipelines import relatively (no pipeline class).
-SIBLING_MODULES = ("pipeline_ddpm_hf_denoiser", "pipeline_ddpm_hf_task_base")
+SIBLING_MODULES = ("pipeline_ddpm_hf_denoiser", "pipeline_ddpm_hf_task_base", "pipeline_ddpm_hf_hub")
 # Scheduler classes of a saved pipeline that this module loads as its own DDPMHFScheduler (with the same config).
 _OWN_SCHEDULER_NAMES = ("DDPMScheduler", "DDPMHFScheduler")
 # from_pretrained arguments that locate a Hub repository's files (DiffusionPipeline.download's own names).
@@ -53,29 +55,6 @@ def _own_scheduler_class():
     package = __name__.rpartition(".")[0]
     module = importlib.import_module(f"{package}.{SCHEDULER_MODULE}" if package else SCHEDULER_MODULE)
     return module.DDPMHFScheduler
-
-
-def upload_folder_to_hub(folder, repo_id, *, token=None, private=None, revision=None, commit_message=None,
-                         ignore_patterns=None):
-    """Upload a saved pipeline folder to the Hub repo ``repo_id`` (created if missing, private if ``private``), on
-    branch ``revision`` (created from main if missing; default main), leaving out ``ignore_patterns``. The one upload
-    path of ddpm-hf: ``save_pretrained(push_to_hub=True)`` and ``ddpm-hf push`` both call it. Returns the commit info.
-
-    Raises ValueError if ``private`` is asked for a repo that exists and is public (a push never changes a repo's
-    visibility); huggingface_hub's errors pass through after its own retries."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if private and not api.repo_info(repo_id).private:
-        raise ValueError(
-            f"{repo_id} already exists and is public, and a push does not change an existing repo's visibility: "
-            "make it private on the Hub first, or push without asking for a private repo"
-        )
-    if revision and revision not in ("main", "refs/heads/main"):
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, ignore_patterns=ignore_patterns,
-                             commit_message=commit_message or "Upload DDPMHFPipeline")
 
 
 @dataclass

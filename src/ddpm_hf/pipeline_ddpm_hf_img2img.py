@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 # diffusers copies a local folder's relative imports one level deep: this file names every sibling it needs
 from .pipeline_ddpm_hf import OUTPUT_TYPES
 from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE, step_kwargs
+from .pipeline_ddpm_hf_hub import upload_folder_to_hub  # noqa: F401
 from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
 
