@@ -226,13 +226,13 @@ class BitsPerDim:
     terms: torch.Tensor
 
 
-def _model_output(model, x_t, t):
-    out = model(x_t, t)
+def _model_output(model, x_t, t, class_labels=None):
+    out = model(x_t, t) if class_labels is None else model(x_t, t, class_labels=class_labels)
     return out.sample if hasattr(out, "sample") else out
 
 
 @torch.no_grad()
-def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, progress=True):
+def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, progress=True, class_labels=None):
     """Bits per dimension of images under the full T-step variational bound: L_vlb / (D ln 2), D = C*H*W (Ho eq. 5).
 
     For each t = T-1..0 one x_t ~ q(x_t | x_0) is drawn with fresh noise and the term L_{t-1} evaluated (Monte
@@ -244,6 +244,8 @@ def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, 
         x_start: (B, C, H, W) images in [-1, 1] on the 256 levels {-1 + 2k/255}.
         generator: torch.Generator for the noise draws.
         progress: show a tqdm bar over the T timesteps.
+        class_labels: (B,) long class ids of the images for a class-conditional model (called as
+            ``model(x_t, t, class_labels=...)``): the bound is then the conditional one, on -log p(x_0 | y).
     """
     from tqdm.auto import tqdm
 
@@ -256,7 +258,7 @@ def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, 
         t = torch.full((batch,), i, dtype=torch.long, device=x_start.device)
         noise = torch.randn(x_start.shape, generator=generator, dtype=x_start.dtype).to(x_start.device)
         x_t = q_sample(scheduler, x_start, t, noise)  # Ho eq. 4
-        out = _model_output(model, x_t, t)
+        out = _model_output(model, x_t, t, class_labels)
         terms[:, i] = vlb_terms(scheduler, out, x_start, x_t, t, clip_denoised=clip_denoised).double().cpu()
     prior = prior_kl(scheduler, x_start).double().cpu()
     scale = 1.0 / (dims * LOG2)

@@ -65,7 +65,9 @@ def _eval_rows(metrics, args, num_timesteps):
     if "bits_per_dim" not in metrics:
         return [("bits/dim", "not computed (no held-out split)")]
     split = args.get("eval_split") or "test"
-    rows = [(f"bits/dim on {metrics['num_images']} held-out images of split `{split}` (the variational bound, "
+    bound = ("the conditional variational bound on -log p(x | y), each image's class label given to the model, "
+             if args.get("class_conditional") else "the variational bound, ")
+    rows = [(f"bits/dim on {metrics['num_images']} held-out images of split `{split}` ({bound}"
              f"Ho eq. 5, all {num_timesteps} terms; lower is better)",
              f"**{metrics['bits_per_dim']:.3f}** +- {metrics['bits_per_dim_stderr']:.3f} (standard error)")]
     if "prior_bits_per_dim" in metrics:
@@ -117,6 +119,7 @@ def _training_rows(args, metrics, data, unet, scheduler):
     rows = [
         ("recipe", recipe or "none recorded"),
         ("data", f"{count}{data['short']}, {unet['sample_size']}x{unet['sample_size']}{augment}"),
+        *_conditioning_rows(args, unet),
         ("network", network),
         ("diffusion", f"T = {scheduler['num_train_timesteps']}, beta schedule "
                       f"{BETA_SCHEDULE_TEXT.get(scheduler['beta_schedule'], scheduler['beta_schedule'])}, the network "
@@ -137,6 +140,19 @@ def _training_rows(args, metrics, data, unet, scheduler):
     if metrics.get("versions"):
         rows.append(("software", ", ".join(f"{k} {v}" for k, v in metrics["versions"].items())))
     return rows
+
+
+def _conditioning_rows(args, unet):
+    """The class conditioning of a class-conditional run (none for an unconditional one)."""
+    if not args.get("class_conditional"):
+        return []
+    names = args.get("class_names") or []
+    shown = ", ".join(f"`{n}`" for n in names[:20]) + (", ..." if len(names) > 20 else "")
+    return [("conditioning", f"class-conditional on {len(names)} classes ({shown}): a class embedding per class plus "
+                             f"the null class, id {unet.get('num_class_embeds', len(names) + 1) - 1} (\"no label\"); "
+                             f"each training label replaced by the null class with probability "
+                             f"{args.get('cond_drop_prob', 0.1):g} (Ho & Salimans 2022, Algorithm 1), so that one "
+                             "network is both the conditional and the unconditional model")]
 
 
 def model_card(output_dir, repo_id=None):
@@ -181,6 +197,7 @@ def model_card(output_dir, repo_id=None):
         inference_steps=args.get("ddpm_num_inference_steps"), seed=args.get("seed"),
         load_id=repo_id or "path/to/this/folder", samples_image=images.get("samples"),
         strip_image=images.get("strip"), loss_image=images.get("loss"),
+        num_classes=len(args.get("class_names") or []) if args.get("class_conditional") else 0,
         eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
         training_rows=_training_rows(args, metrics, data, unet, scheduler))
 

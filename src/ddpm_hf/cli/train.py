@@ -19,8 +19,8 @@ def build_parser():
 
     p = argparse.ArgumentParser(
         prog="ddpm-hf train",
-        description="Train an unconditional DDPM (flags as in diffusers' train_unconditional.py). With no flags: the "
-        "embedded 8x8 digits with the measured 'digits' recipe, written to outputs/train. Flags marked 'from "
+        description="Train a DDPM, unconditional or (--class_conditional) class-conditional (flags as in diffusers' "
+        "train_unconditional.py). With no flags: the embedded 8x8 digits with the measured 'digits' recipe, written to outputs/train. Flags marked 'from "
         "--recipe' take the recipe's value unless given.",
     )
     a = p.add_argument
@@ -49,6 +49,16 @@ def build_parser():
     a("--random_flip", action=argparse.BooleanOptionalAction,
       help=f"flip images left-right at random {FROM_RECIPE}")
     a("--channels", type=int, choices=(1, 3), help="force 1 or 3 channels (default: the data's)")
+    a("--class_conditional", action="store_true",
+      help="train a class-conditional model for classifier-free guidance (Ho & Salimans 2022): the UNet gets one "
+      "class embedding per class plus a null class (num_class_embeds = classes + 1; the last id means no label); "
+      "the labels come from the ClassLabel column (the digits' 10 labels; an image folder's sub-folders) or "
+      "--label_column; held-out bits/dim is then the conditional bound, labels given")
+    a("--label_column", help="the class-label column for --class_conditional (default: the one datasets.ClassLabel "
+      "column); a column of integers or strings is numbered in sorted order")
+    a("--cond_drop_prob", type=float, help="with --class_conditional: the probability that a training label is "
+      "replaced by the null class, which trains the unconditional model guidance needs (p_uncond of Ho & "
+      "Salimans 2022; default 0.1)")
     a("--dataloader_num_workers", type=int,
       help="accepted for compatibility with train_unconditional.py; unused: data is cached in memory as uint8 "
       "tensors, or streamed in-process with --streaming")

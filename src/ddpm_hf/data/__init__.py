@@ -3,14 +3,16 @@ transforms to uint8 and [-1, 1]) and how they are cut into batches (``batches``:
 sharded across processes, addressed by micro-batch index)."""
 
 from .batches import EpochBatches, StreamBatches, is_digits, prepare_data, step_seed
-from .sources import (DIGITS, GRAY_MODES, Unreadable, cache_images, dataset_source, decode, find_image_column,
-                      fits_in_memory, image_name, image_to_uint8, infer_channels, load_digits_dataset,
-                      load_image_dataset, resize_and_crop, to_mode, to_model_range, undecoded)
+from .sources import (DIGITS, GRAY_MODES, Unreadable, cache_images, class_names, dataset_source, decode,
+                      find_image_column, find_label_column, fits_in_memory, image_name, image_to_uint8,
+                      infer_channels, label_ids, load_digits_dataset, load_image_dataset, resize_and_crop, row_labels,
+                      to_mode, to_model_range, undecoded)
 from ..errors import MissingSplit
 
 __all__ = [
     "DIGITS", "GRAY_MODES", "EpochBatches", "MissingSplit", "StreamBatches", "Unreadable", "cache_images",
-    "dataset_source", "decode", "find_image_column", "fits_in_memory", "image_name", "image_to_uint8",
-    "infer_channels", "is_digits", "load_digits_dataset", "load_image_dataset", "prepare_data", "resize_and_crop",
-    "step_seed", "to_mode", "to_model_range", "undecoded",
+    "class_names", "dataset_source", "decode", "find_image_column", "find_label_column", "fits_in_memory",
+    "image_name", "image_to_uint8", "infer_channels", "is_digits", "label_ids", "load_digits_dataset",
+    "load_image_dataset", "prepare_data", "resize_and_crop", "row_labels", "step_seed", "to_mode", "to_model_range",
+    "undecoded",
 ]

@@ -8,10 +8,11 @@ import torch
 from ..errors import BadArgument
 
 
-def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per_timestep=False):
+def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per_timestep=False, labels=None):
     """Per-image bits/dim of uint8 images (N, C, H, W) under the full T-step bound (Ho eq. 5), as a (N, 3) float64
     tensor of [total, prior term, decoder term]; with ``per_timestep`` also the mean term L_{t-1} of each code
-    timestep t = 0..T-1, a (T,) tensor in bits/dim."""
+    timestep t = 0..T-1, a (T,) tensor in bits/dim. ``labels``: the images' class ids (N,) for a class-conditional
+    model (the conditional bound, on -log p(x | y))."""
     from ..data import to_model_range
     from ..likelihood import bits_per_dim
 
@@ -20,7 +21,8 @@ def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per
     device = next(unet.parameters()).device
     for start in range(0, len(images), batch_size):
         x = to_model_range(images[start : start + batch_size]).to(device)
-        r = bits_per_dim(unet, scheduler, x, generator=g, progress=progress)
+        y = None if labels is None else labels[start : start + batch_size].to(device)
+        r = bits_per_dim(unet, scheduler, x, generator=g, progress=progress, class_labels=y)
         rows.append(torch.stack([r.total, r.prior, r.decoder], 1).double().cpu())
         terms_sum = terms_sum + r.terms.sum(dim=0)
     rows = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
@@ -28,14 +30,15 @@ def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per
 
 
 @torch.no_grad()
-def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, progress=False):
+def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, progress=False, labels=None):
     """An unbiased estimate of the bound (Ho eq. 5) from ``num_timesteps`` of its T terms per image: the decoder
     L_0 exactly, and the T - 1 KL terms by stratified sampling (1..T-1 cut into ``num_timesteps - 1`` equal strata, one
     uniform t per stratum and image, each term weighted by its stratum's size). Independent draws per image make the
     per-image estimates independent, so their standard error covers both image and timestep sampling.
 
     Returns ((N, 3) float64 rows [total, prior, decoder] as ``held_out_bits``, the strata's (start, end) bounds, and
-    the (K-1,) mean per-timestep term of each stratum in bits/dim, for the plot)."""
+    the (K-1,) mean per-timestep term of each stratum in bits/dim, for the plot). ``labels``: as in
+    ``held_out_bits``."""
     from tqdm.auto import tqdm
 
     from ..data import to_model_range
@@ -55,11 +58,12 @@ def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, pr
             x = to_model_range(images[start : start + batch_size]).to(device)
             scale = 1.0 / (x[0].numel() * LOG2)
             b = x.shape[0]
+            y = None if labels is None else labels[start : start + batch_size].to(device)
 
             def term(t):  # L_{t-1} per image, in nats, at code timesteps t (B,)
                 noise = torch.randn(x.shape, generator=g).to(device)
                 x_t = q_sample(scheduler, x, t, noise)  # Ho eq. 4
-                out = unet(x_t, t).sample
+                out = (unet(x_t, t) if y is None else unet(x_t, t, class_labels=y)).sample
                 bar.update(b)
                 return vlb_terms(scheduler, out, x, x_t, t).double().cpu()
 
@@ -93,16 +97,19 @@ def evaluate_bits_per_dim(unet, scheduler, held_out, batch_size, seed, progress)
     return summarize_bits(held_out_bits(unet, scheduler, held_out, batch_size, seed, progress))
 
 
-def evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, batch_size, seed, bpd_timesteps=None):
+def evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, batch_size, seed, bpd_timesteps=None, labels=None):
     """``evaluate_bits_per_dim`` split across processes: rank r scores every world-th image from r (with its own
     noise seed) and the rows are gathered, so no rank idles, or times out in a collective, while one evaluates.
-    With ``bpd_timesteps``, the stratified estimate (``stratified_bits``) instead of all T terms."""
+    With ``bpd_timesteps``, the stratified estimate (``stratified_bits``) instead of all T terms. ``labels``: the
+    held-out images' class ids (M,) for a class-conditional model (the conditional bound)."""
     from accelerate.utils import gather_object
 
     rank, world = accelerator.process_index, accelerator.num_processes
     mine, progress = held_out[rank::world], accelerator.is_local_main_process
+    my_labels = None if labels is None else labels[rank::world]
     if bpd_timesteps and bpd_timesteps < scheduler.alphas_cumprod.shape[0]:
-        terms = stratified_bits(unet, scheduler, mine, batch_size, seed + rank, bpd_timesteps, progress)[0]
+        terms = stratified_bits(unet, scheduler, mine, batch_size, seed + rank, bpd_timesteps, progress,
+                                labels=my_labels)[0]
     else:
-        terms = held_out_bits(unet, scheduler, mine, batch_size, seed + rank, progress=progress)
+        terms = held_out_bits(unet, scheduler, mine, batch_size, seed + rank, progress=progress, labels=my_labels)
     return summarize_bits(torch.cat(gather_object([terms])))

@@ -4,27 +4,30 @@ the digits metric and FID of a few samples."""
 from .bound import evaluate_on_all_ranks
 
 
-def periodic_scores(accelerator, unet, scheduler, held_out, config, inception=None):
+def periodic_scores(accelerator, unet, scheduler, held_out, config, inception=None, held_out_labels=None):
     """A training run's ``eval_metrics``, as {"eval/<name>": value}: held-out bits/dim (all ranks; an estimate from
     ``eval_bpd_timesteps`` terms when set), and on the main process the digits metric and FID of ``eval_num_samples``
     samples with ``eval_inference_steps`` steps (FID against the held-out images). ``config``: the run's typed training
-    config (those fields, ``eval_batch_size`` and ``seed``)."""
+    config (those fields, ``eval_batch_size`` and ``seed``). A class-conditional model: the bound is the conditional
+    one (``held_out_labels``, the held-out images' class ids) and the samples are of the null class (unconditional)."""
     scores = {}
     if "bpd" in config.eval_metrics and held_out is not None:
         result = evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, config.eval_batch_size, config.seed,
-                                       config.eval_bpd_timesteps)
+                                       config.eval_bpd_timesteps, labels=held_out_labels)
         key = "eval/bits_per_dim_estimate" if config.eval_bpd_timesteps else "eval/bits_per_dim"
         scores[key] = result["bits_per_dim"]
     wanted = [m for m in ("digits", "fid") if m in config.eval_metrics and (m != "fid" or inception is not None)]
     if wanted and accelerator.is_main_process:
+        from ..conditioning import default_class_labels, null_class_id
         from ..pipeline_ddpm_hf import DDPMHFPipeline
         from ..sampling import generate_uint8
         from ..scheduling_ddpm_hf import DDPMHFScheduler
 
         pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(scheduler.config))
         pipe.set_progress_bar_config(disable=True)
-        samples, _ = generate_uint8(pipe, config.eval_num_samples, config.eval_batch_size, config.eval_inference_steps,
-                                    config.seed)
+        with default_class_labels(unet, null_class_id(unet)):  # the null class until the pipeline takes labels
+            samples, _ = generate_uint8(pipe, config.eval_num_samples, config.eval_batch_size,
+                                        config.eval_inference_steps, config.seed)
         if "digits" in wanted:
             from .digits import digits_metric
 

@@ -59,14 +59,21 @@ def training_args_of(model, folder):
         return {}
 
 
-def load_split(dataset_name, train_data_dir, dataset_config_name, split, resolution, channels, max_images):
-    """uint8 images (N, C, resolution, resolution) of a split, centre-cropped, at most ``max_images``."""
-    from ..data import cache_images, find_image_column, load_image_dataset
+def load_split(dataset_name, train_data_dir, dataset_config_name, split, resolution, channels, max_images,
+               class_names=None, label_column=None):
+    """uint8 images (N, C, resolution, resolution) of a split, centre-cropped, at most ``max_images``. With
+    ``class_names`` (a class-conditional model's, in id order): ``(images, class ids (N,))``, the labels read from
+    ``label_column`` (default: the ClassLabel column, see ``data.find_label_column``)."""
+    from ..data import cache_images, find_image_column, find_label_column, load_image_dataset, row_labels
 
     data = load_image_dataset(dataset_name, dataset_config_name, train_data_dir, None, split)
     if max_images and len(data) > max_images:
         data = data.select(range(max_images))
-    return cache_images(data, find_image_column(data), resolution, channels, center_crop=True, progress=False)
+    images, kept = cache_images(data, find_image_column(data), resolution, channels, center_crop=True,
+                                progress=False, with_index=True)
+    if class_names is None:
+        return images
+    return images, row_labels(data, find_label_column(data, label_column), class_names, kept, f"the split {split}")
 
 
 def reference_features(extractor, images, key, progress):
@@ -88,25 +95,27 @@ def reference_features(extractor, images, key, progress):
     return features.double()
 
 
-def bpd_result(pipe, images, timesteps, batch_size, seed, split, progress):
-    """The bound on ``images`` (uint8): all T terms, or a stratified estimate from ``timesteps`` of them."""
+def bpd_result(pipe, images, timesteps, batch_size, seed, split, progress, labels=None):
+    """The bound on ``images`` (uint8): all T terms, or a stratified estimate from ``timesteps`` of them; with the
+    images' class ids ``labels`` (a class-conditional model), the conditional bound on -log p(x | y)."""
     from .bound import held_out_bits, stratified_bits, summarize_bits
 
     T = pipe.scheduler.config.num_train_timesteps
     start = time.time()
     if timesteps and timesteps < T:
         rows, strata, per_stratum = stratified_bits(pipe.unet, pipe.scheduler, images, batch_size, seed, timesteps,
-                                                    progress)
+                                                    progress, labels=labels)
         curve = {"t": [(a + b - 1) / 2 for a, b in strata], "bits_per_dim": per_stratum.tolist()}
         kind = f"estimate from {timesteps} of {T} terms per image (decoder exact, stratified KL terms)"
     else:
-        rows, per_t = held_out_bits(pipe.unet, pipe.scheduler, images, batch_size, seed, progress, per_timestep=True)
+        rows, per_t = held_out_bits(pipe.unet, pipe.scheduler, images, batch_size, seed, progress, per_timestep=True,
+                                    labels=labels)
         curve = {"t": list(range(1, T)), "bits_per_dim": per_t[1:].tolist()}
         kind = f"all {T} terms"
     result = summarize_bits(rows)
     result["kl_terms_bits_per_dim"] = (rows[:, 0] - rows[:, 1] - rows[:, 2]).mean().item()  # sum of L_1..L_{T-1}
     result.update(split=split, terms=kind, seconds=round(time.time() - start, 1), seed=seed,
-                  estimate=bool(timesteps and timesteps < T))
+                  estimate=bool(timesteps and timesteps < T), conditional=labels is not None)
     return result, curve
 
 
@@ -219,6 +228,7 @@ class EvaluationConfig:
 def evaluate(model, config=None, progress=True, log=print):
     """Score ``model`` (a training output folder, a pipeline folder or a Hub repo id) as ``config`` (an
     EvaluationConfig) says, and return the report written to ``eval-<name>.json`` (see the module docstring)."""
+    from ..conditioning import default_class_labels, null_class_id
     from ..data import DIGITS, dataset_source
     from ..pipeline_ddpm_hf import DDPMHFPipeline
     from ..sampling import generate_uint8, use_scheduler
@@ -267,9 +277,16 @@ def evaluate(model, config=None, progress=True, log=print):
 
     if "bpd" in metrics:
         split = c.split
-        images = split_images(split, c.max_eval_images)
-        log(f"bits/dim on {len(images)} images of split {split} ...")
-        report["bpd"], curve = bpd_result(pipe, images, c.bpd_timesteps, batch_size, seed, split, progress)
+        labels = None
+        if null_class_id(pipe.unet) is not None:  # class-conditional: the conditional bound, each image's label given
+            id2label = dict(getattr(pipe.config, "id2label", None) or {})
+            names = [id2label.get(i, str(i)) for i in range(null_class_id(pipe.unet))]
+            images, labels = load_split(dataset_name, train_data_dir, dataset_config_name, split, resolution,
+                                        channels, c.max_eval_images, names, args.get("label_column"))
+        else:
+            images = split_images(split, c.max_eval_images)
+        log(f"bits/dim on {len(images)} images of split {split}{' (labels given)' if labels is not None else ''} ...")
+        report["bpd"], curve = bpd_result(pipe, images, c.bpd_timesteps, batch_size, seed, split, progress, labels)
         plot = os.path.join(out, f"eval-{name}-bpd.png")
         plot_curve(curve, plot, f"{report['model']}: bound per timestep, split {split} ({report['bpd']['terms']}); "
                    f"total {report['bpd']['bits_per_dim']:.3f} +- {report['bpd']['bits_per_dim_stderr']:.3f} bits/dim")

@@ -48,6 +48,8 @@ INTERVALS = {
     "ema_max_decay": (0, True, 1, True, " (the EMA's decay cap: 0.9999 in Ho et al.)"),
     "ema_inv_gamma": (0, False, math.inf, False, " (EMA warm-up: decay = 1 - (1 + step / inv_gamma)^-power)"),
     "ema_power": (0, False, math.inf, False, " (EMA warm-up: decay = 1 - (1 + step / inv_gamma)^-power)"),
+    "cond_drop_prob": (0, True, 1, False, " (p_uncond of Ho & Salimans 2022, Algorithm 1: the share of labels "
+                       "replaced by the null class)"),
 }
 
 
@@ -72,6 +74,10 @@ class TrainConfig:
     random_flip: bool | None = None
     channels: int | None = None
     dataloader_num_workers: int = 0
+    # class-conditional training (Ho & Salimans 2022): the label column, the null-class dropout
+    class_conditional: bool = False
+    label_column: str | None = None
+    cond_drop_prob: float = 0.1
     # model and diffusion
     unet_preset: str | None = None
     model_config_name_or_path: str | None = None
@@ -131,6 +137,8 @@ class TrainConfig:
     # written by create(): the recipe values explicit settings replaced, and the settings the recipe filled
     recipe_overrides: tuple = ()
     recipe_filled: tuple = ()
+    # written by train() for a class-conditional run: the class names in id order (the null class id is their count)
+    class_names: tuple = ()
 
     @classmethod
     def create(cls, **values):
@@ -155,8 +163,8 @@ class TrainConfig:
                     raise ConfigError(f"{{{name}}} counts epochs, which a {{streaming}} run cannot; use "
                                       "{checkpointing_steps} (the end of the run saves the pipeline and a sample grid)")
                 values[name] = None  # the recipe's value does not apply to a stream
-        values["recipe_overrides"], values["recipe_filled"] = (tuple(values["recipe_overrides"]),
-                                                               tuple(values["recipe_filled"]))
+        values["recipe_overrides"], values["recipe_filled"], values["class_names"] = (
+            tuple(values["recipe_overrides"]), tuple(values["recipe_filled"]), tuple(values["class_names"]))
         return cls(**values)
 
     def __post_init__(self):
@@ -213,6 +221,10 @@ class TrainConfig:
                               "needs")
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("{push_to_hub} needs {hub_model_id}")
+        if not self.class_conditional:
+            for name, default in (("label_column", None), ("cond_drop_prob", 0.1), ("class_names", ())):
+                if getattr(self, name) != default:
+                    raise ConfigError(f"{{{name}}} only applies with {{class_conditional}}")
         if self.variance_type != "learned_range" and self.vlb_weight != 0.001:
             raise ConfigError("{vlb_weight} only applies with {variance_type} learned_range")
         if self.streaming and self.max_train_steps is None:

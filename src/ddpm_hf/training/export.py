@@ -13,11 +13,16 @@ from .checkpoints import write_error
 from .flat_parameters import ema_weights
 
 
-def _pipeline(unet, noise_scheduler):
+def _pipeline(config, unet, noise_scheduler):
+    """The pipeline of ``unet``; for a class-conditional run with the class names (id2label) and the null class id
+    (K, the UNet's last class embedding), which model_index.json records."""
     from ..pipeline_ddpm_hf import DDPMHFPipeline
     from ..scheduling_ddpm_hf import DDPMHFScheduler
 
-    pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(noise_scheduler.config))
+    classes = {}
+    if config.class_conditional:
+        classes = dict(id2label=dict(enumerate(config.class_names)), null_class_id=len(config.class_names))
+    pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(noise_scheduler.config), **classes)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -29,7 +34,7 @@ def save_pipeline(config, model, flat, ema, noise_scheduler):
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with ema_weights(model, flat, ema) as unet:
-            _pipeline(unet, noise_scheduler).save_pretrained(tmp)
+            _pipeline(config, unet, noise_scheduler).save_pretrained(tmp)
     except Exception as error:  # noqa: BLE001 - reported with the file it was writing
         failure = write_error("the pipeline", tmp, error, config.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -45,11 +50,13 @@ def save_pipeline(config, model, flat, ema, noise_scheduler):
 
 
 def save_samples(config, accelerator, model, flat, ema, noise_scheduler, epoch, step):
-    """A sample grid of the EMA weights at the end of ``epoch`` in samples-epochN/ (and the tracker)."""
+    """A sample grid of the EMA weights at the end of ``epoch`` in samples-epochN/ (and the tracker); a
+    class-conditional run samples the null class (unconditional) until the pipeline takes class labels."""
+    from ..conditioning import default_class_labels, null_class_id
     from ..sampling import generate, write_samples
 
-    with ema_weights(model, flat, ema) as unet:
-        pipe = _pipeline(unet, noise_scheduler)
+    with ema_weights(model, flat, ema) as unet, default_class_labels(unet, null_class_id(unet)):
+        pipe = _pipeline(config, unet, noise_scheduler)
         images, _ = generate(pipe, config.num_sample_images, config.eval_batch_size,
                              config.ddpm_num_inference_steps, config.seed)
         pictures = write_samples(pipe, images, os.path.join(config.output_dir, f"samples-epoch{epoch}"),
@@ -72,6 +79,7 @@ def log_pictures(accelerator, config, pictures, step):
 def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metrics):
     """The main process's outputs at the end: the pipeline, the final samples and strip, the loss plot,
     metrics.json, the model card and the upload. Raises PushFailed (after everything is saved) if the upload fails."""
+    from ..conditioning import default_class_labels, null_class_id
     from ..images import save_loss_plot
     from ..hub import push_failure_message, push_run
     from ..model_card import write_model_card
@@ -83,8 +91,9 @@ def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metr
     pipe = DDPMHFPipeline.from_pretrained(config.output_dir).to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
     sample_start = time.time()
-    images, strip = generate(pipe, config.num_sample_images, config.eval_batch_size,
-                             config.ddpm_num_inference_steps, config.seed, strip=True)
+    with default_class_labels(pipe.unet, null_class_id(pipe.unet)):  # conditional: the null class, for now
+        images, strip = generate(pipe, config.num_sample_images, config.eval_batch_size,
+                                 config.ddpm_num_inference_steps, config.seed, strip=True)
     metrics["sampling_seconds"] = round(time.time() - sample_start, 1)
     name = os.path.basename(os.path.normpath(config.dataset_name or config.train_data_dir or "digits"))
     title = f"{name}: {step} steps, {config.ddpm_num_inference_steps} sampling steps{', EMA' if ema else ''}"

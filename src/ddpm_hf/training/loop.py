@@ -19,6 +19,7 @@ import time
 import torch
 
 from .. import __version__
+from ..conditioning import drop_labels
 from ..data import EpochBatches, dataset_source, prepare_data, step_seed, to_model_range
 from ..errors import RunError
 from ..evaluation import evaluate_on_all_ranks, periodic_scores
@@ -49,6 +50,9 @@ def train(config):
             batches, held_out, channels, resolution = prepare_data(config, rank, world,
                                                                    accelerator.is_local_main_process)
         run.clear_for_overwrite()  # only now that the data is known to load
+        if config.class_conditional:  # the class names, kept for training_args.json, the pipeline and the card
+            config = dataclasses.replace(config, class_names=batches.class_names)
+        held_out_labels = batches.held_out_labels
         model = unet_for_data(config, channels, resolution).to(accelerator.device)
         flat = flatten_parameters(model)  # one tensor for the optimizer, clipping and EMA
         inception = periodic_inception(config, accelerator)
@@ -83,10 +87,12 @@ def train(config):
             total_loss, ks = 0.0, micro_batches(step, accum, per_epoch)
             for n, k in enumerate(ks):  # k: micro-batch index of the whole run
                 raw = batches.batch(k)
+                labels = batches.labels(k) if config.class_conditional else None
                 first_batch = first_batch if first_batch is not None else checksum([raw.float()])
                 sync = n == len(ks) - 1 or world == 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(unet):
-                    loss, mse, vlb, t = algorithm1_step(config, accelerator, unet, noise_scheduler, raw, rank, k)
+                    loss, mse, vlb, t = algorithm1_step(config, accelerator, unet, noise_scheduler, raw, rank, k,
+                                                      labels)
                     accelerator.backward(loss / len(ks))
                 total_loss += loss.detach().item() / len(ks)
                 images_seen += raw.shape[0] * world
@@ -115,7 +121,7 @@ def train(config):
             if config.eval_steps and step % config.eval_steps == 0 and step < config.max_train_steps:
                 with ema_weights(model, flat, ema) as ema_unet:
                     record.update(periodic_scores(accelerator, ema_unet, noise_scheduler, held_out, config,
-                                                  inception))
+                                                  inception, held_out_labels))
                 model.train()
             history.append(record)
             progress.update(1)
@@ -144,7 +150,8 @@ def train(config):
         if run.signalled():  # a signal during the last step
             run.checkpoint("signal", counters)
         if held_out is not None:
-            metrics.update(held_out_bits_per_dim(config, accelerator, model, flat, ema, noise_scheduler, held_out))
+            metrics.update(held_out_bits_per_dim(config, accelerator, model, flat, ema, noise_scheduler, held_out,
+                                                 held_out_labels))
             accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
         if run.signalled():  # a signal during the evaluation
             run.checkpoint("signal", counters)
@@ -185,21 +192,25 @@ def optimization(config, accelerator, flat):
     return optimizer, lr_scheduler
 
 
-def held_out_bits_per_dim(config, accelerator, model, flat, ema, noise_scheduler, held_out):
+def held_out_bits_per_dim(config, accelerator, model, flat, ema, noise_scheduler, held_out, labels=None):
     """The held-out bits/dim (Ho eq. 5, all T terms) of the weights that are saved (EMA if on), split across ranks,
-    with its terms and the seconds it took."""
+    with its terms and the seconds it took; for a class-conditional run the conditional bound of -log p(x | y), the
+    images' class ids ``labels`` (M,) given to the model."""
     start = time.time()
     with ema_weights(model, flat, ema) as ema_unet:
         result = evaluate_on_all_ranks(accelerator, ema_unet, noise_scheduler, held_out, config.eval_batch_size,
-                                       config.seed)
+                                       config.seed, labels=labels)
     return {**result, "eval_seconds": round(time.time() - start, 1)}
 
 
-def algorithm1_step(config, accelerator, unet, noise_scheduler, raw, rank, k):
+def algorithm1_step(config, accelerator, unet, noise_scheduler, raw, rank, k, labels=None):
     """The loss of micro-batch ``k`` (uint8 images ``raw``, (B, C, H, W)) on ``rank`` (Ho Algorithm 1, lines 2-5):
     x_0 in [-1, 1], t ~ U{0..T-1}, eps ~ N(0, I), x_t = q_sample (Ho eq. 4), then ``diffusion_loss`` (L_simple, Ho
     eq. 14, with --snr_gamma weighting; + lambda L_vlb for learned variances, Nichol & Dhariwal eq. 16). Every draw
-    is seeded by (seed, rank, k), dropout too. Returns (loss, per-image L_simple (B,), per-image L_vlb or None, t)."""
+    is seeded by (seed, rank, k), dropout too. With class ids ``labels`` (B,) (class-conditional runs), each is
+    replaced by the null class with probability cond_drop_prob (Ho & Salimans 2022, Algorithm 1), drawn from the same
+    generator after t, and the model is eps(x_t, t, c). Returns (loss, per-image L_simple (B,), per-image L_vlb or
+    None, t)."""
     from ..losses import diffusion_loss
 
     g = torch.Generator().manual_seed(step_seed(config.seed, rank, k))
@@ -207,9 +218,11 @@ def algorithm1_step(config, accelerator, unet, noise_scheduler, raw, rank, k):
     x0 = to_model_range(raw, config.random_flip, g).to(accelerator.device)
     noise = torch.randn(x0.shape, generator=g).to(accelerator.device)
     t = torch.randint(0, config.ddpm_num_steps, (x0.shape[0],), generator=g).to(accelerator.device)
+    if labels is not None:
+        labels = drop_labels(labels, len(config.class_names), config.cond_drop_prob, g).to(accelerator.device)
     noisy = noise_scheduler.add_noise(x0, noise, t)  # Ho eq. 4
     with accelerator.autocast():
-        output = unet(noisy, t).sample
+        output = unet(noisy, t, class_labels=labels).sample
     loss, mse, vlb = diffusion_loss(noise_scheduler, output, x0, noisy, noise, t, config.snr_gamma,
                                     config.vlb_weight)
     return loss, mse, vlb, t
@@ -268,21 +281,31 @@ def run_metrics(config, accelerator, batches, model, flat, counters, first_step_
 
 
 def unet_for_data(config, channels, resolution):
-    """The UNet2DModel of ``unet_preset`` (or ``model_config_name_or_path``) sized to the data's channels and
-    resolution, with doubled output channels for learned variances and ``dropout`` if given."""
+    """The UNet2DModel of ``unet_config_for_data``."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel.from_config(unet_config_for_data(config, channels, resolution))
+
+
+def unet_config_for_data(config, channels, resolution):
+    """The UNet2DModel config (a dict) of ``unet_preset`` (or ``model_config_name_or_path``) sized to the data's
+    channels and resolution, with doubled output channels for learned variances, ``dropout`` if given and, for a
+    class-conditional run of K classes, ``num_class_embeds`` K + 1 (the last id is the null class)."""
     from diffusers import UNet2DModel
 
     from ..unet_configs import unet_config
 
     learned = config.variance_type == "learned_range"
     extra = {} if config.dropout is None else {"dropout": config.dropout}
+    if config.class_conditional:  # one embedding per class and one for the null class, id K (Ho & Salimans 2022)
+        extra.update(num_class_embeds=len(config.class_names) + 1, class_embed_type=None)
     if config.model_config_name_or_path:
-        unet = UNet2DModel.load_config(config.model_config_name_or_path)
+        unet = dict(UNet2DModel.load_config(config.model_config_name_or_path))
         unet.update(in_channels=channels, out_channels=channels * (2 if learned else 1), sample_size=resolution,
                     **extra)
-        return UNet2DModel.from_config(unet)
-    return UNet2DModel(**unet_config(config.unet_preset, channels=channels, learned_variance=learned,
-                                     sample_size=resolution, **extra))
+        return unet
+    return unet_config(config.unet_preset, channels=channels, learned_variance=learned, sample_size=resolution,
+                       **extra)
 
 
 def micro_batches(step, accum, per_epoch):
