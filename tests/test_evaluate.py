@@ -13,7 +13,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from ddpm_hf import DDPMHFScheduler, build_unet
-from ddpm_hf.evaluation.digits import digits_arrays, digits_metric, load_digits_classifier
+from ddpm_hf.evaluation.digits import digits_arrays
 from ddpm_hf.evaluation.bound import held_out_bits, stratified_bits
 from ddpm_hf.evaluation.features import frechet_distance, kernel_distance, precision_recall
 
@@ -90,26 +90,7 @@ def test_precision_recall_cases():
 # ---------------------------------------------------------------------------------------------- the digits metric
 
 
-@pytest.mark.slow  # fits the digits classifier
-def test_digits_metric_ranks_real_below_blurred_below_noise():
-    classifier = load_digits_classifier()
-    assert classifier.test_accuracy > 0.93
-    test, _ = digits_arrays("test")
-    kernel = torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=torch.float64) / 16
-    blurred = torch.nn.functional.conv2d(test.double(), kernel[None, None], padding=1).round().to(torch.uint8)
-    noise = torch.randint(0, 256, test.shape, generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    real, blur, rand = (digits_metric(x, classifier=classifier) for x in (test, blurred, noise))
-    assert 5 * real["digits_fd"] < blur["digits_fd"] and 1.5 * blur["digits_fd"] < rand["digits_fd"]
-    assert real["digits_confidence"] > 0.95 > rand["digits_confidence"]
-    assert real["digits_class_balance"] > 0.99 and rand["digits_class_balance"] < 0.8
-    # the kernel distance is unbiased: about 0 for real digits, far above its spread for noise
-    assert abs(real["digits_kid"]) < 3 * real["digits_kid_std"] and rand["digits_kid"] > 10 * rand["digits_kid_std"]
-    assert sum(real["digits_class_histogram"]) == 180
-    # cached: a second load reads the same weights
-    again = load_digits_classifier()
-    assert all(np.array_equal(a, b) for a, b in zip(again.weights, classifier.weights))
-    with pytest.raises(ValueError, match="grayscale 8x8"):
-        digits_metric(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), classifier=classifier)
+# (the digits metric itself: tests/test_digits_metric.py)
 
 
 # ---------------------------------------------------------------------------------------------- the bound
@@ -192,6 +173,10 @@ def test_evaluate_every_metric_on_a_run(run, tmp_path):
         assert scores["fid"]["value"] > 0 and 0 <= scores["precision"]["value"] <= 1
         assert "TF-Inception" in scores["fid"]["features"] and "64 images" in scores["fid"]["reference"]
         assert "not comparable to Inception FID" in scores["digits_fd"]["features"]
+        digits = scores["digits_fd"]  # against all 1,797 digits, the real-data floor at 24 samples beside it
+        assert digits["num_reference"] == 1797 and digits["digits_fd_floor_split"] == [24, 1773]
+        assert digits["digits_fd_floor"] > 0 and digits["digits_fd_over_floor"] == digits["value"] / digits[
+            "digits_fd_floor"]
         assert sampled["num_samples"] == 24 and sampled["sampling_seconds"] > 0
     for picture in ("eval-e2e-bpd.png", "eval-e2e-steps.png", "eval-e2e-samples-5steps.png"):
         assert (out / picture).is_file()
@@ -209,10 +194,12 @@ def test_evaluate_every_metric_on_a_run(run, tmp_path):
     entries = {(e["metric"], e["num_inference_steps"]) for e in metrics["sample_metrics"]}
     assert {("fid", 5), ("fid", 2), ("kid", 5), ("digits_fd", 2)} <= entries
     assert metrics["bits_per_dim_estimate"]["num_images"] == 16
+    assert all(e["floor"] > 0 for e in metrics["sample_metrics"] if e["metric"] == "digits_fd")
     card = ModelCard.load(out / "README.md")
     types = {(r.metric_type, r.metric_config) for r in card.data.eval_results}
     assert ("fid", "5 steps") in types and ("bits_per_dim", None) in types
     assert "FID (lower is better): 24 samples, 5 steps" in card.text
+    assert "(real digits at this sample count: " in card.text
 
 
 @pytest.mark.slow
@@ -269,7 +256,8 @@ def test_periodic_metrics_during_training(run, tmp_path):
            "--eval_num_samples", "8", "--eval_inference_steps", "2", "--inception_weights", str(weights), cwd=tmp_path)
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     for record in history[:2]:
-        assert {"eval/bits_per_dim_estimate", "eval/digits_fd", "eval/fid"} <= set(record), record
+        assert {"eval/bits_per_dim_estimate", "eval/digits_fd", "eval/digits_fd_floor", "eval/fid"} <= set(record), \
+            record
         assert record["eval/digits_fd"] > 0 and record["eval/fid"] > 0
     assert "eval/digits_fd" not in history[2]  # the last step: the end-of-run evaluation covers it
     events = EventAccumulator(str(out / "logs" / "ddpm-hf"), size_guidance={"scalars": 0})

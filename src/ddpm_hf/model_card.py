@@ -77,6 +77,8 @@ def _eval_rows(metrics, args, num_timesteps):
     entries = metrics.get("sample_metrics", [])
     for e in entries:
         extra = f" +- {e['std']:.4g} (std over subsets)" if e.get("std") is not None else ""
+        if e.get("floor") is not None:  # the digits metric's real-data floor at the same sample count
+            extra += f" (real digits at this sample count: {e['floor']:.4g} +- {e['floor_std']:.2g})"
         rows.append((f"{SAMPLE_METRIC_NAMES.get(e['metric'], e['metric'])}: {e['num_samples']:,} samples, "
                      f"{e['num_inference_steps']} steps, seed {e['seed']}, against {e['reference']}; {e['features']}",
                      f"**{e['value']:.4g}**{extra}"))

@@ -1,11 +1,46 @@
-"""An offline sample metric for the embedded 8x8 digits: the Frechet distance in the feature space of a small
-classifier trained on the digits training split, with the classifier's mean confidence and the class balance of the
-samples. It needs no download, so it runs here and in CI.
+"""An offline sample metric for the embedded 8x8 digits: the Frechet distance (FD) and the kernel distance (KID) of
+the samples to all 1,797 embedded digits in the features of a small digits classifier, each score with the real-data
+floor at the same sample count, plus the classifier's mean confidence and the class balance of the samples. It
+needs no download, so it runs here and in CI. It is NOT comparable to Inception FID (other features, 8x8 inputs): it
+ranks models of the digits against each other and against real digits.
 
-It is NOT comparable to Inception FID (different features, 64-d instead of 2048-d, 8x8 inputs): it ranks models of the
-digits against each other. The classifier is a scikit-learn MLP (pixels in [0, 1] -> 128 -> 64 -> 10, ReLU), trained
-deterministically (fixed seed) on the 1,617 training digits and cached as plain arrays (``.npz``, no pickle) under
-``ddpm_hf_cache_dir()``; its accuracy on the 180 held-out digits is reported beside every score.
+Features. A small CNN (``DigitsCNN``: two 3x3 convolutions at 8x8, one at 4x4, a 128-unit hidden layer, 10 classes)
+trained on the 1,617 training digits with a fixed seed, one thread and a fixed recipe, so it is the same network on
+every run; its weights are cached as safetensors (no pickle) under ``ddpm_hf_cache_dir()``, its accuracy on the 180
+held-out digits is reported beside every score. The features are its 128-d hidden layer. It replaced the first
+version's scikit-learn MLP (64-d last hidden layer), which could not tell the ``make demo`` model from real digits:
+``benchmarks/digits_metric.py`` measures both (and raw pixels) on the same samples; BENCHMARKS.md has the numbers.
+
+Whitening. The distances are computed after whitening the features by the reference: x -> (S + s I)^(-1/2) x
+with S the reference covariance and s = SHRINKAGE (1%) of its mean eigenvalue. Raw, the CNN features' covariance
+spans five orders of magnitude (51 of 128 units are never active on real digits), so the FD is a sum of a few large
+directions and its real-data floor fluctuates by about 35% from draw to draw; whitened, every direction weighs the
+same, the floor's spread falls to about 5%, and a model 500 training steps in sits about 27 floor standard
+deviations above the floor instead of 8. The shrinkage keeps directions real digits barely use from being amplified
+more than 10x (without it a 1e-6 eigenvalue would turn rounding noise into distance). In the whitened coordinates
+the reference covariance is about I, so FD = ||mu_g - mu_r||^2 + sum_i (sqrt(l_i) - 1)^2 over the eigenvalues l_i of
+the samples' covariance (for s -> 0): a distance between the two Gaussians that counts every feature direction.
+
+Reference. All 1,797 digits (train and test splits together), the most the data holds: the FD's finite-sample bias
+falls with the reference size as well as with the sample count.
+
+The floor, and why it is computed as it is. A model's N samples are independent of the reference; N real digits
+taken from the 1,797 are not, they are part of it, and that overlap pulls their FD down: for the mean term alone,
+E||m_S - m_ref||^2 = Tr(S)(1/N - 1/M) for a subset S of the reference instead of Tr(S)(1/N + 1/M) for an
+independent set (M = 1,797; at N = 1,000 that is 3.5x smaller), so "real digits against the reference" would be a
+floor no model could reach. The data also has no N + M independent digits to measure the honest floor directly.
+What it can measure without overlap is FD(n, m) between disjoint sets of real digits, n + m <= M. To first order in
+1/n and 1/m the FD of two samples of one distribution is c (1/n + 1/m), c set by the features' covariance and fourth
+moments (the same linear-in-1/N bias Chong & Forsyth 2020, "Effectively Unbiased FID", sec. 3, use to extrapolate
+FID to N = infinity). So the floor at the model's (N, M) is each disjoint split's FD scaled by
+(1/N + 1/M) / (1/n + 1/(M - n)), with n = N when N <= M - 300 (else n = M // 2); mean and standard deviation over
+``floor_draws`` random splits. ``benchmarks/digits_metric.py`` checks the 1/n + 1/m law on disjoint splits of many
+sizes. The KID needs no such model: its estimator is unbiased (Binkowski et al. 2018, eq. 4 of their sec. 3), so its
+floor is 0 at any size, and its spread is measured on the same disjoint splits (a smaller reference than the
+model's, so slightly wide: conservative).
+
+A model's own spread (over the seeds of its samples) is not here: it needs several sample sets; ``ddpm-hf evaluate
+--seed`` and the benchmark give it.
 """
 
 import os
@@ -13,9 +48,12 @@ import os
 import numpy as np
 import torch
 
-CLASSIFIER_VERSION = 1  # bump when the classifier's recipe changes: the cache file name carries it
-HIDDEN = (128, 64)
-LABEL = "Frechet distance in a digits classifier's 64-d features (offline; not comparable to Inception FID)"
+CLASSIFIER_VERSION = 2  # bump when the classifier's recipe changes: the cache file name carries it
+FEATURES = 128
+LABEL = ("Frechet distance to all 1,797 digits in a digits CNN's 128-d features, whitened by the reference (offline; "
+         "not comparable to Inception FID)")
+SHRINKAGE = 0.01  # whitening: the reference covariance + SHRINKAGE * its mean eigenvalue * I (module docstring)
+MIN_HELD_BACK = 300  # a disjoint floor split leaves at least this many digits on the reference side
 
 
 def ddpm_hf_cache_dir():
@@ -28,91 +66,207 @@ def ddpm_hf_cache_dir():
 
 
 def digits_arrays(split):
-    """The embedded digits of ``split`` ("train" or "test") as (uint8 (N, 1, 8, 8) tensor, labels (N,) array)."""
+    """The embedded digits of ``split`` ("train", "test", or "all" for both, train first) as (uint8 (N, 1, 8, 8)
+    tensor, labels (N,) array)."""
     from ..data import load_digits_dataset
 
+    if split == "all":
+        parts = [digits_arrays(s) for s in ("train", "test")]
+        return torch.cat([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     data = load_digits_dataset()[split]
     images = np.stack([np.asarray(im, dtype=np.uint8) for im in data["image"]])[:, None]
     return torch.from_numpy(images), np.asarray(data["label"])
 
 
+def pixels(images_uint8):
+    """uint8 digits (N, 1, 8, 8) in 0..255 as float32 (N, 1, 8, 8) in [0, 1]; ValueError for any other shape."""
+    images = torch.as_tensor(images_uint8)
+    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
+        raise ValueError(f"the digits metric takes grayscale 8x8 images (N, 1, 8, 8); got {tuple(images.shape)}")
+    return images.float() / 255.0
+
+
+class DigitsCNN(torch.nn.Module):
+    """The metric's classifier: (N, 1, 8, 8) in [0, 1] -> 10 logits. ``features`` is its 128-d hidden layer
+    (after the ReLU, so >= 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),  # 32 x 4 x 4
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),  # 64 x 2 x 2
+            torch.nn.Flatten(), torch.nn.Linear(256, FEATURES), torch.nn.ReLU())
+        self.head = torch.nn.Linear(FEATURES, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
 class DigitsClassifier:
-    """The cached MLP: ``features`` (N, 64) of its last hidden layer and ``probabilities`` (N, 10), for uint8 images
-    (N, 1, 8, 8) in 0..255."""
+    """The cached CNN, for uint8 images (N, 1, 8, 8) in 0..255: ``features`` (N, 128) float64 array,
+    ``probabilities`` (N, 10) float64 array; ``test_accuracy`` on the 180 held-out digits."""
 
-    def __init__(self, weights, biases, test_accuracy):
-        self.weights, self.biases, self.test_accuracy = weights, biases, float(test_accuracy)
+    def __init__(self, network, test_accuracy):
+        self.network, self.test_accuracy = network.eval(), float(test_accuracy)
 
-    @staticmethod
-    def _pixels(images_uint8):
-        images = torch.as_tensor(images_uint8)
-        if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
-            raise ValueError(f"the digits metric takes grayscale 8x8 images (N, 1, 8, 8); got {tuple(images.shape)}")
-        return images.reshape(len(images), 64).double().numpy() / 255.0
-
-    def _hidden(self, x):
-        for w, b in zip(self.weights[:-1], self.biases[:-1]):
-            x = np.maximum(x @ w + b, 0.0)
-        return x
+    @torch.no_grad()
+    def _run(self, images_uint8, head):
+        x = pixels(images_uint8)
+        out = [(self.network if head else self.network.body)(x[i : i + 1024]) for i in range(0, len(x), 1024)]
+        return torch.cat(out).double().numpy() if out else np.zeros((0, 10 if head else FEATURES))
 
     def features(self, images_uint8):
-        return self._hidden(self._pixels(images_uint8))
+        return self._run(images_uint8, head=False)
 
     def probabilities(self, images_uint8):
-        logits = self._hidden(self._pixels(images_uint8)) @ self.weights[-1] + self.biases[-1]
+        logits = self._run(images_uint8, head=True)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
 
 
-def load_digits_classifier(progress=False):
-    """The digits classifier, trained once (a few seconds) and then read from the cache."""
-    path = os.path.join(ddpm_hf_cache_dir(), f"digits_classifier_v{CLASSIFIER_VERSION}.npz")
-    if os.path.isfile(path):
-        with np.load(path, allow_pickle=False) as f:
-            n = len(HIDDEN) + 1
-            return DigitsClassifier([f[f"w{i}"] for i in range(n)], [f[f"b{i}"] for i in range(n)],
-                                    f["test_accuracy"])
-    from sklearn.neural_network import MLPClassifier
-
-    if progress:
-        print("training the digits classifier once (cached afterwards) ...")
+def train_digits_cnn(seed=0, epochs=40, batch_size=64, learning_rate=1e-3):
+    """Train ``DigitsCNN`` on the training split, deterministically (seeded init and batches, one thread, Adam);
+    returns (network, accuracy on the test split). About 10 s on one core."""
     train_images, train_labels = digits_arrays("train")
     test_images, test_labels = digits_arrays("test")
-    mlp = MLPClassifier(hidden_layer_sizes=HIDDEN, alpha=1e-3, max_iter=600, random_state=0)
-    mlp.fit(DigitsClassifier._pixels(train_images), train_labels)
-    accuracy = mlp.score(DigitsClassifier._pixels(test_images), test_labels)
-    arrays = {f"w{i}": w for i, w in enumerate(mlp.coefs_)} | {f"b{i}": b for i, b in enumerate(mlp.intercepts_)}
-    tmp = path + f".{os.getpid()}.tmp.npz"
-    np.savez(tmp, test_accuracy=accuracy, **arrays)
+    x, y = pixels(train_images), torch.as_tensor(train_labels)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic on every machine size
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = DigitsCNN()
+        optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), batch_size):
+                index = order[start : start + batch_size]
+                loss = torch.nn.functional.cross_entropy(network(x[index]), y[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        network.eval()
+        with torch.no_grad():
+            accuracy = (network(pixels(test_images)).argmax(1).numpy() == test_labels).mean()
+    finally:
+        torch.set_num_threads(threads)
+    return network, float(accuracy)
+
+
+def classifier_path():
+    return os.path.join(ddpm_hf_cache_dir(), f"digits_cnn_v{CLASSIFIER_VERSION}.safetensors")
+
+
+def load_digits_classifier(progress=False):
+    """The digits classifier, trained once (about 10 s) and then read from the cache (safetensors; the test
+    accuracy in its metadata)."""
+    from safetensors.torch import load_file, save_file
+
+    path = classifier_path()
+    network = DigitsCNN()
+    if os.path.isfile(path):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            accuracy = float(f.metadata()["test_accuracy"])
+        network.load_state_dict(load_file(path))
+        return DigitsClassifier(network, accuracy)
+    if progress:
+        print("training the digits classifier once (cached afterwards) ...")
+    network, accuracy = train_digits_cnn()
+    tmp = path + f".{os.getpid()}.tmp"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, tmp,
+              metadata={"test_accuracy": repr(accuracy), "version": str(CLASSIFIER_VERSION)})
     os.replace(tmp, path)
-    return DigitsClassifier(list(mlp.coefs_), list(mlp.intercepts_), accuracy)
+    return DigitsClassifier(network, accuracy)
 
 
-def digits_metric(images_uint8, reference_uint8=None, classifier=None):
-    """Score uint8 digits (N, 1, 8, 8) against the reference (default: the training split).
+def whitening(reference_features, shrinkage=SHRINKAGE):
+    """The (D, D) matrix W = V (L + s I)^(-1/2) (V L V^T the reference covariance, s = ``shrinkage`` x the mean of
+    L): features @ W are the whitened features the metric compares (module docstring)."""
+    values, vectors = np.linalg.eigh(np.cov(np.asarray(reference_features, dtype=np.float64), rowvar=False))
+    values = np.clip(values, 0.0, None)
+    return vectors / np.sqrt(values + shrinkage * values.mean())
 
-    Returns {"digits_fd": Frechet distance of the classifier features (torchmetrics' FID code on these features),
-    "digits_kid"/"digits_kid_std": the kernel distance (KID, unbiased) in the same features, mean and std over
-    subsets, "digits_confidence": mean max class probability, "digits_class_balance": entropy of the predicted-class
-    histogram over log 10 (1 = all ten digits equally often), "digits_class_histogram",
-    "digits_classifier_test_accuracy", "num_samples", "num_reference"}.
+
+def floor_scale(num_samples, num_reference, n):
+    """The factor from a disjoint real split (n against num_reference - n) to the model's (num_samples against
+    num_reference): (1/N + 1/M) / (1/n + 1/(M - n)), the first-order FD bias c (1/n + 1/m) (module docstring)."""
+    return (1 / num_samples + 1 / num_reference) / (1 / n + 1 / (num_reference - n))
+
+
+def floor_split_size(num_samples, num_reference):
+    """n, the real digits on the sample side of a floor split (N when that leaves >= MIN_HELD_BACK, else M // 2)."""
+    return num_samples if num_samples <= num_reference - MIN_HELD_BACK else num_reference // 2
+
+
+def real_floor(reference_features, num_samples, draws=20, seed=0, kid=True):
+    """The real-data floor of ``num_samples`` samples against ``reference_features`` (M, D) (module docstring):
+    {"fd_floor", "fd_floor_std"} (scaled disjoint splits, mean and std over ``draws``), "fd_floor_split" (n, m),
+    and with ``kid`` "kid_floor_std" (the spread of the unbiased KID of real digits; its mean, about 0, as
+    "kid_floor")."""
+    from .features import frechet_distance, kernel_distance
+
+    reference = np.asarray(reference_features)
+    m = len(reference)
+    n = floor_split_size(num_samples, m)
+    scale = floor_scale(num_samples, m, n)
+    rng = np.random.default_rng(seed)
+    fds, kids = [], []
+    for _ in range(draws):
+        order = rng.permutation(m)
+        real, rest = reference[order[:n]], reference[order[n:]]
+        fds.append(scale * frechet_distance(rest, real))
+        if kid:
+            kids.append(kernel_distance(rest, real, subsets=10, subset_size=min(500, n, m - n))[0])
+    out = {"fd_floor": float(np.mean(fds)), "fd_floor_std": float(np.std(fds, ddof=1)),
+           "fd_floor_split": [n, m - n]}
+    if kid:
+        out.update(kid_floor=float(np.mean(kids)), kid_floor_std=float(np.std(kids, ddof=1)))
+    return out
+
+
+def digits_metric(images_uint8, reference_uint8=None, classifier=None, floor_draws=20):
+    """Score uint8 digits (N, 1, 8, 8) against the reference (default: all 1,797 embedded digits).
+
+    Returns {"digits_fd": the Frechet distance of the classifier's features whitened by the reference
+    (torchmetrics' FID code on them),
+    "digits_fd_floor"/"digits_fd_floor_std": the FD real digits score at the same N (module docstring),
+    "digits_fd_over_floor": digits_fd / digits_fd_floor (1 = as good as real data at this N),
+    "digits_kid"/"digits_kid_std": the unbiased kernel distance, mean and std over subsets, "digits_kid_floor_std":
+    the spread of real digits' KID (its floor is 0), "digits_confidence": mean max class probability,
+    "digits_class_balance": entropy of the predicted-class histogram over log 10 (1 = all ten digits equally often),
+    "digits_class_histogram", "digits_classifier_test_accuracy", "num_samples", "num_reference", "reference"}.
+    ``floor_draws`` = 0 skips the floor.
     """
     from .features import frechet_distance, kernel_distance
 
     classifier = classifier or load_digits_classifier()
+    described = "the given reference images"
     if reference_uint8 is None:
-        reference_uint8, _ = digits_arrays("train")
-    reference_features, features = classifier.features(reference_uint8), classifier.features(images_uint8)
-    kid, kid_std = kernel_distance(reference_features, features, subsets=100, subset_size=min(
-        500, len(features), len(reference_features)))
+        reference_uint8, _ = digits_arrays("all")
+        described = f"all {len(reference_uint8)} embedded digits (train and test splits)"
+    reference_features = classifier.features(reference_uint8)
+    w = whitening(reference_features)
+    reference_features, features = reference_features @ w, classifier.features(images_uint8) @ w
+    kid, kid_std = kernel_distance(reference_features, features, subsets=50, subset_size=min(
+        1000, len(features), len(reference_features)))
     probabilities = classifier.probabilities(images_uint8)
     counts = np.bincount(probabilities.argmax(axis=1), minlength=10)
     share = counts / counts.sum()
     entropy = -np.sum(share[share > 0] * np.log(share[share > 0]))
-    return {
-        "digits_fd": frechet_distance(reference_features, features),
-        "digits_kid": kid,  # unbiased: about 0 (+- digits_kid_std) for real digits, unlike the FD's finite-N floor
+    fd = frechet_distance(reference_features, features)
+    out = {"digits_fd": fd}
+    if floor_draws:
+        floor = real_floor(reference_features, len(features), draws=floor_draws)
+        out.update(digits_fd_floor=floor["fd_floor"], digits_fd_floor_std=floor["fd_floor_std"],
+                   digits_fd_over_floor=fd / floor["fd_floor"], digits_fd_floor_split=floor["fd_floor_split"],
+                   digits_kid_floor_std=floor["kid_floor_std"])
+    return out | {
+        "digits_kid": kid,  # unbiased: about 0 (+- digits_kid_floor_std) for real digits
         "digits_kid_std": kid_std,
         "digits_confidence": float(probabilities.max(axis=1).mean()),
         "digits_class_balance": float(entropy / np.log(10)),
@@ -120,4 +274,5 @@ def digits_metric(images_uint8, reference_uint8=None, classifier=None):
         "digits_classifier_test_accuracy": classifier.test_accuracy,
         "num_samples": int(len(images_uint8)),
         "num_reference": int(len(reference_uint8)),
+        "reference": described,
     }

@@ -6,7 +6,8 @@ For a model (a training output folder, a pipeline folder or a Hub repo id) and a
 - ``fid``, ``kid``, ``prc``: N samples against a reference split in TF-Inception features (``inception.py``; the
   distances by torchmetrics, precision/recall by ``features.py``), reference features cached per
   dataset/split/resolution;
-- ``digits``: the offline digits metric (``digits.py``), for models of the embedded digits.
+- ``digits``: the offline digits metric (``digits.py``), for models of the embedded digits: against all 1,797
+  digits whatever the reference split, with the real-data floor at the same sample count beside the score.
 The sample metrics are computed at every requested number of sampling steps, with the sampling time. The result goes
 to ``eval-<name>.json`` (every score with its sample count, steps, seed, split and feature extractor), plots beside
 it (``plots.py``), the headline numbers into ``metrics.json`` and, on request, the model card.
@@ -141,9 +142,8 @@ def sample_scores(samples, metrics, reference, inception, digits_reference, refe
     if "digits" in metrics:
         from .digits import LABEL, digits_metric
 
-        d = digits_metric(samples, digits_reference)
-        scores["digits_fd"] = {"value": d.pop("digits_fd"), "features": LABEL,
-                               "reference": f"{d['num_reference']} images of digits split {reference_split}", **d}
+        d = digits_metric(samples, digits_reference)  # its floor at this sample count beside it
+        scores["digits_fd"] = {"value": d.pop("digits_fd"), "features": LABEL, **d}
     return scores
 
 
@@ -170,6 +170,8 @@ def merge_into_metrics(folder, report):
                      "num_inference_steps": run["num_inference_steps"], "seed": report["seed"],
                      "split": report["reference_split"], "features": score["features"],
                      "reference": score["reference"], "evaluation": report["name"]}
+            if "digits_fd_floor" in score:  # the real-data floor at the same sample count, beside the score
+                entry.update(floor=score["digits_fd_floor"], floor_std=score["digits_fd_floor_std"])
             entries = [e for e in entries if (e["metric"], e["num_inference_steps"]) != (name, entry[
                 "num_inference_steps"])] + [entry]
     if entries:
@@ -302,8 +304,6 @@ def evaluate(model, config=None, progress=True, log=print):
             key += f"-{len(ref_images)}-inception-{inception.fingerprint}"
             reference = (reference_features(inception, ref_images, key, progress),
                          f"{len(ref_images)} images of {data_text} split {c.reference_split}")
-        if "digits" in sample_metrics:
-            digits_reference = split_images(c.reference_split, None)
         report["sampling"] = []
         sampler = use_scheduler(DDPMHFPipeline.from_pipe(pipe, torch_dtype=None), c.scheduler)  # bound: pipe's
         sampler.set_progress_bar_config(**pipe._progress_bar_config)
@@ -316,7 +316,9 @@ def evaluate(model, config=None, progress=True, log=print):
             report["sampling"].append(run)
             save_grid(samples[:36], os.path.join(out, f"eval-{name}-samples-{k}steps.png"),
                       f"{report['model']}: {k} steps, seed {seed}")
-            log("  " + ", ".join(f"{n} {s['value']:.4g}" for n, s in scores.items()) + f" ({seconds:.1f} s sampling)")
+            log("  " + ", ".join(f"{n} {s['value']:.4g}" + (f" (real-data floor {s['digits_fd_floor']:.4g} +- "
+                                 f"{s['digits_fd_floor_std']:.2g})" if "digits_fd_floor" in s else "")
+                                 for n, s in scores.items()) + f" ({seconds:.1f} s sampling)")
         if len(steps) > 1:
             plot_steps(report["sampling"], os.path.join(out, f"eval-{name}-steps.png"),
                        f"{report['model']}: {num_samples} samples, seed {seed}")
