@@ -158,3 +158,36 @@ def test_summary_table_and_choice():
     assert len(lines) == 2 + 3 + 1 and all(line.count("|") == 7 for line in lines)
     assert "| 3 | 98.0% +- 1.4% | 97.0% / 99.0% | 2.600 +- 0.141 |" in table
     assert "floor of the digits FD at N = 1000: 0.500 +- 0.020" in table
+
+
+def _saved_pipeline(folder, conditional):
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=11 if conditional else None)
+    classes = dict(id2label={i: str(i) for i in range(10)}, null_class_id=10) if conditional else {}
+    from ddpm_hf import DDPMHFScheduler
+
+    DDPMHFPipeline(unet, DDPMHFScheduler(num_train_timesteps=20), **classes).save_pretrained(folder)
+    return str(folder)
+
+
+def test_evaluate_runs_the_sweep_for_conditional_models_only(tmp_path):
+    """`ddpm-hf evaluate --metrics guidance` (EvaluationConfig(metrics=("guidance",))): the sweep's JSON, plot and
+    summary land beside the eval report, one entry per requested scale with the requested sample count; an
+    unconditional model is refused with the reason."""
+    from ddpm_hf.evaluation import EvaluationConfig, evaluate
+
+    folder = _saved_pipeline(tmp_path / "cond", conditional=True)
+    config = EvaluationConfig(metrics=("guidance",), num_samples=20, steps=(3,), guidance_scales=(0, 2), name="g",
+                              scheduler="ddim")
+    report = evaluate(folder, config, progress=False, log=lambda *_: None)
+    summary = report["guidance"]["summary"]
+    assert [e["guidance_scale"] for e in summary] == [0, 2] and all(e["num_samples"] == 20 for e in summary)
+    assert all(0 <= e["accuracy"]["mean"] <= 1 for e in summary) and report["guidance"]["num_inference_steps"] == 3
+    saved = json.loads((tmp_path / "cond" / "eval-g-guidance.json").read_text())
+    assert saved["scheduler"] == "DDIMScheduler" and os.path.isfile(tmp_path / "cond" / "eval-g-guidance.png")
+    with pytest.raises(BadArgument, match="class-conditional"):
+        evaluate(_saved_pipeline(tmp_path / "uncond", conditional=False), config, progress=False, log=lambda *_: None)
+    with pytest.raises(BadArgument, match="guidance_scales"):
+        EvaluationConfig(metrics=("guidance",), guidance_scales=(-1,))

@@ -14,7 +14,8 @@ def add_parser(sub):
                        "numbers go into its metrics.json. The data defaults to the run's own (training_args.json).")
     p.add_argument("model", help="a training output folder, a pipeline folder or a Hub repo id")
     p.add_argument("--metrics", default="bpd", help=f"comma-separated, from {', '.join(ALL_METRICS)} (default bpd; "
-                   "fid/kid/prc need the Inception weights, digits is offline and for the embedded digits only)")
+                   "fid/kid/prc need the Inception weights, digits is offline and for the embedded digits only; guidance: "
+                   "a class-conditional digits model's label accuracy and digits FD per --guidance_scales)")
     p.add_argument("--num_samples", type=int, default=1000, help="samples for fid/kid/prc/digits (default 1000)")
     p.add_argument("--num_inference_steps", "--ddpm_num_inference_steps", dest="num_inference_steps", default=None,
                    help="sampling steps, or a comma-separated list to score each (e.g. 1000,250,100,50); default T "
@@ -26,6 +27,10 @@ def add_parser(sub):
     p.add_argument("--scheduler", choices=list(SCHEDULERS), default=None,
                    help="the sampler of the sample metrics, made from the model's scheduler config (default: the "
                    "model's own)")
+    p.add_argument("--guidance_scales", default="0,1,2,3,5,8",
+                   help="with --metrics guidance (a class-conditional digits model): the guidance scales swept, "
+                   "comma-separated, diffusers' convention (1 = no guidance, 0 = the unconditional branch); "
+                   "--num_samples split evenly over the classes, the first --num_inference_steps (default 0,1,2,3,5,8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (image i: seed + i) and of the bound")
     p.add_argument("--dataset_name", default=None, help="data to score against (default: the run's)")
     p.add_argument("--dataset_config_name", default=None)
@@ -62,6 +67,10 @@ def config_from_args(args, parser):
         except ValueError:
             parser.error(f"--num_inference_steps {args.num_inference_steps}: integers separated by commas")
     try:
+        guidance_scales = [float(s) for s in args.guidance_scales.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--guidance_scales {args.guidance_scales}: numbers separated by commas")
+    try:
         return EvaluationConfig(
             metrics=[m.strip() for m in args.metrics.split(",") if m.strip()], num_samples=args.num_samples,
             steps=steps, seed=args.seed, batch_size=args.batch_size, split=args.split,
@@ -69,7 +78,8 @@ def config_from_args(args, parser):
             dataset_config_name=args.dataset_config_name, train_data_dir=args.train_data_dir,
             max_eval_images=args.max_eval_images, max_reference_images=args.max_reference_images,
             inception_weights=args.inception_weights, bpd_timesteps=args.bpd_timesteps,
-            timestep_spacing=args.timestep_spacing, scheduler=args.scheduler, name=args.name,
+            timestep_spacing=args.timestep_spacing, scheduler=args.scheduler, guidance_scales=guidance_scales,
+            name=args.name,
             output_dir=args.output_dir, update_model_card=args.update_model_card, replace_edited_card=args.force)
     except BadArgument as error:
         fail(parser, error, FLAGS)

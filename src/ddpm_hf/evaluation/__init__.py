@@ -8,7 +8,8 @@ The names below are imported on first use (PEP 562), so ``import ddpm_hf.evaluat
 import importlib
 
 SAMPLE_METRICS = ("fid", "kid", "prc", "digits")
-ALL_METRICS = ("bpd",) + SAMPLE_METRICS
+# "guidance": a class-conditional digits model's guidance sweep (label accuracy and digits FD per guidance scale)
+ALL_METRICS = ("bpd",) + SAMPLE_METRICS + ("guidance",)
 INCEPTION_METRICS = ("fid", "kid", "prc")
 
 _EXPORTS = {
@@ -21,6 +22,7 @@ _EXPORTS = {
                "load_digits_classifier", "real_floor", "train_digits_cnn", "whitening"),
     "report": ("EvaluationConfig", "evaluate", "merge_into_metrics", "model_folder", "training_args_of"),
     "plots": ("plot_curve", "plot_steps", "save_grid"),
+    "conditional": ("conditional_report", "guidance_sweep", "label_agreement"),
 }
 _WHERE = {name: f".{module}" for module, names in _EXPORTS.items() for name in names}
 _WHERE["InceptionWeightsMissing"] = "..errors"

@@ -203,6 +203,7 @@ class EvaluationConfig:
     bpd_timesteps: int | None = None
     timestep_spacing: str | None = None
     scheduler: str | None = None  # the sampler of the sample metrics, a name of sampling.SCHEDULERS (None: the model's)
+    guidance_scales: tuple = (0.0, 1.0, 2.0, 3.0, 5.0, 8.0)  # metric "guidance": the scales swept (diffusers' s)
     name: str | None = None
     output_dir: str | None = None
     update_model_card: bool = False
@@ -222,6 +223,9 @@ class EvaluationConfig:
         if self.timestep_spacing not in (None, "leading", "trailing", "linspace"):
             raise BadArgument("timestep_spacing", f"timestep_spacing {self.timestep_spacing}: choose from leading, "
                               "trailing, linspace")
+        self.guidance_scales = tuple(float(s) for s in self.guidance_scales)
+        if not self.guidance_scales or min(self.guidance_scales) < 0:
+            raise BadArgument("guidance_scales", f"guidance_scales must be >= 0, got {self.guidance_scales}")
         if self.scheduler is not None:
             from ..sampling import SCHEDULERS
 
@@ -267,9 +271,12 @@ def evaluate(model, config=None, progress=True, log=print):
         pipe.scheduler = DDPMHFScheduler.from_config({**pipe.scheduler.config,
                                                       "timestep_spacing": c.timestep_spacing})
     channels, resolution = pipe.unet.config.in_channels, pipe.unet.config.sample_size
-    if "digits" in metrics and not (is_digits and channels == 1 and resolution == 8):
+    if {"digits", "guidance"} & set(metrics) and not (is_digits and channels == 1 and resolution == 8):
         raise BadArgument("metrics", "the digits metric applies to models of the embedded 8x8 digits only; this "
                           f"model is {resolution}x{resolution}x{channels} on {dataset_name or train_data_dir}")
+    if "guidance" in metrics and null_class_id(pipe.unet) is None:
+        raise BadArgument("metrics", "the guidance sweep needs a class-conditional model (train --class_conditional); "
+                          "this one is unconditional")
     T = pipe.scheduler.config.num_train_timesteps
     steps = [s or T for s in c.steps]
     name = name or datetime.date.today().isoformat()
@@ -333,6 +340,15 @@ def evaluate(model, config=None, progress=True, log=print):
         if len(steps) > 1:
             plot_steps(report["sampling"], os.path.join(out, f"eval-{name}-steps.png"),
                        f"{report['model']}: {num_samples} samples, seed {seed}")
+    if "guidance" in metrics:  # issue 18 sec. 3: label accuracy and quality against the guidance scale
+        from .conditional import conditional_report
+
+        sampler = use_scheduler(DDPMHFPipeline.from_pipe(pipe, torch_dtype=None), c.scheduler)
+        sampler.set_progress_bar_config(**pipe._progress_bar_config)
+        per_class = max(1, num_samples // null_class_id(pipe.unet))
+        sweep = conditional_report(sampler, out, name, c.guidance_scales, per_class, steps[0], batch_size, seed, log)
+        report["guidance"] = {"summary": sweep["summary"], "table": sweep["table"], "plot": sweep["plot"],
+                              "path": os.path.basename(sweep["path"]), "num_inference_steps": steps[0]}
     path = os.path.join(out, f"eval-{name}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
