@@ -146,13 +146,12 @@ def _seeded_cache(tmp_path):
     """A fresh DDPM_HF_CACHE for one command holding only the digits classifier, trained once per session in this
     process (in the autouse fixture's cache): the command does not train it again, its reference features start
     uncached."""
-    from ddpm_hf.evaluation.digits import CLASSIFIER_VERSION, ddpm_hf_cache_dir
+    from ddpm_hf.evaluation.digits import classifier_path, load_digits_classifier
 
     load_digits_classifier()
-    name = f"digits_classifier_v{CLASSIFIER_VERSION}.npz"
     cache = tmp_path / "cache"
     cache.mkdir()
-    shutil.copyfile(os.path.join(ddpm_hf_cache_dir(), name), cache / name)
+    shutil.copyfile(classifier_path(), cache / os.path.basename(classifier_path()))
     return cache
 
 

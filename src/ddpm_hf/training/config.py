@@ -205,8 +205,6 @@ class TrainConfig:
                 raise ConfigError(f"{{{name}}} {getattr(self, name)}: choose from {', '.join(sorted(choices))}")
         if self.ddpm_num_inference_steps > self.ddpm_num_steps:
             raise ConfigError("{ddpm_num_inference_steps} cannot exceed {ddpm_num_steps}")
-        if self.eval_inference_steps > self.ddpm_num_steps and {"digits", "fid"} & set(self.eval_metrics):
-            raise ConfigError("{eval_inference_steps} (the periodic samples' steps) cannot exceed {ddpm_num_steps}")
         if self.eval_bpd_timesteps is not None and self.eval_bpd_timesteps > self.ddpm_num_steps:
             raise ConfigError("{eval_bpd_timesteps} cannot exceed {ddpm_num_steps} (the bound has T terms)")
         if self.dataset_name not in (None, "digits") and self.train_data_dir is not None:
@@ -214,6 +212,8 @@ class TrainConfig:
         if "digits" in self.eval_metrics and not (self.dataset_name in (None, "digits") and
                                                   self.train_data_dir is None):
             raise ConfigError("{eval_metrics} digits applies to the embedded digits only")
+        if self.eval_inference_steps > self.ddpm_num_steps and {"digits", "fid"} & set(self.eval_metrics):
+            raise ConfigError("{eval_inference_steps} (the periodic samples' steps) cannot exceed {ddpm_num_steps}")
         if not self.model_config_name_or_path:
             from ..unet_configs import check_resolution
 
