@@ -225,3 +225,18 @@ def hub_env(hub, tmp_path):
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf_modules")
     env.update(THREADS)
     return env
+
+
+def kill_after_checkpoint(cmd, out, cwd, checkpoint="checkpoint-4"):
+    """Start the training command ``cmd``, SIGKILL it as soon as ``out/checkpoint`` exists (at most 240 s), and check
+    that it died with the checkpoint written and before the end (no metrics.json)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / checkpoint).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / checkpoint).exists() and not (out / "metrics.json").exists()

@@ -5,10 +5,8 @@ class and its label dropout, that the loss and the bound see the labels, and con
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,7 +22,7 @@ from ddpm_hf.errors import RunError
 from ddpm_hf.scheduling_ddpm_hf import DDPMHFScheduler
 from ddpm_hf.unet_configs import build_unet
 
-from helpers import TINY, TRAIN, read_history, read_weights, run_train, train_env
+from helpers import TINY, TRAIN, kill_after_checkpoint, read_history, read_weights, run_train, train_env
 
 # one grey level per class, so that a test can read an image's class from its pixels
 SHADES = {"cat": 30, "dog": 120, "zebra": 220}
@@ -333,16 +331,6 @@ def test_conditional_run_saves_its_classes_and_the_conditional_bound(tmp_path):
     assert report["bpd"]["bits_per_dim"] == pytest.approx(metrics["bits_per_dim"], rel=1e-9)
 
 
-def _kill_after_checkpoint(cmd, out, cwd):
-    proc = subprocess.Popen(cmd, cwd=cwd, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (out / "checkpoint-4").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (out / "checkpoint-4").exists() and not (out / "metrics.json").exists()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("data", ["cached", "streamed"])
 def test_conditional_resume_is_bit_identical(tmp_path, data):
@@ -357,7 +345,7 @@ def test_conditional_resume_is_bit_identical(tmp_path, data):
                    "--train_batch_size", "4"]
     run_train("--output_dir", str(tmp_path / "straight"), *common, cwd=tmp_path)
     stopped = tmp_path / "stopped"
-    _kill_after_checkpoint([sys.executable, TRAIN, *TINY, "--output_dir", str(stopped), *common], stopped, tmp_path)
+    kill_after_checkpoint([sys.executable, TRAIN, *TINY, "--output_dir", str(stopped), *common], stopped, tmp_path)
     r = run_train("--output_dir", str(stopped), *common, "--resume_from_checkpoint", "latest", cwd=tmp_path)
     assert "resumed from" in r.stdout + r.stderr
 

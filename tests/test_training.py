@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from ddpm_hf.cli.train import parse_args
 from ddpm_hf.training import micro_batches
 from ddpm_hf.unet_configs import unet_config
 
-from helpers import (TINY, TINY_RUN_TOKEN, TRAIN, png_folder, read_history, read_weights, run_train, run_trains,
+from helpers import (TINY, TINY_RUN_TOKEN, TRAIN, kill_after_checkpoint, png_folder, read_history, read_weights, run_train, run_trains,
                      train_env)
 
 
@@ -189,14 +188,7 @@ def test_resume_is_bit_identical(tmp_path, data):
     run_train("--output_dir", str(tmp_path / "straight"), *common, cwd=tmp_path)
 
     stopped = tmp_path / "stopped"
-    cmd = [sys.executable, TRAIN, *TINY, "--output_dir", str(stopped), *common]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (stopped / "checkpoint-4").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (stopped / "checkpoint-4").exists() and not (stopped / "metrics.json").exists()
+    kill_after_checkpoint([sys.executable, TRAIN, *TINY, "--output_dir", str(stopped), *common], stopped, tmp_path)
     r = run_train("--output_dir", str(stopped), *common, "--resume_from_checkpoint", "latest", cwd=tmp_path)
     assert "resumed from" in r.stdout + r.stderr
 
