@@ -171,6 +171,16 @@ def test_bad_labels_get_a_clear_error():
                                    scheduler=DDPMHFScheduler(variance_type="learned_range"))
     with pytest.raises(ValueError, match="this UNet is unconditional"):
         unconditional(class_labels=[1], num_inference_steps=2)
+    # the stored class ids must fit the UNet's class embedding (num_class_embeds = NULL + 1)
+    for id2label, null, message in [
+            (ID2LABEL, NULL + 1, r"class ids \[5\] \(id2label / null_class_id\) are not in this UNet's class embedding"),
+            ({**ID2LABEL, 7: "seven"}, NULL, r"class ids \[7\]"),
+            ({**ID2LABEL, NULL: "none"}, NULL, "null_class_id 4 is also a named class"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            DDPMHFPipeline(unet=tiny_unet(), scheduler=DDPMHFScheduler(), id2label=id2label, null_class_id=null)
+    with pytest.raises(ValueError, match="this UNet is unconditional"):
+        DDPMHFPipeline(unet=tiny_unet(conditional=False), scheduler=DDPMHFScheduler(), null_class_id=0)
     no_null = DDPMHFPipeline(unet=tiny_unet(), scheduler=DDPMHFScheduler())
     with pytest.raises(ValueError, match="no null_class_id: give class_labels"):
         no_null(num_inference_steps=2)

@@ -164,7 +164,24 @@ class DDPMHFDenoiserMixin:
 
     def _register_conditional(self, id2label, null_class_id):
         """Register a conditional model's ``id2label`` (int keys: JSON makes them strings) and ``null_class_id`` into
-        the config (model_index.json; ``from_pipe`` hands them on); nothing for an unconditional model."""
+        the config (model_index.json; ``from_pipe`` hands them on); nothing for an unconditional model.
+
+        ValueError when they do not fit the UNet: a null class id or a named id outside its class embedding
+        (0..num_class_embeds - 1, ddpm-hf trains the null class as the last id), or the null class given a name."""
+        unet_config = getattr(getattr(self, "unet", None), "config", None)
+        if unet_config is not None and (id2label or null_class_id is not None):
+            num_classes = getattr(unet_config, "num_class_embeds", None)
+            if num_classes is None:
+                raise ValueError("id2label / null_class_id given, but this UNet is unconditional (its config has no "
+                                 "num_class_embeds)")
+            ids = [int(k) for k in (id2label or {})] + ([int(null_class_id)] if null_class_id is not None else [])
+            bad = sorted(i for i in set(ids) if not 0 <= i < num_classes)
+            if bad:
+                raise ValueError(f"class ids {bad} (id2label / null_class_id) are not in this UNet's class embedding "
+                                 f"(num_class_embeds {num_classes}: ids 0..{num_classes - 1})")
+            if null_class_id is not None and int(null_class_id) in {int(k) for k in (id2label or {})}:
+                raise ValueError(f"null_class_id {null_class_id} is also a named class in id2label: the null class "
+                                 "(no label) must be an id of its own")
         if id2label is not None or null_class_id is not None:
             self.register_to_config(id2label={int(k): str(v) for k, v in (id2label or {}).items()},
                                     null_class_id=null_class_id)
