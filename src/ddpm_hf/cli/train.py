@@ -181,6 +181,7 @@ def main(argv=None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config = parse_args(argv)
+    sys.argv = [sys.argv[0], *without_token(sys.argv[1:])]  # wandb records the command line; config has the token
     die_with_launcher()  # under accelerate launch / torchrun: a launcher that dies takes this process down with it
     try:
         return train(config)
@@ -197,6 +198,17 @@ def main(argv=None):
         print("ddpm-hf train: interrupted (Ctrl-C). The complete checkpoints in --output_dir are kept; resume with: "
               f"{resume_command(argv)}", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+
+
+def without_token(argv):
+    """``argv`` with the value of --hub_token replaced by "***"."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--hub_token" and i + 1 < len(argv):
+            argv[i + 1] = "***"
+        elif arg.startswith("--hub_token="):
+            argv[i] = "--hub_token=***"
+    return argv
 
 
 def resume_command(argv):

@@ -127,26 +127,7 @@ def start_trackers(config, accelerator):
         logging_dir = os.path.join(config.output_dir, config.logging_dir)
         os.makedirs(logging_dir, exist_ok=True)
         init_kwargs = {"wandb": {"dir": logging_dir}}
-    with argv_without_token():  # wandb records the command line in its run file
-        accelerator.init_trackers("ddpm-hf", config=settings, init_kwargs=init_kwargs)
-
-
-@contextlib.contextmanager
-def argv_without_token():
-    """sys.argv with the value of --hub_token replaced by "***", restored on exit."""
-    import sys
-
-    saved, argv = sys.argv, list(sys.argv)
-    for i, arg in enumerate(argv):
-        if arg == "--hub_token" and i + 1 < len(argv):
-            argv[i + 1] = "***"
-        elif arg.startswith("--hub_token="):
-            argv[i] = "--hub_token=***"
-    sys.argv = argv
-    try:
-        yield
-    finally:
-        sys.argv = saved
+    accelerator.init_trackers("ddpm-hf", config=settings, init_kwargs=init_kwargs)
 
 
 class Run:
