@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo model-card test test-fast bench bench-train clean
+.PHONY: env demo model-card test test-fast test-compile bench bench-train clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,13 @@ model-card: env
 # (tests/helpers.made_once). TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 2
 
+# leaves out the tests marked compile (TorchInductor's cold C++ compile, minutes): `make test-compile` runs them.
+# --durations lists the slowest tests at the end.
 test: env
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not compile" --durations=15 tests
+
+test-compile: env
+	$(PY) -m pytest -q -m compile tests
 
 # the in-process unit tier: equations, scheduler vs diffusers, likelihood, losses, small pipelines, CLI parsing;
 # leaves out the tests marked slow (training runs, CLI processes, multi-process launches, Hub round trips, the

@@ -331,12 +331,14 @@ def test_conditional_run_saves_its_classes_and_the_conditional_bound(tmp_path):
     assert report["bpd"]["bits_per_dim"] == pytest.approx(metrics["bits_per_dim"], rel=1e-9)
 
 
+# streamed only: the cached-data resume is test_training's (the same loop; the labels are what this one adds, and the
+# streamed path, labels read from the folders and shuffled with the images, is the harder one for them)
 @pytest.mark.slow
-@pytest.mark.parametrize("data", ["cached", "streamed"])
+@pytest.mark.parametrize("data", ["streamed"])
 def test_conditional_resume_is_bit_identical(tmp_path, data):
     """A conditional run (label dropout 0.5, learned variances) killed after its step-4 checkpoint and resumed to
-    step 8 ends with the weights and losses of the run that never stopped: on the cached digits, and streamed from
-    an image folder with one sub-folder per class (whose names the saved pipeline keeps)."""
+    step 8 ends with the weights and losses of the run that never stopped, streamed from an image folder with one
+    sub-folder per class (whose names the saved pipeline keeps)."""
     common = ["--class_conditional", "--cond_drop_prob", "0.5", "--max_train_steps", "8", "--checkpointing_steps",
               "4", "--eval_max_images", "1", "--num_sample_images", "1"]
     if data == "streamed":

@@ -20,7 +20,7 @@ from PIL import Image
 from ddpm_hf import DDPMHFImg2ImgPipeline, DDPMHFInpaintPipeline, DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
 
-from helpers import local_env, run_python
+from helpers import cli_in_process, local_env, run_python
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -274,7 +274,8 @@ def test_conditional_sampling_through_trust_remote_code_without_ddpm_hf(saved, t
 
 
 @pytest.mark.slow
-def test_cli_sample_one_labelled_row_per_class(saved, tmp_path):
+def test_cli_sample_one_labelled_row_per_class(saved, tmp_path, capsys):
+    """The command as a process of its own once (what a user runs), then its other cases in this process."""
     folder, _ = saved
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 
@@ -300,11 +301,13 @@ def test_cli_sample_one_labelled_row_per_class(saved, tmp_path):
     tile = 64 + 2
     assert grid.width > 4 * tile + 2 + 8 and 2 * tile + 2 <= grid.height < 3 * tile
     # every class by default: NUM_CLASSES rows
-    r = cli(folder, "--num_images", "1", "--num_inference_steps", 2, "--output_dir", tmp_path / "all")
-    assert r.returncode == 0 and f"wrote {NUM_CLASSES} images" in r.stdout, r.stderr
+    code, out, err = cli_in_process(capsys, "sample", folder, "--num_images", "1", "--num_inference_steps", 2,
+                                    "--output_dir", tmp_path / "all")
+    assert code == 0 and f"wrote {NUM_CLASSES} images" in out, err
     for args, message in [(("--class_labels", "9"), "out of range"), (("--class_labels", "seven"), "not known")]:
-        r = cli(folder, *args, "--num_inference_steps", 2, "--output_dir", tmp_path / "bad")
-        assert r.returncode == 2 and message in r.stderr, r.stderr
+        code, _, err = cli_in_process(capsys, "sample", folder, *args, "--num_inference_steps", 2, "--output_dir",
+                                      tmp_path / "bad")
+        assert code == 2 and message in err, err
 
 
 def test_cli_img2img_with_a_class_label_a_guidance_scale_and_a_scheduler(saved, tmp_path, capsys):

@@ -180,9 +180,10 @@ def test_evaluate_every_metric_on_a_run(run, tmp_path, capsys, monkeypatch):
     out, weights = run
     monkeypatch.setenv("DDPM_HF_CACHE", str(_seeded_cache(tmp_path)))
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    args = ["evaluate", str(out), "--metrics", "bpd,fid,kid,prc,digits", "--num_samples", "24",
+    # few images: each costs an Inception forward pass at 299x299 (about 6 GFLOP)
+    args = ["evaluate", str(out), "--metrics", "bpd,fid,kid,prc,digits", "--num_samples", "12",
             "--num_inference_steps", "5,2", "--bpd_timesteps", "6", "--max_eval_images", "16",
-            "--max_reference_images", "64", "--inception_weights", str(weights), "--name", "e2e",
+            "--max_reference_images", "32", "--inception_weights", str(weights), "--name", "e2e",
             "--update_model_card"]
     code, _, err = cli_in_process(capsys, *args)
     assert code == 0, err[-3000:]
@@ -193,13 +194,13 @@ def test_evaluate_every_metric_on_a_run(run, tmp_path, capsys, monkeypatch):
         scores = sampled["scores"]
         assert set(scores) == {"fid", "kid", "precision", "recall", "digits_fd"}
         assert scores["fid"]["value"] > 0 and 0 <= scores["precision"]["value"] <= 1
-        assert "TF-Inception" in scores["fid"]["features"] and "64 images" in scores["fid"]["reference"]
+        assert "TF-Inception" in scores["fid"]["features"] and "32 images" in scores["fid"]["reference"]
         assert "not comparable to Inception FID" in scores["digits_fd"]["features"]
-        digits = scores["digits_fd"]  # against all 1,797 digits, the real-data floor at 24 samples beside it
-        assert digits["num_reference"] == 1797 and digits["digits_fd_floor_split"] == [24, 1773]
+        digits = scores["digits_fd"]  # against all 1,797 digits, the real-data floor at 12 samples beside it
+        assert digits["num_reference"] == 1797 and digits["digits_fd_floor_split"] == [12, 1785]
         assert digits["digits_fd_floor"] > 0 and digits["digits_fd_over_floor"] == digits["value"] / digits[
             "digits_fd_floor"]
-        assert sampled["num_samples"] == 24 and sampled["sampling_seconds"] > 0
+        assert sampled["num_samples"] == 12 and sampled["sampling_seconds"] > 0
     for picture in ("eval-e2e-bpd.png", "eval-e2e-steps.png", "eval-e2e-samples-5steps.png"):
         assert (out / picture).is_file()
     # the reference features were cached once, and a second evaluation reads them
@@ -220,7 +221,7 @@ def test_evaluate_every_metric_on_a_run(run, tmp_path, capsys, monkeypatch):
     card = ModelCard.load(out / "README.md")
     types = {(r.metric_type, r.metric_config) for r in card.data.eval_results}
     assert ("fid", "5 steps") in types and ("bits_per_dim", None) in types
-    assert "FID (lower is better): 24 samples, 5 steps" in card.text
+    assert "FID (lower is better): 12 samples, 5 steps" in card.text
     assert "(real digits at this sample count: " in card.text
 
 
