@@ -264,3 +264,37 @@ def test_failed_upload_loses_nothing(tmp_path):
     assert ModelCard.load(out / "README.md").data.model_name == "later"
     assert (stored / "README.md").read_bytes() == (out / "README.md").read_bytes()
     assert (stored / "images" / "samples.png").read_bytes() == (out / "samples" / "grid.png").read_bytes()
+
+
+def _scored(sampler, steps, value, num_samples=1000):
+    """An evaluation report as ``ddpm_hf.evaluation.report.evaluate`` returns it: one digits score of one sampler."""
+    score = {"value": value, "features": "the digits CNN", "reference": "all 1797 digits", "digits_fd_floor": 1.39,
+             "digits_fd_floor_std": 0.07}
+    return {"name": f"{sampler}-{steps}", "seed": 0, "reference_split": "all", "scheduler": sampler,
+            "sampling": [{"num_samples": num_samples, "num_inference_steps": steps, "scores": {"digits_fd": score}}]}
+
+
+@pytest.mark.slow
+def test_card_names_each_sampler_and_recommends_the_fewest_calls_near_the_best(run_copy):
+    """Scores of several samplers merged into metrics.json (as `ddpm-hf evaluate --scheduler NAME
+    --update_model_card` merges them) stay apart by sampler, and the card recommends the sampler with the fewest UNet
+    calls within 10% of the best score, with the diffusers line that swaps it in."""
+    from ddpm_hf.evaluation.report import merge_into_metrics
+
+    for report in (_scored("DDPMHFScheduler", 100, 1.50), _scored("DDPMHFScheduler", 10, 3.0),
+                   _scored("unipc", 10, 1.70), _scored("dpmsolver++", 20, 1.70), _scored("heun", 6, 1.55),
+                   _scored("ddim", 5, 1.51, num_samples=100),  # fewer samples: not compared with the others
+                   _scored("unipc", 10, 1.62)):  # measured again: replaces the first unipc score
+        assert merge_into_metrics(str(run_copy), report)
+    entries = json.loads((run_copy / "metrics.json").read_text())["sample_metrics"]
+    assert sorted((e["sampler"], e["num_inference_steps"], e["value"]) for e in entries) == [
+        ("ddim", 5, 1.51), ("ddpm", 10, 3.0), ("ddpm", 100, 1.5), ("dpmsolver++", 20, 1.7), ("heun", 6, 1.55),
+        ("unipc", 10, 1.62)]
+    text = card_text(str(run_copy))
+    assert "1,000 samples, 10 steps of unipc, seed 0" in text and "1,000 samples, 100 steps, seed 0" in text
+    # heun's 6 steps cost 11 UNet calls: unipc's 10 calls win among the scores within 10% of 1.50
+    assert ("**Recommended sampling**: 10 steps of unipc (10 UNet calls per image), the fewest UNet calls among the "
+            "samplers measured above within 10% of the best digits classifier Frechet distance: 1.62 against 1.5 "
+            "(100 steps).") in text
+    assert "`pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)`" in text
+    assert "--scheduler unipc --num_inference_steps 10" in text

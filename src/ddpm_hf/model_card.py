@@ -41,6 +41,56 @@ SAMPLE_METRIC_NAMES = {"fid": "FID (lower is better)", "kid": "KID (lower is bet
                        "digits_fd": "digits classifier Frechet distance (lower is better)"}
 
 
+def _sampling_text(entry):
+    """"N steps" of the model's ancestral chain, "N steps of NAME" for another sampler (``ddpm_hf.sampling``)."""
+    sampler = entry.get("sampler", "ddpm")
+    return f"{entry['num_inference_steps']} steps" + ("" if sampler == "ddpm" else f" of {sampler}")
+
+
+def unet_calls(sampler, steps):
+    """UNet evaluations of one sample: one per step, 2N - 1 for Heun's N steps (diffusers' HeunDiscreteScheduler)."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def recommended_sampler(metrics, tolerance=0.10):
+    """Of the samplers ``ddpm-hf evaluate`` scored (``sample_metrics``), the one with the fewest UNet calls whose score
+    is within ``tolerance`` of the best (the digits metric if measured, else FID; the largest sample count measured):
+    {"entry", "best", "metric"}, or None with fewer than two scores of one metric to compare."""
+    entries = metrics.get("sample_metrics", [])
+    for metric in ("digits_fd", "fid"):
+        scored = [e for e in entries if e["metric"] == metric]
+        n = max((e["num_samples"] for e in scored), default=0)
+        scored = [e for e in scored if e["num_samples"] == n]
+        if len(scored) >= 2:
+            best = min(scored, key=lambda e: e["value"])
+            near = [e for e in scored if e["value"] <= (1 + tolerance) * best["value"]]
+            pick = min(near, key=lambda e: (unet_calls(e.get("sampler", "ddpm"), e["num_inference_steps"]),
+                                            e["value"]))
+            return {"entry": pick, "best": best, "metric": metric, "tolerance": tolerance}
+    return None
+
+
+def _recommendation_text(metrics):
+    """The card's sentence on the fastest measured sampler (``recommended_sampler``), or None."""
+    from .sampling import SCHEDULERS
+
+    found = recommended_sampler(metrics)
+    if found is None:
+        return None
+    pick, best = found["entry"], found["best"]
+    sampler, steps = pick.get("sampler", "ddpm"), pick["num_inference_steps"]
+    name = SAMPLE_METRIC_NAMES.get(found["metric"], found["metric"]).split(" (")[0]
+    text = (f"**Recommended sampling**: {_sampling_text(pick)} ({unet_calls(sampler, steps)} UNet calls per image), "
+            f"the fewest UNet calls among the samplers measured above within {found['tolerance']:.0%} of the best "
+            f"{name}: {pick['value']:.4g} against {best['value']:.4g} ({_sampling_text(best)}).")
+    if sampler != "ddpm":
+        text += (f" Swap it in with `pipe.scheduler = {SCHEDULERS[sampler][0]}.from_config(pipe.scheduler.config"
+                 + "".join(f", {k}={v!r}" for k, v in SCHEDULERS[sampler][1].items())
+                 + f")` (from diffusers) and call `pipe(..., num_inference_steps={steps})`, or `ddpm-hf sample MODEL "
+                 f"--scheduler {sampler} --num_inference_steps {steps}`.")
+    return text
+
+
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -92,7 +142,7 @@ def _eval_rows(metrics, args, num_timesteps):
         if e.get("floor") is not None:  # the digits metric's real-data floor at the same sample count
             extra += f" (real digits at this sample count: {e['floor']:.4g} +- {e['floor_std']:.2g})"
         rows.append((f"{SAMPLE_METRIC_NAMES.get(e['metric'], e['metric'])}: {e['num_samples']:,} samples, "
-                     f"{e['num_inference_steps']} steps, seed {e['seed']}, against {e['reference']}; {e['features']}",
+                     f"{_sampling_text(e)}, seed {e['seed']}, against {e['reference']}; {e['features']}",
                      f"**{e['value']:.4g}**{extra}"))
     if not any(e["metric"] == "fid" for e in entries):
         rows.append(("FID", "not computed (`ddpm-hf evaluate MODEL --metrics fid` with the Inception weights)"))
@@ -192,8 +242,8 @@ def model_card(output_dir, repo_id=None):
         eval_results = (eval_results or []) + [EvalResult(
             task_type="unconditional-image-generation", dataset_type=data["id"], dataset_name=data["name"],
             dataset_split=e.get("split"), metric_type=e["metric"],
-            metric_name=f"{e['metric']} ({e['num_samples']} samples, {e['num_inference_steps']} steps)",
-            metric_value=round(e["value"], 4), metric_config=f"{e['num_inference_steps']} steps")]
+            metric_name=f"{e['metric']} ({e['num_samples']} samples, {_sampling_text(e)})",
+            metric_value=round(e["value"], 4), metric_config=_sampling_text(e))]
     card_data = ModelCardData(
         library_name="diffusers", pipeline_tag="unconditional-image-generation", license=data["license"],
         datasets=[data["hub"]] if data["hub"] else None, model_name=model_name, eval_results=eval_results,
@@ -213,6 +263,7 @@ def model_card(output_dir, repo_id=None):
         strip_image=images.get("strip"), loss_image=images.get("loss"),
         num_classes=len(args.get("class_names") or []) if args.get("class_conditional") else 0,
         eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
+        recommendation=_recommendation_text(metrics),
         training_rows=_training_rows(args, metrics, data, unet, scheduler))
 
 

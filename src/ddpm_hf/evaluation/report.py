@@ -151,7 +151,8 @@ def sample_scores(samples, metrics, reference, inception, digits_reference, refe
 def merge_into_metrics(folder, report):
     """Headline numbers of ``report`` into ``folder/metrics.json`` (a training run's, through ``run_dir``, its one
     writer): the bound as ``bits_per_dim`` (or ``bits_per_dim_estimate``) and each sample score as an entry of
-    ``sample_metrics`` (one per metric and step count, replaced when measured again). False if there is none."""
+    ``sample_metrics`` (one per metric, sampler and step count, replaced when measured again; ``sampler`` is a name
+    of ``ddpm_hf.sampling.SCHEDULERS``, "ddpm" for the model's own ancestral chain). False if there is none."""
     from ..run_dir import METRICS, read_metrics, update_metrics
 
     if not os.path.isfile(os.path.join(folder, METRICS)):
@@ -165,16 +166,19 @@ def merge_into_metrics(folder, report):
         else:
             updates.update({k: bpd[k] for k in keys})
     entries = list(read_metrics(folder).get("sample_metrics", []))
+    sampler = report.get("scheduler")
+    sampler = "ddpm" if sampler in (None, "DDPMHFScheduler") else sampler
     for run in report.get("sampling", []):
         for name, score in run["scores"].items():
             entry = {"metric": name, "value": score["value"], "num_samples": run["num_samples"],
                      "num_inference_steps": run["num_inference_steps"], "seed": report["seed"],
                      "split": report["reference_split"], "features": score["features"],
-                     "reference": score["reference"], "evaluation": report["name"]}
+                     "reference": score["reference"], "evaluation": report["name"], "sampler": sampler}
             if "digits_fd_floor" in score:  # the real-data floor at the same sample count, beside the score
                 entry.update(floor=score["digits_fd_floor"], floor_std=score["digits_fd_floor_std"])
-            entries = [e for e in entries if (e["metric"], e["num_inference_steps"]) != (name, entry[
-                "num_inference_steps"])] + [entry]
+            key = (name, entry["num_inference_steps"], sampler)  # (entries from before "sampler": the ancestral chain)
+            entries = [e for e in entries if (e["metric"], e["num_inference_steps"], e.get("sampler", "ddpm")) != key]
+            entries.append(entry)
     if entries:
         updates["sample_metrics"] = entries
     update_metrics(folder, updates)
