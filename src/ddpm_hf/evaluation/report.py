@@ -181,6 +181,15 @@ def merge_into_metrics(folder, report):
             entries.append(entry)
     if entries:
         updates["sample_metrics"] = entries
+    guidance = report.get("guidance")
+    if guidance:  # the guidance sweep of a class-conditional model (the card's guidance table), replaced when rerun
+        updates["guidance"] = {
+            "sampler": sampler, "num_inference_steps": guidance["num_inference_steps"], "seed": report["seed"],
+            "default_guidance_scale": guidance["default_guidance_scale"], "evaluation": report["name"],
+            "scales": [{"guidance_scale": e["guidance_scale"], "num_samples": e["num_samples"],
+                        "accuracy": e["accuracy"]["mean"], "digits_fd": e["digits_fd"]["mean"],
+                        "digits_fd_floor": e.get("digits_fd_floor"), "digits_fd_floor_std": e.get("digits_fd_floor_std")}
+                       for e in guidance["summary"]]}
     update_metrics(folder, updates)
     return True
 
@@ -351,8 +360,11 @@ def evaluate(model, config=None, progress=True, log=print):
         sampler.set_progress_bar_config(**pipe._progress_bar_config)
         per_class = max(1, num_samples // null_class_id(pipe.unet))
         sweep = conditional_report(sampler, out, name, c.guidance_scales, per_class, steps[0], batch_size, seed, log)
+        from ..pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
+
         report["guidance"] = {"summary": sweep["summary"], "table": sweep["table"], "plot": sweep["plot"],
-                              "path": os.path.basename(sweep["path"]), "num_inference_steps": steps[0]}
+                              "path": os.path.basename(sweep["path"]), "num_inference_steps": steps[0],
+                              "default_guidance_scale": DEFAULT_GUIDANCE_SCALE}
     path = os.path.join(out, f"eval-{name}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
