@@ -318,6 +318,9 @@ def test_conditional_run_saves_its_classes_and_the_conditional_bound(tmp_path):
     assert metrics["bits_per_dim"] != pytest.approx(_conditional_bpd(out, 16, torch.full((16,), 10)), rel=1e-6)
     card = (out / "README.md").read_text()
     assert "conditional variational bound" in card and "class-conditional on 10 classes" in card
+    # a table row: p(x | y)'s bar escaped, or it would split the cell
+    (row,) = [line for line in card.splitlines() if "conditional variational bound" in line]
+    assert row.count("|") - row.count("\\|") == 3
     # the end's samples: one row per class, max(1, 4 // 10) = 1 image each (TINY's --num_sample_images 4)
     assert sorted(os.listdir(out / "samples")) == sorted(["grid.png", "strip.png"] + [f"sample_{i:04d}.png"
                                                                                      for i in range(10)])

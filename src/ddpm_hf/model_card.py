@@ -152,7 +152,7 @@ def _eval_rows(metrics, args, num_timesteps):
     if "bits_per_dim" not in metrics:
         return [("bits/dim", "not computed (no held-out split)")]
     split = args.get("eval_split") or "test"
-    bound = ("the conditional variational bound on -log p(x | y), each image's class label given to the model, "
+    bound = ("the conditional variational bound on -log p(x \\| y), each image's class label given to the model, "
              if args.get("class_conditional") else "the variational bound, ")
     rows = [(f"bits/dim on {metrics['num_images']} held-out images of split `{split}` ({bound}"
              f"Ho eq. 5, all {num_timesteps} terms; lower is better)",
