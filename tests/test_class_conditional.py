@@ -366,7 +366,9 @@ def test_conditional_resume_is_bit_identical(tmp_path, data):
 @pytest.mark.slow
 def test_conditional_two_processes(tmp_path):
     """torchrun with 2 processes (fixed variances, L_simple): the ranks hold the same weights, read different data,
-    and the held-out bound is split across them with each image's own label (recomputed here)."""
+    and the held-out bound is split across them with each image's own label (recomputed here); resumed with two
+    processes from its step-2 checkpoint, it ends with the same weights and losses (each rank's label dropout drawn
+    again from its micro-batch generators)."""
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     run_train("--class_conditional", "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps", "2",
@@ -379,3 +381,11 @@ def test_conditional_two_processes(tmp_path):
     labels = torch.tensor(load_digits_dataset()["test"]["label"][:15])
     assert metrics["bits_per_dim"] == pytest.approx(_conditional_bpd(out, 15, labels, ranks=2), rel=1e-6)
     assert json.loads((out / "model_index.json").read_text())["null_class_id"] == 10
+    straight, losses = read_weights(out), [h["loss"] for h in read_history(out)]
+    r = run_train("--class_conditional", "--output_dir", str(out), "--max_train_steps", "3", "--checkpointing_steps",
+                  "2", "--eval_max_images", "15", "--variance_type", "fixed_large", "--eval_steps", "2",
+                  "--resume_from_checkpoint", "checkpoint-2", cwd=tmp_path, launcher=launcher)
+    assert "resumed from" in r.stdout + r.stderr
+    resumed = read_weights(out)
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert [h["loss"] for h in read_history(out)] == losses
