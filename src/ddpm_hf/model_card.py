@@ -47,15 +47,12 @@ def _sampling_text(entry):
     return f"{entry['num_inference_steps']} steps" + ("" if sampler == "ddpm" else f" of {sampler}")
 
 
-def unet_calls(sampler, steps):
-    """UNet evaluations of one sample: one per step, 2N - 1 for Heun's N steps (diffusers' HeunDiscreteScheduler)."""
-    return 2 * steps - 1 if sampler == "heun" else steps
-
-
 def recommended_sampler(metrics, tolerance=0.10):
     """Of the samplers ``ddpm-hf evaluate`` scored (``sample_metrics``), the one with the fewest UNet calls whose score
     is within ``tolerance`` of the best (the digits metric if measured, else FID; the largest sample count measured):
     {"entry", "best", "metric"}, or None with fewer than two scores of one metric to compare."""
+    from .sampling import unet_calls
+
     entries = metrics.get("sample_metrics", [])
     for metric in ("digits_fd", "fid"):
         scored = [e for e in entries if e["metric"] == metric]
@@ -72,7 +69,7 @@ def recommended_sampler(metrics, tolerance=0.10):
 
 def _recommendation_text(metrics):
     """The card's sentence on the fastest measured sampler (``recommended_sampler``), or None."""
-    from .sampling import SCHEDULERS
+    from .sampling import SCHEDULERS, unet_calls
 
     found = recommended_sampler(metrics)
     if found is None:
@@ -83,7 +80,7 @@ def _recommendation_text(metrics):
     text = (f"**Recommended sampling**: {_sampling_text(pick)} ({unet_calls(sampler, steps)} UNet calls per image), "
             f"the fewest UNet calls among the samplers measured above within {found['tolerance']:.0%} of the best "
             f"{name}: {pick['value']:.4g} against {best['value']:.4g} ({_sampling_text(best)}).")
-    if sampler != "ddpm":
+    if sampler != "ddpm" and sampler in SCHEDULERS:  # (a saved pipeline's own diffusers scheduler: no swap to show)
         text += (f" Swap it in with `pipe.scheduler = {SCHEDULERS[sampler][0]}.from_config(pipe.scheduler.config"
                  + "".join(f", {k}={v!r}" for k, v in SCHEDULERS[sampler][1].items())
                  + f")` (from diffusers) and call `pipe(..., num_inference_steps={steps})`, or `ddpm-hf sample MODEL "
@@ -111,7 +108,7 @@ def _guidance_rows(metrics):
     intro = (f"**Classifier-free guidance** (Ho & Salimans 2022): the pipeline's default `guidance_scale` is "
              f"{default:g} (diffusers' convention: 1 = the conditional model alone, 0 = the unconditional one)"
              f"{measured}. Measured with `ddpm-hf evaluate --metrics guidance`: {g['scales'][0]['num_samples']:,} "
-             f"samples per scale, one class after another, {_sampling_text(g | {'sampler': g.get('sampler', 'ddpm')})}"
+             f"samples per scale, one class after another, {_sampling_text(g)}"
              f", seed {g['seed']}; accuracy = the digits classifier agrees with the requested label.")
     return intro, rows
 

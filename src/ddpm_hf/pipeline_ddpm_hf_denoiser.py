@@ -175,12 +175,13 @@ class DDPMHFDenoiserMixin:
             if num_classes is None:
                 raise ValueError("id2label / null_class_id given, but this UNet is unconditional (its config has no "
                                  "num_class_embeds)")
-            ids = [int(k) for k in (id2label or {})] + ([int(null_class_id)] if null_class_id is not None else [])
-            bad = sorted(i for i in set(ids) if not 0 <= i < num_classes)
+            named = {int(k) for k in id2label or {}}
+            bad = sorted(i for i in named | ({int(null_class_id)} if null_class_id is not None else set())
+                         if not 0 <= i < num_classes)
             if bad:
                 raise ValueError(f"class ids {bad} (id2label / null_class_id) are not in this UNet's class embedding "
                                  f"(num_class_embeds {num_classes}: ids 0..{num_classes - 1})")
-            if null_class_id is not None and int(null_class_id) in {int(k) for k in (id2label or {})}:
+            if null_class_id is not None and int(null_class_id) in named:
                 raise ValueError(f"null_class_id {null_class_id} is also a named class in id2label: the null class "
                                  "(no label) must be an id of its own")
         if id2label is not None or null_class_id is not None:

@@ -24,6 +24,12 @@ SCHEDULERS = {
 }
 
 
+def unet_calls(sampler, steps):
+    """UNet evaluations of one sample with the sampler called ``sampler`` (a name of ``SCHEDULERS``) over ``steps``
+    steps: one per step, 2N - 1 for Heun's N steps (diffusers' HeunDiscreteScheduler)."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
 def make_scheduler(name, config):
     """The scheduler called ``name`` in ``SCHEDULERS``, made with ``from_config(config)`` (a scheduler's config, e.g.
     ``pipe.scheduler.config``); BadArgument("scheduler") for a name not in it."""
