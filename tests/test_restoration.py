@@ -7,13 +7,12 @@ import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, RePaintPipeline, RePaintScheduler, StableDiffusionImg2ImgPipeline, UNet2DModel
+from diffusers import DDPMScheduler, RePaintPipeline, RePaintScheduler, UNet2DModel
 from PIL import Image
 from hub_server import HubServer
 from helpers import hub_env, local_env, run_python
@@ -428,6 +427,16 @@ def test_noisy_ddnm_plus_is_ddnm_eq_17_and_19(thresholding):
 # ------------------------------------------------------------------------------------------------ img2img, denoising
 
 
+def _img2img_timesteps(scheduler, num_inference_steps, strength):
+    """Ported from diffusers 0.42.1, pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py,
+    StableDiffusionImg2ImgPipeline.get_timesteps (copied: importing that pipeline needs transformers, which ddpm-hf
+    does not install): the timesteps an img2img chain of ``strength`` runs, and their count."""
+    init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
+    t_start = max(num_inference_steps - init_timestep, 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order :]
+    return timesteps, num_inference_steps - t_start
+
+
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 def test_strength_picks_t0_as_diffusers_img2img_and_noises_with_the_forward_marginal(spacing):
     pipe = make(DDPMHFImg2ImgPipeline, timestep_spacing=spacing)
@@ -439,8 +448,7 @@ def test_strength_picks_t0_as_diffusers_img2img_and_noises_with_the_forward_marg
                    output_type="np")
         # diffusers' own mapping, run on our scheduler's timesteps
         pipe.scheduler.set_timesteps(steps)
-        fake = SimpleNamespace(scheduler=pipe.scheduler)
-        want, count = StableDiffusionImg2ImgPipeline.get_timesteps(fake, steps, strength, "cpu")
+        want, count = _img2img_timesteps(pipe.scheduler, steps, strength)
         assert [t for _, t in calls] == want.tolist() and out.unet_calls == count == int(steps * strength)
         assert out.start_timestep == int(want[0])
         if spacing == "trailing":
