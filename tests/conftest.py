@@ -20,11 +20,11 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """The folder of one tiny finished training run (helpers.TINY_RUN: `scripts/train.py` in its own process, as a
-    user starts it), trained once per session (``made_once``). Read it only; a test that writes in a run takes
+    """The folder of one tiny finished training run (helpers.TINY_RUN: `python scripts/train.py` in a fresh
+    interpreter, as a user starts it), trained once per session (``made_once``). Read it only; a test that writes in a run takes
     ``run_copy``."""
     folder = made_once(tmp_path_factory, "trained_run",
-                       lambda folder: run_train("--output_dir", str(folder / "run"), *TINY_RUN, cwd=folder))
+                       lambda folder: run_train("--output_dir", str(folder / "run"), *TINY_RUN, cwd=folder, fresh=True))
     return folder / "run"
 
 

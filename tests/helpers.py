@@ -38,12 +38,125 @@ def train_env():
     return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TQDM_DISABLE="1")
 
 
-def run_train(*args, cwd, launcher=None, timeout=300, env=None):
-    cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
-    r = subprocess.run(cmd, cwd=cwd, env=dict(train_env(), **(env or {})), capture_output=True, text=True,
-                       timeout=timeout)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
+# ------------------------------------------------------------------------------------------------ forked runs
+# A fresh interpreter spends about 12 s of CPU importing torch + diffusers (+ torch._dynamo and scipy.stats, which
+# diffusers imports) before a tiny run's few seconds of work. Tests of what training does (resume, LR, data, losses)
+# start `scripts/train.py` in a process forked from a server that has imported them once (the standard library's
+# multiprocessing forkserver): a real process with its own pid, argv, cwd, environment, signals, files and exit code;
+# only the interpreter start-up is shared. Tests of how a process is started and stopped by a launcher (torchrun,
+# accelerate launch, the ddpm-hf console script, signals to a process group) and the session's trained_run keep a
+# fresh interpreter.
+
+_FORK_PRELOAD = ["ddpm_hf.cli.train", "ddpm_hf.training", "diffusers.models.unets.unet_2d", "accelerate", "datasets",
+                 "sklearn.datasets", "matplotlib.pyplot", "safetensors.torch", "torch.utils.tensorboard", "helpers"]
+_forkserver = []
+
+
+def _fork_context():
+    """The forkserver context, its server started (once per test process) with train_env()'s variables, which some
+    libraries read at import."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if not _forkserver:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_FORK_PRELOAD)
+        saved = dict(os.environ)
+        os.environ.update(train_env())
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        _forkserver.append(ctx)
+    return _forkserver[0]
+
+
+def _forked_main(argv, cwd, env, stdout, stderr, file_size_limit):
+    """In the forked process: ``python scripts/train.py ARGV`` with ``env`` in ``cwd``, stdout/stderr to the files
+    named (appended), atexit handlers run as an interpreter's are at exit."""
+    import atexit
+    import resource
+    import runpy
+
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, stdout), (2, stderr)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(target, fd)
+        os.close(target)
+    if file_size_limit is not None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    sys.argv = [TRAIN, *argv]
+    try:
+        runpy.run_path(TRAIN, run_name="__main__")
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        atexit._run_exitfuncs()
+
+
+class ForkedTrain:
+    """``python scripts/train.py ARGS`` forked (see above), with subprocess.Popen's poll / wait / send_signal /
+    returncode / pid; stdout and stderr go to the files given (default: files next to ``cwd``'s runs, read by
+    ``output()``)."""
+
+    def __init__(self, args, cwd, env=None, stdout=None, stderr=None, file_size_limit=None):
+        import tempfile
+
+        if stdout is None:
+            stdout = tempfile.mkstemp(prefix="ddpm-hf-train-", suffix=".out")[1]
+        self.stdout_path, self.stderr_path = str(stdout), str(stderr or stdout)
+        env = dict(train_env(), **(env or {}))
+        self.process = _fork_context().Process(
+            target=_forked_main, args=([*TINY, *args], str(cwd), env, self.stdout_path, self.stderr_path,
+                                       file_size_limit))
+        self.process.start()
+        self.pid = self.process.pid
+
+    @property
+    def returncode(self):
+        return self.process.exitcode
+
+    def poll(self):
+        return self.process.exitcode
+
+    def wait(self, timeout=None):
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired("scripts/train.py", timeout)
+        return self.process.exitcode
+
+    def send_signal(self, sig):
+        if self.process.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def output(self):
+        """(stdout, stderr) text."""
+        read = lambda path: open(path, errors="replace").read()
+        return read(self.stdout_path), "" if self.stderr_path == self.stdout_path else read(self.stderr_path)
+
+
+def run_train(*args, cwd, launcher=None, timeout=300, env=None, fresh=False):
+    """A tiny run (TINY + ARGS) to its end, asserted to exit 0; returns an object with stdout/stderr/returncode.
+    With ``launcher`` (e.g. torchrun) or ``fresh`` it is a fresh interpreter, else a forked one (ForkedTrain)."""
+    if launcher or fresh:
+        cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
+        r = subprocess.run(cmd, cwd=cwd, env=dict(train_env(), **(env or {})), capture_output=True, text=True,
+                           timeout=timeout)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+    import tempfile
+
+    out, err = (tempfile.mkstemp(prefix="ddpm-hf-train-", suffix=s)[1] for s in (".out", ".err"))
+    proc = ForkedTrain(args, cwd, env=env, stdout=out, stderr=err)
+    code = proc.wait(timeout)
+    stdout, stderr = proc.output()
+    os.remove(out)
+    os.remove(err)
+    assert code == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(["scripts/train.py", *args], code, stdout, stderr)
 
 
 def made_once(tmp_path_factory, name, make):
@@ -69,11 +182,9 @@ def made_once(tmp_path_factory, name, make):
 def run_trains(*arg_lists, cwd, timeout=600):
     """Independent tiny runs (each ``run_train``'s arguments) side by side, each in its own process on one thread:
     on two cores a pair takes about the wall time of one."""
-    procs = [subprocess.Popen([sys.executable, TRAIN, *TINY, *args], cwd=cwd, env=train_env(), text=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for args in arg_lists]
-    errors = [proc.communicate(timeout=timeout)[1] for proc in procs]
-    for proc, err in zip(procs, errors):
-        assert proc.returncode == 0, err[-3000:]
+    procs = [ForkedTrain(args, cwd) for args in arg_lists]
+    for proc in procs:
+        assert proc.wait(timeout) == 0, proc.output()[0][-3000:]
 
 
 def cli_in_process(capsys, *argv):
@@ -227,13 +338,13 @@ def hub_env(hub, tmp_path):
     return env
 
 
-def kill_after_checkpoint(cmd, out, cwd, checkpoint="checkpoint-4"):
-    """Start the training command ``cmd``, SIGKILL it as soon as ``out/checkpoint`` exists (at most 240 s), and check
+def kill_after_checkpoint(args, out, cwd, checkpoint="checkpoint-4"):
+    """Start the tiny run ``args`` (forked, ForkedTrain), SIGKILL it as soon as ``out/checkpoint`` exists (at most 240 s), and check
     that it died with the checkpoint written and before the end (no metrics.json)."""
     import signal
     import time
 
-    proc = subprocess.Popen(cmd, cwd=cwd, env=train_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = ForkedTrain(args, cwd)
     deadline = time.time() + 240
     while not (out / checkpoint).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

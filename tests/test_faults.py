@@ -1,5 +1,6 @@
 """Faults during training (issue 12): SIGKILL at any moment, SIGTERM/SIGINT, a full disk, damaged checkpoints, a NaN
-loss and two runs on one --output_dir. Real processes and real files; every resume must end bit-identical to a run
+loss and two runs on one --output_dir. Real processes (forked from a server that imported the package, helpers.ForkedTrain, except
+where a launcher is under test) and real files; every resume must end bit-identical to a run
 that never stopped.
 
 The kills are placed by watching the run's own files, no test hook: a step (a new line in history.jsonl), a
@@ -11,7 +12,6 @@ pipeline is not yet written; 96 held-out images make it last about a second).
 import contextlib
 import os
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -22,7 +22,7 @@ import time
 import pytest
 import torch
 
-from helpers import TINY, TRAIN, made_once, read_history, read_weights, run_train, train_env
+from helpers import TINY, TRAIN, ForkedTrain, made_once, read_history, read_weights, run_train, train_env
 
 from ddpm_hf.run_dir import LOCK_NAME, checkpoint_dirs, resolve_checkpoint  # noqa: E402
 
@@ -39,9 +39,8 @@ def straight(tmp_path_factory):
 
 
 def _start(out, *extra):
-    log = open(out.parent / f"{out.name}.log", "ab")
-    return subprocess.Popen([sys.executable, TRAIN, *TINY, "--output_dir", str(out), *COMMON, *extra],
-                            cwd=out.parent, env=train_env(), stdout=log, stderr=subprocess.STDOUT)
+    """The tiny run into ``out`` (forked: helpers.ForkedTrain), its stdout and stderr appended to ``out``.log."""
+    return ForkedTrain(["--output_dir", str(out), *COMMON, *extra], out.parent, stdout=out.parent / f"{out.name}.log")
 
 
 def _wait(proc, condition, timeout=180, poll=0.002):
@@ -150,16 +149,11 @@ def test_disk_full(tmp_path, straight, what):
     out = _copy_with(straight, tmp_path / "run", keep)
     before = _files(out / f"checkpoint-{keep}")
     pipeline_before = {k: v for k, v in _files(out).items() if k.startswith(("unet/", "scheduler/", "model_index"))}
-    limit = 2 << 20
-
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-
-    r = subprocess.run([sys.executable, TRAIN, *TINY, "--output_dir", str(out), *COMMON, "--resume_from_checkpoint",
-                        "latest"], cwd=tmp_path, env=train_env(), capture_output=True, text=True, timeout=300,
-                       preexec_fn=small_files)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    err = [line for line in r.stderr.splitlines() if "error: " in line][-1]
+    proc = ForkedTrain(["--output_dir", str(out), *COMMON, "--resume_from_checkpoint", "latest"], tmp_path,
+                       stdout=tmp_path / "stdout.txt", stderr=tmp_path / "stderr.txt", file_size_limit=2 << 20)
+    code, stderr = proc.wait(300), proc.output()[1]
+    assert code == 2 and "Traceback" not in stderr, stderr[-3000:]
+    err = [line for line in stderr.splitlines() if "error: " in line][-1]
     if what == "checkpoint":
         assert f"could not write checkpoint-8: {out / 'checkpoint-8.tmp' / 'unet'}" in err
     else:

@@ -188,7 +188,7 @@ def test_resume_is_bit_identical(tmp_path, data):
     run_train("--output_dir", str(tmp_path / "straight"), *common, cwd=tmp_path)
 
     stopped = tmp_path / "stopped"
-    kill_after_checkpoint([sys.executable, TRAIN, *TINY, "--output_dir", str(stopped), *common], stopped, tmp_path)
+    kill_after_checkpoint(["--output_dir", str(stopped), *common], stopped, tmp_path)
     r = run_train("--output_dir", str(stopped), *common, "--resume_from_checkpoint", "latest", cwd=tmp_path)
     assert "resumed from" in r.stdout + r.stderr
 
