@@ -18,6 +18,36 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ddpm_hf_cache(tmp_path_factory):
+    """DDPM_HF_CACHE of this test process, set for it and every process it starts: tests never read or write the
+    user's ~/.cache/ddpm_hf (a classifier or reference statistics cached there by another version would be used)."""
+    cache = tmp_path_factory.getbasetemp() / "ddpm_hf_cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["DDPM_HF_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(tmp_path_factory, ddpm_hf_cache):
+    """The digits classifier (ddpm_hf.evaluation.digits), trained once per session in the folder the test workers
+    share (``made_once``) and copied into this process's DDPM_HF_CACHE, where commands and processes started
+    afterwards find it instead of training it again (test_digits_metric tests the training and the cache)."""
+    from ddpm_hf.evaluation.digits import classifier_path, load_digits_classifier
+
+    def train(folder):
+        os.environ["DDPM_HF_CACHE"] = str(folder)
+        try:
+            load_digits_classifier()
+        finally:
+            os.environ["DDPM_HF_CACHE"] = str(ddpm_hf_cache)
+
+    shared = made_once(tmp_path_factory, "digits_classifier", train)
+    if not os.path.exists(classifier_path()):
+        shutil.copyfile(shared / os.path.basename(classifier_path()), classifier_path())
+    return load_digits_classifier()
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """The folder of one tiny finished training run (helpers.TINY_RUN: `python scripts/train.py` in a fresh

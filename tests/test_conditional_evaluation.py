@@ -21,14 +21,14 @@ from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.errors import BadArgument
 from ddpm_hf.evaluation.conditional import (choose_guidance, conditional_report, guidance_sweep, label_agreement,
                                             requested_digits, summarize, sweep_table)
-from ddpm_hf.evaluation.digits import digits_arrays, load_digits_classifier
+from ddpm_hf.evaluation.digits import digits_arrays
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    return load_digits_classifier()
+def classifier(digits_classifier):
+    return digits_classifier
 
 
 def test_true_labels_give_the_classifiers_held_out_accuracy(classifier):

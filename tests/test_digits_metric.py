@@ -38,8 +38,8 @@ def test_floor_predicts_the_fd_of_independent_samples():
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    return load_digits_classifier()
+def classifier(digits_classifier):
+    return digits_classifier
 
 
 @pytest.mark.slow  # trains the classifier once when it is not cached (about 30 s)

@@ -22,11 +22,6 @@ from ddpm_hf.evaluation.features import frechet_distance, kernel_distance, preci
 from helpers import cli_in_process, run_train, train_env
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DDPM_HF_CACHE", str(tmp_path_factory.getbasetemp() / "ddpm_hf_cache"))
-
-
 # ---------------------------------------------------------------------------------------------- distances
 
 
@@ -143,12 +138,10 @@ class InceptionStandIn(torch.nn.Module):
 
 
 def _seeded_cache(tmp_path):
-    """A fresh DDPM_HF_CACHE for one command holding only the digits classifier, trained once per session in this
-    process (in the autouse fixture's cache): the command does not train it again, its reference features start
-    uncached."""
-    from ddpm_hf.evaluation.digits import classifier_path, load_digits_classifier
+    """A fresh DDPM_HF_CACHE for one command holding only the digits classifier (the session's, conftest's
+    digits_classifier): the command does not train it again, its reference features start uncached."""
+    from ddpm_hf.evaluation.digits import classifier_path
 
-    load_digits_classifier()
     cache = tmp_path / "cache"
     cache.mkdir()
     shutil.copyfile(classifier_path(), cache / os.path.basename(classifier_path()))
@@ -174,7 +167,7 @@ def run(trained_run, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
-def test_evaluate_every_metric_on_a_run(run, tmp_path, capsys, monkeypatch):
+def test_evaluate_every_metric_on_a_run(run, tmp_path, capsys, monkeypatch, digits_classifier):
     """The whole command in this process (what it computes and writes; the command as a process of its own:
     test_evaluate_without_inception_weights_fails_fast, test_evaluate_a_hub_repo)."""
     out, weights = run
@@ -268,7 +261,7 @@ def test_evaluate_refuses_the_digits_metric_for_other_data(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_periodic_metrics_during_training(run, tmp_path, capsys):
+def test_periodic_metrics_during_training(run, tmp_path, capsys, digits_classifier):
     """--eval_steps with --eval_metrics bpd,digits,fid: each evaluated step's history record (and tensorboard) carries
     the bound estimate, the digits metric and FID (with the stand-in Inception file)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -292,7 +285,7 @@ def test_periodic_metrics_during_training(run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_evaluate_a_hub_repo(run, tmp_path):
+def test_evaluate_a_hub_repo(run, tmp_path, digits_classifier):
     """MODEL as a Hub repo id (a loopback Hub): the pipeline and its training_args.json come over HTTP, the report
     lands in --output_dir, the run's own data (the digits) is the default reference."""
     from hub_server import HubServer
