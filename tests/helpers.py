@@ -143,10 +143,16 @@ def run_train(*args, cwd, launcher=None, timeout=300, env=None, fresh=False):
     With ``launcher`` (e.g. torchrun) or ``fresh`` it is a fresh interpreter, else a forked one (ForkedTrain)."""
     if launcher or fresh:
         cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
-        r = subprocess.run(cmd, cwd=cwd, env=dict(train_env(), **(env or {})), capture_output=True, text=True,
-                           timeout=timeout)
-        assert r.returncode == 0, r.stderr[-3000:]
-        return r
+        proc = subprocess.Popen(cmd, cwd=cwd, env=dict(train_env(), **(env or {})), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:  # the whole group (a launcher's workers too), then what it had printed
+            os.killpg(proc.pid, 9)
+            stdout, stderr = proc.communicate()
+            raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)}\n{stdout[-2000:]}\n{stderr[-4000:]}")
+        assert proc.returncode == 0, stderr[-3000:]
+        return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     import tempfile
 
     out, err = (tempfile.mkstemp(prefix="ddpm-hf-train-", suffix=s)[1] for s in (".out", ".err"))
