@@ -114,9 +114,25 @@ def measure(args):
 
 
 def merge(paths):
+    """One report from several: the runs of one model, sampler (with its overrides) and step count joined into one
+    entry, seeds in order (a seed measured twice counted once)."""
     reports = [json.load(open(p)) for p in paths]
-    runs = [r for report in reports for r in report["runs"]]
-    return {"num_samples": reports[0]["num_samples"], "floor": reports[0]["floor"], "runs": runs}
+    if len({(r["num_samples"], r["floor"]["fd_floor"]) for r in reports}) > 1:
+        raise SystemExit("the files were measured with different sample counts or floors")
+    joined = {}
+    for run in (r for report in reports for r in report["runs"]):
+        entry = joined.setdefault((run["model"], run["sampler"], run["steps"]),
+                                  dict(run, seeds=[], fd=[], seconds=[]))
+        for seed, fd, seconds in zip(run["seeds"], run["fd"], run["seconds"]):
+            if seed not in entry["seeds"]:
+                entry["seeds"].append(seed)
+                entry["fd"].append(fd)
+                entry["seconds"].append(seconds)
+    for entry in joined.values():
+        order = np.argsort(entry["seeds"])
+        for key in ("seeds", "fd", "seconds"):
+            entry[key] = [entry[key][i] for i in order]
+    return {"num_samples": reports[0]["num_samples"], "floor": reports[0]["floor"], "runs": list(joined.values())}
 
 
 def table(report):
@@ -148,7 +164,7 @@ def plot(report, path):
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), dpi=120, squeeze=False, sharey=True)
     floor, floor_std = report["floor"]["fd_floor"], report["floor"]["fd_floor_std"]
     for ax, model in zip(axes[0], models):
-        runs = [r for r in report["runs"] if r["model"] == model]
+        runs = [r for r in report["runs"] if r["model"] == model and " " not in r["sampler"]]  # no overrides
         for sampler in dict.fromkeys(r["sampler"] for r in runs):
             points = sorted((r["calls"], np.mean(r["fd"]), np.std(r["fd"], ddof=1) if len(r["fd"]) > 1 else 0)
                             for r in runs if r["sampler"] == sampler)
@@ -177,7 +193,7 @@ def main():
     p.add_argument("--batch_size", type=int, default=500)
     p.add_argument("--output_dir", default="outputs/sampler_quality")
     p.add_argument("--merge", nargs="+", help="sampler_quality.json files to join (no sampling)")
-    p.add_argument("--plot", help="with --merge: where to write the plot (PNG)")
+    p.add_argument("--plot", help="with --merge: where to write the plot (PNG; the runs without config overrides)")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.merge:
