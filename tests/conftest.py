@@ -81,15 +81,3 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# Tests of several processes each (launchers, kills, two-process runs), minutes together: started first, half at the
-# head of each pytest-xdist worker's share, so that none starts last and leaves the other core idle at the end.
-MULTI_PROCESS_TESTS = ("two_processes", "preemption_under_every_launcher", "killed_three_times")
-
-
-def pytest_collection_modifyitems(config, items):
-    heavy = [item for item in items if any(name in item.name for name in MULTI_PROCESS_TESTS)]
-    rest = [item for item in items if item not in heavy]
-    half = len(rest) // 2
-    items[:] = heavy[0::2] + rest[:half] + heavy[1::2] + rest[half:]
