@@ -138,9 +138,21 @@ class ForkedTrain:
         return read(self.stdout_path), "" if self.stderr_path == self.stdout_path else read(self.stderr_path)
 
 
-def run_train(*args, cwd, launcher=None, timeout=300, env=None, fresh=False):
+def launch_lock():
+    """A lock the test workers share around multi-process launches (torchrun, two simulated nodes): two at once on
+    two cores twice hung past 300 s in suite runs (a free port picked by one and taken by the other's gloo sockets
+    is the suspected cause)."""
+    import tempfile
+
+    return FileLock(os.path.join(tempfile.gettempdir(), "ddpm-hf-tests-launch.lock"))
+
+
+def run_train(*args, cwd, launcher=None, timeout=300, env=None, fresh=False, _locked=False):
     """A tiny run (TINY + ARGS) to its end, asserted to exit 0; returns an object with stdout/stderr/returncode.
     With ``launcher`` (e.g. torchrun) or ``fresh`` it is a fresh interpreter, else a forked one (ForkedTrain)."""
+    if launcher and not _locked:
+        with launch_lock():
+            return run_train(*args, cwd=cwd, launcher=launcher, timeout=timeout, env=env, _locked=True)
     if launcher or fresh:
         cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
         proc = subprocess.Popen(cmd, cwd=cwd, env=dict(train_env(), **(env or {})), stdout=subprocess.PIPE,

@@ -18,7 +18,7 @@ from ddpm_hf.cli.train import parse_args
 from ddpm_hf.training import micro_batches
 from ddpm_hf.unet_configs import unet_config
 
-from helpers import (TINY, TINY_RUN_TOKEN, TRAIN, kill_after_checkpoint, png_folder, read_history, read_weights, run_train, run_trains,
+from helpers import (TINY, TINY_RUN_TOKEN, TRAIN, kill_after_checkpoint, launch_lock, png_folder, read_history, read_weights, run_train, run_trains,
                      train_env)
 
 
@@ -235,6 +235,11 @@ def _free_port():
 def _two_nodes(*args, cwd):
     """The same run as two one-process torchrun "nodes" (node ranks 0 and 1) meeting on 127.0.0.1, as two machines
     would; returns both processes' results."""
+    with launch_lock():
+        return _two_nodes_locked(*args, cwd=cwd)
+
+
+def _two_nodes_locked(*args, cwd):
     port = _free_port()
     procs = []
     for node_rank in (0, 1):
