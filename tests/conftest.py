@@ -51,8 +51,8 @@ def digits_classifier(tmp_path_factory, ddpm_hf_cache):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """The folder of one tiny finished training run (helpers.TINY_RUN: `python scripts/train.py` in a fresh
-    interpreter, as a user starts it), trained once per session (``made_once``). Read it only; a test that writes in a run takes
-    ``run_copy``."""
+    interpreter, as a user starts it), trained once per session (``made_once``). Read it only; a test that writes in
+    a run takes ``run_copy``."""
     folder = made_once(tmp_path_factory, "trained_run",
                        lambda folder: run_train("--output_dir", str(folder / "run"), *TINY_RUN, cwd=folder, fresh=True))
     return folder / "run"

@@ -2,6 +2,7 @@
 reading what a run wrote, image folders, and fresh Python subprocesses that load pipelines with or without ddpm_hf
 (see test_save_load.py's docstring for what "without ddpm_hf" means)."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -99,14 +100,16 @@ def _forked_main(argv, cwd, env, stdout, stderr, file_size_limit):
 
 class ForkedTrain:
     """``python scripts/train.py ARGS`` forked (see above), with subprocess.Popen's poll / wait / send_signal /
-    returncode / pid; stdout and stderr go to the files given (default: files next to ``cwd``'s runs, read by
-    ``output()``)."""
+    returncode / pid; stdout and stderr go to the files given, or to temporary files of its own that ``finish``
+    reads and deletes."""
 
     def __init__(self, args, cwd, env=None, stdout=None, stderr=None, file_size_limit=None):
         import tempfile
 
+        self.args, self._owned = args, []
         if stdout is None:
-            stdout = tempfile.mkstemp(prefix="ddpm-hf-train-", suffix=".out")[1]
+            self._owned = [tempfile.mkstemp(prefix="ddpm-hf-train-", suffix=s)[1] for s in (".out", ".err")]
+            stdout, stderr = self._owned
         self.stdout_path, self.stderr_path = str(stdout), str(stderr or stdout)
         env = dict(train_env(), **(env or {}))
         self.process = _fork_context().Process(
@@ -137,6 +140,18 @@ class ForkedTrain:
         read = lambda path: open(path, errors="replace").read()
         return read(self.stdout_path), "" if self.stderr_path == self.stdout_path else read(self.stderr_path)
 
+    def finish(self, timeout=None):
+        """Wait for the end (killed after ``timeout`` s): a CompletedProcess with what it printed."""
+        try:
+            code = self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.wait()
+        stdout, stderr = self.output()
+        for path in self._owned:
+            os.remove(path)
+        return subprocess.CompletedProcess(["scripts/train.py", *self.args], code, stdout, stderr)
+
 
 def launch_lock():
     """A lock the test workers share around multi-process launches (torchrun, two simulated nodes): two at once on
@@ -147,14 +162,16 @@ def launch_lock():
     return FileLock(os.path.join(tempfile.gettempdir(), "ddpm-hf-tests-launch.lock"))
 
 
-def run_train(*args, cwd, launcher=None, timeout=300, env=None, fresh=False, _locked=False):
+def run_train(*args, cwd, launcher=None, timeout=300, env=None, fresh=False):
     """A tiny run (TINY + ARGS) to its end, asserted to exit 0; returns an object with stdout/stderr/returncode.
-    With ``launcher`` (e.g. torchrun) or ``fresh`` it is a fresh interpreter, else a forked one (ForkedTrain)."""
-    if launcher and not _locked:
-        with launch_lock():
-            return run_train(*args, cwd=cwd, launcher=launcher, timeout=timeout, env=env, _locked=True)
-    if launcher or fresh:
-        cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
+    With ``launcher`` (e.g. torchrun; under ``launch_lock``) or ``fresh`` it is a fresh interpreter, else a forked
+    one (ForkedTrain)."""
+    if not (launcher or fresh):
+        r = ForkedTrain(args, cwd, env=env).finish(timeout)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+    cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
+    with launch_lock() if launcher else contextlib.nullcontext():
         proc = subprocess.Popen(cmd, cwd=cwd, env=dict(train_env(), **(env or {})), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
@@ -163,18 +180,8 @@ def run_train(*args, cwd, launcher=None, timeout=300, env=None, fresh=False, _lo
             os.killpg(proc.pid, 9)
             stdout, stderr = proc.communicate()
             raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)}\n{stdout[-2000:]}\n{stderr[-4000:]}")
-        assert proc.returncode == 0, stderr[-3000:]
-        return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-    import tempfile
-
-    out, err = (tempfile.mkstemp(prefix="ddpm-hf-train-", suffix=s)[1] for s in (".out", ".err"))
-    proc = ForkedTrain(args, cwd, env=env, stdout=out, stderr=err)
-    code = proc.wait(timeout)
-    stdout, stderr = proc.output()
-    os.remove(out)
-    os.remove(err)
-    assert code == 0, stderr[-3000:]
-    return subprocess.CompletedProcess(["scripts/train.py", *args], code, stdout, stderr)
+    assert proc.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def made_once(tmp_path_factory, name, make):
@@ -201,8 +208,8 @@ def run_trains(*arg_lists, cwd, timeout=600):
     """Independent tiny runs (each ``run_train``'s arguments) side by side, each in its own process on one thread:
     on two cores a pair takes about the wall time of one."""
     procs = [ForkedTrain(args, cwd) for args in arg_lists]
-    for proc in procs:
-        assert proc.wait(timeout) == 0, proc.output()[0][-3000:]
+    for r in [proc.finish(timeout) for proc in procs]:
+        assert r.returncode == 0, r.stderr[-3000:]
 
 
 def cli_in_process(capsys, *argv):
@@ -357,8 +364,8 @@ def hub_env(hub, tmp_path):
 
 
 def kill_after_checkpoint(args, out, cwd, checkpoint="checkpoint-4"):
-    """Start the tiny run ``args`` (forked, ForkedTrain), SIGKILL it as soon as ``out/checkpoint`` exists (at most 240 s), and check
-    that it died with the checkpoint written and before the end (no metrics.json)."""
+    """Start the tiny run ``args`` (forked, ForkedTrain), SIGKILL it as soon as ``out/checkpoint`` exists (at most
+    240 s), and check that it died with the checkpoint written and before the end (no metrics.json)."""
     import signal
     import time
 
@@ -367,5 +374,5 @@ def kill_after_checkpoint(args, out, cwd, checkpoint="checkpoint-4"):
     while not (out / checkpoint).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.finish()
     assert (out / checkpoint).exists() and not (out / "metrics.json").exists()

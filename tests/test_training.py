@@ -236,19 +236,15 @@ def _two_nodes(*args, cwd):
     """The same run as two one-process torchrun "nodes" (node ranks 0 and 1) meeting on 127.0.0.1, as two machines
     would; returns both processes' results."""
     with launch_lock():
-        return _two_nodes_locked(*args, cwd=cwd)
-
-
-def _two_nodes_locked(*args, cwd):
-    port = _free_port()
-    procs = []
-    for node_rank in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-               "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
-               TRAIN, *TINY, *args]
-        procs.append(subprocess.Popen(cmd, cwd=cwd, env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-    results = [p.communicate(timeout=300) for p in procs]
+        port = _free_port()
+        procs = []
+        for node_rank in (0, 1):
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                   "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                   TRAIN, *TINY, *args]
+            procs.append(subprocess.Popen(cmd, cwd=cwd, env=train_env(), stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        results = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     return results
