@@ -278,7 +278,8 @@ def _scored(sampler, steps, value, num_samples=1000):
 def test_card_names_each_sampler_and_recommends_the_fewest_calls_near_the_best(run_copy):
     """Scores of several samplers merged into metrics.json (as `ddpm-hf evaluate --scheduler NAME
     --update_model_card` merges them) stay apart by sampler, and the card recommends the sampler with the fewest UNet
-    calls within 10% of the best score, with the diffusers line that swaps it in."""
+    calls within 10% of the best score, with the diffusers line that swaps it in, and shows them against UNet calls
+    in a picture."""
     from ddpm_hf.evaluation.report import merge_into_metrics
 
     for report in (_scored("DDPMHFScheduler", 100, 1.50), _scored("DDPMHFScheduler", 10, 3.0),
@@ -298,6 +299,25 @@ def test_card_names_each_sampler_and_recommends_the_fewest_calls_near_the_best(r
             "(100 steps).") in text
     assert "`pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)`" in text
     assert "--scheduler unipc --num_inference_steps 10" in text
+    assert "sampler_quality.png" not in text  # not drawn yet: write_model_card draws it
+
+    # `ddpm-hf card` draws the comparable scores (1,000 samples) against UNet calls, and the card shows the picture
+    from ddpm_hf.model_card import SAMPLER_PLOT, plot_sampler_scores, write_model_card
+
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    assert plot_sampler_scores(metrics, str(run_copy / "drawn.png")) == {
+        "ddpm": [(10, 3.0), (100, 1.5)], "dpmsolver++": [(20, 1.7)], "heun": [(11, 1.55)], "unipc": [(10, 1.62)]}
+    write_model_card(str(run_copy))
+    text = (run_copy / "README.md").read_text()
+    assert f"![sample quality against UNet calls per image]({SAMPLER_PLOT})" in text
+    with Image.open(run_copy / SAMPLER_PLOT) as picture:
+        assert picture.format == "PNG" and picture.width >= 600
+    # with fewer than two comparable scores there is no picture, and an old one is removed with its link
+    metrics["sample_metrics"] = [e for e in metrics["sample_metrics"] if e["sampler"] in ("ddim", "unipc")]
+    (run_copy / "metrics.json").write_text(json.dumps(metrics))
+    assert plot_sampler_scores(metrics, str(run_copy / "none.png")) is None and not (run_copy / "none.png").exists()
+    write_model_card(str(run_copy))
+    assert not (run_copy / SAMPLER_PLOT).exists() and "sampler_quality" not in (run_copy / "README.md").read_text()
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 ``write_model_card(output_dir)`` reads what a training run left in ``output_dir`` (training_args.json, metrics.json,
 the saved pipeline's configs, the sample grid, denoising strip and loss plot), copies the pictures to
-``output_dir/images/`` and renders ``model_card_template.md`` through huggingface_hub's ``ModelCard`` into
+``output_dir/images/``, draws the sample scores of ``ddpm-hf evaluate`` against UNet calls there when it has two or
+more to compare (``plot_sampler_scores``) and renders ``model_card_template.md`` through huggingface_hub's ``ModelCard`` into
 ``output_dir/README.md``, beside the pipeline (train_unconditional.py's layout). The card names no local path and no
 token: local datasets appear by their folder's name only. ``ddpm_hf.hub`` uploads it with the run.
 
@@ -24,6 +25,8 @@ from .run_dir import METRICS, MODEL_CARD, TRAINING_ARGS, check_run
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
 # pictures of the run -> their name beside the card (and so in the Hub repo)
+# the picture of the sample scores against UNet calls, drawn from metrics.json by write_model_card
+SAMPLER_PLOT = "images/sampler_quality.png"
 PICTURES = {"samples": ("samples/grid.png", "images/samples.png"),
             "strip": ("samples/strip.png", "images/denoising.png"),
             "loss": ("loss.png", "images/loss.png")}
@@ -47,24 +50,54 @@ def _sampling_text(entry):
     return f"{entry['num_inference_steps']} steps" + ("" if sampler == "ddpm" else f" of {sampler}")
 
 
-def recommended_sampler(metrics, tolerance=0.10):
-    """Of the samplers ``ddpm-hf evaluate`` scored (``sample_metrics``), the one with the fewest UNet calls whose score
-    is within ``tolerance`` of the best (the digits metric if measured, else FID; the largest sample count measured):
-    {"entry", "best", "metric"}, or None with fewer than two scores of one metric to compare."""
-    from .sampling import unet_calls
-
+def comparable_scores(metrics):
+    """The sample scores ``ddpm-hf evaluate`` merged into metrics.json (``sample_metrics``) that can be compared with
+    each other: those of the digits metric if it has two or more, else of FID, at the largest sample count measured.
+    (metric name, [entries]), or (None, []) with fewer than two scores of one metric."""
     entries = metrics.get("sample_metrics", [])
     for metric in ("digits_fd", "fid"):
         scored = [e for e in entries if e["metric"] == metric]
         n = max((e["num_samples"] for e in scored), default=0)
         scored = [e for e in scored if e["num_samples"] == n]
         if len(scored) >= 2:
-            best = min(scored, key=lambda e: e["value"])
-            near = [e for e in scored if e["value"] <= (1 + tolerance) * best["value"]]
-            pick = min(near, key=lambda e: (unet_calls(e.get("sampler", "ddpm"), e["num_inference_steps"]),
-                                            e["value"]))
-            return {"entry": pick, "best": best, "metric": metric, "tolerance": tolerance}
-    return None
+            return metric, scored
+    return None, []
+
+
+def recommended_sampler(metrics, tolerance=0.10):
+    """Of the samplers ``ddpm-hf evaluate`` scored (``comparable_scores``), the one with the fewest UNet calls whose
+    score is within ``tolerance`` of the best: {"entry", "best", "metric", "tolerance"}, or None with fewer than two
+    comparable scores."""
+    from .sampling import unet_calls
+
+    metric, scored = comparable_scores(metrics)
+    if not scored:
+        return None
+    best = min(scored, key=lambda e: e["value"])
+    near = [e for e in scored if e["value"] <= (1 + tolerance) * best["value"]]
+    pick = min(near, key=lambda e: (unet_calls(e.get("sampler", "ddpm"), e["num_inference_steps"]), e["value"]))
+    return {"entry": pick, "best": best, "metric": metric, "tolerance": tolerance}
+
+
+def plot_sampler_scores(metrics, path):
+    """Draw the comparable sample scores (``comparable_scores``; metrics.json keeps one per sampler and step count)
+    against UNet calls per image, one line per sampler, with the real-data floor if measured, to ``path`` (a PNG).
+    Returns what was drawn, {sampler: [(calls, score), ...]}, or None (drawing nothing) with fewer than two scores."""
+    from .evaluation.plots import plot_quality_against_calls
+    from .sampling import unet_calls
+
+    metric, scored = comparable_scores(metrics)
+    if not scored:
+        return None
+    lines = {}
+    for e in sorted(scored, key=lambda e: (e.get("sampler", "ddpm"), e["num_inference_steps"])):
+        sampler = e.get("sampler", "ddpm")
+        lines.setdefault(sampler, []).append((unet_calls(sampler, e["num_inference_steps"]), e["value"]))
+    floors = [(e["floor"], e.get("floor_std") or 0.0) for e in scored if e.get("floor") is not None]
+    name = SAMPLE_METRIC_NAMES.get(metric, metric)
+    plot_quality_against_calls(lines, path, f"{name}, {scored[0]['num_samples']:,} samples per score",
+                               ylabel=name.split(" (")[0], floor=floors[0] if floors else None)
+    return lines
 
 
 def _recommendation_text(metrics):
@@ -287,6 +320,7 @@ def model_card(output_dir, repo_id=None):
         num_classes=len(args.get("class_names") or []) if args.get("class_conditional") else 0,
         eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
         recommendation=_recommendation_text(metrics),
+        sampler_image=SAMPLER_PLOT if os.path.isfile(os.path.join(pipeline_dir, SAMPLER_PLOT)) else None,
         guidance_intro=guidance[0], guidance_rows=guidance[1],
         training_rows=_training_rows(args, metrics, data, unet, scheduler))
 
@@ -334,6 +368,10 @@ def write_model_card(output_dir, repo_id=None, replace_edited_card=False):
         if os.path.isfile(os.path.join(output_dir, old)):
             os.makedirs(os.path.join(output_dir, os.path.dirname(new)), exist_ok=True)
             shutil.copyfile(os.path.join(output_dir, old), os.path.join(output_dir, new))
+    plot = os.path.join(output_dir, SAMPLER_PLOT)
+    os.makedirs(os.path.dirname(plot), exist_ok=True)
+    if plot_sampler_scores(_read_json(os.path.join(output_dir, METRICS)), plot) is None and os.path.isfile(plot):
+        os.remove(plot)  # drawn from scores no longer in metrics.json
     text = card_text(output_dir, repo_id)
     with open(path, "w", newline="", encoding="utf-8") as f:
         f.write(text)

@@ -1,5 +1,5 @@
-"""The pictures of an evaluation: the bound per timestep, the sample metrics against the number of sampling steps, a
-grid of samples."""
+"""The pictures of an evaluation: the bound per timestep, the sample metrics against the number of sampling steps or
+UNet calls, a grid of samples."""
 
 import numpy as np
 
@@ -43,6 +43,31 @@ def plot_steps(runs, path, title):
     ax.set_xlabel("sampling steps")
     ax.set_title("sampling seconds", fontsize=9)
     fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_quality_against_calls(lines, path, title, ylabel, floor=None):
+    """A sample metric against UNet calls per image (log scale), one line per sampler (``lines``: {sampler: [(calls,
+    score), ...]}), with the real-data floor (mean, std over real subsets) as a band if given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+    for sampler, points in lines.items():
+        calls, scores = zip(*points)
+        ax.plot(calls, scores, marker="o", label="ddpm (ancestral)" if sampler == "ddpm" else sampler)
+    if floor is not None:
+        ax.axhline(floor[0], color="grey", linestyle="--", label="real digits (floor)")
+        ax.axhspan(floor[0] - floor[1], floor[0] + floor[1], color="grey", alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("UNet calls per image")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
