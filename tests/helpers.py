@@ -48,7 +48,7 @@ def train_env():
 # accelerate launch, the ddpm-hf console script, signals to a process group) and the session's trained_run keep a
 # fresh interpreter.
 
-_FORK_PRELOAD = ["ddpm_hf.cli.train", "ddpm_hf.training", "diffusers.models.unets.unet_2d", "accelerate", "datasets",
+_FORK_PRELOAD = ["ddpm_hf.cli", "ddpm_hf.cli.train", "ddpm_hf.training", "diffusers.models.unets.unet_2d", "accelerate", "datasets",
                  "sklearn.datasets", "matplotlib.pyplot", "safetensors.torch", "torch.utils.tensorboard", "helpers"]
 _forkserver = []
 
@@ -73,9 +73,10 @@ def _fork_context():
     return _forkserver[0]
 
 
-def _forked_main(argv, cwd, env, stdout, stderr, file_size_limit):
-    """In the forked process: ``python scripts/train.py ARGV`` with ``env`` in ``cwd``, stdout/stderr to the files
-    named (appended), atexit handlers run as an interpreter's are at exit."""
+def _forked_main(program, argv, cwd, env, stdout, stderr, file_size_limit):
+    """In the forked process: ``python PROGRAM ARGV`` (a script's path, or ``python -m PROGRAM`` for a module's
+    name) with ``env`` in ``cwd``, stdout/stderr to the files named (appended), atexit handlers run as an
+    interpreter's are at exit."""
     import atexit
     import resource
     import runpy
@@ -89,9 +90,13 @@ def _forked_main(argv, cwd, env, stdout, stderr, file_size_limit):
         os.close(target)
     if file_size_limit is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-    sys.argv = [TRAIN, *argv]
     try:
-        runpy.run_path(TRAIN, run_name="__main__")
+        if program.endswith(".py"):
+            sys.argv = [program, *argv]
+            runpy.run_path(program, run_name="__main__")
+        else:
+            sys.argv = [program, *argv]  # run_module sets argv[0] to the module's file
+            runpy.run_module(program, run_name="__main__", alter_sys=True)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -101,19 +106,21 @@ def _forked_main(argv, cwd, env, stdout, stderr, file_size_limit):
 class ForkedTrain:
     """``python scripts/train.py ARGS`` forked (see above), with subprocess.Popen's poll / wait / send_signal /
     returncode / pid; stdout and stderr go to the files given, or to temporary files of its own that ``finish``
-    reads and deletes."""
+    reads and deletes. ``program`` (a module's name) runs ``python -m PROGRAM ARGS`` instead (see ``forked_cli``)."""
 
-    def __init__(self, args, cwd, env=None, stdout=None, stderr=None, file_size_limit=None):
+    def __init__(self, args, cwd, env=None, stdout=None, stderr=None, file_size_limit=None, program=None):
         import tempfile
 
         self.args, self._owned = args, []
+        self.program = program or "scripts/train.py"
         if stdout is None:
             self._owned = [tempfile.mkstemp(prefix="ddpm-hf-train-", suffix=s)[1] for s in (".out", ".err")]
             stdout, stderr = self._owned
         self.stdout_path, self.stderr_path = str(stdout), str(stderr or stdout)
         env = dict(train_env(), **(env or {}))
+        argv = list(args) if program else [*TINY, *args]
         self.process = _fork_context().Process(
-            target=_forked_main, args=([*TINY, *args], str(cwd), env, self.stdout_path, self.stderr_path,
+            target=_forked_main, args=(program or TRAIN, argv, str(cwd), env, self.stdout_path, self.stderr_path,
                                        file_size_limit))
         self.process.start()
         self.pid = self.process.pid
@@ -128,7 +135,7 @@ class ForkedTrain:
     def wait(self, timeout=None):
         self.process.join(timeout)
         if self.process.exitcode is None:
-            raise subprocess.TimeoutExpired("scripts/train.py", timeout)
+            raise subprocess.TimeoutExpired(self.program, timeout)
         return self.process.exitcode
 
     def send_signal(self, sig):
@@ -150,7 +157,7 @@ class ForkedTrain:
         stdout, stderr = self.output()
         for path in self._owned:
             os.remove(path)
-        return subprocess.CompletedProcess(["scripts/train.py", *self.args], code, stdout, stderr)
+        return subprocess.CompletedProcess([self.program, *self.args], code, stdout, stderr)
 
 
 def launch_lock():
@@ -210,6 +217,15 @@ def run_trains(*arg_lists, cwd, timeout=600):
     procs = [ForkedTrain(args, cwd) for args in arg_lists]
     for r in [proc.finish(timeout) for proc in procs]:
         assert r.returncode == 0, r.stderr[-3000:]
+
+
+def forked_cli(*args, cwd=None, env=None, timeout=300):
+    """``python -m ddpm_hf.cli ARGS`` (what the ``ddpm-hf`` console script runs) to its end in a forked process
+    (ForkedTrain's server: no interpreter start-up), with train_env() and ``env`` on top: a CompletedProcess with its
+    exit code and what it printed. For commands as a user runs them that need no fresh import: not for import-time
+    behaviour, nor with Hub variables (HF_ENDPOINT, HF_HOME, ...), which huggingface_hub reads when it is imported,
+    already done in the server with train_env()'s."""
+    return ForkedTrain([str(a) for a in args], cwd or os.getcwd(), env=env, program="ddpm_hf.cli").finish(timeout)
 
 
 def cli_in_process(capsys, *argv):

@@ -8,8 +8,6 @@ batched call. Tiny randomly initialised UNets: shapes, errors and equations, not
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from PIL import Image
 from ddpm_hf import DDPMHFImg2ImgPipeline, DDPMHFInpaintPipeline, DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
 
-from helpers import cli_in_process, local_env, run_python
+from helpers import cli_in_process, forked_cli, local_env, run_python
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -277,11 +275,9 @@ def test_conditional_sampling_through_trust_remote_code_without_ddpm_hf(saved, t
 def test_cli_sample_one_labelled_row_per_class(saved, tmp_path, capsys):
     """The command as a process of its own once (what a user runs), then its other cases in this process."""
     folder, _ = saved
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "ddpm_hf.cli", "sample", *map(str, args)], env=env,
-                              capture_output=True, text=True, timeout=300)
+        return forked_cli("sample", *args)
 
     out = tmp_path / "out"
     r = cli(folder, "--class_labels", "3", "uno", "--guidance_scale", "3", "--num_images", "4", "--num_inference_steps",

@@ -11,13 +11,11 @@ from PIL import Image
 
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler, build_unet
 
-from helpers import cli_in_process
+from helpers import cli_in_process, forked_cli
 
 
 def _run(*args, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return forked_cli(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,6 @@ off by the image's channel count before a scheduler that does not model variance
 names (ddpm_hf.sampling.SCHEDULERS), the CLI, and in a process that cannot import ddpm_hf."""
 
 import functools
-import os
-import subprocess
-import sys
 
 import diffusers
 import numpy as np
@@ -20,7 +17,7 @@ from ddpm_hf import DDPMHFImg2ImgPipeline, DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.errors import BadArgument
 from ddpm_hf.sampling import SCHEDULERS, make_scheduler
 
-from helpers import local_env, run_python
+from helpers import forked_cli, local_env, run_python
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -244,10 +241,8 @@ def test_every_swap_through_trust_remote_code_without_ddpm_hf(saved, tmp_path):
 @pytest.mark.slow
 def test_cli_sample_with_a_scheduler_name(saved, tmp_path):
     folder, want = saved
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", "sample", str(folder), "--scheduler", "dpmsolver++",
-                        "--num_inference_steps", str(STEPS), "--num_images", "2", "--seed", "0", "--output_dir",
-                        str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    r = forked_cli("sample", folder, "--scheduler", "dpmsolver++", "--num_inference_steps", STEPS, "--num_images", "2",
+                   "--seed", "0", "--output_dir", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     # image i is drawn with the generator seeded seed + i: compare with the pipeline's images one at a time
     pipe = pipeline(DDPMHFPipeline.from_pretrained(folder).unet, True, "DPMSolverMultistepScheduler",
@@ -256,8 +251,7 @@ def test_cli_sample_with_a_scheduler_name(saved, tmp_path):
         image = pipe(generator=[torch.Generator().manual_seed(i)], num_inference_steps=STEPS, output_type="np").images
         got = np.asarray(Image.open(tmp_path / "out" / f"sample_{i:04d}.png"), dtype=int)
         assert np.abs(got - np.round(image[0, ..., 0] * 255)).max() <= 1
-    r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", "sample", str(folder), "--scheduler", "plms"], env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = forked_cli("sample", folder, "--scheduler", "plms")
     assert r.returncode == 2 and "invalid choice: 'plms'" in r.stderr
 
 

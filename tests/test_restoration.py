@@ -5,8 +5,6 @@ distribution, the forward marginal by Monte Carlo)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, RePaintPipeline, RePaintScheduler, UNet2DModel
 from PIL import Image
 from hub_server import HubServer
-from helpers import hub_env, local_env, run_python
+from helpers import forked_cli, hub_env, local_env, run_python
 
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.cli import main as cli_main
@@ -663,10 +661,7 @@ def test_cli_errors_are_one_message_and_exit_code_2(saved, tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "small.png")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "gray.png")
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", "inpaint", str(saved), "--image",
-                           str(tmp_path / "rgb.png"), "--mask", str(tmp_path / "gray.png")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = forked_cli("inpaint", saved, "--image", tmp_path / "rgb.png", "--mask", tmp_path / "gray.png", timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == \
         "ddpm-hf inpaint: error: the image has 3 channels but the model takes 1"

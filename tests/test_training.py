@@ -1,5 +1,6 @@
 """Training as a user runs it: real processes (python, torchrun), real files; tiny runs of seconds each."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -243,8 +244,16 @@ def _two_nodes(*args, cwd):
                    "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
                    TRAIN, *TINY, *args]
             procs.append(subprocess.Popen(cmd, cwd=cwd, env=train_env(), stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
-        results = [p.communicate(timeout=300) for p in procs]
+                                          stderr=subprocess.PIPE, text=True, start_new_session=True))
+        try:
+            results = [p.communicate(timeout=300) for p in procs]
+        except subprocess.TimeoutExpired:  # both nodes' whole groups, then what each had printed
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, 9)
+            text = "\n".join(f"--- node {i}:\n{out[-2000:]}\n{err[-4000:]}"
+                             for i, (out, err) in enumerate(p.communicate() for p in procs))
+            raise AssertionError(f"two nodes timed out after 300 s\n{text}")
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     return results
