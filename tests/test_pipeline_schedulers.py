@@ -257,7 +257,7 @@ def test_cli_sample_with_a_scheduler_name(saved, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_samples_with_the_scheduler_named_and_bounds_with_the_models(saved, tmp_path):
+def test_evaluate_samples_with_the_scheduler_named_and_bounds_with_the_models(saved, tmp_path, digits_classifier):
     from ddpm_hf.evaluation.report import EvaluationConfig, evaluate
 
     folder, _ = saved
