@@ -46,7 +46,7 @@ test-compile: env
 # leaves out the tests marked slow (training runs, CLI processes, multi-process launches, Hub round trips, the
 # full 1000-term bound, the paper-size networks)
 test-fast: env
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not compile" tests
 
 bench: env
 	$(PY) benchmarks/bench_scheduler.py
