@@ -27,6 +27,8 @@ import sys
 
 import numpy as np
 
+from sampler_quality import samples, score, scorer  # this folder's: the same sampling, seeding and metric
+
 DEMO_IMAGES = 1400 * 128  # make demo: the digits recipe's 1,400 steps of batch 128
 
 
@@ -65,29 +67,17 @@ def train(name, flags, seed, images, output_dir, threads, bits_per_dim=False):
     return folder
 
 
-def scorer():
-    """The digits metric's parts: whitened features of all 1,797 digits, the classifier and the whitening."""
-    from ddpm_hf.evaluation.digits import digits_arrays, load_digits_classifier, whitening
-
-    classifier = load_digits_classifier()
-    reference = classifier.features(digits_arrays("all")[0])
-    w = whitening(reference)
-    return reference @ w, classifier, w
-
-
-def evaluate(folder, flags, run, num_samples, batch_size_, parts):
+def evaluate(folder, flags, run, num_samples, sampling_batch, parts):
     """The run's FD (RUN = SAMPLER@STEPS samples, seed 0 of sampler_quality's seeding) and its training record."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from sampler_quality import samples, score
-
     path = os.path.join(folder, "search.json")
     if os.path.isfile(path):
         cached = json.load(open(path))
         if (cached["sampler"], cached["num_samples"]) == (run, num_samples):
             return cached
-    images, calls, seconds = samples(folder, "run", run, 0, num_samples, batch_size_, folder)
+    images, calls, seconds = samples(folder, "run", run, 0, num_samples, sampling_batch, folder)
     metrics = json.load(open(os.path.join(folder, "metrics.json")))
-    result = {"flags": shlex.join(flags), "sampler": run, "num_samples": num_samples, "fd": score(images, parts), "calls": calls,
+    result = {"flags": shlex.join(flags), "sampler": run, "num_samples": num_samples, "fd": score(images, parts),
+              "calls": calls,
               "train_seconds": metrics["train_seconds"], "images_seen": metrics["images_seen"],
               "steps": metrics["steps"], "bits_per_dim": metrics.get("bits_per_dim")}
     with open(path, "w") as f:

@@ -76,21 +76,28 @@ def samples(folder, label, run, seed, num_samples, batch_size, output_dir):
     return images.numpy(), calls_per_batch, seconds
 
 
-def score(images, scorer):
+def score(images, parts):
     from ddpm_hf.evaluation.features import frechet_distance
 
-    reference, classifier, w = scorer
+    reference, classifier, w = parts
     return float(frechet_distance(reference, classifier.features(images) @ w))
 
 
-def measure(args):
-    from ddpm_hf.evaluation.digits import digits_arrays, load_digits_classifier, real_floor, whitening
+def scorer():
+    """The digits metric's parts for ``score``: whitened features of all 1,797 digits, the classifier, the whitening."""
+    from ddpm_hf.evaluation.digits import digits_arrays, load_digits_classifier, whitening
 
     classifier = load_digits_classifier()
     reference = classifier.features(digits_arrays("all")[0])
     w = whitening(reference)
-    reference = reference @ w
-    floor = real_floor(reference, args.num_samples, draws=20, kid=False)
+    return reference @ w, classifier, w
+
+
+def measure(args):
+    from ddpm_hf.evaluation.digits import real_floor
+
+    parts = scorer()
+    floor = real_floor(parts[0], args.num_samples, draws=20, kid=False)
     report = {"model": args.label, "num_samples": args.num_samples, "floor": floor, "runs": []}
     os.makedirs(args.output_dir, exist_ok=True)
     for run in args.runs:
@@ -102,7 +109,7 @@ def measure(args):
             images, calls, seconds = samples(args.model, args.label, run, seed, args.num_samples, args.batch_size,
                                              args.output_dir)
             entry["seeds"].append(seed)
-            entry["fd"].append(score(images, (reference, classifier, w)))
+            entry["fd"].append(score(images, parts))
             entry["seconds"].append(seconds)
             entry["calls"] = calls
             print(f"{args.label} {run} seed {seed}: FD {entry['fd'][-1]:.3f}, {calls} UNet calls, {seconds:.0f} s",

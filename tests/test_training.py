@@ -265,8 +265,7 @@ def _two_nodes(*args, cwd):
             out, err = (open(cwd / f"node{node_rank}.{name}", "w+", newline="") for name in ("out", "err"))
             files.append((out, err))
             procs.append(subprocess.Popen(cmd, cwd=cwd, env=dict(train_env(), PYTHONFAULTHANDLER="1"), stdout=out,
-                                          stderr=err, text=True,
-                                          start_new_session=True))
+                                          stderr=err, text=True, start_new_session=True))
         deadline, timed_out = time.time() + TWO_NODES_TIMEOUT, False
         try:
             for p in procs:
