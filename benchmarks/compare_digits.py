@@ -35,6 +35,8 @@ def main():
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default="outputs/compare/default")
+    p.add_argument("--no_bits_per_dim", action="store_true",
+                   help="skip the held-out bound (about 5 minutes of one core; recipe_search.py scores samples instead)")
     args = p.parse_args()
 
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
@@ -112,9 +114,10 @@ def main():
     make_grid(images, title=f"plain diffusers loop, lr {args.lr}, batch {args.batch_size}: {steps} steps, "
                             f"1000 sampling steps").save(os.path.join(args.output_dir, "grid.png"))
 
-
-    held_out = cache_images(data["test"], "image", 8, 1, progress=False)
-    result = evaluate_bits_per_dim(model, scheduler, held_out, 256, args.seed, progress=False)
+    result = {}
+    if not args.no_bits_per_dim:
+        held_out = cache_images(data["test"], "image", 8, 1, progress=False)
+        result = evaluate_bits_per_dim(model, scheduler, held_out, 256, args.seed, progress=False)
     metrics = {"steps": steps, "images_seen": seen, "train_seconds": round(train_seconds, 1),
                "images_per_second": round(seen / train_seconds, 1), "sampling_seconds": round(sampling_seconds, 1),
                "final_loss_mean_last_100": float(np.mean(losses[-100:])), **result, "lr": args.lr,

@@ -15,6 +15,18 @@ cached, so an interrupted search resumes where it stopped and several processes 
 variants. Writes OUTPUT_DIR/NAME/sS/search.json per run and prints a markdown table: flags, seed, training seconds,
 images seen, FD per seed, mean +- std, mean minus the floor, and that distance against the variant named first.
 Training seconds are only comparable between runs made side by side on an otherwise idle machine.
+
+A variant whose FLAGS start with ``compare_digits.py`` is the plain diffusers loop of that script (this folder's;
+issue 19 part 2) with the flags that follow, e.g. the tuned loop at make demo's wall time on a quiet machine:
+
+    'plain=compare_digits.py --steps 1478 --lr 1e-3 --batch_size 128 --warmup 100'
+
+(without --steps or --budget it trains IMAGES / --batch_size steps); its DDPMPipeline is scored the same way.
+
+Every run's samples are also checked for copying: the median and 10th-percentile pixel distance (L2 over the 64
+pixels in [0, 1]) from each sample to its nearest training digit, beside the same for the 180 held-out digits (real
+digits the model never saw). Samples much nearer to the training digits than held-out digits are reproduced training
+digits, which would lower the FD without being better samples.
 """
 
 import argparse
@@ -40,14 +52,25 @@ def parse_variant(text):
     return name, shlex.split(flags)
 
 
-def batch_size(flags, default=128):
-    """The --train_batch_size among ``flags``, else the digits recipe's."""
+PLAIN = "compare_digits.py"  # FLAGS' first word for a variant trained by the plain diffusers loop
+
+
+def flag_value(flags, name):
+    """The value of ``--name`` among ``flags`` (``--name V`` or ``--name=V``), else None."""
     for i, flag in enumerate(flags):
-        if flag == "--train_batch_size":
-            return int(flags[i + 1])
-        if flag.startswith("--train_batch_size="):
-            return int(flag.split("=", 1)[1])
-    return default
+        if flag == name:
+            return flags[i + 1]
+        if flag.startswith(name + "="):
+            return flag.split("=", 1)[1]
+    return None
+
+
+def batch_size(flags):
+    """The training batch of a variant: its --train_batch_size (--batch_size for the plain loop), else the digits
+    recipe's 128 (the plain loop's own default, train_unconditional.py's 16)."""
+    if flags[:1] == [PLAIN]:
+        return int(flag_value(flags, "--batch_size") or 16)
+    return int(flag_value(flags, "--train_batch_size") or 128)
 
 
 def train(name, flags, seed, images, output_dir, threads, bits_per_dim=False):
@@ -57,6 +80,13 @@ def train(name, flags, seed, images, output_dir, threads, bits_per_dim=False):
     if os.path.isfile(os.path.join(folder, "metrics.json")):
         return folder
     steps = -(-images // batch_size(flags))
+    if flags[:1] == [PLAIN]:  # the plain loop starts over when interrupted (it writes no checkpoint)
+        budget = [] if flag_value(flags, "--steps") or flag_value(flags, "--budget") else ["--steps", str(steps)]
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), PLAIN), "--seed", str(seed),
+               "--output_dir", folder, "--no_bits_per_dim", *budget, *flags[1:]]
+        print(f"{name} seed {seed}: {shlex.join([PLAIN, *cmd[2:]])}", flush=True)
+        subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        return folder
     cmd = [sys.executable, "-m", "ddpm_hf.cli", "train", "--seed", str(seed), "--output_dir", folder,
            "--max_train_steps", str(steps), "--logger", "none", *([] if bits_per_dim else ["--eval_split", ""]),
            *flags]
@@ -72,17 +102,30 @@ def evaluate(folder, flags, run, num_samples, sampling_batch, parts):
     path = os.path.join(folder, "search.json")
     if os.path.isfile(path):
         cached = json.load(open(path))
-        if (cached["sampler"], cached["num_samples"]) == (run, num_samples):
+        if (cached["sampler"], cached["num_samples"]) == (run, num_samples) and "nearest_train" in cached:
             return cached
-    images, calls, seconds = samples(folder, "run", run, 0, num_samples, sampling_batch, folder)
+    pipeline = os.path.join(folder, "pipeline") if flags[:1] == [PLAIN] else folder
+    images, calls, seconds = samples(pipeline, "run", run, 0, num_samples, sampling_batch, folder)
     metrics = json.load(open(os.path.join(folder, "metrics.json")))
     result = {"flags": shlex.join(flags), "sampler": run, "num_samples": num_samples, "fd": score(images, parts),
-              "calls": calls,
+              "calls": calls, "nearest_train": nearest_train_distances(images),
               "train_seconds": metrics["train_seconds"], "images_seen": metrics["images_seen"],
               "steps": metrics["steps"], "bits_per_dim": metrics.get("bits_per_dim")}
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def nearest_train_distances(images):
+    """Median and 10th percentile of the L2 pixel distance (64 pixels in [0, 1]) from each image (uint8
+    (N, 1, 8, 8)) to its nearest training digit."""
+    import torch
+
+    from ddpm_hf.evaluation.digits import digits_arrays, pixels
+
+    train_digits = pixels(digits_arrays("train")[0]).flatten(1)
+    nearest = torch.cdist(pixels(torch.as_tensor(images)).flatten(1), train_digits).min(dim=1).values.numpy()
+    return {"median": float(np.median(nearest)), "p10": float(np.percentile(nearest, 10))}
 
 
 def table(output_dir, floor, order):
@@ -94,18 +137,26 @@ def table(output_dir, floor, order):
     names = [n for n in order if n in rows] + sorted(n for n in rows if n not in order)
     if not names:
         return "no finished run"
+    from ddpm_hf.evaluation.digits import digits_arrays
+
     base = np.mean([r["fd"] for _, r in rows[names[0]]]) - floor["fd_floor"]
+    held_out = nearest_train_distances(digits_arrays("test")[0])
     lines = [f"Real-data floor at N = {rows[names[0]][0][1]['num_samples']}: {floor['fd_floor']:.3f} +- "
-             f"{floor['fd_floor_std']:.3f}", "",
+             f"{floor['fd_floor_std']:.3f}. Nearest training digit of the 180 held-out digits: median "
+             f"{held_out['median']:.3f}, 10th percentile {held_out['p10']:.3f}.", "",
              "| variant | flags | seeds | train s (mean) | images seen | FD per seed | mean +- std | minus floor | / "
-             f"{names[0]}'s distance |", "|---|---|---|---|---|---|---|---|---|"]
+             f"{names[0]}'s distance | nearest training digit, median / p10 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
-        fds = [r["fd"] for _, r in sorted(rows[name])]
+        runs = [r for _, r in sorted(rows[name])]
+        fds = [r["fd"] for r in runs]
         mean, std = np.mean(fds), (np.std(fds, ddof=1) if len(fds) > 1 else float("nan"))
-        lines.append(f"| {name} | `{rows[name][0][1]['flags'] or '(the recipe)'}` | {', '.join(str(s) for s, _ in sorted(rows[name]))} | "
-                     f"{np.mean([r['train_seconds'] for _, r in rows[name]]):.0f} | {rows[name][0][1]['images_seen']:,} | "
+        # a ratio of distances means nothing once the base is at or below the floor
+        ratio = f"{(mean - floor['fd_floor']) / base:.2f}" if base > 0 else "(base at the floor)"
+        nearest = " / ".join(f"{np.mean([r['nearest_train'][k] for r in runs]):.3f}" for k in ("median", "p10"))
+        lines.append(f"| {name} | `{runs[0]['flags'] or '(the recipe)'}` | {', '.join(str(s) for s, _ in sorted(rows[name]))} | "
+                     f"{np.mean([r['train_seconds'] for r in runs]):.0f} | {runs[0]['images_seen']:,} | "
                      f"{' / '.join(f'{v:.3f}' for v in fds)} | {mean:.3f} +- {std:.3f} | {mean - floor['fd_floor']:.3f} | "
-                     f"{(mean - floor['fd_floor']) / base:.2f} |")
+                     f"{ratio} | {nearest} |")
     return "\n".join(lines)
 
 
