@@ -35,6 +35,9 @@ def main():
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default="outputs/compare/default")
+    p.add_argument("--save_steps", type=int, nargs="*", default=[],
+                   help="also save the pipeline at these steps (OUTPUT_DIR/pipeline-STEP; their training seconds go "
+                        "to metrics.json's 'saves'), for a curve of quality against training time")
     p.add_argument("--no_bits_per_dim", action="store_true",
                    help="skip the held-out bound (about 5 minutes of one core; recipe_search.py scores samples instead)")
     args = p.parse_args()
@@ -73,7 +76,7 @@ def main():
     def done():
         return steps >= args.steps if args.steps else time.time() - start >= args.budget
 
-    steps, seen, start, losses = 0, 0, time.time(), []
+    steps, seen, start, losses, saves = 0, 0, time.time(), [], []
     model.train()
     while not done():
         for batch in loader:
@@ -91,6 +94,12 @@ def main():
             losses.append(loss.detach().item())
             steps += 1
             seen += clean.shape[0]
+            if steps in args.save_steps:  # the clock stops while saving
+                saves.append({"step": steps, "seconds": round(time.time() - start, 1)})
+                paused = time.time()
+                DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(
+                    os.path.join(args.output_dir, f"pipeline-{steps}"))
+                start += time.time() - paused
             if steps == 20 and not args.steps:
                 per_step = (time.time() - start) / 20
                 total = int(args.budget / per_step)
@@ -121,7 +130,7 @@ def main():
     metrics = {"steps": steps, "images_seen": seen, "train_seconds": round(train_seconds, 1),
                "images_per_second": round(seen / train_seconds, 1), "sampling_seconds": round(sampling_seconds, 1),
                "final_loss_mean_last_100": float(np.mean(losses[-100:])), **result, "lr": args.lr,
-               "batch_size": args.batch_size}
+               "batch_size": args.batch_size, "saves": saves}
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     print(json.dumps(metrics, indent=2))

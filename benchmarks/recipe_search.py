@@ -116,6 +116,70 @@ def evaluate(folder, flags, run, num_samples, sampling_batch, parts):
     return result
 
 
+def intermediate_models(folder, flags):
+    """[(step, training seconds, pipeline folder)] of a run's saved intermediate models: the plain loop's
+    pipeline-STEP folders (--save_steps), or our checkpoint-STEP's EMA UNet (else its raw one) assembled into a
+    pipeline folder curve-STEP beside the run's scheduler."""
+    if flags[:1] == [PLAIN]:
+        saves = json.load(open(os.path.join(folder, "metrics.json"))).get("saves", [])
+        return [(s["step"], s["seconds"], os.path.join(folder, f"pipeline-{s['step']}")) for s in saves]
+    seconds = {}
+    with open(os.path.join(folder, "history.jsonl")) as f:
+        for line in f:
+            record = json.loads(line)
+            seconds[record["step"]] = record["seconds"]
+    models = []
+    for checkpoint in sorted(glob.glob(os.path.join(folder, "checkpoint-*")), key=lambda c: int(c.rsplit("-", 1)[1])):
+        step = int(checkpoint.rsplit("-", 1)[1])
+        unet = next(u for u in ("unet_ema", "unet") if os.path.isdir(os.path.join(checkpoint, u)))
+        curve = os.path.join(folder, f"curve-{step}")
+        os.makedirs(curve, exist_ok=True)
+        for name in ("model_index.json", "scheduler"):
+            if not os.path.lexists(os.path.join(curve, name)):
+                os.symlink(os.path.join("..", name), os.path.join(curve, name))
+        if not os.path.lexists(os.path.join(curve, "unet")):
+            os.symlink(os.path.join("..", os.path.basename(checkpoint), unet), os.path.join(curve, "unet"))
+        models.append((step, seconds[step], curve))
+    return models
+
+
+def curve(folder, flags, run, num_samples, sampling_batch, parts):
+    """FD of RUN samples from each intermediate model and the final one: [{step, seconds, fd}] (cached in
+    search.json)."""
+    path = os.path.join(folder, "search.json")
+    result = json.load(open(path))
+    if "curve" not in result:
+        points = []
+        for step, seconds, model in intermediate_models(folder, flags):
+            images, _, _ = samples(model, f"step{step}", run, 0, num_samples, sampling_batch, folder)
+            points.append({"step": step, "seconds": seconds, "fd": score(images, parts)})
+        points.append({"step": result["steps"], "seconds": result["train_seconds"], "fd": result["fd"]})
+        result["curve"] = points
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+    return result["curve"]
+
+
+def plot_curves(output_dir, floor, order, path, sampler, num_samples):
+    """Mean FD over seeds against mean training seconds, one line per variant with a curve, the floor as a band."""
+    from ddpm_hf.evaluation.plots import plot_quality_against_calls
+
+    lines = {}
+    for name in order:
+        curves = [json.load(open(p))["curve"] for p in glob.glob(os.path.join(output_dir, name, "s*", "search.json"))
+                  if "curve" in json.load(open(p))]
+        if curves:
+            n = min(len(c) for c in curves)
+            label = f"{name} ({len(curves)} seed{'s' * (len(curves) > 1)})"
+            lines[label] = [(np.mean([c[i]["seconds"] for c in curves]), np.mean([c[i]["fd"] for c in curves]))
+                            for i in range(n)]
+    plot_quality_against_calls(lines, path, f"digits FD of {sampler} samples against training time",
+                               f"digits FD ({num_samples:,} samples)",
+                               floor=(floor["fd_floor"], floor["fd_floor_std"]), xlabel="training seconds",
+                               xscale="linear")
+    print(f"wrote {path}")
+
+
 def nearest_train_distances(images):
     """Median and 10th percentile of the L2 pixel distance (64 pixels in [0, 1]) from each image (uint8
     (N, 1, 8, 8)) to its nearest training digit."""
@@ -172,6 +236,8 @@ def main():
     p.add_argument("--output_dir", default="outputs/recipe_search")
     p.add_argument("--bits_per_dim", action="store_true", help="also the held-out bits/dim of every run (slow)")
     p.add_argument("--table", action="store_true", help="only print the table of the finished runs")
+    p.add_argument("--curve", metavar="PNG", help="also score every run's intermediate models (our checkpoints, the "
+                   "plain loop's --save_steps) and plot FD against training seconds per variant to PNG")
     args = p.parse_args()
 
     import torch
@@ -189,6 +255,13 @@ def main():
                 result = evaluate(folder, flags, args.sampler, args.num_samples, args.batch_size, parts)
                 print(f"{name} seed {seed}: FD {result['fd']:.3f} ({result['train_seconds']:.0f} s of training)",
                       flush=True)
+    if args.curve:
+        for name, flags in variants:
+            for seed in args.seeds:
+                folder = os.path.join(args.output_dir, name, f"s{seed}")
+                if os.path.isfile(os.path.join(folder, "search.json")):
+                    curve(folder, flags, args.sampler, args.num_samples, args.batch_size, parts)
+        plot_curves(args.output_dir, floor, [name for name, _ in variants], args.curve, args.sampler, args.num_samples)
     print(table(args.output_dir, floor, [name for name, _ in variants]))
 
 

@@ -48,9 +48,10 @@ def plot_steps(runs, path, title):
     plt.close(fig)
 
 
-def plot_quality_against_calls(lines, path, title, ylabel, floor=None):
-    """A sample metric against UNet calls per image (log scale), one line per sampler (``lines``: {sampler: [(calls,
-    score), ...]}), with the real-data floor (mean, std over real subsets) as a band if given."""
+def plot_quality_against_calls(lines, path, title, ylabel, floor=None, xlabel="UNet calls per image", xscale="log"):
+    """A sample metric against UNet calls per image (log scale; or another ``xlabel`` on ``xscale``), one line per
+    sampler (``lines``: {sampler: [(calls, score), ...]}), with the real-data floor (mean, std over real subsets) as a
+    band if given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,8 +64,8 @@ def plot_quality_against_calls(lines, path, title, ylabel, floor=None):
     if floor is not None:
         ax.axhline(floor[0], color="grey", linestyle="--", label="real digits (floor)")
         ax.axhspan(floor[0] - floor[1], floor[0] + floor[1], color="grey", alpha=0.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("UNet calls per image")
+    ax.set_xscale(xscale)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
