@@ -7,6 +7,8 @@ Each VARIANT is NAME=FLAGS: ``ddpm-hf train`` flags changed from the digits reci
     python benchmarks/recipe_search.py --output_dir outputs/search --seeds 0 1 2 --variants \\
         'base=' 'minsnr5=--snr_gamma 5' 'v=--prediction_type v_prediction' 'ema9995=--ema_max_decay 0.9995'
     python benchmarks/recipe_search.py --output_dir outputs/search --table     # the table of what is finished
+    python benchmarks/recipe_search.py --output_dir outputs/search --table --variants 'base=' \
+        --curve docs/recipe_search_curve.png      # and FD against training seconds (intermediate models scored)
 
 Run NAME, seed S is ``ddpm-hf train --seed S --output_dir OUTPUT_DIR/NAME/sS --max_train_steps IMAGES/BATCH FLAGS``
 (BATCH: the variant's --train_batch_size, else the recipe's 128; IMAGES: --images, make demo's 1,400 x 128 by
