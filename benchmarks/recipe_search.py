@@ -57,6 +57,11 @@ def parse_variant(text):
 PLAIN = "compare_digits.py"  # FLAGS' first word for a variant trained by the plain diffusers loop
 
 
+def is_plain(flags):
+    """Whether a variant is trained by the plain diffusers loop (compare_digits.py) instead of ``ddpm-hf train``."""
+    return flags[:1] == [PLAIN]
+
+
 def flag_value(flags, name):
     """The value of ``--name`` among ``flags`` (``--name V`` or ``--name=V``), else None."""
     for i, flag in enumerate(flags):
@@ -70,7 +75,7 @@ def flag_value(flags, name):
 def batch_size(flags):
     """The training batch of a variant: its --train_batch_size (--batch_size for the plain loop), else the digits
     recipe's 128 (the plain loop's own default, train_unconditional.py's 16)."""
-    if flags[:1] == [PLAIN]:
+    if is_plain(flags):
         return int(flag_value(flags, "--batch_size") or 16)
     return int(flag_value(flags, "--train_batch_size") or 128)
 
@@ -82,7 +87,7 @@ def train(name, flags, seed, images, output_dir, threads, bits_per_dim=False):
     if os.path.isfile(os.path.join(folder, "metrics.json")):
         return folder
     steps = -(-images // batch_size(flags))
-    if flags[:1] == [PLAIN]:  # the plain loop starts over when interrupted (it writes no checkpoint)
+    if is_plain(flags):  # the plain loop starts over when interrupted (it writes no checkpoint)
         budget = [] if flag_value(flags, "--steps") or flag_value(flags, "--budget") else ["--steps", str(steps)]
         cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), PLAIN), "--seed", str(seed),
                "--output_dir", folder, "--no_bits_per_dim", *budget, *flags[1:]]
@@ -106,7 +111,7 @@ def evaluate(folder, flags, run, num_samples, sampling_batch, parts):
         cached = json.load(open(path))
         if (cached["sampler"], cached["num_samples"]) == (run, num_samples) and "nearest_train" in cached:
             return cached
-    pipeline = os.path.join(folder, "pipeline") if flags[:1] == [PLAIN] else folder
+    pipeline = os.path.join(folder, "pipeline") if is_plain(flags) else folder
     images, calls, seconds = samples(pipeline, "run", run, 0, num_samples, sampling_batch, folder)
     metrics = json.load(open(os.path.join(folder, "metrics.json")))
     result = {"flags": shlex.join(flags), "sampler": run, "num_samples": num_samples, "fd": score(images, parts),
@@ -122,7 +127,7 @@ def intermediate_models(folder, flags):
     """[(step, training seconds, pipeline folder)] of a run's saved intermediate models: the plain loop's
     pipeline-STEP folders (--save_steps), or our checkpoint-STEP's EMA UNet (else its raw one) assembled into a
     pipeline folder curve-STEP beside the run's scheduler."""
-    if flags[:1] == [PLAIN]:
+    if is_plain(flags):
         saves = json.load(open(os.path.join(folder, "metrics.json"))).get("saves", [])
         return [(s["step"], s["seconds"], os.path.join(folder, f"pipeline-{s['step']}")) for s in saves]
     seconds = {}
@@ -168,8 +173,8 @@ def plot_curves(output_dir, floor, order, path, sampler, num_samples):
 
     lines = {}
     for name in order:
-        curves = [json.load(open(p))["curve"] for p in glob.glob(os.path.join(output_dir, name, "s*", "search.json"))
-                  if "curve" in json.load(open(p))]
+        results = [json.load(open(p)) for p in glob.glob(os.path.join(output_dir, name, "s*", "search.json"))]
+        curves = [r["curve"] for r in results if "curve" in r]
         if curves:
             n = min(len(c) for c in curves)
             label = f"{name} ({len(curves)} seed{'s' * (len(curves) > 1)})"
