@@ -107,15 +107,21 @@ def train(name, flags, seed, images, output_dir, threads, bits_per_dim=False):
 def evaluate(folder, flags, run, num_samples, sampling_batch, parts):
     """The run's FD (RUN = SAMPLER@STEPS samples, seed 0 of sampler_quality's seeding) and its training record."""
     path = os.path.join(folder, "search.json")
+    pipeline = os.path.join(folder, "pipeline") if is_plain(flags) else folder
     if os.path.isfile(path):
         cached = json.load(open(path))
         if (cached["sampler"], cached["num_samples"]) == (run, num_samples) and "nearest_train" in cached:
+            if "classes" not in cached:  # a run scored before the class check: its samples are cached
+                images, _, _ = samples(pipeline, "run", run, 0, num_samples, sampling_batch, folder)
+                cached["classes"] = class_statistics(images, parts[1])
+                with open(path, "w") as f:
+                    json.dump(cached, f, indent=2)
             return cached
-    pipeline = os.path.join(folder, "pipeline") if is_plain(flags) else folder
     images, calls, seconds = samples(pipeline, "run", run, 0, num_samples, sampling_batch, folder)
     metrics = json.load(open(os.path.join(folder, "metrics.json")))
     result = {"flags": shlex.join(flags), "sampler": run, "num_samples": num_samples, "fd": score(images, parts),
               "calls": calls, "nearest_train": nearest_train_distances(images),
+              "classes": class_statistics(images, parts[1]),
               "train_seconds": metrics["train_seconds"], "images_seen": metrics["images_seen"],
               "steps": metrics["steps"], "bits_per_dim": metrics.get("bits_per_dim")}
     with open(path, "w") as f:
@@ -199,7 +205,18 @@ def nearest_train_distances(images):
     return {"median": float(np.median(nearest)), "p10": float(np.percentile(nearest, 10))}
 
 
-def table(output_dir, floor, order):
+def class_statistics(images, classifier, confidence=0.9):
+    """What the digits classifier makes of images (uint8 (N, 1, 8, 8)): the fraction it assigns to one class with
+    probability >= ``confidence`` (``confident``; ambiguous or malformed digits fall below) and the total variation
+    distance of its predicted-class histogram from the uniform 1/10 (``class_tv``; 0 for perfectly balanced
+    classes; the digits are 10 classes of about 180 each)."""
+    p = classifier.probabilities(images)
+    histogram = np.bincount(p.argmax(axis=1), minlength=10) / len(p)
+    return {"confident": float((p.max(axis=1) >= confidence).mean()),
+            "class_tv": float(0.5 * np.abs(histogram - 0.1).sum())}
+
+
+def table(output_dir, floor, order, classifier):
     """Markdown rows of every finished run under OUTPUT_DIR, grouped by variant (``order`` first)."""
     rows = {}
     for path in sorted(glob.glob(os.path.join(output_dir, "*", "s*", "search.json"))):
@@ -212,11 +229,15 @@ def table(output_dir, floor, order):
 
     base = np.mean([r["fd"] for _, r in rows[names[0]]]) - floor["fd_floor"]
     held_out = nearest_train_distances(digits_arrays("test")[0])
+    held_out_classes = class_statistics(digits_arrays("test")[0], classifier)
     lines = [f"Real-data floor at N = {rows[names[0]][0][1]['num_samples']}: {floor['fd_floor']:.3f} +- "
              f"{floor['fd_floor_std']:.3f}. Nearest training digit of the 180 held-out digits: median "
-             f"{held_out['median']:.3f}, 10th percentile {held_out['p10']:.3f}.", "",
+             f"{held_out['median']:.3f}, 10th percentile {held_out['p10']:.3f}; classified with p >= 0.9: "
+             f"{held_out_classes['confident']:.3f}, class histogram's distance from uniform: "
+             f"{held_out_classes['class_tv']:.3f}.", "",
              "| variant | flags | seeds | train s (mean) | images seen | FD per seed | mean +- std | minus floor | / "
-             f"{names[0]}'s distance | nearest training digit, median / p10 |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"{names[0]}'s distance | nearest training digit, median / p10 | classified with p >= 0.9 | class TV |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         runs = [r for _, r in sorted(rows[name])]
         fds = [r["fd"] for r in runs]
@@ -227,8 +248,14 @@ def table(output_dir, floor, order):
         lines.append(f"| {name} | `{runs[0]['flags'] or '(the recipe)'}` | {', '.join(str(s) for s, _ in sorted(rows[name]))} | "
                      f"{np.mean([r['train_seconds'] for r in runs]):.0f} | {runs[0]['images_seen']:,} | "
                      f"{' / '.join(f'{v:.3f}' for v in fds)} | {mean:.3f} +- {std:.3f} | {mean - floor['fd_floor']:.3f} | "
-                     f"{ratio} | {nearest} |")
+                     f"{ratio} | {nearest} | {mean_of(runs, 'confident')} | {mean_of(runs, 'class_tv')} |")
     return "\n".join(lines)
+
+
+def mean_of(runs, key):
+    """The mean over runs of their class statistic KEY, 3 decimals ('-' when a run was scored without it)."""
+    values = [r["classes"][key] for r in runs if "classes" in r]
+    return f"{np.mean(values):.3f}" if len(values) == len(runs) else "-"
 
 
 def main():
@@ -242,7 +269,7 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="threads per training process")
     p.add_argument("--output_dir", default="outputs/recipe_search")
     p.add_argument("--bits_per_dim", action="store_true", help="also the held-out bits/dim of every run (slow)")
-    p.add_argument("--table", action="store_true", help="only print the table of the finished runs")
+    p.add_argument("--table", action="store_true", help="no training: score the finished runs (cached) and print their table")
     p.add_argument("--curve", metavar="PNG", help="also score every run's intermediate models (our checkpoints, the "
                    "plain loop's --save_steps) and plot FD against training seconds per variant to PNG")
     args = p.parse_args()
@@ -255,9 +282,13 @@ def main():
     variants = [parse_variant(v) for v in args.variants]
     parts = scorer()
     floor = real_floor(parts[0], args.num_samples, draws=20, kid=False)
-    if not args.table:
-        for name, flags in variants:
-            for seed in args.seeds:
+    for name, flags in variants:
+        for seed in args.seeds:
+            folder = os.path.join(args.output_dir, name, f"s{seed}")
+            if args.table:  # score finished runs only (cached; fills in what older runs were scored without)
+                if os.path.isfile(os.path.join(folder, "metrics.json")):
+                    evaluate(folder, flags, args.sampler, args.num_samples, args.batch_size, parts)
+            else:
                 folder = train(name, flags, seed, args.images, args.output_dir, args.threads, args.bits_per_dim)
                 result = evaluate(folder, flags, args.sampler, args.num_samples, args.batch_size, parts)
                 print(f"{name} seed {seed}: FD {result['fd']:.3f} ({result['train_seconds']:.0f} s of training)",
@@ -269,7 +300,7 @@ def main():
                 if os.path.isfile(os.path.join(folder, "search.json")):
                     curve(folder, flags, args.sampler, args.num_samples, args.batch_size, parts)
         plot_curves(args.output_dir, floor, [name for name, _ in variants], args.curve, args.sampler, args.num_samples)
-    print(table(args.output_dir, floor, [name for name, _ in variants]))
+    print(table(args.output_dir, floor, [name for name, _ in variants], parts[1]))
 
 
 if __name__ == "__main__":
