@@ -229,6 +229,17 @@ def real_floor(reference_features, num_samples, draws=20, seed=0, kid=True):
     return out
 
 
+def class_statistics(probabilities):
+    """What the classifier makes of a set of images, from its (N, 10) class probabilities: "digits_confidence", the
+    mean max class probability (malformed or ambiguous digits lower it), "digits_class_balance", the entropy of the
+    predicted-class histogram over log 10 (1 = all ten digits equally often), and "digits_class_histogram"."""
+    counts = np.bincount(probabilities.argmax(axis=1), minlength=10)
+    share = counts / counts.sum()
+    entropy = -np.sum(share[share > 0] * np.log(share[share > 0]))
+    return {"digits_confidence": float(probabilities.max(axis=1).mean()),
+            "digits_class_balance": float(entropy / np.log(10)), "digits_class_histogram": counts.tolist()}
+
+
 def digits_metric(images_uint8, reference_uint8=None, classifier=None, floor_draws=20):
     """Score uint8 digits (N, 1, 8, 8) against the reference (default: all 1,797 embedded digits).
 
@@ -254,10 +265,6 @@ def digits_metric(images_uint8, reference_uint8=None, classifier=None, floor_dra
     reference_features, features = reference_features @ w, classifier.features(images_uint8) @ w
     kid, kid_std = kernel_distance(reference_features, features, subsets=50, subset_size=min(
         1000, len(features), len(reference_features)))
-    probabilities = classifier.probabilities(images_uint8)
-    counts = np.bincount(probabilities.argmax(axis=1), minlength=10)
-    share = counts / counts.sum()
-    entropy = -np.sum(share[share > 0] * np.log(share[share > 0]))
     fd = frechet_distance(reference_features, features)
     out = {"digits_fd": fd}
     if floor_draws:
@@ -268,9 +275,7 @@ def digits_metric(images_uint8, reference_uint8=None, classifier=None, floor_dra
     return out | {
         "digits_kid": kid,  # unbiased: about 0 (+- digits_kid_floor_std) for real digits
         "digits_kid_std": kid_std,
-        "digits_confidence": float(probabilities.max(axis=1).mean()),
-        "digits_class_balance": float(entropy / np.log(10)),
-        "digits_class_histogram": counts.tolist(),
+        **class_statistics(classifier.probabilities(images_uint8)),
         "digits_classifier_test_accuracy": classifier.test_accuracy,
         "num_samples": int(len(images_uint8)),
         "num_reference": int(len(reference_uint8)),
