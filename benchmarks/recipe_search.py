@@ -28,9 +28,9 @@ issue 19 part 2) with the flags that follow, e.g. the tuned loop at make demo's 
 Every run's samples are also checked for copying: the median and 10th-percentile pixel distance (L2 over the 64
 pixels in [0, 1]) from each sample to its nearest training digit, beside the same for the 180 held-out digits (real
 digits the model never saw). Samples much nearer to the training digits than held-out digits are reproduced training
-digits, which would lower the FD without being better samples. And a class check: the share of samples the digits
-classifier's mean max class probability (its confidence: malformed or ambiguous digits lower it) and the class
-balance of its predictions (the digits metric's ``digits_confidence`` and ``digits_class_balance``), beside the 180
+digits, which would lower the FD without being better samples. And a class check: the digits classifier's mean max
+class probability over the samples (its confidence: malformed or ambiguous digits lower it) and the class balance
+of its predictions (the digits metric's ``digits_confidence`` and ``digits_class_balance``), beside the 180
 held-out digits'. The confidence still separates models once the FD reaches its floor.
 
 Half the budget (``--images 89600``, 700 steps; the cosine LR and the EMA warm-up then span 700 steps) puts the
@@ -274,7 +274,8 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="threads per training process")
     p.add_argument("--output_dir", default="outputs/recipe_search")
     p.add_argument("--bits_per_dim", action="store_true", help="also the held-out bits/dim of every run (slow)")
-    p.add_argument("--table", action="store_true", help="no training: score the finished runs (cached) and print their table")
+    p.add_argument("--table", action="store_true",
+                   help="no training: score the finished runs (cached) and print their table")
     p.add_argument("--curve", metavar="PNG", help="also score every run's intermediate models (our checkpoints, the "
                    "plain loop's --save_steps) and plot FD against training seconds per variant to PNG")
     args = p.parse_args()
