@@ -10,6 +10,9 @@ Each VARIANT is NAME=FLAGS: ``ddpm-hf train`` flags changed from the digits reci
     python benchmarks/recipe_search.py --output_dir outputs/search --table --variants 'base=' \
         --curve docs/recipe_search_curve.png      # and FD against training seconds (intermediate models scored)
 
+The digits recipe's Adam beta1 changed from 0.95 to 0.9 on 2026-12-03 (this search's result): runs named ``base``
+before that trained with 0.95, which ``'b095=--adam_beta1 0.95'`` reproduces now.
+
 Run NAME, seed S is ``ddpm-hf train --seed S --output_dir OUTPUT_DIR/NAME/sS --max_train_steps IMAGES/BATCH FLAGS``
 (BATCH: the variant's --train_batch_size, else the recipe's 128; IMAGES: --images, make demo's 1,400 x 128 by
 default), one process with --threads threads. A run whose metrics.json exists is not trained again and its score is
