@@ -182,7 +182,7 @@ def main():
         measured = {"rows": rows, "baseline": baselines[0] if baselines else None,
                     "sampler": next(part["sampler"] for part in parts if part.get("sampler")), "merged": args.merge}
     else:
-        measured = measure(args, load_digits_classifier(progress=True))
+        measured = measure(args, load_digits_classifier())
     rows = measured["rows"]
     report = {"args": vars(args)} | measured
     if rows:

@@ -29,22 +29,11 @@ def ddpm_hf_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def digits_classifier(tmp_path_factory, ddpm_hf_cache):
-    """The digits classifier (ddpm_hf.evaluation.digits), trained once per session in the folder the test workers
-    share (``made_once``) and copied into this process's DDPM_HF_CACHE, where commands and processes started
-    afterwards find it instead of training it again (test_digits_metric tests the training and the cache)."""
-    from ddpm_hf.evaluation.digits import classifier_path, load_digits_classifier
+def digits_classifier():
+    """The digits classifier the package ships (ddpm_hf.evaluation.digits; test_digits_metric tests that it is what
+    its recipe trains)."""
+    from ddpm_hf.evaluation.digits import load_digits_classifier
 
-    def train(folder):
-        os.environ["DDPM_HF_CACHE"] = str(folder)
-        try:
-            load_digits_classifier()
-        finally:
-            os.environ["DDPM_HF_CACHE"] = str(ddpm_hf_cache)
-
-    shared = made_once(tmp_path_factory, "digits_classifier", train)
-    if not os.path.exists(classifier_path()):
-        shutil.copyfile(shared / os.path.basename(classifier_path()), classifier_path())
     return load_digits_classifier()
 
 

@@ -1,5 +1,5 @@
 """The digits metric (ddpm_hf.evaluation.digits): its real-data floor against a Monte Carlo of independent samples,
-real digits inside the floor, corrupted digits far above it, the classifier's determinism and its cache."""
+real digits inside the floor, corrupted digits far above it, the classifier's determinism and its shipped weights."""
 
 import functools
 
@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from ddpm_hf.evaluation import digits
 from ddpm_hf.evaluation.digits import (digits_arrays, digits_metric, floor_scale, load_digits_classifier, real_floor,
-                                       train_digits_cnn)
+                                       save_digits_classifier, train_digits_cnn)
 from ddpm_hf.evaluation.features import frechet_distance
 
 
@@ -42,7 +42,7 @@ def classifier(digits_classifier):
     return digits_classifier
 
 
-@pytest.mark.slow  # trains the classifier once when it is not cached (about 30 s)
+@pytest.mark.slow  # about 10 s
 def test_real_digits_score_within_the_floor_and_corrupted_ones_far_above(classifier):
     assert classifier.test_accuracy > 0.95
     images, _ = digits_arrays("all")
@@ -89,27 +89,44 @@ def test_classifier_training_is_deterministic():
         assert torch.equal(a, b), name
 
 
-def test_classifier_cache_round_trip(tmp_path, monkeypatch):
-    """The first load trains and writes safetensors (weights, test accuracy in the metadata); the second reads that
-    file, not a new training, and computes the same features."""
-    monkeypatch.setenv("DDPM_HF_CACHE", str(tmp_path))
-    calls = []
-
-    def one_epoch():
-        calls.append(1)
-        return train_digits_cnn(epochs=1)
-
-    monkeypatch.setattr(digits, "train_digits_cnn", one_epoch)
-    trained = load_digits_classifier()
-    path = digits.classifier_path()
-    assert path.startswith(str(tmp_path)) and path.endswith(".safetensors")
+def test_classifier_save_load_round_trip(tmp_path):
+    """A trained classifier written with save_digits_classifier (safetensors, test accuracy and recipe version in the
+    metadata) loads back as the same network; a file of another recipe version is refused."""
+    network, accuracy = train_digits_cnn(epochs=1)
+    path = str(tmp_path / "cnn.safetensors")
+    save_digits_classifier(path, network, accuracy)
     with safe_open(path, "pt") as f:
-        assert float(f.metadata()["test_accuracy"]) == trained.test_accuracy
-        assert set(f.keys()) == set(trained.network.state_dict())
-    cached = load_digits_classifier()
-    assert calls == [1]
+        assert float(f.metadata()["test_accuracy"]) == accuracy
+        assert set(f.keys()) == set(network.state_dict())
+    loaded = load_digits_classifier(path)
+    trained = digits.DigitsClassifier(network, accuracy)
     images, _ = digits_arrays("test")
-    assert np.array_equal(cached.features(images), trained.features(images))
-    assert np.array_equal(cached.probabilities(images), trained.probabilities(images))
-    assert cached.test_accuracy == trained.test_accuracy
-    assert cached.features(images).shape == (180, digits.FEATURES)
+    assert np.array_equal(loaded.features(images), trained.features(images))
+    assert np.array_equal(loaded.probabilities(images), trained.probabilities(images))
+    assert loaded.test_accuracy == accuracy and loaded.features(images).shape == (180, digits.FEATURES)
+    from safetensors.torch import save_file
+
+    save_file(dict(network.state_dict()), str(tmp_path / "old.safetensors"), metadata={"test_accuracy": "0.9",
+                                                                                      "version": "1"})
+    with pytest.raises(ValueError, match="version 1, expected 2"):
+        load_digits_classifier(str(tmp_path / "old.safetensors"))
+
+
+@pytest.mark.slow  # trains the classifier with its full recipe (about 10-30 s)
+def test_shipped_classifier_is_what_its_recipe_trains(classifier):
+    """The weights the package ships: their recorded accuracy is their accuracy on the 180 held-out digits, and the
+    recipe trained afresh on this machine (bit-identical only on the CPU that made the file) gives a classifier that
+    agrees with them: accuracy within 2 points, the same class for >= 95% of the held-out digits, and a real-data
+    floor within 5%."""
+    images, labels = digits_arrays("test")
+    shipped = classifier.probabilities(images).argmax(1)
+    assert classifier.test_accuracy == pytest.approx((shipped == labels).mean(), abs=1e-12)
+    assert classifier.test_accuracy > 0.95
+    network, accuracy = train_digits_cnn()
+    fresh = digits.DigitsClassifier(network, accuracy)
+    assert abs(accuracy - classifier.test_accuracy) < 0.02
+    assert (fresh.probabilities(images).argmax(1) == shipped).mean() >= 0.95
+    everything, _ = digits_arrays("all")
+    floors = [real_floor(c.features(everything) @ digits.whitening(c.features(everything)), 1000, kid=False)["fd_floor"]
+              for c in (classifier, fresh)]
+    assert abs(floors[1] / floors[0] - 1) < 0.05, floors

@@ -19,7 +19,7 @@ _EXPORTS = {
     "inception": ("FEATURES_NAME", "INCEPTION_FILE", "INCEPTION_URL", "InceptionFeatures", "default_inception_path",
                   "image_features", "inception_path", "load_inception"),
     "digits": ("LABEL", "DigitsClassifier", "DigitsCNN", "ddpm_hf_cache_dir", "digits_arrays", "digits_metric",
-               "load_digits_classifier", "real_floor", "train_digits_cnn", "whitening"),
+               "load_digits_classifier", "real_floor", "save_digits_classifier", "train_digits_cnn", "whitening"),
     "report": ("EvaluationConfig", "evaluate", "merge_into_metrics", "model_folder", "training_args_of"),
     "plots": ("plot_curve", "plot_steps", "save_grid"),
     "conditional": ("conditional_report", "guidance_sweep", "label_agreement"),
