@@ -139,6 +139,8 @@ CASES = [
     ("dropout negative", "train", ["--dropout=-0.1"], ["--dropout must be in [0, 1)"]),
     ("min-SNR gamma zero", "train", ["--snr_gamma", "0"], ["--snr_gamma must be > 0"]),
     ("vlb weight negative", "train", ["--vlb_weight=-1"], ["--vlb_weight must be >= 0"]),
+    ("log-SNR shift on linear betas", "train", ["--ddpm_beta_schedule", "linear", "--cosine_logsnr_shift", "2"],
+     ["--cosine_logsnr_shift shifts the cosine schedule: it needs --ddpm_beta_schedule squaredcos_cap_v2"]),
     ("seed negative", "train", ["--seed=-1"], ["--seed must be >= 0, got -1"]),
     ("bound terms above T", "train", ["--bpd_timesteps", "50"], ["--eval_bpd_timesteps cannot exceed --ddpm_num_steps"]),
     ("inference steps above T", "train", ["--ddpm_num_inference_steps", "50"],

@@ -204,6 +204,13 @@ def _eval_rows(metrics, args, num_timesteps):
     return rows
 
 
+def _schedule_text(args, scheduler):
+    schedule = BETA_SCHEDULE_TEXT.get(scheduler["beta_schedule"], scheduler["beta_schedule"])
+    if args.get("cosine_logsnr_shift") is not None:
+        return f"{schedule} with its log-SNR shifted by {args['cosine_logsnr_shift']:g} (Hoogeboom et al. 2023)"
+    return "explicit betas (`trained_betas`)" if scheduler.get("trained_betas") is not None else schedule
+
+
 def _training_rows(args, metrics, data, unet, scheduler):
     augment = ", random horizontal flips" if args.get("random_flip") else ""
     count = f"{metrics['train_images']:,} images of " if "train_images" in metrics else ""
@@ -240,8 +247,8 @@ def _training_rows(args, metrics, data, unet, scheduler):
         ("data", f"{count}{data['short']}, {unet['sample_size']}x{unet['sample_size']}{augment}"),
         *_conditioning_rows(args, unet),
         ("network", network),
-        ("diffusion", f"T = {scheduler['num_train_timesteps']}, beta schedule "
-                      f"{BETA_SCHEDULE_TEXT.get(scheduler['beta_schedule'], scheduler['beta_schedule'])}, the network "
+        ("diffusion", f"T = {scheduler['num_train_timesteps']}, beta schedule {_schedule_text(args, scheduler)}, "
+                      f"the network "
                       f"predicts {PREDICTION_TEXT.get(scheduler['prediction_type'], scheduler['prediction_type'])}, "
                       f"variances `{variance}`"),
         ("loss", loss),

@@ -79,6 +79,9 @@ def build_parser():
       "(Nichol & Dhariwal sec. 3.1)")
     a("--vlb_weight", type=float, help="weight of L_vlb in L_hybrid (default 0.001)")
     a("--snr_gamma", type=float, help="min-SNR-gamma loss weighting (e.g. 5.0)")
+    a("--cosine_logsnr_shift", type=float,
+      help="shift the cosine schedule's log-SNR by this constant (Hoogeboom et al. 2023, sec. 3.1: 2 log(64/d) for "
+      "d x d images; > 0 less noise); stored as the scheduler's trained_betas, so diffusers loads the model as it is")
     # optimisation
     a("--train_batch_size", type=int, help=f"per-process batch size {FROM_RECIPE}")
     a("--eval_batch_size", type=int,

@@ -45,6 +45,7 @@ INTERVALS = {
     "dropout": (0, True, 1, False, ""),
     "vlb_weight": (0, True, math.inf, False, " (lambda of L_hybrid, Nichol & Dhariwal eq. 16)"),
     "snr_gamma": (0, False, math.inf, False, " (min-SNR-gamma, Hang et al. ICCV 2023)"),
+    "cosine_logsnr_shift": (-50, True, 50, True, " (log-SNR shift of the cosine schedule, Hoogeboom et al. 2023)"),
     "ema_max_decay": (0, True, 1, True, " (the EMA's decay cap: 0.9999 in Ho et al.)"),
     "ema_inv_gamma": (0, False, math.inf, False, " (EMA warm-up: decay = 1 - (1 + step / inv_gamma)^-power)"),
     "ema_power": (0, False, math.inf, False, " (EMA warm-up: decay = 1 - (1 + step / inv_gamma)^-power)"),
@@ -89,6 +90,7 @@ class TrainConfig:
     variance_type: str | None = None
     vlb_weight: float = 0.001
     snr_gamma: float | None = None
+    cosine_logsnr_shift: float | None = None
     # optimisation
     train_batch_size: int | None = None
     eval_batch_size: int | None = None
@@ -227,6 +229,9 @@ class TrainConfig:
             for name, default in (("label_column", None), ("cond_drop_prob", 0.1), ("class_names", ())):
                 if getattr(self, name) != default:
                     raise ConfigError(f"{{{name}}} only applies with {{class_conditional}}")
+        if self.cosine_logsnr_shift is not None and self.ddpm_beta_schedule != "squaredcos_cap_v2":
+            raise ConfigError("{cosine_logsnr_shift} shifts the cosine schedule: it needs {ddpm_beta_schedule} "
+                              f"squaredcos_cap_v2, got {self.ddpm_beta_schedule}")
         if self.variance_type != "learned_range" and self.vlb_weight != 0.001:
             raise ConfigError("{vlb_weight} only applies with {variance_type} learned_range")
         if self.streaming and self.max_train_steps is None:

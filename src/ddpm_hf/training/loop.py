@@ -57,7 +57,7 @@ def train(config):
         flat = flatten_parameters(model)  # one tensor for the optimizer, clipping and EMA
         inception = periodic_inception(config, accelerator)
         noise_scheduler = DDPMHFScheduler(num_train_timesteps=config.ddpm_num_steps,
-                                          beta_schedule=config.ddpm_beta_schedule,
+                                          beta_schedule=config.ddpm_beta_schedule, trained_betas=shifted_betas(config),
                                           prediction_type=config.prediction_type, variance_type=config.variance_type)
 
         config, steps_per_epoch = step_budget(config, batches.per_epoch)
@@ -285,6 +285,16 @@ def unet_for_data(config, channels, resolution):
     from diffusers import UNet2DModel
 
     return UNet2DModel.from_config(unet_config_for_data(config, channels, resolution))
+
+
+def shifted_betas(config):
+    """The betas of the shifted cosine (``noise_schedules``) as a list for the scheduler's ``trained_betas``, or None
+    without ``cosine_logsnr_shift``."""
+    if config.cosine_logsnr_shift is None:
+        return None
+    from ..noise_schedules import shifted_cosine_betas
+
+    return shifted_cosine_betas(config.ddpm_num_steps, config.cosine_logsnr_shift).tolist()
 
 
 def unet_config_for_data(config, channels, resolution):
