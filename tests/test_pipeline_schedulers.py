@@ -274,3 +274,23 @@ def test_evaluate_samples_with_the_scheduler_named_and_bounds_with_the_models(sa
     assert reports["ddim"]["scheduler"] == "ddim" and reports[None]["scheduler"] == "DDPMHFScheduler"
     fd = {name: report["sampling"][0]["scores"]["digits_fd"]["value"] for name, report in reports.items()}
     assert fd["ddim"] != fd[None]  # other samples
+
+
+def test_from_pipe_drops_only_diffusers_empty_float32_notice(caplog):
+    """diffusers 0.42's ModelMixin.to(dtype) warns "There are modules in UNet2DModel that should be kept in float32:
+    []" for every cast, and from_pipe always casts: our pipelines' from_pipe filters exactly that empty notice (the
+    control, the same cast outside from_pipe, still logs it) and hands the same components on."""
+    from ddpm_hf.pipeline_ddpm_hf_inpaint import DDPMHFInpaintPipeline
+
+    def notices():
+        found = [r for r in caplog.records if "kept in float32" in r.getMessage()]
+        caplog.clear()
+        return found
+
+    base = pipeline(tiny_unet(1, True), True)
+    caplog.clear()
+    copies = [DDPMHFPipeline.from_pipe(base), DDPMHFInpaintPipeline.from_pipe(base, torch_dtype=None)]
+    assert notices() == []
+    assert all(copy.unet is base.unet and copy.scheduler.config == base.scheduler.config for copy in copies)
+    base.unet.to(dtype=torch.float32)
+    assert ["should be kept in float32: []" in r.getMessage() for r in notices()] == [True]

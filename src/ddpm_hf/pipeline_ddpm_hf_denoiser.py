@@ -9,6 +9,7 @@ imports it relatively; diffusers' remote-code loader follows that import): torch
 """
 
 import inspect
+import logging
 
 import torch
 
@@ -159,9 +160,30 @@ def denoise(unet, x, t, labels=None, null_class_id=None, guidance_scale=1.0, kee
     return output if keep_variance else output[:, :channels]
 
 
+class _EmptyFloat32Notice(logging.Filter):
+    """Drops diffusers' "There are modules in UNet2DModel that should be kept in float32: []" (diffusers 0.42
+    ``ModelMixin.to`` warns on any dtype cast when the list is empty, and ``from_pipe`` always casts): it names no
+    module, so it says nothing; the same warning with modules in its list still shows."""
+
+    def filter(self, record):
+        return "should be kept in float32: []" not in record.getMessage()
+
+
 class DDPMHFDenoiserMixin:
     """The class labels and the model call every ddpm-hf pipeline shares (with ``unet``, ``scheduler`` and the
     optional ``id2label`` / ``null_class_id`` in its config). Not a ``DiffusionPipeline``."""
+
+    @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' ``DiffusionPipeline.from_pipe`` (the same components, no copy), without its empty float32
+        notice (``_EmptyFloat32Notice``)."""
+        log = logging.getLogger("diffusers.models.modeling_utils")
+        notice = _EmptyFloat32Notice()
+        log.addFilter(notice)
+        try:
+            return super().from_pipe(pipeline, **kwargs)
+        finally:
+            log.removeFilter(notice)
 
     def _register_conditional(self, id2label, null_class_id):
         """Register a conditional model's ``id2label`` (int keys: JSON makes them strings) and ``null_class_id`` into
