@@ -55,6 +55,12 @@ def test_paper_recipes_and_explicit_flags_win():
     # a step budget given as epochs replaces the recipe's step budget
     epochs = parse_args(["--num_epochs", "3"])
     assert epochs.num_epochs == 3 and epochs.max_train_steps is None and epochs.recipe_overrides == ("num_epochs",)
+    # the recipe samples with all T steps: a smaller T given alone takes its sampling steps down with it; both
+    # given explicitly are still checked
+    shorter = parse_args(["--ddpm_num_steps", "500"])
+    assert (shorter.ddpm_num_steps, shorter.ddpm_num_inference_steps) == (500, 500)
+    assert parse_args(["--ddpm_num_steps", "500", "--ddpm_num_inference_steps", "50"]).ddpm_num_inference_steps == 50
+    assert parse_args(["--ddpm_num_steps", "2000"]).ddpm_num_inference_steps == 1000
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -64,6 +70,7 @@ def test_paper_recipes_and_explicit_flags_win():
     (["--resume_from_checkpoint", "checkpoint-9"], "no such checkpoint"),
     (["--resume_from_checkpoint", "/no/such/folder"], "no such checkpoint"),
     (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["--ddpm_num_steps", "500", "--ddpm_num_inference_steps", "501"], "cannot exceed --ddpm_num_steps"),
     (["--streaming", "--max_train_steps", "9", "--save_images_epochs", "2"], "a --streaming run cannot"),
     (["--streaming", "--max_train_steps", "9", "--save_model_epochs", "2"], "a --streaming run cannot"),
 ])

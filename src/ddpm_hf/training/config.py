@@ -156,6 +156,8 @@ class TrainConfig:
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         values = {**defaults, **{k: v for k, v in values.items() if v is not None}}
         values = apply_recipe(values, is_digits(SimpleNamespace(**values)))
+        if "ddpm_num_inference_steps" in values["recipe_filled"]:  # the recipe's T sampling steps, with T given
+            values["ddpm_num_inference_steps"] = min(values["ddpm_num_inference_steps"], values["ddpm_num_steps"])
         if isinstance(values["eval_metrics"], str):
             values["eval_metrics"] = [m.strip() for m in values["eval_metrics"].split(",") if m.strip()]
         values["eval_metrics"] = tuple(values["eval_metrics"])
