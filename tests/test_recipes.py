@@ -12,7 +12,7 @@ def test_digits_is_the_default_for_the_embedded_digits():
     assert args.recipe == "digits" and args.recipe_overrides == ()
     for key, value in RECIPES["digits"].items():
         assert getattr(args, key) == value, key
-    assert args.unet_preset == "cpu-8" and args.learning_rate == 1e-3 and args.max_train_steps == 1400
+    assert args.unet_preset == "cpu-8-small" and args.learning_rate == 1e-3 and args.max_train_steps == 3000
 
 
 def test_diffusers_is_the_default_for_other_data():
