@@ -10,11 +10,13 @@ Each VARIANT is NAME=FLAGS: ``ddpm-hf train`` flags changed from the digits reci
     python benchmarks/recipe_search.py --output_dir outputs/search --table --variants 'base=' \
         --curve docs/recipe_search_curve.png      # and FD against training seconds (intermediate models scored)
 
-The digits recipe's Adam beta1 changed from 0.95 to 0.9 on 2026-12-03 (this search's result): runs named ``base``
-before that trained with 0.95, which ``'b095=--adam_beta1 0.95'`` reproduces now.
+The digits recipe changed twice on 2026-12-03 with this search's results: Adam beta1 0.95 -> 0.9, then the UNet
+cpu-8 for 1,400 steps -> cpu-8-small for 3,000 (about the same training time). A variant is a change to the recipe
+as it is when it runs: the earlier recipes are ``'b095=--adam_beta1 0.95 --unet_preset cpu-8'`` and
+``'beta09=--unet_preset cpu-8'``, at ``--images 179200`` for their full budget.
 
 Run NAME, seed S is ``ddpm-hf train --seed S --output_dir OUTPUT_DIR/NAME/sS --max_train_steps IMAGES/BATCH FLAGS``
-(BATCH: the variant's --train_batch_size, else the recipe's 128; IMAGES: --images, make demo's 1,400 x 128 by
+(BATCH: the variant's --train_batch_size, else the recipe's 128; IMAGES: --images, make demo's 3,000 x 128 by
 default), one process with --threads threads. A run whose metrics.json exists is not trained again and its score is
 cached, so an interrupted search resumes where it stopped and several processes can share OUTPUT_DIR with disjoint
 variants. Writes OUTPUT_DIR/NAME/sS/search.json per run and prints a markdown table: flags, seed, training seconds,
@@ -36,10 +38,11 @@ class probability over the samples (its confidence: malformed or ambiguous digit
 of its predictions (the digits metric's ``digits_confidence`` and ``digits_class_balance``), beside the 180
 held-out digits'. The confidence still separates models once the FD reaches its floor.
 
-Half the budget (``--images 89600``, 700 steps; the cosine LR and the EMA warm-up then span 700 steps) puts the
-recipe 0.9 above the floor, where the FD tells variants apart, in half the time:
+Half the budget (the cosine LR and the EMA warm-up then span the shorter run) puts a recipe above the floor, where
+the FD tells variants apart, in half the time: ``--images 89600`` (700 steps) for the cpu-8 recipes, whose full
+budget reaches the floor; ``--images 193536`` (1,512 steps) is cpu-8-small's share of the same wall time:
 
-    python benchmarks/recipe_search.py --output_dir outputs/half --images 89600 --seeds 0 1 2 --variants 'base='
+    python benchmarks/recipe_search.py --output_dir outputs/half --images 193536 --seeds 0 1 2 --variants 'base='
 """
 
 import argparse
@@ -54,7 +57,7 @@ import numpy as np
 
 from sampler_quality import samples, score, scorer  # this folder's: the same sampling, seeding and metric
 
-DEMO_IMAGES = 1400 * 128  # make demo: the digits recipe's 1,400 steps of batch 128
+DEMO_IMAGES = 3000 * 128  # make demo: the digits recipe's 3,000 steps of batch 128 (1,400 of cpu-8 before)
 
 
 def parse_variant(text):
