@@ -163,7 +163,7 @@ def test_tiny_run_writes_every_output(trained_run):
     args = json.loads((out / "training_args.json").read_text())
     assert args["recipe"] == "digits" and args["unet_preset"] == "cpu-8" and args["resolution"] == 8
     assert args["recipe_overrides"] == ["ddpm_num_inference_steps", "ddpm_num_steps", "lr_warmup_steps",
-                                        "max_train_steps", "num_sample_images", "train_batch_size"]
+                                        "max_train_steps", "num_sample_images", "train_batch_size", "unet_preset"]
     # tensorboard: the scalars of every step, the held-out bits/dim and the sample grid and strip as images
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
