@@ -247,9 +247,9 @@ def _training_rows(args, metrics, data, unet, scheduler):
         ("data", f"{count}{data['short']}, {unet['sample_size']}x{unet['sample_size']}{augment}"),
         *_conditioning_rows(args, unet),
         ("network", network),
-        ("diffusion", f"T = {scheduler['num_train_timesteps']}, beta schedule {_schedule_text(args, scheduler)}, "
-                      f"the network "
-                      f"predicts {PREDICTION_TEXT.get(scheduler['prediction_type'], scheduler['prediction_type'])}, "
+        ("diffusion", f"T = {scheduler['num_train_timesteps']}, beta schedule {_schedule_text(args, scheduler)}, the "
+                      f"network predicts "
+                      f"{PREDICTION_TEXT.get(scheduler['prediction_type'], scheduler['prediction_type'])}, "
                       f"variances `{variance}`"),
         ("loss", loss),
         ("optimiser", optimiser),

@@ -36,4 +36,3 @@ def shifted_cosine_betas(num_train_timesteps, shift, max_beta=0.999):
 def resolution_shift(resolution, base=64):
     """Hoogeboom et al.'s shift for a ``resolution`` x ``resolution`` image: 2 log(base / resolution)."""
     return 2.0 * math.log(base / resolution)
-

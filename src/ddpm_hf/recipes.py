@@ -8,7 +8,7 @@ RECIPES = {
     # The CPU default for the embedded 8x8 digits, chosen by measurement on 2 cores (BENCHMARKS.md).
     "digits": dict(
         # cpu-8-small for 3,000 steps rather than cpu-8 for 1,400 (about the same training time): digits FD 1.57 +- 0.03
-        # against 1.98 +- 0.03 at half this time, 3 seeds each, and 4.43 bits/dim against 4.58 at the full time
+        # against 1.98 +- 0.03 at half this time, 3 seeds each, and 4.44 bits/dim against 4.58 at the full time
         unet_preset="cpu-8-small", resolution=8, train_batch_size=128, eval_batch_size=256, num_sample_images=36,
         learning_rate=1e-3, lr_scheduler="cosine", lr_warmup_steps=100, max_train_steps=3000,
         # beta1 0.9 (Adam's default, Ho et al.'s) rather than train_unconditional.py's 0.95: digits FD 1.94 +- 0.02
