@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.data import load_digits_dataset, to_mode
@@ -334,6 +335,13 @@ def test_two_processes_one_node_two_nodes_and_one_process(tmp_path):
     assert metrics["bits_per_dim"] == pytest.approx(_held_out_bpd(out, 15, ranks=2), rel=1e-6)
     assert metrics["weights_identical_across_ranks"] is True
     assert metrics["first_batches_distinct_across_ranks"] is True
+    # the ranks' all-reduced gradient reaches the optimizer: DDP on CPU re-allocates the parameters, and a run whose
+    # flat buffer lost them stepped on a zero gradient (grad_norm 0.0, weights moved only by weight decay)
+    assert all(h["grad_norm"] > 0.1 for h in read_history(out))
+    early = load_file(out / "checkpoint-2" / "unet" / "diffusion_pytorch_model.safetensors")
+    final = read_weights(out)
+    # step 3 (lr 5e-4) moved the weights by about the learning rate; a zero gradient moves them by lr x weight decay
+    assert max((final[k] - early[k]).abs().max().item() for k in final) > 1e-4
     assert sorted(os.listdir(out / "samples")).count("grid.png") == 1
     DDPMHFPipeline.from_pretrained(out)
     assert os.listdir(out / "checkpoint-2").count("random_states_1.pkl") == 1  # rank 1's part is in the checkpoint

@@ -14,12 +14,27 @@ def flatten_parameters(module):
     params = [p for p in module.parameters() if p.requires_grad]
     flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
     flat.grad = torch.zeros_like(flat)
+    return view_parameters(module, flat)
+
+
+def view_parameters(module, flat):
+    """Make ``module``'s trainable parameters views into ``flat`` (and their gradients views into ``flat.grad``)
+    again, taking each parameter's current value, as ``flatten_parameters`` laid them out; returns ``flat``.
+
+    Needed after ``accelerator.prepare`` in a multi-process CPU run: wrapping the module in DistributedDataParallel
+    gives its parameters new storage (measured: torchrun with 2 processes), after which backward fills gradients
+    the flat buffer never sees and the optimizer steps on zeros."""
     offset = 0
-    for p in params:
+    for p in (p for p in module.parameters() if p.requires_grad):
         n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
+        view = flat.data[offset : offset + n].view_as(p)
+        if p.data.data_ptr() != view.data_ptr():
+            view.copy_(p.data)
+            p.data = view
         p.grad = flat.grad[offset : offset + n].view_as(p)
         offset += n
+    if offset != flat.numel():
+        raise ValueError(f"the module's trainable parameters hold {offset} values, the flat buffer {flat.numel()}")
     return flat
 
 

@@ -26,7 +26,7 @@ from ..evaluation import evaluate_on_all_ranks, periodic_scores
 from ..run_dir import TRAINING_ARGS, History, latest_checkpoint, read_history, write_json_atomic
 from .checkpoints import any_rank
 from .export import finish, save_pipeline, save_samples
-from .flat_parameters import ema_weights, flatten_parameters
+from .flat_parameters import ema_weights, flatten_parameters, view_parameters
 from .lifecycle import Run, start_trackers
 
 
@@ -67,6 +67,7 @@ def train(config):
 
         optimizer, lr_scheduler = optimization(config, accelerator, flat)
         unet, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)  # unet: DDP/compiled
+        view_parameters(model, flat)  # DDP on CPU re-allocates the parameters: views of flat again
         ema = EMAModel([flat], decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=config.ema_inv_gamma,
                        power=config.ema_power, foreach=True) if config.use_ema else None
         run.register(model, flat, ema)
