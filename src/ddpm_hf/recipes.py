@@ -18,6 +18,17 @@ RECIPES = {
         variance_type="learned_range", prediction_type="epsilon", use_ema=True, ema_max_decay=0.9999,
         random_flip=False, dropout=None,
     ),
+    # The CPU default for the embedded MNIST digits (``--dataset_name mnist``, 4,500 training images at 28x28): a
+    # budget of 30 minutes of training on 2 cores, stated as steps x batch (BENCHMARKS.md "MNIST"); the digits
+    # recipe's optimiser, schedule and variances, with a UNet for 28x28.
+    "mnist": dict(
+        unet_preset="cpu-28-small", resolution=28, train_batch_size=64, eval_batch_size=250, num_sample_images=64,
+        learning_rate=1e-3, lr_scheduler="cosine", lr_warmup_steps=200, max_train_steps=4000,
+        adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=1e-6, max_grad_norm=1.0,
+        ddpm_num_steps=1000, ddpm_num_inference_steps=1000, ddpm_beta_schedule="squaredcos_cap_v2",
+        variance_type="learned_range", prediction_type="epsilon", use_ema=True, ema_max_decay=0.9999,
+        random_flip=False, dropout=None,
+    ),
     # diffusers' examples/unconditional_image_generation/train_unconditional.py, its argparse defaults and its UNet
     # (its --use_ema is a store_true flag: off unless asked for; --use_ema turns it on with decay 0.9999).
     "diffusers": dict(
@@ -68,20 +79,23 @@ RECIPES = {
 RECIPE_FLAGS = sorted({key for recipe in RECIPES.values() for key in recipe})
 
 
-def default_recipe(is_digits):
-    return "digits" if is_digits else "diffusers"
+def default_recipe(embedded):
+    """The recipe of a run on embedded dataset ``embedded`` ("digits", "mnist"; their own recipes), or on other data
+    (None: "diffusers")."""
+    return embedded if embedded in RECIPES else "diffusers"
 
 
-def apply_recipe(values, is_digits):
+def apply_recipe(values, embedded=None):
     """``values`` (a dict of settings, None where the user gave none) with every unset one filled from
-    ``values["recipe"]`` (default: ``default_recipe``); returns a new dict.
+    ``values["recipe"]`` (default: ``default_recipe(embedded)``, ``embedded`` the embedded dataset's name or None);
+    returns a new dict.
 
     The step budget (``max_train_steps`` or ``num_epochs``) is taken from the recipe only when neither was given.
     Records ``recipe``, ``recipe_overrides`` (the recipe values that explicit settings replaced) and ``recipe_filled``
     (the settings that took the recipe's value).
     """
     values = dict(values)
-    values["recipe"] = values.get("recipe") or default_recipe(is_digits)
+    values["recipe"] = values.get("recipe") or default_recipe(embedded)
     recipe = RECIPES[values["recipe"]]
     budget_given = values.get("max_train_steps") is not None or values.get("num_epochs") is not None
     overrides = [k for k in ("max_train_steps", "num_epochs")

@@ -1,18 +1,20 @@
-"""Training data: where images come from (``sources``: the embedded digits, Hub datasets, local folders, decoding and
+"""Training data: where images come from (``embedded``: the digits and MNIST that ship in installed packages;
+``sources``: those, Hub datasets, local folders, decoding and
 transforms to uint8 and [-1, 1]) and how they are cut into batches (``batches``: cached epochs or a shuffled stream,
 sharded across processes, addressed by micro-batch index)."""
 
-from .batches import EpochBatches, StreamBatches, is_digits, prepare_data, step_seed
-from .sources import (DIGITS, GRAY_MODES, Unreadable, cache_images, class_names, dataset_source, decode,
+from .batches import EpochBatches, StreamBatches, embedded_name, prepare_data, step_seed
+from .embedded import DIGITS, EMBEDDED, MNIST, load_digits_dataset, load_embedded_dataset, load_mnist_dataset
+from .sources import (GRAY_MODES, Unreadable, cache_images, class_names, dataset_source, decode,
                       find_image_column, find_label_column, fits_in_memory, image_name, image_to_uint8,
-                      infer_channels, label_ids, load_digits_dataset, load_image_dataset, resize_and_crop, row_labels,
+                      infer_channels, label_ids, load_image_dataset, resize_and_crop, row_labels,
                       to_mode, to_model_range, undecoded)
 from ..errors import MissingSplit
 
 __all__ = [
-    "DIGITS", "GRAY_MODES", "EpochBatches", "MissingSplit", "StreamBatches", "Unreadable", "cache_images",
+    "DIGITS", "EMBEDDED", "GRAY_MODES", "MNIST", "EpochBatches", "MissingSplit", "StreamBatches", "Unreadable", "cache_images",
     "class_names", "dataset_source", "decode", "find_image_column", "find_label_column", "fits_in_memory",
-    "image_name", "image_to_uint8", "infer_channels", "is_digits", "label_ids", "load_digits_dataset",
-    "load_image_dataset", "prepare_data", "resize_and_crop", "row_labels", "step_seed", "to_mode", "to_model_range",
+    "embedded_name", "image_name", "image_to_uint8", "infer_channels", "label_ids", "load_digits_dataset",
+    "load_embedded_dataset", "load_image_dataset", "load_mnist_dataset", "prepare_data", "resize_and_crop", "row_labels", "step_seed", "to_mode", "to_model_range",
     "undecoded",
 ]

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..errors import MissingSplit, RunError
-from .sources import DIGITS, Unreadable, cache_images, class_names, decode, find_image_column, find_label_column
+from .embedded import EMBEDDED
+from .sources import Unreadable, cache_images, class_names, decode, find_image_column, find_label_column
 from .sources import fits_in_memory, image_name, image_to_uint8, infer_channels, label_ids, load_image_dataset
 from .sources import row_labels, undecoded
 
@@ -174,6 +175,10 @@ def prepare_data(config, rank, world, progress=True):
     return batches, held_out, channels, resolution
 
 
-def is_digits(config):
-    """Whether the run trains on the embedded digits (no dataset or train_data_dir given)."""
-    return config.dataset_name in (None, DIGITS) and config.train_data_dir is None
+def embedded_name(config):
+    """The embedded dataset a run trains on ("digits" when no dataset or train_data_dir is given, or "mnist"), else
+    None (a Hub dataset or a folder)."""
+    from .sources import dataset_source
+
+    source = dataset_source(config.dataset_name, config.train_data_dir)
+    return source if source in EMBEDDED else None

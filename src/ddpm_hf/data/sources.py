@@ -5,7 +5,6 @@ expect. Small datasets are decoded and transformed once into a uint8 tensor (``c
 happen on batches in torch, which avoids per-item PIL work on every epoch.
 """
 
-import functools
 import os
 import sys
 
@@ -14,51 +13,20 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, MissingSplit, RunError
+from .embedded import DIGITS, EMBEDDED, load_embedded_dataset
 
-DIGITS = "digits"
 GRAY_MODES = ("L", "LA", "I", "I;16", "I;16B", "I;16L", "1", "F")
 
 
-def load_digits_dataset():
-    """scikit-learn's UCI handwritten digits (1,797 grayscale 8x8 images, values 0..16) as a ``datasets.DatasetDict``
-    with "train" (1,617 images) and "test" (180 images, 18 per class, a fixed seeded draw), columns "image" (PIL,
-    mode "L", 0..255) and "label". Each call returns new Dataset objects over the same in-memory Arrow tables, built
-    once per process (encoding the 1,797 PNGs takes about a second)."""
-    from datasets import Dataset, DatasetDict
-
-    return DatasetDict({name: Dataset(split.data, info=split.info.copy(), split=split.split)
-                        for name, split in _digits_splits().items()})
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_splits():
-    from datasets import ClassLabel, Dataset, Features
-    from datasets import Image as ImageFeature
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    labels = digits.target.astype(int)
-    rng = np.random.default_rng(0)
-    test = np.concatenate([rng.choice(np.flatnonzero(labels == k), 18, replace=False) for k in range(10)])
-    is_test = np.zeros(len(labels), dtype=bool)
-    is_test[test] = True
-    features = Features({"image": ImageFeature(), "label": ClassLabel(names=[str(k) for k in range(10)])})
-
-    def split(mask, name):
-        return Dataset.from_dict(
-            {"image": [Image.fromarray(p, mode="L") for p in pixels[mask]], "label": labels[mask].tolist()},
-            features=features, split=name,
-        )
-
-    return {"train": split(~is_test, "train"), "test": split(is_test, "test")}
-
-
 def dataset_source(dataset_name=None, train_data_dir=None):
-    """Where ``load_image_dataset`` takes the data from: "digits", "local" (a folder) or "hub" (a repo id)."""
-    if train_data_dir is not None or (dataset_name not in (None, DIGITS) and os.path.isdir(dataset_name)):
+    """Where ``load_image_dataset`` takes the data from: an embedded dataset's name ("digits", the default, or
+    "mnist"), "local" (a folder) or "hub" (a repo id). The embedded names win over a folder of the same name in the
+    working directory (often the run's own output folder): write ``./mnist`` for such a folder."""
+    if train_data_dir is not None:
         return "local"
-    return DIGITS if dataset_name in (None, DIGITS) else "hub"
+    if dataset_name is None or dataset_name in EMBEDDED:
+        return dataset_name or DIGITS
+    return "local" if os.path.isdir(dataset_name) else "hub"
 
 
 def load_image_dataset(dataset_name=None, dataset_config_name=None, train_data_dir=None, cache_dir=None,
@@ -66,10 +34,11 @@ def load_image_dataset(dataset_name=None, dataset_config_name=None, train_data_d
     """The training split of an image dataset.
 
     Args:
-        dataset_name: None or "digits" (the embedded default), a local folder (a dataset saved with
+        dataset_name: None or "digits" (the embedded default), "mnist" (5,000 embedded MNIST digits, ``embedded``),
+            a local folder (a dataset saved with
             ``save_to_disk``, or images for the "imagefolder" builder), or a Hub repo id (``datasets.load_dataset``).
         train_data_dir: a folder of images (imagefolder), as in diffusers' train_unconditional.py.
-        split: the split to train on; for digits "train" or "test".
+        split: the split to train on; for the embedded datasets "train" or "test".
         streaming: return an ``IterableDataset``.
     """
     from datasets import DatasetDict, load_dataset, load_from_disk
@@ -77,10 +46,8 @@ def load_image_dataset(dataset_name=None, dataset_config_name=None, train_data_d
     if train_data_dir is not None and dataset_name not in (None, DIGITS):
         raise ConfigError("give either {dataset_name} or {train_data_dir}, not both")
     source = dataset_source(dataset_name, train_data_dir)
-    if source == DIGITS:
-        if split not in ("train", "test"):
-            raise MissingSplit("{split} {value}: the embedded digits have the splits train and test", value=split)
-        data = load_digits_dataset()[split]
+    if source in EMBEDDED:
+        data = load_embedded_dataset(source, split)
         return data.to_iterable_dataset() if streaming else data
     if source == "local":
         folder = train_data_dir or dataset_name

@@ -1,13 +1,13 @@
 """Scoring a diffusion model: the variational bound on held-out images (``bound``; a training run's periodic scores in
-``periodic``), sample metrics in Inception features (``inception``, ``features``) or in an offline digits classifier's
-(``digits``), and ``ddpm-hf evaluate``'s report (``report``) with its pictures (``plots``).
+``periodic``), sample metrics in Inception features (``inception``, ``features``) or in an offline classifier's
+(``digits`` for the 8x8 digits, ``mnist`` for MNIST, their shared parts in ``classifier_metric``), and ``ddpm-hf evaluate``'s report (``report``) with its pictures (``plots``).
 
 The names below are imported on first use (PEP 562), so ``import ddpm_hf.evaluation`` costs nothing until then.
 """
 
 import importlib
 
-SAMPLE_METRICS = ("fid", "kid", "prc", "digits")
+SAMPLE_METRICS = ("fid", "kid", "prc", "digits", "mnist")
 # "guidance": a class-conditional digits model's guidance sweep (label accuracy and digits FD per guidance scale)
 ALL_METRICS = ("bpd",) + SAMPLE_METRICS + ("guidance",)
 INCEPTION_METRICS = ("fid", "kid", "prc")
@@ -20,6 +20,9 @@ _EXPORTS = {
                   "image_features", "inception_path", "load_inception"),
     "digits": ("LABEL", "DigitsClassifier", "DigitsCNN", "ddpm_hf_cache_dir", "digits_arrays", "digits_metric",
                "load_digits_classifier", "real_floor", "save_digits_classifier", "train_digits_cnn", "whitening"),
+    "mnist": ("MnistCNN", "load_mnist_classifier", "mnist_arrays", "mnist_metric", "save_mnist_classifier",
+              "train_mnist_cnn"),
+    "classifier_metric": ("Classifier", "class_statistics", "copying_check", "nearest_distances"),
     "report": ("EvaluationConfig", "evaluate", "merge_into_metrics", "model_folder", "training_args_of"),
     "plots": ("plot_curve", "plot_steps", "save_grid"),
     "conditional": ("conditional_report", "guidance_sweep", "label_agreement"),

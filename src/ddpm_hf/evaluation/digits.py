@@ -51,11 +51,13 @@ import os
 import numpy as np
 import torch
 
+from .classifier_metric import SHRINKAGE, Classifier, load_classifier, save_classifier, train_classifier, whitening
+from .classifier_metric import class_statistics as _class_statistics
+
 CLASSIFIER_VERSION = 2  # bump when the classifier's recipe changes: the cache file name carries it
 FEATURES = 128
 LABEL = ("Frechet distance to all 1,797 digits in a digits CNN's 128-d features, whitened by the reference (offline; "
          "not comparable to Inception FID)")
-SHRINKAGE = 0.01  # whitening: the reference covariance + SHRINKAGE * its mean eigenvalue * I (module docstring)
 MIN_HELD_BACK = 300  # a disjoint floor split leaves at least this many digits on the reference side
 
 
@@ -106,57 +108,25 @@ class DigitsCNN(torch.nn.Module):
         return self.head(self.body(x))
 
 
-class DigitsClassifier:
-    """The cached CNN, for uint8 images (N, 1, 8, 8) in 0..255: ``features`` (N, 128) float64 array,
+class DigitsClassifier(Classifier):
+    """The digits CNN, for uint8 images (N, 1, 8, 8) in 0..255: ``features`` (N, 128) float64 array,
     ``probabilities`` (N, 10) float64 array; ``test_accuracy`` on the 180 held-out digits."""
 
     def __init__(self, network, test_accuracy):
-        self.network, self.test_accuracy = network.eval(), float(test_accuracy)
+        super().__init__(network, test_accuracy, (1, 8, 8))
 
-    @torch.no_grad()
-    def _run(self, images_uint8, head):
-        x = pixels(images_uint8)
-        out = [(self.network if head else self.network.body)(x[i : i + 1024]) for i in range(0, len(x), 1024)]
-        return torch.cat(out).double().numpy() if out else np.zeros((0, 10 if head else FEATURES))
-
-    def features(self, images_uint8):
-        return self._run(images_uint8, head=False)
-
-    def probabilities(self, images_uint8):
-        logits = self._run(images_uint8, head=True)
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+    def pixels(self, images_uint8):
+        return pixels(images_uint8)
 
 
 def train_digits_cnn(seed=0, epochs=40, batch_size=64, learning_rate=1e-3):
-    """Train ``DigitsCNN`` on the training split, deterministically (seeded init and batches, one thread, Adam);
-    returns (network, accuracy on the test split). About 10 s on one core."""
+    """Train ``DigitsCNN`` on the training split, deterministically (``classifier_metric.train_classifier``: seeded
+    init and batches, one thread, Adam); returns (network, accuracy on the test split). About 10 s on one core."""
     train_images, train_labels = digits_arrays("train")
     test_images, test_labels = digits_arrays("test")
-    x, y = pixels(train_images), torch.as_tensor(train_labels)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same arithmetic on every machine size
-    try:
-        generator = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            network = DigitsCNN()
-        optimizer = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=1e-4)
-        for _ in range(epochs):
-            order = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), batch_size):
-                index = order[start : start + batch_size]
-                loss = torch.nn.functional.cross_entropy(network(x[index]), y[index])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-        network.eval()
-        with torch.no_grad():
-            accuracy = (network(pixels(test_images)).argmax(1).numpy() == test_labels).mean()
-    finally:
-        torch.set_num_threads(threads)
-    return network, float(accuracy)
+    network = train_classifier(DigitsCNN, pixels(train_images), train_labels, seed, epochs, batch_size,
+                               learning_rate)
+    return network, DigitsClassifier(network, 0.0).accuracy(test_images, test_labels)
 
 
 SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -166,35 +136,13 @@ SHIPPED_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 def save_digits_classifier(path, network, accuracy):
     """Write a trained ``DigitsCNN`` as safetensors, its held-out accuracy and the recipe version in the metadata
     (how SHIPPED_CLASSIFIER was made: ``save_digits_classifier(SHIPPED_CLASSIFIER, *train_digits_cnn())``)."""
-    from safetensors.torch import save_file
-
-    tmp = f"{path}.{os.getpid()}.tmp"
-    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, tmp,
-              metadata={"test_accuracy": repr(accuracy), "version": str(CLASSIFIER_VERSION)})
-    os.replace(tmp, path)
+    save_classifier(path, network, accuracy, CLASSIFIER_VERSION)
 
 
 def load_digits_classifier(path=SHIPPED_CLASSIFIER):
     """The digits classifier: the weights the package ships (module docstring), or those of ``path``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(path, "pt") as f:
-        metadata = f.metadata()
-    if metadata.get("version") != str(CLASSIFIER_VERSION):
-        raise ValueError(f"{path}: digits classifier version {metadata.get('version')}, expected "
-                         f"{CLASSIFIER_VERSION}")
-    network = DigitsCNN()
-    network.load_state_dict(load_file(path))
-    return DigitsClassifier(network, float(metadata["test_accuracy"]))
-
-
-def whitening(reference_features, shrinkage=SHRINKAGE):
-    """The (D, D) matrix W = V (L + s I)^(-1/2) (V L V^T the reference covariance, s = ``shrinkage`` x the mean of
-    L): features @ W are the whitened features the metric compares (module docstring)."""
-    values, vectors = np.linalg.eigh(np.cov(np.asarray(reference_features, dtype=np.float64), rowvar=False))
-    values = np.clip(values, 0.0, None)
-    return vectors / np.sqrt(values + shrinkage * values.mean())
+    classifier = load_classifier(path, DigitsCNN, CLASSIFIER_VERSION, (1, 8, 8))
+    return DigitsClassifier(classifier.network, classifier.test_accuracy)
 
 
 def floor_scale(num_samples, num_reference, n):
@@ -235,14 +183,10 @@ def real_floor(reference_features, num_samples, draws=20, seed=0, kid=True):
 
 
 def class_statistics(probabilities):
-    """What the classifier makes of a set of images, from its (N, 10) class probabilities: "digits_confidence", the
+    """What the classifier makes of a set of digits, from its (N, 10) class probabilities: "digits_confidence", the
     mean max class probability (malformed or ambiguous digits lower it), "digits_class_balance", the entropy of the
     predicted-class histogram over log 10 (1 = all ten digits equally often), and "digits_class_histogram"."""
-    counts = np.bincount(probabilities.argmax(axis=1), minlength=10)
-    share = counts / counts.sum()
-    entropy = -np.sum(share[share > 0] * np.log(share[share > 0]))
-    return {"digits_confidence": float(probabilities.max(axis=1).mean()),
-            "digits_class_balance": float(entropy / np.log(10)), "digits_class_histogram": counts.tolist()}
+    return _class_statistics(probabilities, "digits")
 
 
 def digits_metric(images_uint8, reference_uint8=None, classifier=None, floor_draws=20):

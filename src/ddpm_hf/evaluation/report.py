@@ -7,7 +7,10 @@ For a model (a training output folder, a pipeline folder or a Hub repo id) and a
   distances by torchmetrics, precision/recall by ``features.py``), reference features cached per
   dataset/split/resolution;
 - ``digits``: the offline digits metric (``digits.py``), for models of the embedded digits: against all 1,797
-  digits whatever the reference split, with the real-data floor at the same sample count beside the score.
+  digits whatever the reference split, with the real-data floor at the same sample count beside the score;
+- ``mnist``: the offline MNIST metric (``mnist.py``), for 28x28 models of the embedded MNIST digits: against the 500
+  held-out digits, with the floor of as many real training digits, the classifier's view of the samples and the
+  nearest-training-image check.
 The sample metrics are computed at every requested number of sampling steps, with the sampling time. The result goes
 to ``eval-<name>.json`` (every score with its sample count, steps, seed, split and feature extractor), plots beside
 it (``plots.py``), the headline numbers into ``metrics.json`` and, on request, the model card (refused at the start,
@@ -145,6 +148,12 @@ def sample_scores(samples, metrics, reference, inception, digits_reference, refe
 
         d = digits_metric(samples, digits_reference)  # its floor at this sample count beside it
         scores["digits_fd"] = {"value": d.pop("digits_fd"), "features": LABEL, **d}
+    if "mnist" in metrics:
+        from .mnist import LABEL as MNIST_LABEL
+        from .mnist import mnist_metric
+
+        m = mnist_metric(samples)  # its floor at this sample count beside it
+        scores["mnist_fd"] = {"value": m.pop("mnist_fd"), "features": MNIST_LABEL, **m}
     return scores
 
 
@@ -174,8 +183,9 @@ def merge_into_metrics(folder, report):
                      "num_inference_steps": run["num_inference_steps"], "seed": report["seed"],
                      "split": report["reference_split"], "features": score["features"],
                      "reference": score["reference"], "evaluation": report["name"], "sampler": sampler}
-            if "digits_fd_floor" in score:  # the real-data floor at the same sample count, beside the score
-                entry.update(floor=score["digits_fd_floor"], floor_std=score["digits_fd_floor_std"])
+            prefix = name[: -len("_fd")]  # digits_fd, mnist_fd: the real-data floor at the same count beside it
+            if f"{prefix}_fd_floor" in score:
+                entry.update(floor=score[f"{prefix}_fd_floor"], floor_std=score[f"{prefix}_fd_floor_std"])
             key = (name, entry["num_inference_steps"], sampler)  # (entries from before "sampler": the ancestral chain)
             entries = [e for e in entries if (e["metric"], e["num_inference_steps"], e.get("sampler", "ddpm")) != key]
             entries.append(entry)
@@ -250,7 +260,7 @@ def evaluate(model, config=None, progress=True, log=print):
     """Score ``model`` (a training output folder, a pipeline folder or a Hub repo id) as ``config`` (an
     EvaluationConfig) says, and return the report written to ``eval-<name>.json`` (see the module docstring)."""
     from ..conditioning import null_class_id
-    from ..data import DIGITS, dataset_source
+    from ..data import DIGITS, MNIST, dataset_source
     from ..pipeline_ddpm_hf import DDPMHFPipeline
     from ..sampling import balanced_labels, generate_uint8, use_scheduler
     from .plots import plot_curve, plot_steps, save_grid
@@ -275,7 +285,7 @@ def evaluate(model, config=None, progress=True, log=print):
     if dataset_name is None and train_data_dir is None:
         dataset_name, train_data_dir = args.get("dataset_name"), args.get("train_data_dir")
         dataset_config_name = dataset_config_name or args.get("dataset_config_name")
-    is_digits = dataset_source(dataset_name, train_data_dir) == DIGITS
+    source = dataset_source(dataset_name, train_data_dir)
     pipe = DDPMHFPipeline.from_pretrained(folder or model)
     pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sampling (one batch)")
     if c.timestep_spacing:  # how fewer sampling steps are spread over 0..T-1 (diffusers' option)
@@ -284,9 +294,16 @@ def evaluate(model, config=None, progress=True, log=print):
         pipe.scheduler = DDPMHFScheduler.from_config({**pipe.scheduler.config,
                                                       "timestep_spacing": c.timestep_spacing})
     channels, resolution = pipe.unet.config.in_channels, pipe.unet.config.sample_size
-    if {"digits", "guidance"} & set(metrics) and not (is_digits and channels == 1 and resolution == 8):
+    if {"digits", "guidance"} & set(metrics) and not (source == DIGITS and channels == 1 and resolution == 8):
         raise BadArgument("metrics", "the digits metric applies to models of the embedded 8x8 digits only; this "
                           f"model is {resolution}x{resolution}x{channels} on {dataset_name or train_data_dir}")
+    if "mnist" in metrics and not (source == MNIST and channels == 1 and resolution == 28):
+        raise BadArgument("metrics", "the mnist metric applies to 28x28 grayscale models of the embedded MNIST "
+                          f"digits only; this model is {resolution}x{resolution}x{channels} on "
+                          f"{dataset_name or train_data_dir or DIGITS}")
+    if "mnist" in metrics and c.num_samples > 4500:
+        raise BadArgument("num_samples", f"num_samples {c.num_samples}: the mnist metric's floor draws as many real "
+                          "digits from the 4,500 training digits, so at most 4500")
     if "guidance" in metrics and null_class_id(pipe.unet) is None:
         raise BadArgument("metrics", "the guidance sweep needs a class-conditional model (train --class_conditional); "
                           "this one is unconditional")
@@ -347,8 +364,8 @@ def evaluate(model, config=None, progress=True, log=print):
             report["sampling"].append(run)
             save_grid(samples[:36], os.path.join(out, f"eval-{name}-samples-{k}steps.png"),
                       f"{report['model']}: {k} steps, seed {seed}")
-            log("  " + ", ".join(f"{n} {s['value']:.4g}" + (f" (real-data floor {s['digits_fd_floor']:.4g} +- "
-                                 f"{s['digits_fd_floor_std']:.2g})" if "digits_fd_floor" in s else "")
+            log("  " + ", ".join(f"{n} {s['value']:.4g}" + (f" (real-data floor {s[n + '_floor']:.4g} +- "
+                                 f"{s[n + '_floor_std']:.2g})" if n + "_floor" in s else "")
                                  for n, s in scores.items()) + f" ({seconds:.1f} s sampling)")
         if len(steps) > 1:
             plot_steps(report["sampling"], os.path.join(out, f"eval-{name}-steps.png"),

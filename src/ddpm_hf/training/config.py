@@ -148,14 +148,14 @@ class TrainConfig:
         ``eval_metrics`` may be a comma-separated string. Raises ConfigError."""
         from types import SimpleNamespace
 
-        from ..data import is_digits
+        from ..data import embedded_name
 
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         values = {**defaults, **{k: v for k, v in values.items() if v is not None}}
-        values = apply_recipe(values, is_digits(SimpleNamespace(**values)))
+        values = apply_recipe(values, embedded_name(SimpleNamespace(**values)))
         if "ddpm_num_inference_steps" in values["recipe_filled"]:  # the recipe's T sampling steps, with T given
             values["ddpm_num_inference_steps"] = min(values["ddpm_num_inference_steps"], values["ddpm_num_steps"])
         if isinstance(values["eval_metrics"], str):
