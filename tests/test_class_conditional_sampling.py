@@ -15,7 +15,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, UNet2DModel
 from PIL import Image
 
-from ddpm_hf import DDPMHFImg2ImgPipeline, DDPMHFInpaintPipeline, DDPMHFPipeline, DDPMHFScheduler
+from ddpm_hf import (DDPMHFImg2ImgPipeline, DDPMHFInpaintPipeline, DDPMHFPipeline, DDPMHFScheduler,
+                     DDPMHFSuperResolutionPipeline)
 from ddpm_hf.pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
 
 from helpers import cli_in_process, forked_cli, local_env, run_python
@@ -213,6 +214,66 @@ def test_img2img_and_inpaint_take_class_labels_and_from_pipe_keeps_the_classes(t
     assert index["null_class_id"] == NULL and index["id2label"] == {str(k): v for k, v in ID2LABEL.items()}
     again = DDPMHFImg2ImgPipeline.from_pretrained(tmp_path / "saved")
     assert again.config.null_class_id == NULL and again.get_label_ids("uno") == [1]
+
+
+def test_super_resolution_takes_class_labels_and_counts_unet_calls():
+    """The super-resolution pipeline on a conditional model (it failed inside the UNet without labels): the labels and
+    the guided null branch reach every UNet call, one image is repeated per class, and unet_calls is the chain."""
+    unet = tiny_unet()
+    pipe = DDPMHFSuperResolutionPipeline.from_pipe(conditional_pipe(unet), unet=unet, torch_dtype=None)
+    pipe.set_progress_bar_config(disable=True)
+    unet.calls.clear()
+    out = pipe(torch.rand(1, 1, 4, 4), class_labels=["two", 3], guidance_scale=2.0, num_inference_steps=STEPS,
+               output_type="pt")
+    assert out.images.shape == (2, 1, 8, 8) and out.unet_calls == STEPS == len(unet.calls)
+    assert all(c[2] == [2, 3, NULL, NULL] for c in unet.calls)
+    unet.calls.clear()
+    pipe(torch.rand(1, 1, 4, 4), class_labels=[1], guidance_scale=1.0, num_inference_steps=2, output_type="pt")
+    assert all(c[2] == [1] for c in unet.calls)  # s = 1: the conditional model alone, one branch
+
+
+def test_default_guidance_is_the_models_own_and_saved_with_it(tmp_path):
+    """A pipeline given guidance_scale at construction (the default measured for the model) uses it when a call
+    gives none, and model_index.json keeps it; without one the package default applies."""
+    unet = tiny_unet(cls=UNet2DModel)
+    torch.manual_seed(0)
+    pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler(variance_type="learned_range"), id2label=ID2LABEL,
+                          null_class_id=NULL, guidance_scale=3.0)
+    pipe.set_progress_bar_config(disable=True)
+
+    def images(p, **kw):
+        return p(class_labels=[2], generator=torch.Generator().manual_seed(0), num_inference_steps=STEPS,
+                 output_type="np", **kw).images
+
+    assert np.array_equal(images(pipe), images(pipe, guidance_scale=3.0))
+    assert not np.array_equal(images(pipe), images(pipe, guidance_scale=DEFAULT_GUIDANCE_SCALE))
+    pipe.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["guidance_scale"] == 3.0
+    again = DDPMHFPipeline.from_pretrained(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    assert again.config.guidance_scale == 3.0 and np.array_equal(images(again), images(pipe))
+    plain = conditional_pipe(unet)
+    assert np.array_equal(images(plain), images(plain, guidance_scale=DEFAULT_GUIDANCE_SCALE))
+    with pytest.raises(ValueError, match="needs its null_class_id"):
+        DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler(), guidance_scale=2.0)
+
+
+def test_a_zero_dim_tensor_label_and_a_model_without_a_null_class():
+    pipe = conditional_pipe()
+    one = pipe(class_labels=torch.tensor(3), generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+               output_type="np").images
+    same = pipe(class_labels=[3], generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                output_type="np").images
+    assert one.shape[0] == 1 and np.array_equal(one, same)
+    # a conditional UNet whose pipeline names no null class: no guidance by default (it crashed with AttributeError),
+    # and a clear error when guidance is asked for
+    bare = DDPMHFPipeline(unet=pipe.unet, scheduler=pipe.scheduler)
+    bare.set_progress_bar_config(disable=True)
+    pipe.unet.calls.clear()
+    out = bare(class_labels=[1, 4], num_inference_steps=2, output_type="np").images
+    assert out.shape[0] == 2 and all(c[2] == [1, 4] for c in pipe.unet.calls)
+    with pytest.raises(ValueError, match="no null_class_id"):
+        bare(class_labels=[1], guidance_scale=2.0, num_inference_steps=2)
 
 
 # ------------------------------------------------------------------------------------------------ saved models

@@ -92,10 +92,12 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["image", "model_output"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None,
+                 guidance_scale=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self._register_conditional(id2label, null_class_id)  # an unconditional model's model_index.json is unchanged
+        # a conditional model's (an unconditional model's model_index.json is unchanged)
+        self._register_conditional(id2label, null_class_id, guidance_scale)
 
     # ------------------------------------------------------------------ saving and loading
 
@@ -272,7 +274,7 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
         callback_on_step_end_tensor_inputs=("image",),
         return_intermediates: bool = False,
         class_labels=None,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_scale: float | None = None,
         eta: float = 0.0,
     ):
         """Generate images: x_T ~ N(0, I) scaled by the scheduler's ``init_noise_sigma``, then for each of the
@@ -297,14 +299,16 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
                 it a conditional model samples its null class (unconditional samples). ValueError on an
                 unconditional model, for an unknown name or id, or a count other than `batch_size`.
             guidance_scale: classifier-free guidance scale s in diffusers' convention (Ho & Salimans 2022 eq. 6
-                with w = s - 1): 1 = the conditional model alone, larger = stronger guidance; default
-                ``DEFAULT_GUIDANCE_SCALE``. Used with `class_labels` only.
+                with w = s - 1): 1 = the conditional model alone, larger = stronger guidance; default: the model's
+                own (model_index.json's ``guidance_scale``, measured for it), else ``DEFAULT_GUIDANCE_SCALE`` (1 for a
+                model without a ``null_class_id``). Used with `class_labels` only.
             eta: DDIM's eta (Song et al. 2021 eq. 16), passed to schedulers whose step takes it.
 
         Returns:
             ``DDPMHFPipelineOutput`` or ``(images,)`` / ``(images, intermediates)``.
         """
         labels = self._class_ids(class_labels, batch_size)
+        guidance_scale = self._guidance_scale(guidance_scale, labels)
         batch_size = (1 if labels is None else len(labels)) if batch_size is None else batch_size
         callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs or [])
         self.check_inputs(

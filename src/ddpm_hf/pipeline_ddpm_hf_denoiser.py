@@ -103,9 +103,10 @@ def class_ids(unet, class_labels, id2label, null_class_id, batch_size):
             raise ValueError("this UNet is class-conditional but the pipeline has no null_class_id: give class_labels")
         # (a batch_size that is not a positive int is the caller's check_inputs' to refuse)
         return [int(null_class_id)] * (batch_size if isinstance(batch_size, int) and batch_size > 0 else 1)
-    labels = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
-    if torch.is_tensor(class_labels):
+    if torch.is_tensor(class_labels):  # a 0-d tensor too (one label)
         labels = class_labels.flatten().tolist()
+    else:
+        labels = [class_labels] if isinstance(class_labels, (int, str)) else list(class_labels)
     if not labels:
         raise ValueError("class_labels is empty: give one label per image")
     if batch_size is not None and batch_size != len(labels):
@@ -185,9 +186,10 @@ class DDPMHFDenoiserMixin:
         finally:
             log.removeFilter(notice)
 
-    def _register_conditional(self, id2label, null_class_id):
-        """Register a conditional model's ``id2label`` (int keys: JSON makes them strings) and ``null_class_id`` into
-        the config (model_index.json; ``from_pipe`` hands them on); nothing for an unconditional model.
+    def _register_conditional(self, id2label, null_class_id, guidance_scale=None):
+        """Register a conditional model's ``id2label`` (int keys: JSON makes them strings), ``null_class_id`` and
+        default ``guidance_scale`` (the one measured for the model; None: ``DEFAULT_GUIDANCE_SCALE``) into the config
+        (model_index.json; ``from_pipe`` hands them on); nothing for an unconditional model.
 
         ValueError when they do not fit the UNet: a null class id or a named id outside its class embedding
         (0..num_class_embeds - 1, ddpm-hf trains the null class as the last id), or the null class given a name."""
@@ -206,9 +208,36 @@ class DDPMHFDenoiserMixin:
             if null_class_id is not None and int(null_class_id) in named:
                 raise ValueError(f"null_class_id {null_class_id} is also a named class in id2label: the null class "
                                  "(no label) must be an id of its own")
+        if guidance_scale is not None and (float(guidance_scale) < 0 or null_class_id is None):
+            raise ValueError(f"guidance_scale {guidance_scale}: a model's default guidance scale must be >= 0 and needs "
+                             "its null_class_id (the unconditional branch)")
         if id2label is not None or null_class_id is not None:
             self.register_to_config(id2label={int(k): str(v) for k, v in (id2label or {}).items()},
                                     null_class_id=null_class_id)
+        if guidance_scale is not None:
+            self.register_to_config(guidance_scale=float(guidance_scale))
+
+    def _guidance_scale(self, guidance_scale, labels):
+        """The guidance scale s a call uses: the one given, else the model's own (its config's ``guidance_scale``),
+        else ``DEFAULT_GUIDANCE_SCALE`` for a model with a null class and 1 (no guidance) for one without. ValueError
+        for s < 0, and for s != 1 on a conditional model whose pipeline has no ``null_class_id`` (guidance needs the
+        unconditional branch eps(x, null))."""
+        null_id = getattr(self.config, "null_class_id", None)
+        if labels is None:
+            return 1.0
+        if guidance_scale is None:
+            guidance_scale = getattr(self.config, "guidance_scale", None)
+            if guidance_scale is None:
+                guidance_scale = DEFAULT_GUIDANCE_SCALE if null_id is not None else 1.0
+        guidance_scale = float(guidance_scale)
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance, 0 = unconditional), got {guidance_scale}")
+        if guidance_scale != 1 and null_id is None:
+            raise ValueError(f"guidance_scale {guidance_scale} needs the unconditional branch, and this pipeline has no "
+                             "null_class_id (a ddpm-hf conditional model's is num_class_embeds - 1): pass "
+                             "guidance_scale=1, or give the pipeline null_class_id=K if class id K was trained as "
+                             "'no label'")
+        return guidance_scale
 
     @property
     def labels(self):

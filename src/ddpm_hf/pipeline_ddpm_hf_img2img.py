@@ -19,7 +19,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 # diffusers copies a local folder's relative imports one level deep: this file names every sibling it needs
 from .pipeline_ddpm_hf import OUTPUT_TYPES
-from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE, step_kwargs
+from .pipeline_ddpm_hf_denoiser import step_kwargs
 from .pipeline_ddpm_hf_hub import upload_folder_to_hub  # noqa: F401
 from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
@@ -75,10 +75,12 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None,
+                 guidance_scale=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self._register_conditional(id2label, null_class_id)  # a conditional model's, kept by from_pipe and saving
+        # a conditional model's, kept by from_pipe and saving
+        self._register_conditional(id2label, null_class_id, guidance_scale)
         self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
 
     @torch.no_grad()
@@ -93,7 +95,7 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         class_labels=None,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_scale: float | None = None,
         eta: float = 0.0,
     ):
         """Run the reverse chain from a noised (SDEdit) or noisy (denoising) image, with the pipeline's scheduler:
@@ -132,6 +134,8 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
             raise ValueError(f"image size {tuple(y.shape[-2:])} is not a multiple of {factor}, which the UNet needs")
 
         labels = self._class_ids(class_labels, None if len(y) == 1 else len(y))
+
+        guidance_scale = self._guidance_scale(guidance_scale, labels)
         if labels is not None and len(y) == 1:
             y = y.expand(len(labels), *y.shape[1:])
         scheduler = self.scheduler

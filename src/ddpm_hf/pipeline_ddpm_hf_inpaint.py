@@ -18,7 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 # diffusers copies a local folder's relative imports one level deep: this file names every sibling it needs
 from .pipeline_ddpm_hf import OUTPUT_TYPES
-from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
+from .pipeline_ddpm_hf_denoiser import denoise  # noqa: F401
 from .pipeline_ddpm_hf_hub import upload_folder_to_hub  # noqa: F401
 from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
@@ -90,10 +90,12 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None,
+                 guidance_scale=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self._register_conditional(id2label, null_class_id)  # a conditional model's, kept by from_pipe and saving
+        # a conditional model's, kept by from_pipe and saving
+        self._register_conditional(id2label, null_class_id, guidance_scale)
         self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
         self.mask_processor = self._unit_range_processor(do_binarize=True, do_convert_grayscale=True)
 
@@ -142,7 +144,7 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         class_labels=None,
-        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_scale: float | None = None,
     ):
         """Inpaint ``image`` where ``mask_image`` is white.
 
@@ -173,6 +175,7 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         device, dtype = self._execution_device, self.unet.dtype
         y, mask = self._prepare(image, mask_image)
         labels = self._class_ids(class_labels, None if len(y) == 1 else len(y))
+        guidance_scale = self._guidance_scale(guidance_scale, labels)
         if labels is not None and len(y) == 1:
             y, mask = y.expand(len(labels), *y.shape[1:]), mask.expand(len(labels), *mask.shape[1:])
         y, mask = y.to(device, dtype), mask.to(device, dtype)

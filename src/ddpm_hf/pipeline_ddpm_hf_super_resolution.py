@@ -11,6 +11,8 @@ custom_pipeline="pipeline_ddpm_hf_super_resolution", trust_remote_code=True)``.
 """
 
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
@@ -23,6 +25,19 @@ from .pipeline_ddpm_hf_hub import upload_folder_to_hub  # noqa: F401
 from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
 METHODS = ("ddnm", "ilvr")
+
+
+@dataclass
+class DDPMHFSuperResolutionPipelineOutput(ImagePipelineOutput):
+    """Output of ``DDPMHFSuperResolutionPipeline``.
+
+    Args:
+        images: the upscaled images (list of PIL images, numpy (B, H, W, C) or tensor (B, C, H, W) in [0, 1]).
+        unet_calls: UNet evaluations per image (one per reverse step; a guided step's two branches are one call on a
+            doubled batch).
+    """
+
+    unet_calls: int = 0
 
 
 def downsample(x, scale):
@@ -74,10 +89,12 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None,
+                 guidance_scale=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self._register_conditional(id2label, null_class_id)  # a conditional model's, kept by from_pipe and saving
+        # a conditional model's, kept by from_pipe and saving
+        self._register_conditional(id2label, null_class_id, guidance_scale)
         self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
 
     # ------------------------------------------------------------------ pieces
@@ -119,6 +136,8 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         generator=None,
         output_type: str = "pil",
         return_dict: bool = True,
+        class_labels=None,
+        guidance_scale: float | None = None,
     ):
         """Upscale ``image`` by ``scale`` to the UNet's resolution.
 
@@ -133,7 +152,9 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
             num_inference_steps, timesteps: the reverse chain (respaced by the scheduler's timestep_spacing).
             generator: `torch.Generator` (or a list, one per image).
             output_type: "pil", "np" (B, H, W, C) or "pt" (B, C, H, W), values in [0, 1].
-            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            return_dict: return a ``DDPMHFSuperResolutionPipelineOutput`` rather than a tuple.
+            class_labels, guidance_scale: class-conditional models: one class per image (or one image and several
+                classes: it is repeated), classifier-free guidance as in ``DDPMHFPipeline``.
         """
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -148,6 +169,10 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         channels = self.unet.config.in_channels
         if y.shape[1] != channels:
             raise ValueError(f"the image has {y.shape[1]} channels but the model takes {channels}")
+        labels = self._class_ids(class_labels, None if len(y) == 1 else len(y))
+        guidance_scale = self._guidance_scale(guidance_scale, labels)
+        if labels is not None and len(y) == 1:
+            y = y.expand(len(labels), *y.shape[1:])
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         low = tuple(y.shape[-2:])
@@ -177,7 +202,7 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         shape = (len(y), channels, *size)
         x = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # x_T ~ N(0, I)
         for k, t in enumerate(self.progress_bar(chain)):
-            output = self._model_output(x, t, scheduler=scheduler)
+            output = self._model_output(x, t, labels, guidance_scale, scheduler)
             if method == "ilvr":
                 x = scheduler.step(output, t, x, generator=generator).prev_sample  # x'_s ~ p(x_s | x_t)
                 noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -196,4 +221,4 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
-        return ImagePipelineOutput(images=images)
+        return DDPMHFSuperResolutionPipelineOutput(images=images, unet_calls=len(chain))

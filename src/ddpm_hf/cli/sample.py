@@ -29,8 +29,8 @@ def add_parser(sub):
                    "labelled grid row per class (default: every class)")
     p.add_argument("--guidance_scale", type=float, default=None,
                    help="class-conditional models: classifier-free guidance scale s in diffusers' convention: 1 = the "
-                   "conditional model alone, larger = stronger guidance (default: the pipeline's, "
-                   "DEFAULT_GUIDANCE_SCALE)")
+                   "conditional model alone, larger = stronger guidance (default: the model's own, measured for it "
+                   "and stored in its model_index.json, else DEFAULT_GUIDANCE_SCALE)")
     return p
 
 
@@ -69,14 +69,8 @@ def run(args, parser):
     sampler = args.scheduler or type(pipe.scheduler).__name__
     title = f"{name}: {count} samples, {sampler}, {steps} steps, seed {args.seed}"
     if labels is not None:
-        title += f", guidance {pipe_guidance(args.guidance_scale)}"
+        title += f", guidance {pipe._guidance_scale(args.guidance_scale, labels)}"
     write_samples(pipe, images, args.output_dir, title, strip, row_labels=rows)
     grid = os.path.join(args.output_dir, "grid.png")
     print(f"wrote {count} images and {grid} in {time.time() - start:.1f}s")
 
-
-def pipe_guidance(scale):
-    """The guidance scale a run used: ``scale``, or the pipeline's default."""
-    from ..pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
-
-    return DEFAULT_GUIDANCE_SCALE if scale is None else scale

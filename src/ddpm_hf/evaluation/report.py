@@ -377,11 +377,9 @@ def evaluate(model, config=None, progress=True, log=print):
         sampler.set_progress_bar_config(**pipe._progress_bar_config)
         per_class = max(1, num_samples // null_class_id(pipe.unet))
         sweep = conditional_report(sampler, out, name, c.guidance_scales, per_class, steps[0], batch_size, seed, log)
-        from ..pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
-
         report["guidance"] = {"summary": sweep["summary"], "table": sweep["table"], "plot": sweep["plot"],
                               "path": os.path.basename(sweep["path"]), "num_inference_steps": steps[0],
-                              "default_guidance_scale": DEFAULT_GUIDANCE_SCALE}
+                              "default_guidance_scale": pipe._guidance_scale(None, [0])}
     path = os.path.join(out, f"eval-{name}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
