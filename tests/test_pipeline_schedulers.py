@@ -5,6 +5,7 @@ off by the image's channel count before a scheduler that does not model variance
 names (ddpm_hf.sampling.SCHEDULERS), the CLI, and in a process that cannot import ddpm_hf."""
 
 import functools
+import inspect
 
 import diffusers
 import numpy as np
@@ -113,6 +114,32 @@ def test_every_cli_name_makes_its_scheduler_from_our_config():
         "dpmsolver++")
     with pytest.raises(BadArgument, match="choose from ddpm, ddim"):
         make_scheduler("plms", config)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_every_sampler_on_a_four_channel_learned_variance_model(name):
+    """Every entry of SCHEDULERS on a 4-channel model with learned variances (8 output channels): the pipeline hands a
+    non-variance scheduler the 4 prediction channels, and DPM-Solver's own learned-variance cut ([:, :3]) must not
+    truncate them (make_scheduler sets variance_type None). The result equals a loop written here: the scheduler
+    stepped on the UNet's first 4 channels, x_T ~ N(0, I) scaled by init_noise_sigma."""
+    unet = tiny_unet(4, True)
+    pipe = DDPMHFPipeline(unet=unet, scheduler=make_scheduler(name, DDPMHFScheduler(variance_type="learned_range")
+                                                              .config))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="pt")
+    assert out.images.shape == (1, 4, 8, 8)
+    if name == "ddpm":
+        return  # its learned variances make it a different chain (tested against Ho / Nichol elsewhere)
+    scheduler = make_scheduler(name, DDPMHFScheduler(variance_type="learned_range").config)
+    scheduler.set_timesteps(4)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((1, 4, 8, 8), generator=generator) * scheduler.init_noise_sigma
+    extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = unet(scheduler.scale_model_input(x, t), t).sample[:, :4]
+            x = scheduler.step(eps, t, x, **extra).prev_sample
+    torch.testing.assert_close(out.images, (x / 2 + 0.5).clamp(0, 1))
 
 
 @pytest.mark.parametrize("spacing", ["leading", "linspace"])

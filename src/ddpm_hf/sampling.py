@@ -39,9 +39,15 @@ def make_scheduler(name, config):
     if class_name == "DDPMHFScheduler":
         from .scheduling_ddpm_hf import DDPMHFScheduler as cls
     else:
+        import inspect
+
         import diffusers
 
         cls = getattr(diffusers, class_name)
+        if "variance_type" in inspect.signature(cls.__init__).parameters:
+            # the pipelines hand this scheduler the prediction channels only (denoise): its own learned-variance cut,
+            # model_output[:, :3], would truncate the prediction of a model with more than 3 channels
+            overrides = {**overrides, "variance_type": None}
     return cls.from_config(config, **overrides)
 
 
