@@ -141,6 +141,8 @@ CASES = [
     ("vlb weight negative", "train", ["--vlb_weight=-1"], ["--vlb_weight must be >= 0"]),
     ("log-SNR shift on linear betas", "train", ["--ddpm_beta_schedule", "linear", "--cosine_logsnr_shift", "2"],
      ["--cosine_logsnr_shift shifts the cosine schedule: it needs --ddpm_beta_schedule squaredcos_cap_v2"]),
+    ("log-SNR shift that leaves no noise", "train", ["--cosine_logsnr_shift", "50"],
+     ["--cosine_logsnr_shift 50.0 leaves beta_1 = 0 at --ddpm_num_steps 20"]),
     ("seed negative", "train", ["--seed=-1"], ["--seed must be >= 0, got -1"]),
     ("bound terms above T", "train", ["--bpd_timesteps", "50"], ["--eval_bpd_timesteps cannot exceed --ddpm_num_steps"]),
     ("inference steps above T", "train", ["--ddpm_num_inference_steps", "50"],

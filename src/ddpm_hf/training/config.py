@@ -234,6 +234,15 @@ class TrainConfig:
         if self.cosine_logsnr_shift is not None and self.ddpm_beta_schedule != "squaredcos_cap_v2":
             raise ConfigError("{cosine_logsnr_shift} shifts the cosine schedule: it needs {ddpm_beta_schedule} "
                               f"squaredcos_cap_v2, got {self.ddpm_beta_schedule}")
+        if self.cosine_logsnr_shift is not None:
+            from ..noise_schedules import shifted_cosine_betas
+
+            betas = shifted_cosine_betas(self.ddpm_num_steps, self.cosine_logsnr_shift)
+            if not bool((betas > 0).all()):  # alphabar rounds to 1 over the first steps: beta_1 = 0, no noise added
+                raise ConfigError("{cosine_logsnr_shift} {shift} leaves beta_1 = 0 at {ddpm_num_steps} {steps} (the "
+                                  "shifted alphabar rounds to 1 over the first steps, so they add no noise): use a "
+                                  "smaller shift (Hoogeboom et al.'s 2 log(64 / resolution) is 4.2 at 8 pixels)",
+                                  shift=self.cosine_logsnr_shift, steps=self.ddpm_num_steps)
         if self.variance_type != "learned_range" and self.vlb_weight != 0.001:
             raise ConfigError("{vlb_weight} only applies with {variance_type} learned_range")
         if self.streaming and self.max_train_steps is None:
