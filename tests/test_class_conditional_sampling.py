@@ -276,6 +276,21 @@ def test_a_zero_dim_tensor_label_and_a_model_without_a_null_class():
         bare(class_labels=[1], guidance_scale=2.0, num_inference_steps=2)
 
 
+def test_class_names_made_of_digits_are_names():
+    """An image folder with sub-folders "10", "11", "12", "13" names its classes 0..3 by those strings: the grid rows
+    of `ddpm-hf sample --class_labels 12` are class "12" (id 2), not id 12; a digit string that names no class is an
+    id, and a name is a name."""
+    from ddpm_hf.sampling import class_rows
+
+    unet = tiny_unet()
+    pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler(), id2label={0: "10", 1: "11", 2: "12", 3: "13"},
+                          null_class_id=NULL)
+    labels, titles = class_rows(pipe, ["12", "3", 1], per_class=2)
+    assert labels == [2, 2, 3, 3, 1, 1] and titles == ["2: 12", "3: 13", "1: 11"]
+    labels, _ = class_rows(conditional_pipe(unet), ["two", "1"], per_class=1)
+    assert labels == [2, 1]
+
+
 # ------------------------------------------------------------------------------------------------ saved models
 
 

@@ -63,7 +63,8 @@ def class_rows(pipe, class_labels, per_class):
 
     Args:
         class_labels: ids or names (see ``DDPMHFPipeline.get_label_ids``), or None: every class of a conditional
-            model (its ids but the null one), and no labels for an unconditional model.
+            model (its ids but the null one), and no labels for an unconditional model. A string is a class name when
+            the model has a class of that name (an image folder's sub-folder "10"), else an id if made of digits.
     Returns:
         (labels, titles): a list of len(classes) * per_class ids (or None) and one "id: name" title per class (or
         None).
@@ -73,7 +74,9 @@ def class_rows(pipe, class_labels, per_class):
         return None, None
     null = getattr(pipe.config, "null_class_id", None)
     classes = [i for i in range(num_classes) if i != null] if class_labels is None else list(class_labels)
-    ids = [pipe.get_label_ids(c)[0] if isinstance(c, str) and not c.isdigit() else int(c) for c in classes]
+    known = pipe.labels  # {name: id}: a string that is a class name is that class, even when made of digits
+    ids = [int(c) if not isinstance(c, str) else known[c] if c in known else int(c) if c.isdigit()
+           else pipe.get_label_ids(c)[0] for c in classes]
     names = dict(getattr(pipe.config, "id2label", None) or {})
     titles = [f"{i}: {names[i]}" if names.get(i, str(i)) != str(i) else str(i) for i in ids]
     return [i for i in ids for _ in range(per_class)], titles
