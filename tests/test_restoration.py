@@ -386,10 +386,13 @@ def test_ilvr_chain_is_choi_algorithm_1():
 
 @pytest.mark.parametrize("thresholding", [False, True])
 def test_noisy_ddnm_plus_is_ddnm_eq_17_and_19(thresholding):
-    """DDNM+ (Wang et al. ICLR 2023, sec. 3.3) written here from Eq. 17 and 19, with the same draws:
-    x^_0|t = x_0|t - lambda_t A+(A x_0|t - y), x_s = mu(x_t, x^_0|t) + sqrt(Phi_t) z, Phi_t = sigma_t^2 - (a_t
-    lambda_t sigma_y)^2, lambda_t = min(1, sigma_t / (a_t sigma_y)); x_0|t clipped, or dynamically thresholded (Saharia
-    et al. 2022) when ``thresholding`` (ratio 0.9, at most 2, so that it differs from clipping)."""
+    """DDNM+ (Wang et al. ICLR 2023, sec. 3.3) written here from Eq. 17 and 19 per singular component, as the authors'
+    code (wyhuai/DDNM, functions/svd_operators.py, Lambda / Lambda_noise) applies them, with the same draws. A = 2x2
+    average pooling has singular value 1/2 along each block-constant direction, so A+ n has std 2 sigma_y there:
+    x^_0|t = x_0|t - lambda_t A+(A x_0|t - y), lambda_t = min(1, sigma_t / (a_t 2 sigma_y)); x_s = mu(x_t, x^_0|t)
+    + sigma_t z_null + sqrt(Phi_t) z_range, Phi_t = sigma_t^2 - (a_t lambda_t 2 sigma_y)^2 (z_range: z's block means,
+    z_null the rest); x_0|t clipped, or dynamically thresholded (Saharia et al. 2022) when ``thresholding`` (ratio
+    0.9, at most 2, so that it differs from clipping)."""
     kwargs = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=2.0) if thresholding else {}
     pipe = make(DDPMHFSuperResolutionPipeline, **kwargs)
     low = F.avg_pool2d(digits(2, seed=6), 2)
@@ -407,7 +410,7 @@ def test_noisy_ddnm_plus_is_ddnm_eq_17_and_19(thresholding):
             beta = 1 - ab_t / ab_s
             a, b = ab_s**0.5 * beta / (1 - ab_t), (ab_t / ab_s) ** 0.5 * (1 - ab_s) / (1 - ab_t)
             sigma = ((1 - ab_s) / (1 - ab_t) * beta) ** 0.5 if s >= 0 else 0.0
-            lam = min(1.0, sigma / (a * sigma_y))
+            lam = min(1.0, sigma / (a * 2 * sigma_y))
             eps = pipe.unet(x, t).sample
             x0 = (x - (1 - ab_t) ** 0.5 * eps) / ab_t**0.5
             if thresholding:
@@ -417,9 +420,50 @@ def test_noisy_ddnm_plus_is_ddnm_eq_17_and_19(thresholding):
                 x0 = x0.clamp(-1, 1)
             x0 = x0 - lam * upsample(downsample(x0, 2) - y, 2)  # Eq. 17
             x = a * x0 + b * x  # the posterior mean, Ho eq. 7
-            if s >= 0:  # Eq. 19
-                x = x + max(sigma**2 - (a * lam * sigma_y) ** 2, 0.0) ** 0.5 * torch.randn(x.shape, generator=g)
+            if s >= 0:  # Eq. 19, per component
+                z = torch.randn(x.shape, generator=g)
+                z_range = upsample(downsample(z, 2), 2)
+                phi = max(sigma**2 - (a * lam * 2 * sigma_y) ** 2, 0.0)
+                x = x + sigma * (z - z_range) + phi**0.5 * z_range
     torch.testing.assert_close(out, ((x + 1) / 2).clamp(0, 1), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("sigma_y, k", [(0.02, 3), (0.5, 8)])
+def test_ddnm_plus_step_noise_covariance(sigma_y, k):
+    """The noise of one DDNM+ step, by Monte Carlo over 4,000 draws at a fixed x_t and a zero model output: every
+    null-space direction (within-block differences) carries sigma_t^2, every range direction (a block's mean times
+    r = 2, unit norm) Phi_t = sigma_t^2 - (a_t lambda_t r sigma_y)^2 with lambda_t = min(1, sigma_t / (a_t r
+    sigma_y)), and the two are uncorrelated. sigma_y 0.02 at step 3 of 10 leaves lambda_t = 1 (Phi_t > 0); 0.5 at
+    step 8 makes lambda_t < 1 (Phi_t = 0: the range space takes all its noise from y)."""
+    pipe = make(DDPMHFSuperResolutionPipeline)
+    scheduler = pipe._ddpm_scheduler()
+    scheduler.set_timesteps(10)
+    t = scheduler.timesteps[k]
+    n = 4000
+    x = torch.zeros(n, 1, 4, 4)
+    y = torch.zeros(n, 1, 2, 2)
+    out = pipe._ddnm_plus_step(scheduler, torch.zeros(n, 1, 4, 4), t, x, y, 2, sigma_y, gen(3))
+    s = int(scheduler.previous_timestep(t))
+    ab_t, ab_s = float(scheduler.alphas_cumprod[int(t)]), float(scheduler.alphas_cumprod[s])
+    beta = 1 - ab_t / ab_s
+    a = ab_s**0.5 * beta / (1 - ab_t)
+    sigma2 = (1 - ab_s) / (1 - ab_t) * beta  # fixed_small
+    lam = min(1.0, sigma2**0.5 / (a * 2 * sigma_y))
+    phi = max(sigma2 - (a * lam * 2 * sigma_y) ** 2, 0.0)
+    noise = out - out.mean(0, keepdim=True)  # the mean is mu(x_t, x^_0|t), the same for every draw
+    blocks = noise.unfold(2, 2, 2).unfold(3, 2, 2).reshape(n, 4, 4)  # (draw, block, pixel of the block)
+    range_part = blocks.sum(-1) / 2  # the coordinate along (1, 1, 1, 1) / 2
+    null_part = blocks - blocks.mean(-1, keepdim=True)
+    se = (2 / n) ** 0.5  # relative standard error of a variance from n Gaussian draws
+    assert range_part.var().item() == pytest.approx(phi, abs=5 * se * sigma2)
+    # 3 null directions per block out of 4 pixels: the per-pixel variance of the null part is 3/4 sigma_t^2
+    assert null_part.var().item() == pytest.approx(0.75 * sigma2, rel=5 * se)
+    cross = (range_part[..., None] * null_part).mean().item()
+    assert abs(cross) < 5 * se * sigma2
+    if sigma_y == 0.5:
+        assert lam < 1 and phi == 0.0
+    else:
+        assert lam == 1.0 and phi > 0.5 * sigma2
 
 
 # ------------------------------------------------------------------------------------------------ img2img, denoising

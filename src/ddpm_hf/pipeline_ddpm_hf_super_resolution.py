@@ -101,16 +101,26 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     @staticmethod
     def _ddnm_plus_step(scheduler, output, t, x, y, scale, sigma_y, generator):
-        """DDNM+ (Wang et al. ICLR 2023, sec. 3.3) for y = A x + n, n ~ N(0, sigma_y^2 I): x^_0|t = x_0|t -
-        lambda_t A+(A x_0|t - y) (Eq. 17, Sigma_t = lambda_t I) and x_s = mu(x_t, x^_0|t) + sqrt(Phi_t) z with
-        Phi_t = sigma_t^2 - (a_t lambda_t sigma_y)^2 (Eq. 19), a_t the x_0 coefficient of the posterior mean (Ho eq.
-        7), lambda_t = min(1, sigma_t / (a_t sigma_y)). x_0|t is clipped or thresholded as the scheduler's step does."""
+        """DDNM+ (Wang et al. ICLR 2023, sec. 3.3) for y = A x + n, n ~ N(0, sigma_y^2 I), per singular component as
+        the authors' code does (wyhuai/DDNM, functions/svd_operators.py, ``Lambda`` and ``Lambda_noise``).
+
+        A (average pooling over r x r blocks, r = ``scale``) has one singular value 1/r per block, along the
+        block-constant direction; A+ replicates pixels. So A+ n lies in the range space (block-constant images) with
+        std r sigma_y along each range direction, and nothing in the null space. With a_t the x_0 coefficient of the
+        posterior mean (Ho eq. 7) and sigma_t the step's noise std:
+        Eq. 17: x^_0|t = x_0|t - lambda_t A+(A x_0|t - y), lambda_t = min(1, sigma_t / (a_t r sigma_y)) (the range
+        space is the only place A+(...) acts);
+        Eq. 19: x_s = mu(x_t, x^_0|t) + fresh noise of variance sigma_t^2 in the null space and
+        Phi_t = sigma_t^2 - (a_t lambda_t r sigma_y)^2 (>= 0; 0 once lambda_t < 1) along each range direction, so
+        that every direction of x_s carries the step's sigma_t^2 in all. x_0|t is clipped or thresholded as the
+        scheduler's step does."""
         s = int(scheduler.previous_timestep(t))
         a_t = scheduler.posterior(t, s).mean_from_x0.to(x)
         prediction, variance_channels = scheduler.split_model_output(output, x.shape[1])
         # the std of the noise the step adds; none at the chain's last step (Ho Alg. 2), whatever the variance says
         sigma_t = scheduler.model_variance(t, variance_channels, s)[0].to(x).sqrt() * (1.0 if s >= 0 else 0.0)
-        lam = (sigma_t / (a_t * sigma_y)).clamp(max=1.0)
+        range_std = scale * sigma_y  # the std of A+ n along each range direction (singular value 1/r)
+        lam = (sigma_t / (a_t * range_std)).clamp(max=1.0)
 
         def project(x0):  # DDNM Eq. 17
             return x0 - lam * upsample(downsample(x0, scale) - y, scale)
@@ -118,9 +128,11 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
         step = scheduler.step(output, t, x, generator=generator, x0_transform=project)
         posterior = scheduler.posterior(t, s)
         mean = posterior.mean_from_x0.to(x) * step.pred_original_sample + posterior.mean_from_xt.to(x) * x
-        # the step drew x_s = mean + sigma_t z: rescale its noise to sqrt(Phi_t) z (Eq. 19)
-        shrink = (1 - (a_t * lam * sigma_y / sigma_t.clamp(min=1e-12)) ** 2).clamp(min=0).sqrt()
-        return mean + shrink * (step.prev_sample - mean)
+        # the step drew x_s = mean + sigma_t z: split z into its range part (block means) and its null part
+        z = (step.prev_sample - mean) / sigma_t.clamp(min=1e-12)
+        z_range = upsample(downsample(z, scale), scale)
+        phi = (sigma_t**2 - (a_t * lam * range_std) ** 2).clamp(min=0)  # Eq. 19, along each range direction
+        return mean + sigma_t * (z - z_range) + phi.sqrt() * z_range
 
     # ------------------------------------------------------------------ sampling
 
