@@ -13,7 +13,7 @@ import torch
 from ddpm_hf.data import dataset_source, load_image_dataset, load_mnist_dataset
 from ddpm_hf.errors import MissingSplit, RunError
 from ddpm_hf.training.config import TrainConfig
-from helpers import ROOT, run_train
+from helpers import ROOT, cli_in_process, run_train
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,10 @@ def test_mnist_recipe_is_the_default_for_mnist():
 
 
 @pytest.mark.slow
-def test_tiny_mnist_run(tmp_path):
-    """A few steps on the embedded MNIST with its recipe's UNet: 28x28 grayscale, the held-out bound on test images."""
+def test_tiny_mnist_run(tmp_path, capsys):
+    """A few steps on the embedded MNIST with its recipe's UNet: 28x28 grayscale, the held-out bound on test images;
+    `ddpm-hf evaluate --metrics mnist` scores it (its floor beside the score, into metrics.json), and refuses the
+    digits metric for it."""
     out = tmp_path / "mnist"
     run_train("--dataset_name", "mnist", "--output_dir", str(out), "--max_train_steps", "3", "--unet_preset",
               "cpu-28-small", "--eval_max_images", "8", cwd=tmp_path)
@@ -107,6 +109,18 @@ def test_tiny_mnist_run(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 8 and metrics["dataset_source"] == "mnist"
     assert 0 < metrics["bits_per_dim"] < 20
+    code, stdout, stderr = cli_in_process(capsys, "evaluate", out, "--metrics", "mnist", "--num_samples", "40",
+                                          "--num_inference_steps", "3", "--name", "tiny")
+    assert code == 0, stderr
+    report = json.loads((out / "eval-tiny.json").read_text())
+    score = report["sampling"][0]["scores"]["mnist_fd"]
+    # three denoising steps of a three-step model: nowhere near real digits, nor copies of them
+    assert score["value"] > score["mnist_fd_floor"] + 10 * score["mnist_fd_floor_std"] and score["num_samples"] == 40
+    assert score["mnist_near_copies"] == 0.0 and score["num_reference"] == 500
+    entry = [e for e in json.loads((out / "metrics.json").read_text())["sample_metrics"] if e["metric"] == "mnist_fd"]
+    assert entry[0]["floor"] == score["mnist_fd_floor"]
+    code, _, stderr = cli_in_process(capsys, "evaluate", out, "--metrics", "digits", "--num_samples", "10")
+    assert code == 2 and "--metrics" in stderr and "8x8" in stderr
 
 
 # the metric -------------------------------------------------------------------------------------------------------
