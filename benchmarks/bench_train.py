@@ -19,6 +19,8 @@ Goals: ours fp32 / plain fp32 >= 1.25 and ours bf16 / plain fp32 >= 1.4.
 
     python benchmarks/bench_train.py                        # batch 16 (train_unconditional.py's default) and 128
     python benchmarks/bench_train.py --batch_sizes 128 --images 8192 --rounds 3
+    python benchmarks/bench_train.py --dataset mnist --unet_preset cpu-28-small --resolution 28 --batch_sizes 64 \
+        --images 3200 --rounds 2 --channels_last          # the mnist recipe's UNet and batch
 """
 
 import argparse
@@ -51,7 +53,7 @@ def run_plain(args, mixed_precision):
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from ddpm_hf.data import load_digits_dataset
+    from ddpm_hf.data import load_embedded_dataset
     from ddpm_hf.unet_configs import unet_config
 
     logging_dir = tempfile.mkdtemp(prefix="plain-logs-")
@@ -63,7 +65,7 @@ def run_plain(args, mixed_precision):
                          model_cls=UNet2DModel, model_config=model.config)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    dataset = load_digits_dataset()["train"]
+    dataset = load_embedded_dataset(args.dataset, "train")
     resolution = args.resolution
 
     def augment(image, rng=np.random):  # Resize(bilinear), CenterCrop, RandomHorizontalFlip, ToTensor, Normalize
@@ -134,6 +136,7 @@ def run_ours(args, mixed_precision, compile_=False):
     with tempfile.TemporaryDirectory() as output_dir:
         metrics = train(TrainConfig.create(
             dynamo_backend="inductor" if compile_ else "no", output_dir=output_dir, unet_preset=args.unet_preset,
+            dataset_name=args.dataset,
             resolution=args.resolution, train_batch_size=args.batch_size, max_train_steps=args.steps,
             variance_type="fixed_small", random_flip=True, mixed_precision=mixed_precision,
             checkpointing_steps=args.steps + 1, eval_split="", num_sample_images=1, ddpm_num_inference_steps=1,
@@ -147,8 +150,9 @@ def run_ours_compiled(args, mixed_precision):
     return run_ours(args, mixed_precision, compile_=True)
 
 
-def run_ceiling(args, mixed_precision):
-    """Forward + backward of the same UNet on one fixed batch, --steps times (the first 3 untimed)."""
+def run_ceiling(args, mixed_precision, channels_last=False):
+    """Forward + backward of the same UNet on one fixed batch, --steps times (the first 3 untimed); with
+    ``channels_last`` the UNet and batch in torch.channels_last memory format."""
     import torch
     from diffusers import UNet2DModel
 
@@ -157,6 +161,8 @@ def run_ceiling(args, mixed_precision):
     torch.manual_seed(args.seed)
     model = UNet2DModel(**unet_config(args.unet_preset, channels=1, sample_size=args.resolution)).train()
     x = torch.randn(args.batch_size, 1, args.resolution, args.resolution)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     t = torch.randint(0, 1000, (args.batch_size,))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
@@ -174,7 +180,12 @@ def run_ceiling(args, mixed_precision):
     return args.steps * args.batch_size, time.perf_counter() - start
 
 
-RUNS = {"plain": run_plain, "ours": run_ours, "ours+inductor": run_ours_compiled, "ceiling": run_ceiling}
+def run_ceiling_channels_last(args, mixed_precision):
+    return run_ceiling(args, mixed_precision, channels_last=True)
+
+
+RUNS = {"plain": run_plain, "ours": run_ours, "ours+inductor": run_ours_compiled, "ceiling": run_ceiling,
+        "ceiling+channels_last": run_ceiling_channels_last}
 
 
 # --------------------------------------------------------------------------------------------------- the driver
@@ -185,7 +196,7 @@ def measure(args, kind, mixed_precision, steps, batch_size):
     the first step or None)."""
     command = [sys.executable, os.path.abspath(__file__), "--_run", kind, "--_precision", mixed_precision,
                "--steps", str(steps), "--batch_sizes", str(batch_size), "--unet_preset", args.unet_preset,
-               "--resolution", str(args.resolution), "--seed", str(args.seed)]
+               "--resolution", str(args.resolution), "--seed", str(args.seed), "--dataset", args.dataset]
     env = dict(os.environ, TQDM_DISABLE="1")
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -202,6 +213,9 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--unet_preset", default="cpu-8")
     p.add_argument("--resolution", type=int, default=8)
+    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits", help="the embedded training images")
+    p.add_argument("--channels_last", action="store_true",
+                   help="also time the ceiling with the UNet and batch in channels_last memory format")
     p.add_argument("--compile", action="store_true",
                    help="also time ours with --dynamo_backend inductor (compile time counted in the whole run)")
     p.add_argument("--plain_bf16", action="store_true", help="also time the plain loop with --mixed_precision bf16")
@@ -228,12 +242,15 @@ def main():
         kinds += [("ours+inductor", "no"), ("ours+inductor", "bf16")]
     if args.plain_bf16:
         kinds.append(("plain", "bf16"))
+    if args.channels_last:
+        kinds.append(("ceiling+channels_last", "no"))
     name = {"no": "fp32", "bf16": "bf16"}
     if args.only:
         kinds = [(kind, mp) for kind, mp in kinds if f"{kind} {name[mp]}" in set(args.only) | {"plain fp32"}]
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}), torch threads {torch.get_num_threads()}; "
-          f"UNet {args.unet_preset} at {args.resolution}x{args.resolution}x1, {args.images} images per run, "
+          f"UNet {args.unet_preset} at {args.resolution}x{args.resolution}x1 on {args.dataset}, {args.images} images "
+          f"per run, "
           f"{args.rounds} rounds", flush=True)
     started = time.time()
     for batch_size in args.batch_sizes:
@@ -254,7 +271,7 @@ def main():
         print("|---|---|---|---|---|---|---|")
         for key, values in rates.items():
             ratios = [v / b for v, b in zip(values, plain)]
-            ceilings = rates.get("ceiling " + key.split()[1])
+            ceilings = rates.get("ceiling " + key.split()[-1])
             ceiling = statistics.median(ceilings) if ceilings else float("nan")
             goal = GOALS.get(key)
             verdict = "" if goal is None else ("PASS" if statistics.median(ratios) >= goal else "FAIL")
