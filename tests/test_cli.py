@@ -115,14 +115,14 @@ def test_img2img_strength_default_is_the_pipelines():
 def test_import_and_the_parser_tree_do_not_import_torch_or_diffusers():
     """`import ddpm_hf`, its evaluation package and errors, what `ddpm-hf push` imports (hub, model_card and the
     upload, pipeline_ddpm_hf_hub: a push runs without torch; test_hub_faults checks a real one) and every command's
-    --help (the whole parser tree) run without importing torch, diffusers or a pipeline; the lazy names still
+    --help (the whole parser tree, and `train`'s own parser) run without importing torch, diffusers or a pipeline; the lazy names still
     resolve."""
     code = (
         "import sys, contextlib, io\n"
         "import ddpm_hf, ddpm_hf.evaluation, ddpm_hf.errors, ddpm_hf.run_dir, ddpm_hf.hub, ddpm_hf.model_card\n"
         "from ddpm_hf.cli import build_parser, main\n"
         "_, commands = build_parser()\n"
-        "for argv in [['--help']] + [[name, '--help'] for name in commands]:\n"
+        "for argv in [['--help'], ['train', '--help']] + [[name, '--help'] for name in commands]:\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        main(argv)\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'numpy', 'PIL',\n"
@@ -134,3 +134,14 @@ def test_import_and_the_parser_tree_do_not_import_torch_or_diffusers():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "HEAVY []" in r.stdout, r.stdout
+
+
+def test_scheduler_names_are_the_schedulers_own():
+    """The parsers' choices come from scheduling_ddpm_hf.py's source (read without importing torch): the same tuples
+    the scheduler checks against."""
+    from ddpm_hf import scheduler_names, scheduling_ddpm_hf
+
+    for name in ("BETA_SCHEDULES", "VARIANCE_TYPES", "PREDICTION_TYPES", "TIMESTEP_SPACINGS"):
+        assert getattr(scheduler_names, name) == getattr(scheduling_ddpm_hf, name)
+    with pytest.raises(AttributeError):
+        scheduler_names.NOT_A_NAME

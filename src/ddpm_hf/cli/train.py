@@ -13,7 +13,7 @@ FROM_RECIPE = "(default: from --recipe)"
 
 def build_parser():
     """The argparse parser of ``ddpm-hf train``; its defaults are TrainConfig's (None: from the recipe)."""
-    from ..scheduling_ddpm_hf import BETA_SCHEDULES, PREDICTION_TYPES
+    from ..scheduler_names import BETA_SCHEDULES, PREDICTION_TYPES
     from ..recipes import RECIPES
     from ..training.config import CHOICES, TrainConfig
     from ..unet_configs import UNET_PRESETS
@@ -183,12 +183,13 @@ def parse_args(argv=None, parser=None):
 def main(argv=None):
     """Parse ``argv``, build the TrainConfig, train; print a typed error as one line and exit (2, or 128 + signal)."""
     from ..errors import Interrupted, RunError
-    from ..training import train
-    from ..training.lifecycle import die_with_launcher
     from .common import flag_message
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    config = parse_args(argv)
+    config = parse_args(argv)  # --help and flag errors exit here, before torch is imported
+    from ..training import train
+    from ..training.lifecycle import die_with_launcher
+
     sys.argv = [sys.argv[0], *without_token(sys.argv[1:])]  # wandb records the command line; config has the token
     die_with_launcher()  # under accelerate launch / torchrun: a launcher that dies takes this process down with it
     try:

@@ -5,6 +5,13 @@ one ``checkpoint(reason)``), ``checkpoints`` (train_unconditional.py's checkpoin
 The flags live in the CLI (ddpm_hf.cli.train)."""
 
 from .config import TrainConfig
-from .loop import micro_batches, train
 
 __all__ = ["TrainConfig", "micro_batches", "train"]
+
+
+def __getattr__(name):  # the loop imports torch: only when it is used (PEP 562), so `train --help` stays light
+    if name in ("micro_batches", "train"):
+        from . import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

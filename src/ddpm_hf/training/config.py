@@ -200,7 +200,7 @@ class TrainConfig:
         self._check_files()
 
     def _check_combinations(self):
-        from ..scheduling_ddpm_hf import BETA_SCHEDULES, PREDICTION_TYPES
+        from ..scheduler_names import BETA_SCHEDULES, PREDICTION_TYPES
         from ..unet_configs import UNET_PRESETS
 
         for name, choices in (("unet_preset", UNET_PRESETS), ("ddpm_beta_schedule", BETA_SCHEDULES),
