@@ -116,7 +116,8 @@ def mnist_metric(images_uint8, classifier=None, floor_draws=20):
     Returns {"mnist_fd", "mnist_fd_floor"/"mnist_fd_floor_std" (the FD of N real training digits, mean and std over
     draws), "mnist_fd_over_floor" (1 = as good as real digits at this N), "mnist_kid"/"mnist_kid_std" (unbiased,
     mean and std over subsets), "mnist_kid_floor"/"mnist_kid_floor_std", "mnist_confidence", "mnist_class_balance",
-    "mnist_class_histogram", the nearest-training-image check ("mnist_nearest_train_median", ...,
+    "mnist_class_histogram", "mnist_heldout_confidence" (the held-out digits' confidence, for scale), the
+    nearest-training-image check ("mnist_nearest_train_median", ...,
     "mnist_nearest_train_ratio", "mnist_near_copies": ``classifier_metric.copying_check``),
     "mnist_classifier_test_accuracy", "num_samples", "num_reference", "reference"}. ``floor_draws`` = 0 skips the
     floor."""
@@ -140,6 +141,9 @@ def mnist_metric(images_uint8, classifier=None, floor_draws=20):
         "mnist_kid": kid,
         "mnist_kid_std": kid_std,
         **class_statistics(classifier.probabilities(images_uint8), "mnist"),
+        # the same for the held-out digits: what real digits the classifier never trained on score (its confidence on
+        # training digits is higher: it has seen them)
+        "mnist_heldout_confidence": class_statistics(classifier.probabilities(reference_images), "m")["m_confidence"],
         **copying_check(images_uint8, train_images, reference_images, "mnist"),
         "mnist_classifier_test_accuracy": classifier.test_accuracy,
         "num_samples": int(len(images_uint8)),
