@@ -23,15 +23,18 @@ demo: env
 demo-mnist: env
 	$(VENV)/bin/ddpm-hf train --dataset_name mnist --output_dir outputs/mnist --overwrite_output_dir
 
-# after `make demo`: its model card, pictures and records (no weights) into model_cards/, the example card
+# after `make demo`: its model card, pictures and records (no weights) into model_cards/, the example card;
+# after `make demo-mnist`: make model-card RUN=outputs/mnist CARD=ddpm-mnist-28
+RUN ?= outputs/demo
+CARD ?= ddpm-digits-8
 model-card: env
-	$(VENV)/bin/ddpm-hf card outputs/demo
-	rm -rf model_cards/ddpm-digits-8
-	mkdir -p model_cards/ddpm-digits-8/unet model_cards/ddpm-digits-8/scheduler
-	cp outputs/demo/training_args.json outputs/demo/metrics.json outputs/demo/model_index.json model_cards/ddpm-digits-8/
-	cp -r outputs/demo/README.md outputs/demo/images model_cards/ddpm-digits-8/
-	cp outputs/demo/unet/config.json model_cards/ddpm-digits-8/unet/
-	cp outputs/demo/scheduler/scheduler_config.json model_cards/ddpm-digits-8/scheduler/
+	$(VENV)/bin/ddpm-hf card $(RUN)
+	rm -rf model_cards/$(CARD)
+	mkdir -p model_cards/$(CARD)/unet model_cards/$(CARD)/scheduler
+	cp $(RUN)/training_args.json $(RUN)/metrics.json $(RUN)/model_index.json model_cards/$(CARD)/
+	cp -r $(RUN)/README.md $(RUN)/images model_cards/$(CARD)/
+	cp $(RUN)/unet/config.json model_cards/$(CARD)/unet/
+	cp $(RUN)/scheduler/scheduler_config.json model_cards/$(CARD)/scheduler/
 
 # TEST_WORKERS pytest-xdist processes (one per core of CI's two), an idle one taking tests queued for the other
 # (worksteal: test times range from 0.01 s to minutes); tests that share a folder make it once between them
