@@ -41,7 +41,8 @@ PREDICTION_TEXT = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_p
 
 SAMPLE_METRIC_NAMES = {"fid": "FID (lower is better)", "kid": "KID (lower is better)",
                        "precision": "precision (k=3, higher is better)", "recall": "recall (k=3, higher is better)",
-                       "digits_fd": "digits classifier Frechet distance (lower is better)"}
+                       "digits_fd": "digits classifier Frechet distance (lower is better)",
+                       "mnist_fd": "MNIST classifier Frechet distance (lower is better)"}
 
 
 def _sampling_text(entry):
@@ -52,10 +53,11 @@ def _sampling_text(entry):
 
 def comparable_scores(metrics):
     """The sample scores ``ddpm-hf evaluate`` merged into metrics.json (``sample_metrics``) that can be compared with
-    each other: those of the digits metric if it has two or more, else of FID, at the largest sample count measured.
+    each other: those of the digits metric if it has two or more, else of the MNIST metric, else of FID, at the
+    largest sample count measured.
     (metric name, [entries]), or (None, []) with fewer than two scores of one metric."""
     entries = metrics.get("sample_metrics", [])
-    for metric in ("digits_fd", "fid"):
+    for metric in ("digits_fd", "mnist_fd", "fid"):
         scored = [e for e in entries if e["metric"] == metric]
         n = max((e["num_samples"] for e in scored), default=0)
         scored = [e for e in scored if e["num_samples"] == n]
@@ -199,7 +201,7 @@ def _eval_rows(metrics, args, num_timesteps):
     entries = metrics.get("sample_metrics", [])
     for e in entries:
         extra = f" +- {e['std']:.4g} (std over subsets)" if e.get("std") is not None else ""
-        if e.get("floor") is not None:  # the digits metric's real-data floor at the same sample count
+        if e.get("floor") is not None:  # the digits / MNIST metric's real-data floor at the same sample count
             extra += f" (real digits at this sample count: {e['floor']:.4g} +- {e['floor_std']:.2g})"
         rows.append((f"{SAMPLE_METRIC_NAMES.get(e['metric'], e['metric'])}: {e['num_samples']:,} samples, "
                      f"{_sampling_text(e)}, seed {e['seed']}, against {e['reference']}; {e['features']}",
