@@ -53,6 +53,35 @@ def test_every_preset_runs_forward_and_backward(name):
         assert all(g is not None for g in grads) and all(torch.isfinite(g).all() for g in grads)
 
 
+# Every preset pinned: parameters (at its default channels, fixed variances), block channels, resolution, channels.
+# ddpm-cifar10-32 is the published google/ddpm-cifar10-32 conversion's 35,746,307; the 256 presets and
+# train_unconditional.py's UNet share one architecture (113,673,219).
+PINNED = {
+    "ddpm-cifar10-32": (35746307, (128, 256, 256, 256), 32, 3),
+    "ddpm-celebahq-256": (113673219, (128, 128, 256, 256, 512, 512), 256, 3),
+    "ddpm-lsun-256": (113673219, (128, 128, 256, 256, 512, 512), 256, 3),
+    "improved-ddpm-cifar10-32": (49062787, (128, 256, 256, 256), 32, 3),
+    "diffusers-unconditional": (113673219, (128, 128, 256, 256, 512, 512), 64, 3),
+    "cpu-8": (1623169, (32, 64, 64), 8, 1),
+    "cpu-8-small": (408641, (16, 32, 32), 8, 1),
+    "cpu-16": (3691713, (32, 64, 128), 16, 1),
+    "cpu-28": (3691713, (32, 64, 128), 28, 1),
+    "cpu-28-small": (989217, (16, 32, 64), 28, 1),
+    "cpu-32": (8949761, (64, 128, 128, 128), 32, 1),
+}
+
+
+def test_every_preset_is_pinned():
+    assert sorted(PINNED) == sorted(UNET_PRESETS)
+    for name, (parameters, channels, resolution, in_channels) in PINNED.items():
+        config = unet_config(name)
+        with torch.device("meta"):  # the shapes only: no memory for the 113M networks
+            unet = UNet2DModel(**config)
+        assert sum(p.numel() for p in unet.parameters()) == parameters, name
+        assert (tuple(config["block_out_channels"]), config["sample_size"], config["in_channels"]) == (
+            channels, resolution, in_channels), name
+
+
 def test_learned_variance_doubles_out_channels_and_overrides_apply():
     assert unet_config("cpu-8", learned_variance=True)["out_channels"] == 2
     assert unet_config("cpu-8", channels=3, learned_variance=True)["out_channels"] == 6
