@@ -58,13 +58,18 @@ def score(folder, scheduler, steps, num_samples, batch_size, seed):
 
     from ddpm_hf.evaluation.mnist import mnist_metric
     from ddpm_hf.images import make_grid
-    from ddpm_hf.sampling import generate, use_scheduler
+    from ddpm_hf.sampling import use_scheduler
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     pipe = use_scheduler(DDPMPipeline.from_pretrained(folder), None if scheduler == "own" else scheduler)
     pipe.set_progress_bar_config(disable=True)
     start = time.time()
-    images, _ = generate(pipe, num_samples, batch_size, steps, seed)
+    images = []
+    for start_index in range(0, num_samples, batch_size):  # image i drawn with its own generator, seed + i
+        n = min(batch_size, num_samples - start_index)
+        generators = [torch.Generator().manual_seed(seed + start_index + i) for i in range(n)]
+        images.append(pipe(batch_size=n, generator=generators, num_inference_steps=steps, output_type="np").images)
+    images = np.concatenate(images)
     seconds = time.time() - start
     samples = to_mnist_uint8(images)
     result = {"model": os.path.basename(os.path.normpath(folder)), "scheduler": scheduler, "steps": steps,

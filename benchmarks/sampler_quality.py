@@ -1,5 +1,6 @@
-"""Sample quality against UNet calls, one line per sampler (issue 17 sec. 3): the digits metric (whitened digits-CNN
-features, ``ddpm_hf.evaluation.digits``) of NUM_SAMPLES samples per seed against all 1,797 digits, with the
+"""Sample quality against UNet calls, one line per sampler (issue 17 sec. 3): an offline classifier metric of
+NUM_SAMPLES samples per seed (the digits metric, ``ddpm_hf.evaluation.digits``, against all 1,797 digits; or with
+``--metric mnist`` the MNIST one, ``ddpm_hf.evaluation.mnist``, against the 500 held-out digits), with the
 real-data floor at the same N, for our ancestral chain and diffusers' schedulers swapped in with ``from_config``.
 
 Each RUN is SAMPLER@STEPS[:KEY=VALUE,...] (SAMPLER a name of ``ddpm_hf.sampling.SCHEDULERS``; the optional settings
@@ -83,8 +84,16 @@ def score(images, parts):
     return float(frechet_distance(reference, classifier.features(images) @ w))
 
 
-def scorer():
-    """The digits metric's parts for ``score``: whitened features of all 1,797 digits, the classifier, the whitening."""
+def scorer(metric="digits"):
+    """The metric's parts for ``score``: the whitened reference features, the classifier, the whitening. digits: all
+    1,797 digits, whitened by them; mnist: the 500 held-out MNIST digits, whitened by the 4,500 training digits
+    (``ddpm_hf.evaluation.mnist``)."""
+    if metric == "mnist":
+        from ddpm_hf.evaluation.mnist import load_mnist_classifier, mnist_arrays, whitening
+
+        classifier = load_mnist_classifier()
+        w = whitening(classifier.features(mnist_arrays("train")[0]))
+        return classifier.features(mnist_arrays("test")[0]) @ w, classifier, w
     from ddpm_hf.evaluation.digits import digits_arrays, load_digits_classifier, whitening
 
     classifier = load_digits_classifier()
@@ -93,11 +102,23 @@ def scorer():
     return reference @ w, classifier, w
 
 
-def measure(args):
+def real_data_floor(metric, parts, num_samples):
+    """The metric's floor at ``num_samples``: digits from disjoint splits of the reference; mnist from draws of the
+    training digits (independent of the held-out reference)."""
+    if metric == "mnist":
+        from ddpm_hf.evaluation.mnist import mnist_arrays, real_floor
+
+        pool = parts[1].features(mnist_arrays("train")[0]) @ parts[2]
+        floor = real_floor(pool, parts[0], num_samples, draws=20)
+        return {k: floor[k] for k in ("fd_floor", "fd_floor_std")}
     from ddpm_hf.evaluation.digits import real_floor
 
-    parts = scorer()
-    floor = real_floor(parts[0], args.num_samples, draws=20, kid=False)
+    return real_floor(parts[0], num_samples, draws=20, kid=False)
+
+
+def measure(args):
+    parts = scorer(args.metric)
+    floor = real_data_floor(args.metric, parts, args.num_samples)
     report = {"model": args.label, "num_samples": args.num_samples, "floor": floor, "runs": []}
     os.makedirs(args.output_dir, exist_ok=True)
     for run in args.runs:
@@ -146,7 +167,7 @@ def merge(paths):
 def table(report):
     floor = report["floor"]["fd_floor"]
     lines = [f"Real-data floor at N = {report['num_samples']}: {floor:.3f} +- {report['floor']['fd_floor_std']:.3f}",
-             "", "| model | sampler @ steps | UNet calls | digits FD per seed | mean +- std | / floor | "
+             "", "| model | sampler @ steps | UNet calls | FD per seed | mean +- std | / floor | "
              "/ ancestral with most steps | s per 1,000 samples (one core) | times faster than it |",
              "|---|---|---|---|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in report["runs"]):
@@ -197,6 +218,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", help="a saved pipeline folder")
     p.add_argument("--label", default="model", help="the model's name in the table and plot")
+    p.add_argument("--metric", choices=("digits", "mnist"), default="digits",
+                   help="the offline metric: digits (8x8 digits models) or mnist (28x28 MNIST models)")
     p.add_argument("--runs", nargs="+", default=["ddpm@100", "dpmsolver++@20"], help="SAMPLER@STEPS ...")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num_samples", type=int, default=1000)
