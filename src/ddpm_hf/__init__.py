@@ -6,7 +6,7 @@ The names below are imported on first use (PEP 562, as diffusers' own ``_LazyMod
 
 import importlib
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _EXPORTS = {
     "pipeline_ddpm_hf": ("DDPMHFPipeline", "DDPMHFPipelineOutput"),
