@@ -326,3 +326,20 @@ def test_step_x0_transform_acts_on_the_clipped_x0_and_is_not_clipped_again():
         post.mean_from_x0 * clipped + post.mean_from_xt * x)
     again = s.step(eps, 900, x, generator=torch.Generator().manual_seed(4), x0_transform=lambda x0: x0 + 5.0)
     torch.testing.assert_close(again.prev_sample, mean + noise, atol=1e-5, rtol=0)
+
+
+def test_snr_is_alphabar_over_one_minus_alphabar():
+    """SNR(t) = alphabar_t / (1 - alphabar_t) (Kingma et al. 2021 eq. 2) with alphabar_t the product of 1 - beta_s
+    over Ho's linear betas (1e-4 .. 0.02, T = 1000), written here; losses.snr gives the same for diffusers' scheduler."""
+    import numpy as np
+    from diffusers import DDPMScheduler
+
+    from ddpm_hf import DDPMHFScheduler
+    from ddpm_hf.losses import snr
+
+    betas = np.linspace(1e-4, 0.02, 1000)
+    alphabar = np.cumprod(1 - betas)
+    t = torch.tensor([0, 1, 10, 500, 999])
+    want = alphabar[t.numpy()] / (1 - alphabar[t.numpy()])
+    np.testing.assert_allclose(DDPMHFScheduler().snr(t).numpy(), want, rtol=2e-5)
+    np.testing.assert_allclose(snr(DDPMScheduler(), t).numpy(), want, rtol=2e-5)

@@ -22,9 +22,13 @@ def training_target(scheduler, x_start, noise, timesteps):
 
 
 def snr(scheduler, timesteps):
-    """SNR(t) = alphabar_t / (1 - alphabar_t), shape (B,)."""
-    ab = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].double()
-    return (ab / (1 - ab)).float()
+    """SNR(t) = alphabar_t / (1 - alphabar_t), shape (B,): the scheduler's own (``DDPMHFScheduler.snr``), or for
+    another scheduler (diffusers' DDPMScheduler) ours made from its config, so the arithmetic lives in one place."""
+    if not hasattr(scheduler, "snr"):
+        from .scheduling_ddpm_hf import DDPMHFScheduler
+
+        scheduler = DDPMHFScheduler.from_config(scheduler.config)
+    return scheduler.snr(timesteps)
 
 
 def min_snr_weights(scheduler, timesteps, gamma):

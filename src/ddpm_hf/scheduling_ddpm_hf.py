@@ -710,5 +710,16 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         a, b = self._alphabar_factors(timesteps, sample)
         return torch.addcmul(-b * sample, a, noise)
 
+    def snr(self, timesteps):
+        """The signal-to-noise ratio SNR(t) = alphabar_t / (1 - alphabar_t) of q(x_t | x_0) (Kingma et al. 2021,
+        eq. 2; Ho eq. 4's mean and variance), float32 of shape (B,), computed in float64.
+
+        Args:
+            timesteps: integer tensor of shape (B,) (or a scalar).
+        """
+        timesteps = torch.as_tensor(timesteps)
+        ab = self.alphas_cumprod.to(timesteps.device)[timesteps.long()].double()
+        return (ab / (1 - ab)).float()
+
     def __len__(self):
         return self.config.num_train_timesteps
