@@ -330,7 +330,8 @@ def test_step_x0_transform_acts_on_the_clipped_x0_and_is_not_clipped_again():
 
 def test_snr_is_alphabar_over_one_minus_alphabar():
     """SNR(t) = alphabar_t / (1 - alphabar_t) (Kingma et al. 2021 eq. 2) with alphabar_t the product of 1 - beta_s
-    over Ho's linear betas (1e-4 .. 0.02, T = 1000), written here; losses.snr gives the same for diffusers' scheduler."""
+    over Ho's linear betas (1e-4 .. 0.02, T = 1000), written here in float64; losses.snr gives the same for diffusers'
+    scheduler."""
     import numpy as np
     from diffusers import DDPMScheduler
 
@@ -341,5 +342,7 @@ def test_snr_is_alphabar_over_one_minus_alphabar():
     alphabar = np.cumprod(1 - betas)
     t = torch.tensor([0, 1, 10, 500, 999])
     want = alphabar[t.numpy()] / (1 - alphabar[t.numpy()])
-    np.testing.assert_allclose(DDPMHFScheduler().snr(t).numpy(), want, rtol=2e-5)
-    np.testing.assert_allclose(snr(DDPMScheduler(), t).numpy(), want, rtol=2e-5)
+    # the schedulers keep alphabar in float32 (as diffusers does): 1 - alphabar_1 = 1e-4 carries a relative error of
+    # about 6e-8 / 1e-4
+    np.testing.assert_allclose(DDPMHFScheduler().snr(t).numpy(), want, rtol=1e-3)
+    np.testing.assert_allclose(snr(DDPMScheduler(), t).numpy(), want, rtol=1e-3)
