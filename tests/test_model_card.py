@@ -166,10 +166,11 @@ print(json.dumps({"name": card.data.model_name, "bits": card.data.eval_results[0
         assert np.array_equal(np.asarray(grid), np.asarray(local))
 
 
-def test_example_card_is_what_the_code_renders():
-    """model_cards/ holds the card of `make demo` (with the run's records, without weights): it must be what the
-    current code renders from those records, so the example never drifts from the code."""
-    run = os.path.join(ROOT, "model_cards", "ddpm-digits-8")
+@pytest.mark.parametrize("card", ["ddpm-digits-8", "ddpm-mnist-28"])
+def test_example_card_is_what_the_code_renders(card):
+    """model_cards/ holds the cards of `make demo` and of the mnist recipe (with the runs' records, without weights):
+    each must be what the current code renders from those records, so the examples never drift from the code."""
+    run = os.path.join(ROOT, "model_cards", card)
     with open(os.path.join(run, "README.md")) as f:
         stored = f.read()
     assert card_text(run) == stored
