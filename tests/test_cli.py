@@ -115,7 +115,8 @@ def test_img2img_strength_default_is_the_pipelines():
 def test_import_and_the_parser_tree_do_not_import_torch_or_diffusers():
     """`import ddpm_hf`, its evaluation package and errors, what `ddpm-hf push` imports (hub, model_card and the
     upload, pipeline_ddpm_hf_hub: a push runs without torch; test_hub_faults checks a real one) and every command's
-    --help (the whole parser tree, and `train`'s own parser) run without importing torch, diffusers or a pipeline; the lazy names still
+    --help (the whole parser tree, and `train`'s own parser) run without importing torch, diffusers or a pipeline; the
+    lazy names still
     resolve."""
     code = (
         "import sys, contextlib, io\n"

@@ -113,7 +113,7 @@ def _compare_chain(kwargs, schedule, shape, dtype, list_generators, rng):
 def test_step_matches_diffusers_over_the_option_grid(variance_type, prediction_type):
     """Every combination of beta_schedule, clip/threshold, timestep_spacing, steps_offset, rescale_betas_zero_snr;
     several step counts and custom timesteps; float32 and float64; one generator or a list of them."""
-    # inputs fixed per case (str hash() changes with every interpreter unless PYTHONHASHSEED is set)
+    # inputs fixed per case by its indices (a string's hash is salted per interpreter), so a failure reproduces
     rng = np.random.default_rng([VARIANCE_TYPES.index(variance_type), PREDICTION_TYPES.index(prediction_type)])
     grid = itertools.product(
         BETA_SCHEDULES, SAMPLE_LIMITS, ["leading", "trailing", "linspace"], [0, 1], [False, True]

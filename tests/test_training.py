@@ -193,8 +193,8 @@ def _bpd_of_unet(unet, scheduler, num_images=16):
 def test_training_learns(tmp_path):
     """80 steps of the tiny run lower the training loss and the held-out bound by stated margins against the
     network after its first step (checkpoint-1): the loss of the last 10 steps is under half that of the first 5,
-    and the bound falls by more than 0.5 bits/dim (measured: by 1.0). Gradient ascent (a flipped sign) or an optimizer that never sees the
-    gradient fails both."""
+    and the bound falls by more than 0.5 bits/dim (measured: by 1.0). Gradient ascent (a flipped sign) or an optimizer
+    that never sees the gradient fails both."""
     from diffusers import UNet2DModel
 
     out = tmp_path / "learns"

@@ -209,8 +209,8 @@ class DDPMHFDenoiserMixin:
                 raise ValueError(f"null_class_id {null_class_id} is also a named class in id2label: the null class "
                                  "(no label) must be an id of its own")
         if guidance_scale is not None and (float(guidance_scale) < 0 or null_class_id is None):
-            raise ValueError(f"guidance_scale {guidance_scale}: a model's default guidance scale must be >= 0 and needs "
-                             "its null_class_id (the unconditional branch)")
+            raise ValueError(f"guidance_scale {guidance_scale}: a model's default guidance scale must be >= 0 and "
+                             "needs its null_class_id (the unconditional branch)")
         if id2label is not None or null_class_id is not None:
             self.register_to_config(id2label={int(k): str(v) for k, v in (id2label or {}).items()},
                                     null_class_id=null_class_id)
@@ -233,8 +233,8 @@ class DDPMHFDenoiserMixin:
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance, 0 = unconditional), got {guidance_scale}")
         if guidance_scale != 1 and null_id is None:
-            raise ValueError(f"guidance_scale {guidance_scale} needs the unconditional branch, and this pipeline has no "
-                             "null_class_id (a ddpm-hf conditional model's is num_class_embeds - 1): pass "
+            raise ValueError(f"guidance_scale {guidance_scale} needs the unconditional branch, and this pipeline has "
+                             "no null_class_id (a ddpm-hf conditional model's is num_class_embeds - 1): pass "
                              "guidance_scale=1, or give the pipeline null_class_id=K if class id K was trained as "
                              "'no label'")
         return guidance_scale

@@ -9,15 +9,17 @@ FLAGS = {"steps": "num_inference_steps", "replace_edited_card": "force"}
 
 
 def add_parser(sub):
-    p = sub.add_parser("evaluate", help="score a model: bits/dim, FID, KID, precision/recall, the digits and MNIST metrics",
+    p = sub.add_parser("evaluate", help="score a model: bits/dim, FID, KID, precision/recall, the digits and MNIST "
+                       "metrics",
                        description="Score a trained model and write eval-NAME.json (and plots) beside it; the headline "
                        "numbers go into its metrics.json. The data defaults to the run's own (training_args.json).")
     p.add_argument("model", help="a training output folder, a pipeline folder or a Hub repo id")
     p.add_argument("--metrics", default="bpd", help=f"comma-separated, from {', '.join(ALL_METRICS)} (default bpd; "
-                   "fid/kid/prc need the Inception weights; digits and mnist are offline, for models of the embedded digits and "
-                   "MNIST (--dataset_name mnist) only; guidance: "
+                   "fid/kid/prc need the Inception weights; digits and mnist are offline, for models of the "
+                   "embedded digits and MNIST (--dataset_name mnist) only; guidance: "
                    "a class-conditional digits model's label accuracy and digits FD per --guidance_scales)")
-    p.add_argument("--num_samples", type=int, default=1000, help="samples for fid/kid/prc/digits (default 1000)")
+    p.add_argument("--num_samples", type=int, default=1000, help="samples for fid/kid/prc/digits/mnist "
+                   "(default 1000; mnist: at most 4500)")
     p.add_argument("--num_inference_steps", "--ddpm_num_inference_steps", dest="num_inference_steps", default=None,
                    help="sampling steps, or a comma-separated list to score each (e.g. 1000,250,100,50); default T "
                    "(--ddpm_num_inference_steps is the same, as `train` spells it)")

@@ -27,7 +27,8 @@ def build_parser():
     a = p.add_argument
     a("--recipe", choices=CHOICES["recipe"],
       help="a named set of defaults (README's recipe table): digits (default for the embedded digits), mnist "
-      "(default for --dataset_name mnist), diffusers (train_unconditional.py's defaults; default for any other data), ddpm-cifar10, improved-ddpm-cifar10, "
+      "(default for --dataset_name mnist), diffusers (train_unconditional.py's defaults; default for any other "
+      "data), ddpm-cifar10, improved-ddpm-cifar10, "
       "ddpm-celebahq-256; explicit flags override it")
     # data
     a("--dataset_name",

@@ -12,9 +12,9 @@ from .sources import (GRAY_MODES, Unreadable, cache_images, class_names, dataset
 from ..errors import MissingSplit
 
 __all__ = [
-    "DIGITS", "EMBEDDED", "GRAY_MODES", "MNIST", "EpochBatches", "MissingSplit", "StreamBatches", "Unreadable", "cache_images",
-    "class_names", "dataset_source", "decode", "find_image_column", "find_label_column", "fits_in_memory",
-    "embedded_name", "image_name", "image_to_uint8", "infer_channels", "label_ids", "load_digits_dataset",
-    "load_embedded_dataset", "load_image_dataset", "load_mnist_dataset", "prepare_data", "resize_and_crop", "row_labels", "step_seed", "to_mode", "to_model_range",
-    "undecoded",
+    "DIGITS", "EMBEDDED", "GRAY_MODES", "MNIST", "EpochBatches", "MissingSplit", "StreamBatches", "Unreadable",
+    "cache_images", "class_names", "dataset_source", "decode", "embedded_name", "find_image_column",
+    "find_label_column", "fits_in_memory", "image_name", "image_to_uint8", "infer_channels", "label_ids",
+    "load_digits_dataset", "load_embedded_dataset", "load_image_dataset", "load_mnist_dataset", "prepare_data",
+    "resize_and_crop", "row_labels", "step_seed", "to_mode", "to_model_range", "undecoded",
 ]

@@ -1,6 +1,7 @@
 """Scoring a diffusion model: the variational bound on held-out images (``bound``; a training run's periodic scores in
 ``periodic``), sample metrics in Inception features (``inception``, ``features``) or in an offline classifier's
-(``digits`` for the 8x8 digits, ``mnist`` for MNIST, their shared parts in ``classifier_metric``), and ``ddpm-hf evaluate``'s report (``report``) with its pictures (``plots``).
+(``digits`` for the 8x8 digits, ``mnist`` for MNIST, their shared parts in ``classifier_metric``), and
+``ddpm-hf evaluate``'s report (``report``) with its pictures (``plots``).
 
 The names below are imported on first use (PEP 562), so ``import ddpm_hf.evaluation`` costs nothing until then.
 """

@@ -44,7 +44,7 @@ def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, pr
     from ..data import to_model_range
     from ..likelihood import LOG2, prior_kl, q_sample, vlb_terms
 
-    T = scheduler.alphas_cumprod.shape[0]
+    T = scheduler.config.num_train_timesteps
     if not 2 <= num_timesteps <= T:
         raise BadArgument("bpd_timesteps", f"bpd_timesteps must be in [2, {T}], got {num_timesteps}")
     edges = torch.linspace(1, T, num_timesteps).round().long()  # K - 1 strata [edges[j], edges[j+1])
@@ -107,7 +107,7 @@ def evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, batch_size, se
     rank, world = accelerator.process_index, accelerator.num_processes
     mine, progress = held_out[rank::world], accelerator.is_local_main_process
     my_labels = None if labels is None else labels[rank::world]
-    if bpd_timesteps and bpd_timesteps < scheduler.alphas_cumprod.shape[0]:
+    if bpd_timesteps and bpd_timesteps < scheduler.config.num_train_timesteps:
         terms = stratified_bits(unet, scheduler, mine, batch_size, seed + rank, bpd_timesteps, progress,
                                 labels=my_labels)[0]
     else:
