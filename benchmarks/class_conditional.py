@@ -1,11 +1,13 @@
-"""Issue 18's goal, measured: class-conditional digits models (`ddpm-hf train --class_conditional`, the digits recipe,
-one per training seed) over classifier-free guidance scales, against an unconditional model of the same recipe.
+"""Issues 18 and 29's goals, measured: class-conditional models of the embedded digits or MNIST (`ddpm-hf train
+--class_conditional`, the dataset's recipe, one per training seed) over classifier-free guidance scales, against an
+unconditional model of the same recipe. ``--metric`` picks the offline metric: digits (8x8) or mnist (28x28).
 
 For every conditional model and guidance scale s (diffusers' convention: 0 = unconditional, 1 = the conditional model
 alone): PER_CLASS samples of each of the 10 digits (image i seeded seed + i, the same noise at every s), the share the
-digits classifier recognises as the requested digit, and the digits FD of all of them against the 1,797 digits with
-the real-data floor at that sample count (``ddpm_hf.evaluation.conditional``). The unconditional model: the same
-number of samples with the same sampler, the digits FD over ``--baseline_seeds`` sample seeds (their spread is the
+metric's classifier recognises as the requested digit, and the metric's FD of all of them (digits: against the 1,797
+digits; mnist: against the 500 held-out digits) with the real-data floor at that sample count
+(``ddpm_hf.evaluation.conditional``). The unconditional model: the same
+number of samples with the same sampler, the FD over ``--baseline_seeds`` sample seeds (their spread is the
 sampling noise of its FD). Then the table over the conditional models' seeds (mean +- std, per seed), the plot, and
 the chosen default: among the scales where every seed reaches the accuracy goal and the mean FD is no worse than the
 unconditional model's, the one with the lowest mean FD.
@@ -47,18 +49,19 @@ def load(spec, scheduler_from):
     return DDPMHFPipeline.from_pretrained(folder)
 
 
-def baseline_scores(pipe, num_samples, steps, seeds, batch_size, classifier):
-    """The unconditional model's digits FD at each sample seed (image i of seed s: s + i)."""
-    from ddpm_hf.evaluation.digits import digits_metric
+def baseline_scores(pipe, num_samples, steps, seeds, batch_size, metric):
+    """The unconditional model's FD in ``metric`` ("digits" or "mnist") at each sample seed (image i of seed s:
+    s + i): one dict per seed with that metric's keys ("digits_fd", ...)."""
+    from ddpm_hf.evaluation.conditional import offline_metric
     from ddpm_hf.sampling import generate_uint8
 
+    classifier, score = offline_metric(metric)
     out = []
     for seed in seeds:
         samples, seconds = generate_uint8(pipe, num_samples, batch_size, steps, seed)
-        d = digits_metric(samples, classifier=classifier, floor_draws=20)
-        out.append({"seed": seed, "digits_fd": d["digits_fd"], "digits_fd_floor": d["digits_fd_floor"],
-                    "digits_fd_floor_std": d["digits_fd_floor_std"], "digits_kid": d["digits_kid"],
-                    "digits_confidence": d["digits_confidence"], "digits_class_balance": d["digits_class_balance"],
+        d = score(samples, classifier, 20)
+        keys = ("fd", "fd_floor", "fd_floor_std", "kid", "confidence", "class_balance")
+        out.append({"seed": seed, **{f"{metric}_{k}": d[f"{metric}_{k}"] for k in keys},
                     "sampling_seconds": round(seconds, 1), "samples": samples})
     return out
 
@@ -73,7 +76,7 @@ def training_seed(spec):
     return None
 
 
-def measure(args, classifier):
+def measure(args):
     """The sweep of every model and the baseline's scores: {"rows", "baseline", "sampler"}."""
     from ddpm_hf.evaluation.conditional import guidance_sweep
     from ddpm_hf.evaluation.plots import save_grid
@@ -91,7 +94,7 @@ def measure(args, classifier):
         print(f"{spec} (training seed {seed}): {len(args.guidance_scales)} scales x {args.per_class * 10} samples, "
               f"{sampler}", flush=True)
         for row in guidance_sweep(pipe, args.guidance_scales, args.per_class, steps, args.batch_size, args.seed,
-                                  classifier, grid_dir=grids, name=name, log=lambda m: print(m, flush=True)):
+                                  grid_dir=grids, name=name, log=lambda m: print(m, flush=True), metric=args.metric):
             rows.append(row | {"model": spec, "sample_seed": args.seed, "seed": i if seed is None else seed})
     baseline = None
     if args.baseline:
@@ -101,37 +104,40 @@ def measure(args, classifier):
         sampler = f"{type(pipe.scheduler).__name__} {steps} steps"
         print(f"{args.baseline}: {args.per_class * 10} unconditional samples x {len(args.baseline_seeds)} sample seeds",
               flush=True)
-        scores = baseline_scores(pipe, args.per_class * 10, steps, args.baseline_seeds, args.batch_size, classifier)
+        scores = baseline_scores(pipe, args.per_class * 10, steps, args.baseline_seeds, args.batch_size, args.metric)
         os.makedirs(grids, exist_ok=True)
         save_grid(scores[0]["samples"][:100], os.path.join(grids, "baseline.png"),
                   f"{args.baseline} (unconditional), {sampler}")
         for s in scores:
             s.pop("samples")
-            print(f"  sample seed {s['seed']}: digits FD {s['digits_fd']:.4g} (floor {s['digits_fd_floor']:.4g} +- "
-                  f"{s['digits_fd_floor_std']:.2g}), {s['sampling_seconds']} s sampling", flush=True)
-        fds = [s["digits_fd"] for s in scores]
+            fd = f"{args.metric}_fd"
+            print(f"  sample seed {s['seed']}: {args.metric} FD {s[fd]:.4g} (floor {s[fd + '_floor']:.4g} +- "
+                  f"{s[fd + '_floor_std']:.2g}), {s['sampling_seconds']} s sampling", flush=True)
+        fds = [s[f"{args.metric}_fd"] for s in scores]
         folder = os.path.normpath(args.baseline.split(":")[0])
         name = os.path.basename(folder)
         if name.startswith("checkpoint-"):
             name = f"{os.path.basename(os.path.dirname(folder))}/{name}"
         baseline = {"name": name, "model": args.baseline,
-                    "num_samples": args.per_class * 10, "digits_fd": float(np.mean(fds)),
-                    "digits_fd_std": float(np.std(fds, ddof=1)) if len(fds) > 1 else 0.0, "values": fds,
+                    "num_samples": args.per_class * 10, "fd": float(np.mean(fds)),
+                    "fd_std": float(np.std(fds, ddof=1)) if len(fds) > 1 else 0.0, "values": fds,
                     "per_seed": scores}
     return {"rows": rows, "baseline": baseline, "sampler": sampler}
 
 
 def report_tables(rows, baseline, sampler, target, output_dir, title):
     """Table, per-class table, plot and choice of measured rows (one or several models); printed and returned."""
-    from ddpm_hf.evaluation.conditional import choose_guidance, plot_sweep, summarize, sweep_table
+    from ddpm_hf.evaluation.conditional import TARGET_ACCURACY, choose_guidance, plot_sweep, summarize, sweep_table
 
     summary = summarize(rows)
-    chosen = choose_guidance(summary, baseline["digits_fd"] if baseline else None, target)
+    chosen = choose_guidance(summary, baseline["fd"] if baseline else None, target)
+    target = target if target is not None else TARGET_ACCURACY[summary[0]["metric"]]
     table = sweep_table(summary, baseline)
     plot = os.path.join(output_dir, "class_conditional.png")
     plot_sweep(summary, plot, title, baseline, target)
     n = summary[0]["num_samples"]
-    print(f"\n### class accuracy and digits FD over guidance scales ({sampler}, {n} samples per scale and model)\n")
+    print(f"\n### class accuracy and {summary[0]['metric']} FD over guidance scales ({sampler}, {n} samples per "
+          "scale and model)\n")
     print(table)
     print("\nper-class accuracy at each scale (mean over seeds):\n")
     print("| s | " + " | ".join(str(d) for d in range(10)) + " |\n|---|" + "---|" * 10)
@@ -145,8 +151,7 @@ def report_tables(rows, baseline, sampler, target, output_dir, title):
 
 
 def main():
-    from ddpm_hf.evaluation.conditional import DEFAULT_GUIDANCE_SCALES, TARGET_ACCURACY
-    from ddpm_hf.evaluation.digits import load_digits_classifier
+    from ddpm_hf.evaluation.conditional import DEFAULT_GUIDANCE_SCALES, METRICS
     from ddpm_hf.sampling import SCHEDULERS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -162,7 +167,10 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="sample seed of the conditional models (image i: seed + i)")
     p.add_argument("--batch_size", type=int, default=500)
     p.add_argument("--scheduler_from", default=None, help="a pipeline folder whose scheduler/ checkpoints use")
-    p.add_argument("--target", type=float, default=TARGET_ACCURACY)
+    p.add_argument("--metric", choices=METRICS, default="digits",
+                   help="the offline metric: digits (8x8 models), mnist (28x28 models of --dataset_name mnist)")
+    p.add_argument("--target", type=float, default=None,
+                   help="the accuracy goal (default: the metric's, digits 0.95, mnist 0.98)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared machine)")
     p.add_argument("--merge", nargs="+", default=None, help="class_conditional.json files of earlier runs to combine "
                    "(no sampling)")
@@ -182,13 +190,14 @@ def main():
         measured = {"rows": rows, "baseline": baselines[0] if baselines else None,
                     "sampler": next(part["sampler"] for part in parts if part.get("sampler")), "merged": args.merge}
     else:
-        measured = measure(args, load_digits_classifier())
+        measured = measure(args)
     rows = measured["rows"]
     report = {"args": vars(args)} | measured
     if rows:
         seeds = sorted({r["seed"] for r in rows})
         report |= report_tables(rows, measured["baseline"], measured["sampler"], args.target, args.output_dir,
-                                f"class-conditional digits, training seeds {seeds}, {rows[0]['num_samples']} "
+                                f"class-conditional {rows[0].get('metric', 'digits')}, training seeds {seeds}, "
+                                f"{rows[0]['num_samples']} "
                                 f"samples per scale, {measured['sampler']}")
     report["seconds"] = round(time.time() - start, 1)
     path = os.path.join(args.output_dir, "class_conditional.json")

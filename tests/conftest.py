@@ -38,6 +38,14 @@ def digits_classifier():
 
 
 @pytest.fixture(scope="session")
+def mnist_classifier():
+    """The MNIST classifier the package ships (ddpm_hf.evaluation.mnist; test_mnist tests its recorded accuracy)."""
+    from ddpm_hf.evaluation.mnist import load_mnist_classifier
+
+    return load_mnist_classifier()
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """The folder of one tiny finished training run (helpers.TINY_RUN: `python scripts/train.py` in a fresh
     interpreter, as a user starts it), trained once per session (``made_once``). Read it only; a test that writes in

@@ -78,21 +78,25 @@ class OracleUNet(UNet2DModel):
         return UNet2DOutput(sample=eps) if return_dict else (eps,)
 
 
-@pytest.fixture(scope="module")
-def oracle_pipe(classifier):
-    images, labels = digits_arrays("test")
+def make_oracle_pipe(images, labels, classifier):
+    """The oracle pipeline over real digits ``images`` (N, 1, H, W) uint8 with their ``labels``: per class, the first
+    digit the classifier recognises is the prototype; the null class (id 10) gets the "0" prototype."""
     recognised = classifier.probabilities(images).argmax(1)
-    # per class, the first test digit the classifier recognises; the null class (id 10) gets the "0" prototype
     picks = [int(np.flatnonzero((labels == c) & (recognised == c))[0]) for c in range(10)]
-    prototypes = images[picks + [picks[0]]].float() / 127.5 - 1  # (11, 1, 8, 8) in [-1, 1]
-    unet = OracleUNet(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
-                      norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+    prototypes = images[picks + [picks[0]]].float() / 127.5 - 1  # (11, 1, H, W) in [-1, 1]
+    unet = OracleUNet(sample_size=images.shape[-1], in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                      layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
                       up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=11)
     scheduler = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=False)
     unet.alphas_cumprod, unet.prototypes = scheduler.alphas_cumprod, prototypes
     pipe = DDPMHFPipeline(unet=unet, scheduler=scheduler, id2label={i: str(i) for i in range(10)}, null_class_id=10)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def oracle_pipe(classifier):
+    return make_oracle_pipe(*digits_arrays("test"), classifier)
 
 
 def test_requested_digits_follow_id2label(oracle_pipe):
@@ -120,6 +124,32 @@ def test_sweep_end_to_end_through_the_pipeline_and_guidance(oracle_pipe, classif
     assert len({(r["digits_fd_floor"], r["digits_fd_floor_std"]) for r in rows}) == 1
     assert by_scale[1]["digits_fd"] > by_scale[1]["digits_fd_floor"]
     assert sorted(os.listdir(tmp_path)) == ["oracle-s0.png", "oracle-s1.png", "oracle-s2.png"]
+    assert all(r["metric"] == "digits" for r in rows)
+
+
+@pytest.mark.slow  # about 15 s idle
+def test_mnist_sweep_scores_with_the_mnist_classifier_and_metric(mnist_classifier):
+    """The same oracle at 28x28 over held-out MNIST digits, swept with metric="mnist": the MNIST classifier judges
+    the labels (s = 1: every prototype recognised; s = 0: the null "0" for every request, exactly 1/10) and the MNIST
+    metric's keys, floor and FD are in the rows."""
+    from ddpm_hf.evaluation.mnist import mnist_arrays
+
+    images, labels = mnist_arrays("test")
+    pipe = make_oracle_pipe(images, labels, mnist_classifier)
+    rows = guidance_sweep(pipe, (0, 1), per_class=3, num_inference_steps=10, batch_size=30, seed=0,
+                          floor_draws=3, metric="mnist")
+    by_scale = {r["guidance_scale"]: r for r in rows}
+    assert by_scale[1]["accuracy"] == 1.0 and by_scale[0]["accuracy"] == pytest.approx(0.1)
+    assert by_scale[1]["classifier_test_accuracy"] == mnist_classifier.test_accuracy
+    assert all(r["metric"] == "mnist" and "digits_fd" not in r for r in rows)
+    assert by_scale[1]["mnist_fd"] > by_scale[1]["mnist_fd_floor"] > 0  # 30 images, 10 distinct
+    summary = summarize(rows)
+    assert summary[0]["metric"] == "mnist" and summary[1]["mnist_fd"]["values"] == [by_scale[1]["mnist_fd"]]
+    assert "floor of the mnist FD at N = 30" in sweep_table(summary)
+    # the MNIST goal is 98%: s = 1 (100%) qualifies, s = 0 does not
+    assert choose_guidance(summary) == 1.0
+    with pytest.raises(BadArgument, match="digits, mnist"):
+        guidance_sweep(pipe, (1,), per_class=1, num_inference_steps=2, metric="cifar")
 
 
 @pytest.mark.slow
@@ -153,7 +183,7 @@ def test_summary_table_and_choice():
     assert choose_guidance(summary) == 3
     assert choose_guidance(summary, baseline_fd=2.5) is None
     assert choose_guidance(summary, baseline_fd=2.6) == 3
-    table = sweep_table(summary, {"name": "uncond", "digits_fd": 2.6, "digits_fd_std": 0.1, "values": [2.5, 2.7]})
+    table = sweep_table(summary, {"name": "uncond", "fd": 2.6, "fd_std": 0.1, "values": [2.5, 2.7]})
     lines = [line for line in table.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + 3 + 1 and all(line.count("|") == 7 for line in lines)
     assert "| 3 | 98.0% +- 1.4% | 97.0% / 99.0% | 2.600 +- 0.141 |" in table
@@ -191,3 +221,32 @@ def test_evaluate_runs_the_sweep_for_conditional_models_only(tmp_path):
         evaluate(_saved_pipeline(tmp_path / "uncond", conditional=False), config, progress=False, log=lambda *_: None)
     with pytest.raises(BadArgument, match="guidance_scales"):
         EvaluationConfig(metrics=("guidance",), guidance_scales=(-1,))
+
+
+@pytest.mark.slow  # about 20 s idle
+def test_evaluate_sweeps_an_mnist_model_with_the_mnist_metric(tmp_path):
+    """`ddpm-hf evaluate --metrics guidance` on a 28x28 conditional model of --dataset_name mnist scores with the
+    MNIST classifier and metric (its rows and summary carry mnist_fd, not digits_fd); the same model said to be of
+    the digits is refused, naming the datasets the sweep can judge."""
+    from ddpm_hf import DDPMHFScheduler
+    from ddpm_hf.evaluation import EvaluationConfig, evaluate
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=11)
+    folder = str(tmp_path / "cond28")
+    DDPMHFPipeline(unet, DDPMHFScheduler(num_train_timesteps=20), id2label={i: str(i) for i in range(10)},
+                   null_class_id=10).save_pretrained(folder)
+    config = EvaluationConfig(metrics=("guidance",), num_samples=20, steps=(2,), guidance_scales=(1,), name="g",
+                              scheduler="ddim", dataset_name="mnist")
+    report = evaluate(folder, config, progress=False, log=lambda *_: None)
+    assert report["guidance"]["metric"] == "mnist"
+    entry = report["guidance"]["summary"][0]
+    assert entry["metric"] == "mnist" and entry["mnist_fd"]["mean"] > entry["mnist_fd_floor"] > 0
+    assert entry["classifier_test_accuracy"] == pytest.approx(0.974)  # the MNIST classifier's, not the digits one's
+    saved = json.loads((tmp_path / "cond28" / "eval-g-guidance.json").read_text())
+    assert saved["metric"] == "mnist" and saved["rows"][0]["mnist_fd"] == entry["mnist_fd"]["mean"]
+    digits = EvaluationConfig(metrics=("guidance",), num_samples=20, steps=(2,), guidance_scales=(1,), name="g")
+    with pytest.raises(BadArgument, match="digits or MNIST"):
+        evaluate(folder, digits, progress=False, log=lambda *_: None)

@@ -126,13 +126,6 @@ def test_tiny_mnist_run(tmp_path, capsys):
 # the metric -------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mnist_classifier():
-    from ddpm_hf.evaluation.mnist import load_mnist_classifier
-
-    return load_mnist_classifier()
-
-
 def test_shipped_classifier_has_its_recorded_accuracy(mnist_classifier):
     from ddpm_hf.evaluation.mnist import mnist_arrays
 

@@ -322,25 +322,28 @@ def test_card_names_each_sampler_and_recommends_the_fewest_calls_near_the_best(r
 
 
 @pytest.mark.slow
-def test_card_states_the_default_guidance_and_its_measured_numbers(run_copy):
+@pytest.mark.parametrize("metric", ["digits", "mnist"])
+def test_card_states_the_default_guidance_and_its_measured_numbers(run_copy, metric):
     """A guidance sweep (``ddpm-hf evaluate --metrics guidance``) merged into metrics.json puts its table in the card,
-    the pipeline's default scale in bold with its measured accuracy and FD."""
+    the pipeline's default scale in bold with its measured accuracy and FD, named after the sweep's metric."""
     from ddpm_hf.evaluation.conditional import summarize
     from ddpm_hf.evaluation.report import merge_into_metrics
     from ddpm_hf.pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
 
     scales = sorted({0.0, 1.0, DEFAULT_GUIDANCE_SCALE, 5.0})
-    rows = [{"guidance_scale": s, "seed": 0, "num_samples": 1000, "accuracy": 0.1 + 0.1 * s, "digits_fd": 2.0 + s,
-             "digits_fd_floor": 1.39, "digits_fd_floor_std": 0.07} for s in scales]
+    rows = [{"guidance_scale": s, "metric": metric, "seed": 0, "num_samples": 1000, "accuracy": 0.1 + 0.1 * s,
+             f"{metric}_fd": 2.0 + s, f"{metric}_fd_floor": 1.39, f"{metric}_fd_floor_std": 0.07} for s in scales]
     report = {"name": "sweep", "seed": 0, "reference_split": "all", "scheduler": "unipc",
-              "guidance": {"summary": summarize(rows), "num_inference_steps": 10,
+              "guidance": {"metric": metric, "summary": summarize(rows), "num_inference_steps": 10,
                            "default_guidance_scale": DEFAULT_GUIDANCE_SCALE}}
     assert merge_into_metrics(str(run_copy), report)
     text = card_text(str(run_copy))
     d = DEFAULT_GUIDANCE_SCALE
     assert (f"the pipeline's default `guidance_scale` is {d:g} (diffusers' convention: 1 = the conditional model "
             f"alone, 0 = the unconditional one); at the default, {0.1 + 0.1 * d:.1%} of the samples are recognised "
-            f"as the requested class and the digits FD is {2.0 + d:.3f}") in text
+            f"as the requested class and the {metric} FD is {2.0 + d:.3f}") in text
+    assert f"| guidance scale | class accuracy | {metric} FD |" in text
+    assert f"accuracy = the {metric} classifier agrees with the requested label" in text
     assert "1,000 samples per scale, one class after another, 10 steps of unipc, seed 0" in text
     assert f"| **{d:g} (default)** | {0.1 + 0.1 * d:.1%} | {2.0 + d:.3f} (real digits: 1.39) |" in text
     assert "| 5 | 60.0% | 7.000 (real digits: 1.39) |" in text

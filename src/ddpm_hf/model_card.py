@@ -124,28 +124,30 @@ def _recommendation_text(metrics):
 
 
 def _guidance_rows(metrics):
-    """The guidance sweep ``ddpm-hf evaluate --metrics guidance`` merged into metrics.json: (intro, rows of the table)
-    with the pipeline's default scale in bold, or (None, None)."""
+    """The guidance sweep ``ddpm-hf evaluate --metrics guidance`` merged into metrics.json: (intro, rows of the table
+    with the pipeline's default scale in bold, the FD column's title), or (None, None, None)."""
     g = metrics.get("guidance")
     if not g:
-        return None, None
+        return None, None, None
     default = g["default_guidance_scale"]
+    metric = g.get("metric", "digits")  # the sweep's offline metric: digits (8x8) or mnist (28x28)
+    fd = f"{metric}_fd"
     rows = []
     for e in g["scales"]:
         mark = "**" if e["guidance_scale"] == default else ""
-        floor = f" (real digits: {e['digits_fd_floor']:.3g})" if e.get("digits_fd_floor") else ""
+        floor = f" (real digits: {e[fd + '_floor']:.3g})" if e.get(fd + "_floor") else ""
         rows.append((f"{mark}{e['guidance_scale']:g}{' (default)' if mark else ''}{mark}", f"{e['accuracy']:.1%}",
-                     f"{e['digits_fd']:.3f}{floor}"))
+                     f"{e[fd]:.3f}{floor}"))
     at_default = [e for e in g["scales"] if e["guidance_scale"] == default]
     measured = (f"; at the default, {at_default[0]['accuracy']:.1%} of the samples are recognised as the requested "
-                f"class and the digits FD is {at_default[0]['digits_fd']:.3f}" if at_default else
+                f"class and the {metric} FD is {at_default[0][fd]:.3f}" if at_default else
                 "; the default was not among the scales measured")
     intro = (f"**Classifier-free guidance** (Ho & Salimans 2022): the pipeline's default `guidance_scale` is "
              f"{default:g} (diffusers' convention: 1 = the conditional model alone, 0 = the unconditional one)"
              f"{measured}. Measured with `ddpm-hf evaluate --metrics guidance`: {g['scales'][0]['num_samples']:,} "
              f"samples per scale, one class after another, {_sampling_text(g)}"
-             f", seed {g['seed']}; accuracy = the digits classifier agrees with the requested label.")
-    return intro, rows
+             f", seed {g['seed']}; accuracy = the {metric} classifier agrees with the requested label.")
+    return intro, rows, f"{metric} FD"
 
 
 def _read_json(path):
@@ -335,7 +337,7 @@ def model_card(output_dir, repo_id=None):
         eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
         recommendation=_recommendation_text(metrics),
         sampler_image=SAMPLER_PLOT if os.path.isfile(os.path.join(pipeline_dir, SAMPLER_PLOT)) else None,
-        guidance_intro=guidance[0], guidance_rows=guidance[1],
+        guidance_intro=guidance[0], guidance_rows=guidance[1], guidance_fd=guidance[2],
         training_rows=_training_rows(args, metrics, data, unet, scheduler))
 
 

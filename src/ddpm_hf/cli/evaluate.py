@@ -17,7 +17,8 @@ def add_parser(sub):
     p.add_argument("--metrics", default="bpd", help=f"comma-separated, from {', '.join(ALL_METRICS)} (default bpd; "
                    "fid/kid/prc need the Inception weights; digits and mnist are offline, for models of the "
                    "embedded digits and MNIST (--dataset_name mnist) only; guidance: "
-                   "a class-conditional digits model's label accuracy and digits FD per --guidance_scales)")
+                   "a class-conditional digits or MNIST model's label accuracy and digits or mnist FD per "
+                   "--guidance_scales)")
     p.add_argument("--num_samples", type=int, default=1000, help="samples for fid/kid/prc/digits/mnist "
                    "(default 1000; mnist: at most 4500)")
     p.add_argument("--num_inference_steps", "--ddpm_num_inference_steps", dest="num_inference_steps", default=None,
@@ -31,8 +32,8 @@ def add_parser(sub):
                    help="the sampler of the sample metrics, made from the model's scheduler config (default: the "
                    "model's own)")
     p.add_argument("--guidance_scales", default="0,1,2,3,5,8",
-                   help="with --metrics guidance (a class-conditional digits model): the guidance scales swept, "
-                   "comma-separated, diffusers' convention (1 = no guidance, 0 = the unconditional branch); "
+                   help="with --metrics guidance (a class-conditional digits or MNIST model): the guidance scales "
+                   "swept, comma-separated, diffusers' convention (1 = no guidance, 0 = the unconditional branch); "
                    "--num_samples split evenly over the classes, the first --num_inference_steps (default 0,1,2,3,5,8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (image i: seed + i) and of the bound")
     p.add_argument("--dataset_name", default=None, help="data to score against (default: the run's)")

@@ -193,13 +193,14 @@ def merge_into_metrics(folder, report):
         updates["sample_metrics"] = entries
     guidance = report.get("guidance")
     if guidance:  # the guidance sweep of a class-conditional model (the card's guidance table), replaced when rerun
+        metric = guidance.get("metric", "digits")
         updates["guidance"] = {
             "sampler": sampler, "num_inference_steps": guidance["num_inference_steps"], "seed": report["seed"],
             "default_guidance_scale": guidance["default_guidance_scale"], "evaluation": report["name"],
             "scales": [{"guidance_scale": e["guidance_scale"], "num_samples": e["num_samples"],
-                        "accuracy": e["accuracy"]["mean"], "digits_fd": e["digits_fd"]["mean"],
-                        "digits_fd_floor": e.get("digits_fd_floor"), "digits_fd_floor_std": e.get("digits_fd_floor_std")}
-                       for e in guidance["summary"]]}
+                        "accuracy": e["accuracy"]["mean"], **{k: e[k]["mean"] for k in (f"{metric}_fd",)},
+                        **{k: e.get(k) for k in (f"{metric}_fd_floor", f"{metric}_fd_floor_std")}}
+                       for e in guidance["summary"]], "metric": metric}
     update_metrics(folder, updates)
     return True
 
@@ -294,9 +295,14 @@ def evaluate(model, config=None, progress=True, log=print):
         pipe.scheduler = DDPMHFScheduler.from_config({**pipe.scheduler.config,
                                                       "timestep_spacing": c.timestep_spacing})
     channels, resolution = pipe.unet.config.in_channels, pipe.unet.config.sample_size
-    if {"digits", "guidance"} & set(metrics) and not (source == DIGITS and channels == 1 and resolution == 8):
+    # the guidance sweep scores with the dataset's own offline metric: digits (8x8) or mnist (28x28)
+    guidance_metric = "mnist" if source == MNIST and channels == 1 and resolution == 28 else "digits"
+    if ("digits" in metrics or ("guidance" in metrics and guidance_metric == "digits")) and not (
+            source == DIGITS and channels == 1 and resolution == 8):
         raise BadArgument("metrics", "the digits metric applies to models of the embedded 8x8 digits only; this "
-                          f"model is {resolution}x{resolution}x{channels} on {dataset_name or train_data_dir}")
+                          f"model is {resolution}x{resolution}x{channels} on {dataset_name or train_data_dir}"
+                          + (" (the guidance sweep needs a model of the embedded digits or MNIST)"
+                             if "guidance" in metrics else ""))
     if "mnist" in metrics and not (source == MNIST and channels == 1 and resolution == 28):
         raise BadArgument("metrics", "the mnist metric applies to 28x28 grayscale models of the embedded MNIST "
                           f"digits only; this model is {resolution}x{resolution}x{channels} on "
@@ -376,8 +382,10 @@ def evaluate(model, config=None, progress=True, log=print):
         sampler = use_scheduler(DDPMHFPipeline.from_pipe(pipe, torch_dtype=None), c.scheduler)
         sampler.set_progress_bar_config(**pipe._progress_bar_config)
         per_class = max(1, num_samples // null_class_id(pipe.unet))
-        sweep = conditional_report(sampler, out, name, c.guidance_scales, per_class, steps[0], batch_size, seed, log)
-        report["guidance"] = {"summary": sweep["summary"], "table": sweep["table"], "plot": sweep["plot"],
+        sweep = conditional_report(sampler, out, name, c.guidance_scales, per_class, steps[0], batch_size, seed, log,
+                                   metric=guidance_metric)
+        report["guidance"] = {"metric": guidance_metric, "summary": sweep["summary"], "table": sweep["table"],
+                              "plot": sweep["plot"],
                               "path": os.path.basename(sweep["path"]), "num_inference_steps": steps[0],
                               "default_guidance_scale": pipe._guidance_scale(None, [0])}
     path = os.path.join(out, f"eval-{name}.json")
