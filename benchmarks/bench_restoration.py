@@ -1,16 +1,19 @@
-"""Restoration with the `make demo` model (8x8 digits, learned variances, T = 1000) on the 180 held-out digits:
-inpainting (our RePaint, our DDNM-style projection, plain replacement, diffusers' RePaintPipeline), super-resolution
-x2 (DDNM, ILVR, bicubic) and denoising (ours, the noisy input, a Gaussian blur), with PSNR and the accuracy of a
-digit classifier on the results. Prints a markdown table (BENCHMARKS.md) and can draw docs/restoration.png.
+"""Restoration with a trained model on held-out digits: the `make demo` model (8x8 digits, 180 held out) or an `mnist`
+model (28x28, ``--dataset mnist``, 500 held out): inpainting of half and quarter masks (our RePaint, our DDNM-style
+projection, plain replacement, diffusers' RePaintPipeline), super-resolution (x2 on the digits, 4x4 -> 8x8; x4 on
+MNIST, 7x7 -> 28x28: DDNM, ILVR, bicubic) and denoising (ours, the noisy input, a Gaussian blur), with PSNR and the
+accuracy of the dataset's shipped classifier on the results. Prints a markdown table (BENCHMARKS.md) and can draw a
+picture of each task.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_restoration.py --model outputs/demo --picture docs/restoration.png
+    OMP_NUM_THREADS=1 python benchmarks/bench_restoration.py --model outputs/mnist --dataset mnist --limit 100 \
+        --steps 50 --picture docs/restoration-mnist.png
 
-The classifier is ddpm_hf.evaluation.digits's when that module exists, else a logistic regression on the pixels of the
-training split (scikit-learn, deterministic), trained here. Every method gets the same seed.
+The classifier is the offline metric's (ddpm_hf.evaluation.digits or .mnist), applied to the results saved as 8-bit
+images. Every method gets the same seed.
 """
 
 import argparse
-import importlib.util
 import json
 import time
 
@@ -24,34 +27,40 @@ from ddpm_hf.pipeline_ddpm_hf_img2img import DDPMHFImg2ImgPipeline
 from ddpm_hf.pipeline_ddpm_hf_inpaint import DDPMHFInpaintPipeline
 from ddpm_hf.pipeline_ddpm_hf_super_resolution import DDPMHFSuperResolutionPipeline
 
-MASKS = ("left half", "bottom half", "centre 4x4")
+MASKS = ("left half", "bottom half", "centre quarter")
+SR_SCALE = {"digits": 2, "mnist": 4}  # 4x4 -> 8x8; 7x7 -> 28x28
 
 
-def digits(split):
+def held_out(dataset, split):
+    """(images (N, 1, H, W) float in [0, 1], labels (N,) array) of the embedded digits or MNIST."""
+    if dataset == "mnist":
+        from ddpm_hf.evaluation.mnist import mnist_arrays
+
+        images, labels = mnist_arrays("test" if split == "test" else "train")
+        return images.float() / 255, labels
     data = load_digits_dataset()[split]
     images = np.stack([np.asarray(im, dtype=np.float32) / 255 for im in data["image"]])
     return torch.from_numpy(images)[:, None], np.asarray(data["label"])
 
 
-def classifier(train_images, train_labels):
-    """A function images (B, 1, 8, 8) in [0, 1] -> predicted labels, and its name."""
-    if importlib.util.find_spec("ddpm_hf.evaluation.digits") is not None:
-        from ddpm_hf.evaluation.digits import load_digits_classifier
+def classifier(dataset):
+    """A function images (B, 1, H, W) in [0, 1] -> predicted labels, and its name: the offline metric's classifier,
+    on the images as they are saved (8-bit)."""
+    if dataset == "mnist":
+        from ddpm_hf.evaluation.mnist import load_mnist_classifier as load
+    else:
+        from ddpm_hf.evaluation.digits import load_digits_classifier as load
+    model = load()
 
-        model = load_digits_classifier()
+    def classify(images):
+        return model.probabilities((images.clamp(0, 1) * 255).round().to(torch.uint8)).argmax(1)
 
-        def classify(images):  # the classifier takes uint8 images, as they are saved
-            return model.probabilities((images.clamp(0, 1) * 255).round().to(torch.uint8)).argmax(1)
-
-        return classify, "the digits metric's classifier (ddpm_hf.evaluation.digits)"
-    from sklearn.linear_model import LogisticRegression
-
-    model = LogisticRegression(max_iter=5000).fit(train_images.flatten(1).numpy(), train_labels)
-    return (lambda images: model.predict(images.flatten(1).clamp(0, 1).numpy())), "logistic regression on pixels"
+    return classify, f"the {dataset} metric's classifier (ddpm_hf.evaluation.{dataset})"
 
 
 def mask_of(name, size=8):
-    """1 = repaint (diffusers' inpainting convention)."""
+    """1 = repaint (diffusers' inpainting convention). "centre quarter": the centre square of half the side, a
+    quarter of the pixels (4x4 of 8x8, 14x14 of 28x28)."""
     mask = torch.zeros(1, 1, size, size)
     if name == "left half":
         mask[..., :, : size // 2] = 1
@@ -127,10 +136,14 @@ def gaussian_blur(images, std):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="outputs/demo", help="a saved DDPMHFPipeline folder (default outputs/demo)")
+    parser.add_argument("--dataset", choices=("digits", "mnist"), default="digits",
+                        help="the model's data: its held-out digits, classifier and super-resolution factor")
     parser.add_argument("--steps", type=int, default=100, help="respaced reverse steps of every chain (default 100)")
     parser.add_argument("--jump_length", type=int, default=10, help="RePaint's j (default 10)")
     parser.add_argument("--jump_n_sample", type=int, default=10, help="RePaint's r (default 10)")
-    parser.add_argument("--limit", type=int, default=None, help="use the first N held-out digits (default all 180)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use N held-out digits, the first N / 10 of each class (default all: 180 digits, "
+                        "500 MNIST)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     parser.add_argument("--picture", default=None, help="draw each task on 8 digits into this PNG")
@@ -142,10 +155,12 @@ def main():
     img2img = DDPMHFImg2ImgPipeline.from_pipe(base)
     for pipe in (inpaint, upscale, img2img):
         pipe.set_progress_bar_config(disable=True)
-    truth, labels = digits("test")
-    if args.limit:
-        truth, labels = truth[: args.limit], labels[: args.limit]
-    classify, classifier_name = classifier(*digits("train"))
+    truth, labels = held_out(args.dataset, "test")
+    if args.limit:  # the first limit / 10 of each class (MNIST's held-out split is sorted by class)
+        keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[: args.limit // 10] for c in range(10)]))
+        truth, labels = truth[keep], labels[keep]
+    classify, classifier_name = classifier(args.dataset)
+    size, factor = truth.shape[-1], SR_SCALE[args.dataset]
 
     def accuracy(images):
         return float((classify(images) == labels).mean())
@@ -154,11 +169,12 @@ def main():
         return torch.Generator().manual_seed(args.seed)
 
     rows = {"classifier": classifier_name, "images": len(truth), "steps": args.steps,
-            "clean accuracy": accuracy(truth), "inpainting": [], "super-resolution": [], "denoising": []}
+            "clean accuracy": accuracy(truth), "inpainting": [], "super-resolution": [], "denoising": [],
+            "dataset": args.dataset, "sr": f"x{factor} ({size // factor}x{size // factor} -> {size}x{size})"}
     started = time.time()
     j, r, steps = args.jump_length, args.jump_n_sample, args.steps
     for name in MASKS:
-        mask = mask_of(name)
+        mask = mask_of(name, size)
         runs = {
             f"ours RePaint (j={j}, r={r})": lambda: inpaint(truth, mask, method="repaint", num_inference_steps=steps,
                                                              jump_length=j, jump_n_sample=r, generator=gen(),
@@ -182,23 +198,24 @@ def main():
                                        seconds=time.time() - t0))
         print(rows["inpainting"][-1], flush=True)
 
-    low = F.avg_pool2d(truth, 2)
+    low = F.avg_pool2d(truth, factor)
     for method in ("ddnm", "ilvr"):
         t0 = time.time()
-        result = upscale(low, scale=2, method=method, num_inference_steps=steps, generator=gen(), output_type="pt")
+        result = upscale(low, scale=factor, method=method, num_inference_steps=steps, generator=gen(),
+                         output_type="pt")
         images = result.images
         rows["super-resolution"].append(dict(method=f"ours {method.upper()}", psnr=psnr(images, truth),
                                              accuracy=accuracy(images),
-                                             consistency=float((F.avg_pool2d(images, 2) - low).abs().max()),
-                                             unet_calls=steps, seconds=time.time() - t0))
+                                             consistency=float((F.avg_pool2d(images, factor) - low).abs().max()),
+                                             unet_calls=result.unet_calls, seconds=time.time() - t0))
         print(rows["super-resolution"][-1], flush=True)
-    for method, images in (("bicubic", F.interpolate(low, scale_factor=2, mode="bicubic").clamp(0, 1)),
-                           ("replicate (A+ y)", low.repeat_interleave(2, -2).repeat_interleave(2, -1))):
+    for method, images in (("bicubic", F.interpolate(low, scale_factor=factor, mode="bicubic").clamp(0, 1)),
+                           ("replicate (A+ y)", low.repeat_interleave(factor, -2).repeat_interleave(factor, -1))):
         rows["super-resolution"].append(dict(method=method, psnr=psnr(images, truth), accuracy=accuracy(images),
-                                             consistency=float((F.avg_pool2d(images, 2) - low).abs().max()),
+                                             consistency=float((F.avg_pool2d(images, factor) - low).abs().max()),
                                              unet_calls=0, seconds=0.0))
 
-    train_truth = digits("train")[0]
+    train_truth = held_out(args.dataset, "train")[0]
     noise_gen = torch.Generator().manual_seed(args.seed + 1)
     for sigma in (0.1, 0.2, 0.4):
         noisy = truth + sigma * torch.randn(truth.shape, generator=noise_gen)
@@ -224,7 +241,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     if args.picture:
-        draw(args, inpaint, upscale, img2img, *digits("test"))
+        draw(args, inpaint, upscale, img2img, *held_out(args.dataset, "test"), factor)
 
 
 def markdown(rows):
@@ -233,7 +250,8 @@ def markdown(rows):
              "| mask | method | PSNR masked (dB) | accuracy | UNet calls / image |", "|---|---|---|---|---|"]
     lines += [f"| {r['mask']} | {r['method']} | {r['psnr']:.2f} | {r['accuracy']:.3f} | {r['unet_calls']} |"
               for r in rows["inpainting"]]
-    lines += ["", "| x2 (4x4 -> 8x8) | PSNR (dB) | accuracy | max abs(A x - y) | UNet calls / image |",
+    lines += ["", f"| {rows.get('sr', 'x2 (4x4 -> 8x8)')} | PSNR (dB) | accuracy | max abs(A x - y) "
+              "| UNet calls / image |",
               "|---|---|---|---|---|"]
     lines += [f"| {r['method']} | {r['psnr']:.2f} | {r['accuracy']:.3f} | {r['consistency']:.1e} | {r['unet_calls']} |"
               for r in rows["super-resolution"]]
@@ -243,8 +261,9 @@ def markdown(rows):
     return "\n".join(lines)
 
 
-def draw(args, inpaint, upscale, img2img, truth, labels):
-    """docs/restoration.png: for one digit of each class 0..7, each task's degraded input, result and the truth."""
+def draw(args, inpaint, upscale, img2img, truth, labels, factor=2):
+    """The picture (docs/restoration.png): for one digit of each class 0..7, each task's degraded input, result and
+    the truth, upscaled to be seen."""
     from PIL import Image
 
     from ddpm_hf.images import make_grid
@@ -253,23 +272,24 @@ def draw(args, inpaint, upscale, img2img, truth, labels):
     x = truth[picks]
     gen = torch.Generator().manual_seed(args.seed)
     steps, grey = args.steps, torch.full_like(x, 0.5)
-    mask = mask_of("left half")
+    mask = mask_of("left half", x.shape[-1])
     repaint = inpaint(x, mask, method="repaint", num_inference_steps=steps, jump_length=args.jump_length,
                       jump_n_sample=args.jump_n_sample, generator=gen, output_type="pt").images
-    low = F.avg_pool2d(x, 2)
-    sr = upscale(low, method="ddnm", num_inference_steps=steps, generator=gen, output_type="pt").images
+    low = F.avg_pool2d(x, factor)
+    sr = upscale(low, scale=factor, method="ddnm", num_inference_steps=steps, generator=gen, output_type="pt").images
     noisy = x + 0.2 * torch.randn(x.shape, generator=gen)
     denoised = img2img(noisy, noise_level=0.2, num_inference_steps=steps, generator=gen, output_type="pt").images
     sdedit = img2img(x, strength=0.5, num_inference_steps=steps, generator=gen, output_type="pt").images
     panels = [
         ("inpainting, left half (RePaint): rows = masked input (grey = repaint), result, truth",
          [torch.where(mask > 0.5, grey, x), repaint, x]),
-        ("super-resolution x2 (DDNM): rows = 4x4 input, result, truth",
-         [low.repeat_interleave(2, -2).repeat_interleave(2, -1), sr, x]),
+        (f"super-resolution x{factor} (DDNM): rows = {low.shape[-1]}x{low.shape[-1]} input, result, truth",
+         [low.repeat_interleave(factor, -2).repeat_interleave(factor, -1), sr, x]),
         ("denoising, sigma 0.2: rows = noisy input, result, truth", [noisy.clamp(0, 1), denoised, x]),
         ("img2img (SDEdit), strength 0.5: rows = input, result", [x, sdedit]),
     ]
-    grids = [make_grid(torch.cat(images).permute(0, 2, 3, 1).numpy(), nrow=8, tile=48, title=title)
+    grids = [make_grid(torch.cat(images).permute(0, 2, 3, 1).numpy(), nrow=8, tile=max(48, 3 * x.shape[-1]),
+                           title=title)
              for title, images in panels]
     canvas = Image.new("RGB", (max(g.width for g in grids), sum(g.height for g in grids)), "white")
     top = 0
