@@ -8,15 +8,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from ddpm_hf import DDPMHFScheduler
-from ddpm_hf.likelihood import (
-    bits_per_dim,
-    discretized_gaussian_log_likelihood,
-    normal_kl,
-    p_mean_variance,
-    posterior_mean_variance,
-    prior_kl,
-    vlb_terms,
-)
+from ddpm_hf.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl, prior_kl, vlb_terms
 
 LEVELS = torch.linspace(-1, 1, 256, dtype=torch.float64)  # the 256 bin centres of [-1, 1]
 
@@ -81,13 +73,13 @@ def test_model_mean_with_the_true_prediction_is_the_posterior_mean(prediction_ty
     eps = torch.randn(4, 2, 3, 3, generator=g, dtype=torch.float64)
     t = torch.tensor([0, 3, 400, 999])
     outputs, xt = _consistent_outputs(sched, x0, eps, t)
-    p = p_mean_variance(sched, outputs[prediction_type], xt, t)
-    true_mean, _, _ = posterior_mean_variance(sched, x0, xt, t)
+    p = sched.p_mean_variance(outputs[prediction_type], xt, t)
+    true_mean, _, _ = sched.posterior_mean_variance(x0, xt, t)
     torch.testing.assert_close(p["pred_x0"], x0, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(p["mean"], true_mean, atol=1e-6, rtol=1e-5)
     # with the posterior variance too, every KL term vanishes
     learned = DDPMHFScheduler(prediction_type=prediction_type, clip_sample=False, variance_type="learned")
-    _, post_var, _ = posterior_mean_variance(learned, x0, xt, t)
+    _, post_var, _ = learned.posterior_mean_variance(x0, xt, t)
     out = torch.cat([outputs[prediction_type], post_var.expand_as(x0)], dim=1)
     kl = vlb_terms(learned, out, x0, xt, t)
     assert kl[1:].abs().max().item() < 1e-6
@@ -102,13 +94,18 @@ def test_variance_types():
     betas = 1 - tables / torch.cat([torch.ones(1, dtype=torch.float64), tables[:-1]])
     post = (1 - torch.cat([torch.ones(1, dtype=torch.float64), tables[:-1]])) / (1 - tables) * betas
     def variance(sched, out):
-        return p_mean_variance(sched, out, x, t)["variance"].expand_as(x)[:, 0, 0, 0]
+        return sched.p_mean_variance(out, x, t)["variance"].expand_as(x)[:, 0, 0, 0]
 
     small = variance(fixed_small, x)
     # betatilde_t, with betatilde_2 standing in for betatilde_1 = 0 at the decoder step
     torch.testing.assert_close(small, torch.stack([post[1], post[1], post[600]]))
-    large = variance(DDPMHFScheduler(variance_type="fixed_large"), x)
+    fixed_large = DDPMHFScheduler(variance_type="fixed_large")
+    large = variance(fixed_large, x)
     torch.testing.assert_close(large, torch.stack([post[1], betas[1], betas[600]]))
+    # the documented difference at t = 0 (paper t = 1): the bound's decoder takes betatilde_2 for fixed_large
+    # (improved-diffusion's), the sampler's model_variance the unreplaced beta_1; step adds no noise there
+    assert fixed_large.model_variance(0)[0].item() == pytest.approx(betas[0].item(), rel=1e-6)
+    assert large[0].item() == pytest.approx(post[1].item()) and abs(post[1] - betas[0]) > 0.3 * betas[0]
     learned_range = DDPMHFScheduler(variance_type="learned_range")
     for v, want in ((1.0, torch.stack([betas[0], betas[1], betas[600]])), (-1.0, small)):
         out = torch.cat([x, torch.full_like(x, v)], dim=1)
@@ -121,7 +118,7 @@ def test_variance_types():
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "learned_range"])
 def test_diffusers_scheduler_gives_the_same_bound(prediction_type, variance_type):
-    """The likelihood reads only ``config`` and ``alphas_cumprod``: diffusers' DDPMScheduler gives the same terms."""
+    """diffusers' DDPMScheduler (converted by ``from_config``, as the task pipelines do) gives the same terms."""
     kwargs = dict(prediction_type=prediction_type, variance_type=variance_type, num_train_timesteps=100)
     ours, theirs = DDPMHFScheduler(**kwargs), DDPMScheduler(**kwargs)
     g = torch.Generator().manual_seed(4)
@@ -130,9 +127,7 @@ def test_diffusers_scheduler_gives_the_same_bound(prediction_type, variance_type
     channels = 4 if variance_type == "learned_range" else 2
     out = torch.rand(3, channels, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
     t = torch.tensor([0, 1, 99])
-    p_ours, p_theirs = p_mean_variance(ours, out, xt, t), p_mean_variance(theirs, out, xt, t)
-    for key in ("mean", "variance", "log_variance", "pred_x0"):
-        assert torch.equal(p_ours[key], p_theirs[key]), key
+    assert torch.equal(ours.alphas_cumprod, theirs.alphas_cumprod)
     assert torch.equal(vlb_terms(ours, out, x0, xt, t), vlb_terms(theirs, out, x0, xt, t))
 
 
@@ -218,3 +213,20 @@ def test_uniform_noise_costs_about_8_bits_per_dim():
 def test_bits_per_dim_rejects_unscaled_images():
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         bits_per_dim(lambda x, t: x, DDPMHFScheduler(), torch.full((1, 1, 2, 2), 255.0), progress=False)
+
+
+def test_forward_jump_composes_with_q_sample_into_ho_eq_4():
+    """q_sample_from(x_s, eps, t, s) after x_s ~ q(x_s | x_0) is a draw of q(x_t | x_0) = N(sqrt(alphabar_t) x_0,
+    (1 - alphabar_t) I) (Ho eq. 4), checked by Monte Carlo; from s = -1 (the clean image) it is q_sample itself."""
+    sched = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2")
+    g = torch.Generator().manual_seed(5)
+    n, s, t = 200_000, 300, 700
+    x0 = torch.full((n, 1, 1, 1), 0.6)
+    x_s = sched.q_sample(x0, torch.randn(x0.shape, generator=g), torch.full((n,), s))
+    x_t = sched.q_sample_from(x_s, torch.randn(x0.shape, generator=g), t, s)
+    ab = sched.alphas_cumprod[t].double()
+    assert abs(x_t.mean().item() - 0.6 * ab.sqrt().item()) < 4 * math.sqrt((1 - ab) / n)
+    assert abs(x_t.var().item() - (1 - ab).item()) < 4 * (1 - ab).item() * math.sqrt(2 / n)
+    eps = torch.randn(x0[:4].shape, generator=g)
+    from_clean = sched.q_sample_from(x0[:4], eps, t, -1)
+    torch.testing.assert_close(from_clean, sched.q_sample(x0[:4], eps, torch.full((4,), t)))

@@ -18,7 +18,7 @@ from helpers import forked_cli, hub_env, local_env, run_python
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.cli import main as cli_main
 from ddpm_hf.pipeline_ddpm_hf import TASK_PIPELINES
-from ddpm_hf.pipeline_ddpm_hf_img2img import DDPMHFImg2ImgPipeline, matching_timestep
+from ddpm_hf.pipeline_ddpm_hf_img2img import DDPMHFImg2ImgPipeline
 from ddpm_hf.pipeline_ddpm_hf_inpaint import DDPMHFInpaintPipeline, repaint_path
 from ddpm_hf.pipeline_ddpm_hf_super_resolution import (
     DDPMHFSuperResolutionPipeline,
@@ -510,7 +510,7 @@ def test_sigma_starts_the_chain_at_the_matching_t_star_monte_carlo(sigma):
     checked by Monte Carlo against the forward process, and the pipeline's first UNet input is exactly it."""
     scheduler = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2")
     alphabar = scheduler.alphas_cumprod.double()
-    t_star = matching_timestep(scheduler.alphas_cumprod, 2 * sigma)
+    t_star = DDPMHFScheduler.timestep_of_noise_ratio(scheduler.alphas_cumprod, 2 * sigma)
     ratio = ((1 - alphabar) / alphabar).sqrt()
     assert (ratio - 2 * sigma).abs().argmin() == t_star and ratio[t_star - 1] < 2 * sigma < ratio[t_star + 1]
     x0 = digits(1, seed=1)[0]

@@ -18,7 +18,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UN
 from diffusers.utils.torch_utils import randn_tensor
 
 # diffusers copies a local folder's relative imports one level deep: this file names every sibling it needs
-from .pipeline_ddpm_hf import OUTPUT_TYPES
+from .pipeline_ddpm_hf import OUTPUT_TYPES, _own_scheduler_class
 from .pipeline_ddpm_hf_denoiser import step_kwargs
 from .pipeline_ddpm_hf_hub import upload_folder_to_hub  # noqa: F401
 from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
@@ -33,14 +33,6 @@ def strength_start(num_steps, strength):
     if run == 0:
         raise ValueError(f"strength {strength} runs no step of a {num_steps}-step chain: raise one of them")
     return num_steps - run
-
-
-def matching_timestep(alphas_cumprod, sigma):
-    """The t* whose forward marginal has the noise-to-signal ratio sigma: argmin_t |sqrt((1 - alphabar_t) /
-    alphabar_t) - sigma| (Ho eq. 4: x_t / sqrt(alphabar_t) = x_0 + sqrt((1 - alphabar_t) / alphabar_t) eps), so
-    that sqrt(alphabar_t*) (x_0 + sigma n) is distributed as x_t* ~ q(x_t* | x_0). sigma in the model's units."""
-    ratio = ((1 - alphas_cumprod.double()) / alphas_cumprod.double()).sqrt()
-    return int((ratio - sigma).abs().argmin())
 
 
 @dataclass
@@ -155,7 +147,7 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
             noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)
             x = scheduler.add_noise(y, noise, chain[:1])  # x_t0 ~ q(x_t0 | y), Ho eq. 4 (in the scheduler's scale)
         else:
-            start = matching_timestep(scheduler.alphas_cumprod, 2.0 * noise_level)
+            start = _own_scheduler_class().timestep_of_noise_ratio(scheduler.alphas_cumprod, 2.0 * noise_level)
             scheduler.set_timesteps(timesteps=[start] + [int(t) for t in chain if t < start])
             chain = scheduler.timesteps
             # x_t* = sqrt(alphabar_t*) y: the forward marginal with no noise added, in the scheduler's scale

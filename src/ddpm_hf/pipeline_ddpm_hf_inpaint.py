@@ -101,11 +101,6 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     # ------------------------------------------------------------------ pieces
 
-    @staticmethod
-    def _alphabar(scheduler, k, timesteps):
-        """alphabar at chain state k (1 for the clean state k = len(timesteps))."""
-        return 1.0 if k >= len(timesteps) else float(scheduler.alphas_cumprod[int(timesteps[k])])
-
     def _prepare(self, image, mask_image):
         if image is None or mask_image is None:
             raise ValueError("inpainting needs both `image` and `mask_image`")
@@ -203,9 +198,8 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
                     known_x = scheduler.q_sample(y, noise, chain[k_next]) if k_next < len(chain) else y  # line 5
                     x = mask * unknown + known * known_x  # Alg. 1 line 8
             else:  # jump back up tau_k -> tau_{k-1}: q(x_{k-1} | x_k) (Alg. 1 line 10, Ho eq. 4 over skipped steps)
-                ratio = self._alphabar(scheduler, k_next, chain) / self._alphabar(scheduler, k, chain)
                 noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)
-                x = ratio**0.5 * x + (1 - ratio) ** 0.5 * noise
+                x = scheduler.q_sample_from(x, noise, chain[k_next], chain[k] if k < len(chain) else -1)
         # the output is A+ y + (I - A+ A) x_0 (DDNM eq. for x^_0): the known pixels are the input's exactly
         x = project(x)
         images = self.image_processor.postprocess(x, output_type=output_type, do_denormalize=[True] * len(x))

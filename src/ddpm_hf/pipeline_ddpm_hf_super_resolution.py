@@ -126,8 +126,7 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
             return x0 - lam * upsample(downsample(x0, scale) - y, scale)
 
         step = scheduler.step(output, t, x, generator=generator, x0_transform=project)
-        posterior = scheduler.posterior(t, s)
-        mean = posterior.mean_from_x0.to(x) * step.pred_original_sample + posterior.mean_from_xt.to(x) * x
+        mean = scheduler.posterior(t, s).mean(step.pred_original_sample, x)  # Ho eq. 7, the step's mean
         # the step drew x_s = mean + sigma_t z: split z into its range part (block means) and its null part
         z = (step.prev_sample - mean) / sigma_t.clamp(min=1e-12)
         z_range = upsample(downsample(z, scale), scale)

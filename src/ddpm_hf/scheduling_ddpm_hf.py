@@ -240,6 +240,10 @@ class Posterior:
     variance: torch.Tensor
     beta: torch.Tensor
 
+    def mean(self, x_start, x_t):
+        """The posterior mean mean_from_x0 x_0 + mean_from_xt x_t (Ho eq. 7), in x_t's dtype and device."""
+        return self.mean_from_x0.to(x_t) * x_start + self.mean_from_xt.to(x_t) * x_t
+
 
 class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
     """Denoising diffusion probabilistic model sampler (Ho et al. 2020, Algorithm 2) with the variance choices and
@@ -513,6 +517,118 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
             limit = self.config.clip_sample_range
             return pred_original_sample.clamp(-limit, limit)
         return pred_original_sample
+
+    # ------------------------------------- the full chain, batched over timesteps (the bound's quantities)
+
+    def _full_chain_table(self):
+        """float64 tables of the full T-step chain (t -> t - 1), each (T,), built once from ``alphas_cumprod`` (the
+        float32 values the scheduler trains and samples with; rebuilt if that tensor is replaced):
+        "alphas_cumprod"; "beta", "posterior_variance" betatilde_t, "mean_from_x0", "mean_from_xt" of Ho eq. 7 by
+        ``posterior_coefficients`` with alphabar_{t-1} (alphabar_0 := 1); "log_small": log betatilde_t with
+        betatilde_2 in place of betatilde_1 = 0; "log_large": log beta_t with the same betatilde_2 at t = 1; "log_beta":
+        log beta_t. The t = 1 replacements are improved-diffusion's (gaussian_diffusion.py,
+        ``posterior_log_variance_clipped`` and the "fixed_large" ``np.append(posterior_variance[1], betas[1:])``):
+        they only set the decoder's variance (Ho eq. 13), since ``step`` adds no noise at the chain's last step."""
+        table = getattr(self, "_full_chain", None)
+        if table is None or table["source"] is not self.alphas_cumprod:
+            ab = self.alphas_cumprod.double().cpu()
+            ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+            beta, posterior_variance, mean_from_x0, mean_from_xt = posterior_coefficients(ab, ab_prev)
+            first = posterior_variance[1:2] if len(ab) > 1 else beta[:1]  # betatilde_2
+            table = {"source": self.alphas_cumprod, "alphas_cumprod": ab, "beta": beta,
+                     "posterior_variance": posterior_variance, "mean_from_x0": mean_from_x0,
+                     "mean_from_xt": mean_from_xt, "log_small": torch.cat([first, posterior_variance[1:]]).log(),
+                     "log_large": torch.cat([first, beta[1:]]).log(), "log_beta": beta.log()}
+            self._full_chain = table
+        return table
+
+    def _per_sample(self, name, timesteps, like):
+        """The full-chain table ``name`` at ``timesteps`` (B,), in ``like``'s dtype and device, shaped (B, 1, ...)."""
+        index = torch.as_tensor(timesteps).long().cpu().flatten()
+        values = self._full_chain_table()[name][index]
+        return values.to(like.device, like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+    def q_mean_variance(self, x_start, timesteps):
+        """q(x_t | x_0) = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I) (Ho eq. 4), batched.
+
+        Args:
+            x_start: x_0, (B, C, H, W). timesteps: (B,) code timesteps in [0, T-1].
+        Returns:
+            (mean of x_start's shape, variance (B, 1, 1, 1)), from the float64 table in x_start's dtype.
+        """
+        ab = self._per_sample("alphas_cumprod", timesteps, x_start.double())
+        return (ab.sqrt() * x_start.double()).to(x_start.dtype), (1 - ab).to(x_start.dtype)
+
+    def posterior_mean_variance(self, x_start, x_t, timesteps):
+        """q(x_{t-1} | x_t, x_0) = N(mutilde_t(x_t, x_0), betatilde_t I) of the full chain (Ho eq. 6, 7), batched.
+
+        Args:
+            x_start: x_0, (B, C, H, W). x_t: same shape. timesteps: (B,) code timesteps in [0, T-1].
+        Returns:
+            (mean of x_t's shape, variance betatilde_t (B, 1, 1, 1), log variance with betatilde_2 at t = 0 (paper
+            t = 1, where betatilde_1 = 0; ``_full_chain_table``) (B, 1, 1, 1)).
+        """
+        mean = (self._per_sample("mean_from_x0", timesteps, x_t) * x_start
+                + self._per_sample("mean_from_xt", timesteps, x_t) * x_t)
+        return (mean, self._per_sample("posterior_variance", timesteps, x_t),
+                self._per_sample("log_small", timesteps, x_t))
+
+    def p_mean_variance(self, model_output, x_t, timesteps, clip_denoised=None):
+        """The model's reverse step p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I) of the full chain (Ho eq. 1,
+        11), batched: what the variational bound (Ho eq. 5) compares with the posterior.
+
+        mu_theta = mutilde_t(x_t, x0_hat) (Ho eq. 7 with x0_hat of Ho eq. 15 for epsilon, ``x0_coefficients``; equal
+        to Ho eq. 11). sigma_t^2 by ``variance_type`` (``model_log_variance``: Ho sec. 3.2, Nichol & Dhariwal eq. 15)
+        from "log_small" and, for fixed_large, "log_large" of ``_full_chain_table`` (learned_range interpolates
+        towards log beta_t, as improved-diffusion does). At t = 0 these are the decoder's variance; ``step`` never
+        uses them there (no noise at the chain's last step), and ``model_variance(0)`` gives the unreplaced
+        beta_1 / betatilde_1 (floored).
+
+        Args:
+            model_output: (B, C, H, W), or (B, 2C, H, W) for learned variances.
+            x_t: (B, C, H, W). timesteps: (B,) code timesteps in [0, T-1].
+            clip_denoised: clamp x0_hat to [-r, r], r = clip_sample_range; default the config's clip_sample.
+        Returns:
+            {"mean", "variance", "log_variance" (broadcastable to x_t), "pred_x0"}.
+        """
+        variance_type = self.config.variance_type
+        learned = variance_type in ("learned", "learned_range")
+        prediction, variance_channels = split_model_output(model_output, x_t.shape[1])
+        if learned and variance_channels is None:
+            raise ValueError(f"variance_type={variance_type!r} needs {2 * x_t.shape[1]} output channels")
+        large = "log_large" if variance_type in ("fixed_large", "fixed_large_log") else "log_beta"
+        log_variance = model_log_variance(variance_type, self._per_sample(large, timesteps, x_t),
+                                          self._per_sample("log_small", timesteps, x_t),
+                                          variance_channels if learned else None)
+        coefficients = x0_coefficients(self._full_chain_table()["alphas_cumprod"], self.config.prediction_type)
+        if coefficients is not None:
+            coefficients = tuple(k.to(x_t.device)[torch.as_tensor(timesteps).long().to(x_t.device)]
+                                 .to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1))) for k in coefficients)
+        pred_x0 = x0_from_output(prediction, x_t, coefficients)
+        if self.config.clip_sample if clip_denoised is None else clip_denoised:
+            pred_x0 = pred_x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        mean, _, _ = self.posterior_mean_variance(pred_x0, x_t, timesteps)
+        return {"mean": mean, "variance": log_variance.exp(), "log_variance": log_variance, "pred_x0": pred_x0}
+
+    def q_sample_from(self, sample, noise, timestep, from_timestep):
+        """A draw of the forward process from a noisier-than-clean state: x_t ~ q(x_t | x_s) = N(sqrt(alphabar_t /
+        alphabar_s) x_s, (1 - alphabar_t / alphabar_s) I) for s < t (Ho eq. 4 over the steps s+1..t; s = -1 is the
+        clean image, alphabar := 1). RePaint's jump back up (Lugmayr et al. 2022, Alg. 1 line 10).
+
+        Args:
+            sample: x_s, (B, ...). noise: eps, same shape. timestep: t. from_timestep: s < t (or -1).
+        """
+        ratio = float(self._alphabar_at(timestep)) / float(self._alphabar_at(from_timestep))
+        return q_sample_with(sample, noise, ratio**0.5, (1 - ratio) ** 0.5)
+
+    @staticmethod
+    def timestep_of_noise_ratio(alphas_cumprod, sigma):
+        """The t* whose forward marginal has the noise-to-signal ratio sigma: argmin_t |sqrt((1 - alphabar_t) /
+        alphabar_t) - sigma| (Ho eq. 4: x_t / sqrt(alphabar_t) = x_0 + sqrt((1 - alphabar_t) / alphabar_t) eps), so
+        that sqrt(alphabar_t*) (x_0 + sigma n) is distributed as x_t* ~ q(x_t* | x_0). A static method of any
+        scheduler's ``alphas_cumprod`` (the denoising pipeline runs with diffusers' samplers too)."""
+        ab = torch.as_tensor(alphas_cumprod).double()
+        return int((((1 - ab) / ab).sqrt() - sigma).abs().argmin())
 
     # ------------------------------------------------------------ diffusers API
 

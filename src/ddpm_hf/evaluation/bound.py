@@ -42,8 +42,9 @@ def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, pr
     from tqdm.auto import tqdm
 
     from ..data import to_model_range
-    from ..likelihood import LOG2, prior_kl, q_sample, vlb_terms
+    from ..likelihood import LOG2, as_ddpm_hf, prior_kl, vlb_term_at
 
+    scheduler = as_ddpm_hf(scheduler)
     T = scheduler.config.num_train_timesteps
     if not 2 <= num_timesteps <= T:
         raise BadArgument("bpd_timesteps", f"bpd_timesteps must be in [2, {T}], got {num_timesteps}")
@@ -61,11 +62,8 @@ def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, pr
             y = None if labels is None else labels[start : start + batch_size].to(device)
 
             def term(t):  # L_{t-1} per image, in nats, at code timesteps t (B,)
-                noise = torch.randn(x.shape, generator=g).to(device)
-                x_t = q_sample(scheduler, x, t, noise)  # Ho eq. 4
-                out = (unet(x_t, t) if y is None else unet(x_t, t, class_labels=y)).sample
                 bar.update(b)
-                return vlb_terms(scheduler, out, x, x_t, t).double().cpu()
+                return vlb_term_at(unet, scheduler, x, t, g, y)
 
             decoder = term(torch.zeros(b, dtype=torch.long, device=device)) * scale
             prior = prior_kl(scheduler, x).double().cpu() * scale  # L_T, exact
