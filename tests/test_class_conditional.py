@@ -180,7 +180,7 @@ def test_every_recipe_gets_the_null_class(recipe, tmp_path):
     from diffusers import UNet2DModel
 
     from ddpm_hf.training.config import TrainConfig
-    from ddpm_hf.training.loop import unet_config_for_data, unet_for_data
+    from ddpm_hf.training.model_setup import unet_config_for_data, unet_for_data
 
     config = TrainConfig.create(recipe=recipe, class_conditional=True, class_names=("a", "b", "c"))
     unet = unet_config_for_data(config, 3, config.resolution)

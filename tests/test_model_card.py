@@ -281,7 +281,7 @@ def test_card_names_each_sampler_and_recommends_the_fewest_calls_near_the_best(r
     --update_model_card` merges them) stay apart by sampler, and the card recommends the sampler with the fewest UNet
     calls within 10% of the best score, with the diffusers line that swaps it in, and shows them against UNet calls
     in a picture."""
-    from ddpm_hf.evaluation.report import merge_into_metrics
+    from ddpm_hf.evaluation.merge import merge_into_metrics
 
     for report in (_scored("DDPMHFScheduler", 100, 1.50), _scored("DDPMHFScheduler", 10, 3.0),
                    _scored("unipc", 10, 1.70), _scored("dpmsolver++", 20, 1.70), _scored("heun", 6, 1.55),
@@ -303,7 +303,8 @@ def test_card_names_each_sampler_and_recommends_the_fewest_calls_near_the_best(r
     assert "sampler_quality.png" not in text  # not drawn yet: write_model_card draws it
 
     # `ddpm-hf card` draws the comparable scores (1,000 samples) against UNet calls, and the card shows the picture
-    from ddpm_hf.model_card import SAMPLER_PLOT, plot_sampler_scores, write_model_card
+    from ddpm_hf.model_card import write_model_card
+    from ddpm_hf.model_card_sampling import SAMPLER_PLOT, plot_sampler_scores
 
     metrics = json.loads((run_copy / "metrics.json").read_text())
     assert plot_sampler_scores(metrics, str(run_copy / "drawn.png")) == {
@@ -327,7 +328,7 @@ def test_card_states_the_default_guidance_and_its_measured_numbers(run_copy, met
     """A guidance sweep (``ddpm-hf evaluate --metrics guidance``) merged into metrics.json puts its table in the card,
     the pipeline's default scale in bold with its measured accuracy and FD, named after the sweep's metric."""
     from ddpm_hf.evaluation.conditional import summarize
-    from ddpm_hf.evaluation.report import merge_into_metrics
+    from ddpm_hf.evaluation.merge import merge_into_metrics
     from ddpm_hf.pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
 
     scales = sorted({0.0, 1.0, DEFAULT_GUIDANCE_SCALE, 5.0})

@@ -3,8 +3,8 @@
 ``write_model_card(output_dir)`` reads what a training run left in ``output_dir`` (training_args.json, metrics.json,
 the saved pipeline's configs, the sample grid, denoising strip and loss plot), copies the pictures to
 ``output_dir/images/``, draws the sample scores of ``ddpm-hf evaluate`` against UNet calls there when it has two or
-more to compare (``plot_sampler_scores``) and renders ``model_card_template.md`` through huggingface_hub's ``ModelCard`` into
-``output_dir/README.md``, beside the pipeline (train_unconditional.py's layout). The card names no local path and no
+more to compare (``model_card_sampling``) and renders ``model_card_template.md`` through huggingface_hub's
+``ModelCard`` into ``output_dir/README.md``, beside the pipeline (train_unconditional.py's layout). The card names no local path and no
 token: local datasets appear by their folder's name only. ``ddpm_hf.hub`` uploads it with the run.
 
 A card ddpm-hf writes ends with a stamp, an HTML comment (invisible when rendered) holding the SHA-256 of the text
@@ -21,12 +21,12 @@ import re
 import shutil
 
 from .errors import CardEdited
+from .model_card_sampling import (SAMPLE_METRIC_NAMES, SAMPLER_PLOT, guidance_rows, plot_sampler_scores,
+                                  recommendation_text, sampling_text)
 from .run_dir import METRICS, MODEL_CARD, TRAINING_ARGS, check_run
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
 # pictures of the run -> their name beside the card (and so in the Hub repo)
-# the picture of the sample scores against UNet calls, drawn from metrics.json by write_model_card
-SAMPLER_PLOT = "images/sampler_quality.png"
 PICTURES = {"samples": ("samples/grid.png", "images/samples.png"),
             "strip": ("samples/strip.png", "images/denoising.png"),
             "loss": ("loss.png", "images/loss.png")}
@@ -37,117 +37,6 @@ BETA_SCHEDULE_TEXT = {
     "sigmoid": "sigmoid",
 }
 PREDICTION_TEXT = {"epsilon": "the noise eps (Ho eq. 14)", "sample": "x_0", "v_prediction": "v (Salimans & Ho 2022)"}
-
-
-SAMPLE_METRIC_NAMES = {"fid": "FID (lower is better)", "kid": "KID (lower is better)",
-                       "precision": "precision (k=3, higher is better)", "recall": "recall (k=3, higher is better)",
-                       "digits_fd": "digits classifier Frechet distance (lower is better)",
-                       "mnist_fd": "MNIST classifier Frechet distance (lower is better)"}
-
-
-def _sampling_text(entry):
-    """"N steps" of the model's ancestral chain, "N steps of NAME" for another sampler (``ddpm_hf.sampling``)."""
-    sampler = entry.get("sampler", "ddpm")
-    return f"{entry['num_inference_steps']} steps" + ("" if sampler == "ddpm" else f" of {sampler}")
-
-
-def comparable_scores(metrics):
-    """The sample scores ``ddpm-hf evaluate`` merged into metrics.json (``sample_metrics``) that can be compared with
-    each other: those of the digits metric if it has two or more, else of the MNIST metric, else of FID, at the
-    largest sample count measured.
-    (metric name, [entries]), or (None, []) with fewer than two scores of one metric."""
-    entries = metrics.get("sample_metrics", [])
-    for metric in ("digits_fd", "mnist_fd", "fid"):
-        scored = [e for e in entries if e["metric"] == metric]
-        n = max((e["num_samples"] for e in scored), default=0)
-        scored = [e for e in scored if e["num_samples"] == n]
-        if len(scored) >= 2:
-            return metric, scored
-    return None, []
-
-
-def recommended_sampler(metrics, tolerance=0.10):
-    """Of the samplers ``ddpm-hf evaluate`` scored (``comparable_scores``), the one with the fewest UNet calls whose
-    score is within ``tolerance`` of the best: {"entry", "best", "metric", "tolerance"}, or None with fewer than two
-    comparable scores."""
-    from .sampling import unet_calls
-
-    metric, scored = comparable_scores(metrics)
-    if not scored:
-        return None
-    best = min(scored, key=lambda e: e["value"])
-    near = [e for e in scored if e["value"] <= (1 + tolerance) * best["value"]]
-    pick = min(near, key=lambda e: (unet_calls(e.get("sampler", "ddpm"), e["num_inference_steps"]), e["value"]))
-    return {"entry": pick, "best": best, "metric": metric, "tolerance": tolerance}
-
-
-def plot_sampler_scores(metrics, path):
-    """Draw the comparable sample scores (``comparable_scores``; metrics.json keeps one per sampler and step count)
-    against UNet calls per image, one line per sampler, with the real-data floor if measured, to ``path`` (a PNG).
-    Returns what was drawn, {sampler: [(calls, score), ...]}, or None (drawing nothing) with fewer than two scores."""
-    from .evaluation.plots import plot_quality_against_calls
-    from .sampling import unet_calls
-
-    metric, scored = comparable_scores(metrics)
-    if not scored:
-        return None
-    lines = {}
-    for e in sorted(scored, key=lambda e: (e.get("sampler", "ddpm"), e["num_inference_steps"])):
-        sampler = e.get("sampler", "ddpm")
-        lines.setdefault(sampler, []).append((unet_calls(sampler, e["num_inference_steps"]), e["value"]))
-    floors = [(e["floor"], e.get("floor_std") or 0.0) for e in scored if e.get("floor") is not None]
-    name = SAMPLE_METRIC_NAMES.get(metric, metric)
-    plot_quality_against_calls(lines, path, f"{name}, {scored[0]['num_samples']:,} samples per score",
-                               ylabel=name.split(" (")[0], floor=floors[0] if floors else None)
-    return lines
-
-
-def _recommendation_text(metrics):
-    """The card's sentence on the fastest measured sampler (``recommended_sampler``), or None."""
-    from .sampling import SCHEDULERS, unet_calls
-
-    found = recommended_sampler(metrics)
-    if found is None:
-        return None
-    pick, best = found["entry"], found["best"]
-    sampler, steps = pick.get("sampler", "ddpm"), pick["num_inference_steps"]
-    name = SAMPLE_METRIC_NAMES.get(found["metric"], found["metric"]).split(" (")[0]
-    text = (f"**Recommended sampling**: {_sampling_text(pick)} ({unet_calls(sampler, steps)} UNet calls per image), "
-            f"the fewest UNet calls among the samplers measured above within {found['tolerance']:.0%} of the best "
-            f"{name}: {pick['value']:.4g} against {best['value']:.4g} ({_sampling_text(best)}).")
-    if sampler != "ddpm" and sampler in SCHEDULERS:  # (a saved pipeline's own diffusers scheduler: no swap to show)
-        text += (f" Swap it in with `pipe.scheduler = {SCHEDULERS[sampler][0]}.from_config(pipe.scheduler.config"
-                 + "".join(f", {k}={v!r}" for k, v in SCHEDULERS[sampler][1].items())
-                 + f")` (from diffusers) and call `pipe(..., num_inference_steps={steps})`, or `ddpm-hf sample MODEL "
-                 f"--scheduler {sampler} --num_inference_steps {steps}`.")
-    return text
-
-
-def _guidance_rows(metrics):
-    """The guidance sweep ``ddpm-hf evaluate --metrics guidance`` merged into metrics.json: (intro, rows of the table
-    with the pipeline's default scale in bold, the FD column's title), or (None, None, None)."""
-    g = metrics.get("guidance")
-    if not g:
-        return None, None, None
-    default = g["default_guidance_scale"]
-    metric = g.get("metric", "digits")  # the sweep's offline metric: digits (8x8) or mnist (28x28)
-    fd = f"{metric}_fd"
-    rows = []
-    for e in g["scales"]:
-        mark = "**" if e["guidance_scale"] == default else ""
-        floor = f" (real digits: {e[fd + '_floor']:.3g})" if e.get(fd + "_floor") else ""
-        rows.append((f"{mark}{e['guidance_scale']:g}{' (default)' if mark else ''}{mark}", f"{e['accuracy']:.1%}",
-                     f"{e[fd]:.3f}{floor}"))
-    at_default = [e for e in g["scales"] if e["guidance_scale"] == default]
-    measured = (f"; at the default, {at_default[0]['accuracy']:.1%} of the samples are recognised as the requested "
-                f"class and the {metric} FD is {at_default[0][fd]:.3f}" if at_default else
-                "; the default was not among the scales measured")
-    intro = (f"**Classifier-free guidance** (Ho & Salimans 2022): the pipeline's default `guidance_scale` is "
-             f"{default:g} (diffusers' convention: 1 = the conditional model alone, 0 = the unconditional one)"
-             f"{measured}. Measured with `ddpm-hf evaluate --metrics guidance`: {g['scales'][0]['num_samples']:,} "
-             f"samples per scale, one class after another, {_sampling_text(g)}"
-             f", seed {g['seed']}; accuracy = the {metric} classifier agrees with the requested label.")
-    return intro, rows, f"{metric} FD"
 
 
 def _read_json(path):
@@ -206,7 +95,7 @@ def _eval_rows(metrics, args, num_timesteps):
         if e.get("floor") is not None:  # the digits / MNIST metric's real-data floor at the same sample count
             extra += f" (real digits at this sample count: {e['floor']:.4g} +- {e['floor_std']:.2g})"
         rows.append((f"{SAMPLE_METRIC_NAMES.get(e['metric'], e['metric'])}: {e['num_samples']:,} samples, "
-                     f"{_sampling_text(e)}, seed {e['seed']}, against {e['reference']}; {e['features']}",
+                     f"{sampling_text(e)}, seed {e['seed']}, against {e['reference']}; {e['features']}",
                      f"**{e['value']:.4g}**{extra}"))
     if not any(e["metric"] == "fid" for e in entries):
         rows.append(("FID", "not computed (`ddpm-hf evaluate MODEL --metrics fid` with the Inception weights)"))
@@ -313,8 +202,8 @@ def model_card(output_dir, repo_id=None):
         eval_results = (eval_results or []) + [EvalResult(
             task_type="unconditional-image-generation", dataset_type=data["id"], dataset_name=data["name"],
             dataset_split=e.get("split"), metric_type=e["metric"],
-            metric_name=f"{e['metric']} ({e['num_samples']} samples, {_sampling_text(e)})",
-            metric_value=round(e["value"], 4), metric_config=_sampling_text(e))]
+            metric_name=f"{e['metric']} ({e['num_samples']} samples, {sampling_text(e)})",
+            metric_value=round(e["value"], 4), metric_config=sampling_text(e))]
     card_data = ModelCardData(
         library_name="diffusers", pipeline_tag="unconditional-image-generation", license=data["license"],
         datasets=[data["hub"]] if data["hub"] else None, model_name=model_name, eval_results=eval_results,
@@ -324,7 +213,7 @@ def model_card(output_dir, repo_id=None):
                      if variance in ("learned", "learned_range") else
                      f"reverse-process variances are fixed (`{variance}`, Ho sec. 3.2)")
     images = {key: new for key, (_, new) in PICTURES.items() if os.path.isfile(os.path.join(pipeline_dir, new))}
-    guidance = _guidance_rows(metrics)
+    guidance = guidance_rows(metrics)
     return ModelCard.from_template(
         card_data, template_path=TEMPLATE, model_name=model_name, data_text=data['text'], data_short=data['short'],
         resolution=resolution, channels_text="grayscale" if channels == 1 else f"{channels} channels",
@@ -335,7 +224,7 @@ def model_card(output_dir, repo_id=None):
         strip_image=images.get("strip"), loss_image=images.get("loss"),
         num_classes=len(args.get("class_names") or []) if args.get("class_conditional") else 0,
         eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
-        recommendation=_recommendation_text(metrics),
+        recommendation=recommendation_text(metrics),
         sampler_image=SAMPLER_PLOT if os.path.isfile(os.path.join(pipeline_dir, SAMPLER_PLOT)) else None,
         guidance_intro=guidance[0], guidance_rows=guidance[1], guidance_fd=guidance[2],
         training_rows=_training_rows(args, metrics, data, unet, scheduler))

@@ -1,7 +1,8 @@
 """Scoring a diffusion model: the variational bound on held-out images (``bound``; a training run's periodic scores in
 ``periodic``), sample metrics in Inception features (``inception``, ``features``) or in an offline classifier's
 (``digits`` for the 8x8 digits, ``mnist`` for MNIST, their shared parts in ``classifier_metric``), and
-``ddpm-hf evaluate``'s report (``report``) with its pictures (``plots``).
+``ddpm-hf evaluate``'s report (``report``; the model it reads, ``model_source``; what it merges into a run's
+metrics.json, ``merge``) with its pictures (``plots``).
 
 The names below are imported on first use (PEP 562), so ``import ddpm_hf.evaluation`` costs nothing until then.
 """
@@ -9,7 +10,7 @@ The names below are imported on first use (PEP 562), so ``import ddpm_hf.evaluat
 import importlib
 
 SAMPLE_METRICS = ("fid", "kid", "prc", "digits", "mnist")
-# "guidance": a class-conditional digits model's guidance sweep (label accuracy and digits FD per guidance scale)
+# "guidance": a class-conditional digits or MNIST model's guidance sweep (label accuracy and FD per guidance scale)
 ALL_METRICS = ("bpd",) + SAMPLE_METRICS + ("guidance",)
 INCEPTION_METRICS = ("fid", "kid", "prc")
 
@@ -24,7 +25,9 @@ _EXPORTS = {
     "mnist": ("MnistCNN", "load_mnist_classifier", "mnist_arrays", "mnist_metric", "save_mnist_classifier",
               "train_mnist_cnn"),
     "classifier_metric": ("Classifier", "class_statistics", "copying_check", "nearest_distances"),
-    "report": ("EvaluationConfig", "evaluate", "merge_into_metrics", "model_folder", "training_args_of"),
+    "report": ("EvaluationConfig", "evaluate"),
+    "merge": ("merge_into_metrics",),
+    "model_source": ("model_folder", "training_args_of"),
     "plots": ("plot_curve", "plot_steps", "save_grid"),
     "conditional": ("conditional_report", "guidance_sweep", "label_agreement"),
 }

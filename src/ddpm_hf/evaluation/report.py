@@ -25,43 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import BadArgument, CardEdited, ModelNotFound
+from ..errors import BadArgument, CardEdited
 from . import ALL_METRICS, INCEPTION_METRICS, SAMPLE_METRICS
-
-
-def _read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def model_folder(model):
-    """The local folder of ``model`` that holds model_index.json (a run's output folder, its old-layout ``pipeline/``
-    subfolder, or a pipeline folder), or None for a Hub repo id."""
-    from ..run_dir import LEGACY_PIPELINE, MODEL_INDEX
-
-    for folder in (model, os.path.join(model, LEGACY_PIPELINE)):
-        if os.path.isfile(os.path.join(folder, MODEL_INDEX)):
-            return folder
-    if os.path.isdir(model):
-        raise ModelNotFound(f"{model} is not a saved pipeline or training run: no model_index.json in it")
-    return None
-
-
-def training_args_of(model, folder):
-    """The training_args.json of the run (local, or downloaded from the Hub repo), or {}."""
-    from ..run_dir import TRAINING_ARGS
-
-    if folder is not None:
-        for path in (os.path.join(folder, TRAINING_ARGS), os.path.join(folder, "..", TRAINING_ARGS)):
-            if os.path.isfile(path):
-                return _read_json(path)
-        return {}
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return _read_json(hf_hub_download(model, TRAINING_ARGS))
-    except Exception:  # noqa: BLE001  (an older repo without it: fall back to the flags)
-        return {}
+from .merge import merge_into_metrics
+from .model_source import model_folder, training_args_of
 
 
 def load_split(dataset_name, train_data_dir, dataset_config_name, split, resolution, channels, max_images,
@@ -155,54 +122,6 @@ def sample_scores(samples, metrics, reference, inception, digits_reference, refe
         m = mnist_metric(samples)  # its floor at this sample count beside it
         scores["mnist_fd"] = {"value": m.pop("mnist_fd"), "features": MNIST_LABEL, **m}
     return scores
-
-
-def merge_into_metrics(folder, report):
-    """Headline numbers of ``report`` into ``folder/metrics.json`` (a training run's, through ``run_dir``, its one
-    writer): the bound as ``bits_per_dim`` (or ``bits_per_dim_estimate``) and each sample score as an entry of
-    ``sample_metrics`` (one per metric, sampler and step count, replaced when measured again; ``sampler`` is a name
-    of ``ddpm_hf.sampling.SCHEDULERS``, "ddpm" for the model's own ancestral chain). False if there is none."""
-    from ..run_dir import METRICS, read_metrics, update_metrics
-
-    if not os.path.isfile(os.path.join(folder, METRICS)):
-        return False
-    updates = {}
-    bpd = report.get("bpd")
-    if bpd:
-        keys = ("bits_per_dim", "bits_per_dim_stderr", "prior_bits_per_dim", "decoder_bits_per_dim", "num_images")
-        if bpd["estimate"]:
-            updates["bits_per_dim_estimate"] = {k: bpd[k] for k in keys} | {"terms": bpd["terms"]}
-        else:
-            updates.update({k: bpd[k] for k in keys})
-    entries = list(read_metrics(folder).get("sample_metrics", []))
-    sampler = report.get("scheduler")
-    sampler = "ddpm" if sampler in (None, "DDPMHFScheduler") else sampler
-    for run in report.get("sampling", []):
-        for name, score in run["scores"].items():
-            entry = {"metric": name, "value": score["value"], "num_samples": run["num_samples"],
-                     "num_inference_steps": run["num_inference_steps"], "seed": report["seed"],
-                     "split": report["reference_split"], "features": score["features"],
-                     "reference": score["reference"], "evaluation": report["name"], "sampler": sampler}
-            prefix = name[: -len("_fd")]  # digits_fd, mnist_fd: the real-data floor at the same count beside it
-            if f"{prefix}_fd_floor" in score:
-                entry.update(floor=score[f"{prefix}_fd_floor"], floor_std=score[f"{prefix}_fd_floor_std"])
-            key = (name, entry["num_inference_steps"], sampler)  # (entries from before "sampler": the ancestral chain)
-            entries = [e for e in entries if (e["metric"], e["num_inference_steps"], e.get("sampler", "ddpm")) != key]
-            entries.append(entry)
-    if entries:
-        updates["sample_metrics"] = entries
-    guidance = report.get("guidance")
-    if guidance:  # the guidance sweep of a class-conditional model (the card's guidance table), replaced when rerun
-        metric = guidance.get("metric", "digits")
-        updates["guidance"] = {
-            "sampler": sampler, "num_inference_steps": guidance["num_inference_steps"], "seed": report["seed"],
-            "default_guidance_scale": guidance["default_guidance_scale"], "evaluation": report["name"],
-            "scales": [{"guidance_scale": e["guidance_scale"], "num_samples": e["num_samples"],
-                        "accuracy": e["accuracy"]["mean"], **{k: e[k]["mean"] for k in (f"{metric}_fd",)},
-                        **{k: e.get(k) for k in (f"{metric}_fd_floor", f"{metric}_fd_floor_std")}}
-                       for e in guidance["summary"]], "metric": metric}
-    update_metrics(folder, updates)
-    return True
 
 
 @dataclass
