@@ -1,5 +1,5 @@
-"""Plain helpers shared by the test files (fixtures live in conftest.py): tiny training runs as a user starts them,
-reading what a run wrote, image folders, and fresh Python subprocesses that load pipelines with or without ddpm_hf
+"""Plain helpers shared by the test files (fixtures live in conftest.py): tiny UNets, tiny training runs as a user
+starts them, the CLI in a subprocess, reading what a run wrote, image folders, and fresh Python subprocesses that load pipelines with or without ddpm_hf
 (see test_save_load.py's docstring for what "without ddpm_hf" means)."""
 
 import contextlib
@@ -16,6 +16,44 @@ from safetensors.torch import load_file
 
 import ddpm_hf
 from hub_server import CLIENT_PRELUDE
+
+# ------------------------------------------------------------------------------------------------ tiny UNets
+
+
+def _unet_classes():
+    import torch
+    from diffusers import UNet2DModel
+
+    class RecordingUNet(UNet2DModel):
+        """A UNet2DModel that records (input, timestep, class labels, output) of every call in ``calls`` (the real
+        network runs)."""
+
+        def forward(self, sample, timestep, class_labels=None, return_dict=True):
+            out = super().forward(sample, timestep, class_labels=class_labels, return_dict=return_dict)
+            labels = None if class_labels is None else torch.as_tensor(class_labels).tolist()
+            self.calls.append((sample.clone(), timestep, labels, (out.sample if return_dict else out[0]).clone()))
+            return out
+
+    return UNet2DModel, RecordingUNet
+
+
+UNet2DModel, RecordingUNet = _unet_classes()
+
+
+def tiny_unet(channels=1, learned=False, num_class_embeds=None, cls=UNet2DModel, seed=0, norm_num_groups=4):
+    """An 8x8 two-level UNet2DModel (8 and 16 channels, one layer per block) in eval mode, initialised from ``seed``:
+    ``channels`` in, twice as many out for ``learned`` variances, ``num_class_embeds`` for a class-conditional one;
+    ``cls`` RecordingUNet to record its calls (``unet.calls``, empty)."""
+    import torch
+
+    torch.manual_seed(seed)
+    unet = cls(sample_size=8, in_channels=channels, out_channels=channels * (2 if learned else 1),
+               block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=norm_num_groups,
+               down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+               num_class_embeds=num_class_embeds)
+    unet.calls = []
+    return unet.eval()
+
 
 # ------------------------------------------------------------------------------------------------ training runs
 
@@ -217,6 +255,13 @@ def run_trains(*arg_lists, cwd, timeout=600):
     procs = [ForkedTrain(args, cwd) for args in arg_lists]
     for r in [proc.finish(timeout) for proc in procs]:
         assert r.returncode == 0, r.stderr[-3000:]
+
+
+def cli_subprocess(*args, env=None, timeout=600):
+    """``python -m ddpm_hf.cli ARGS`` in a fresh interpreter (the training environment unless ``env``), to its end:
+    the CompletedProcess with text stdout and stderr."""
+    return subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *map(str, args)], env=env or train_env(),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def forked_cli(*args, cwd=None, env=None, timeout=300):

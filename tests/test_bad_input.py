@@ -45,7 +45,7 @@ def world(tmp_path_factory):
     model folder (untrained cpu-8 UNet, T = 20) and damaged copies of it."""
     import shutil
 
-    from datasets import Dataset, Features, Value
+    from datasets import Dataset, Features
     from datasets import Image as ImageFeature
 
     from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler, build_unet

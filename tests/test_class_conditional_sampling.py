@@ -19,7 +19,8 @@ from ddpm_hf import (DDPMHFImg2ImgPipeline, DDPMHFInpaintPipeline, DDPMHFPipelin
                      DDPMHFSuperResolutionPipeline)
 from ddpm_hf.pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE
 
-from helpers import cli_in_process, forked_cli, local_env, run_python
+from helpers import RecordingUNet, cli_in_process, forked_cli, local_env, run_python
+from helpers import tiny_unet as helpers_tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,27 +30,13 @@ ID2LABEL = {0: "zero", 1: "one, uno", 2: "two", 3: "three"}
 STEPS = 5
 
 
-class RecordingUNet(UNet2DModel):
-    """A UNet2DModel that records (input, timestep, class labels, output) of every call (the real network runs)."""
-
-    def forward(self, sample, timestep, class_labels=None, return_dict=True):
-        out = super().forward(sample, timestep, class_labels=class_labels, return_dict=return_dict)
-        labels = None if class_labels is None else class_labels.tolist()
-        self.calls.append((sample.clone(), timestep, labels, (out.sample if return_dict else out[0]).clone()))
-        return out
-
-
 def tiny_unet(channels=1, learned=True, conditional=True, cls=RecordingUNet):
-    torch.manual_seed(7 + channels + 2 * learned)
-    unet = cls(sample_size=8, in_channels=channels, out_channels=channels * (2 if learned else 1),
-               block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-               down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-               num_class_embeds=NUM_CLASSES + 1 if conditional else None)
+    unet = helpers_tiny_unet(channels, learned, NUM_CLASSES + 1 if conditional else None, cls,
+                             seed=7 + channels + 2 * learned)
     if conditional:  # a visible class embedding (diffusers initialises it N(0, 1) already; make it matter more)
         with torch.no_grad():
             unet.class_embedding.weight.mul_(3)
-    unet.calls = []
-    return unet.eval()
+    return unet
 
 
 def conditional_pipe(unet=None, scheduler=None, learned=True):

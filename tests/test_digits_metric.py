@@ -1,7 +1,6 @@
 """The digits metric (ddpm_hf.evaluation.digits): its real-data floor against a Monte Carlo of independent samples,
 real digits inside the floor, corrupted digits far above it, the classifier's determinism and its shipped weights."""
 
-import functools
 
 import numpy as np
 import pytest

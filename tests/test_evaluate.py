@@ -3,10 +3,7 @@ stratified bound estimate against the full bound, and the whole command on a tin
 file made here (the real one is a download)."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -19,7 +16,7 @@ from ddpm_hf.evaluation.digits import digits_arrays
 from ddpm_hf.evaluation.bound import held_out_bits, stratified_bits
 from ddpm_hf.evaluation.features import frechet_distance, kernel_distance, precision_recall
 
-from helpers import cli_in_process, run_train, train_env
+from helpers import cli_in_process, cli_subprocess, run_train, train_env
 
 
 # ---------------------------------------------------------------------------------------------- distances
@@ -144,11 +141,6 @@ def _seeded_cache(tmp_path):
     return cache
 
 
-def _cli(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *args], env=env or train_env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def run(trained_run, tmp_path_factory):
     """A copy of the session's tiny run (conftest.trained_run) that this module's tests evaluate, and an Inception
@@ -225,7 +217,7 @@ def test_evaluate_without_inception_weights_fails_fast(run, tmp_path, capsys):
         if not offline:
             env.pop("HF_HUB_OFFLINE")
         start = time.time()
-        r = _cli("evaluate", str(out), "--metrics", "fid", env=env, timeout=120)
+        r = cli_subprocess("evaluate", str(out), "--metrics", "fid", env=env, timeout=120)
         assert r.returncode == 2 and time.time() - start < 60
         assert "inception-2015-12-05.pt" in r.stderr and "--inception_weights" in r.stderr
         assert "Traceback" not in r.stderr
@@ -291,7 +283,7 @@ def test_evaluate_a_hub_repo(run, tmp_path, digits_classifier):
         hub.seed_repo("ns/tiny-digits", out)
         env = hub.client_env(tmp_path / "hf_home")
         env.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", DDPM_HF_CACHE=str(_seeded_cache(tmp_path)))
-        r = _cli("evaluate", "ns/tiny-digits", "--metrics", "digits", "--num_samples", "8", "--num_inference_steps",
+        r = cli_subprocess("evaluate", "ns/tiny-digits", "--metrics", "digits", "--num_samples", "8", "--num_inference_steps",
                  "2", "--name", "hub", "--output_dir", str(tmp_path / "scores"), "--timestep_spacing", "trailing",
                  env=env)
         assert r.returncode == 0, r.stderr[-3000:]

@@ -119,7 +119,7 @@ def test_killed_three_times_and_stopped_twice_then_resume_is_bit_identical(tmp_p
         assert not (out / "model_index.json").exists() and not (out / "metrics.json").exists()
         assert resolve_checkpoint("latest", str(out)) == str(out / f"checkpoint-{expect_latest}")
     r = run_train("--output_dir", str(out), *COMMON, "--resume_from_checkpoint", "latest", cwd=tmp_path)
-    assert f"checkpoint-8 at step 8" in r.stdout + r.stderr
+    assert "checkpoint-8 at step 8" in r.stdout + r.stderr
     assert _same_weights(straight, out)
     assert [h["loss"] for h in read_history(out)] == [h["loss"] for h in read_history(straight)]
     assert not list(out.glob("*.tmp")) and not (out / LOCK_NAME).exists()

@@ -17,7 +17,8 @@ from PIL import Image
 from ddpm_hf import DDPMHFPipeline
 from ddpm_hf.model_card import card_text, edited_by_hand, model_card
 
-from helpers import TINY, TINY_RUN_REPO, TINY_RUN_TOKEN, cli_in_process, png_folder, run_train, train_env
+from helpers import (TINY, TINY_RUN_REPO, TINY_RUN_TOKEN, cli_in_process, cli_subprocess, png_folder, run_train,
+                     train_env)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,12 +30,6 @@ def _linked_images(card_text):
 def _files(folder):
     return {os.path.relpath(os.path.join(d, f), folder).replace(os.sep, "/") for d, _, fs in os.walk(folder)
             for f in fs if not f.startswith(".")}
-
-
-def _cli(*args, env=None):
-    r = subprocess.run([sys.executable, "-m", "ddpm_hf.cli", *args], env=env or train_env(), capture_output=True,
-                       text=True, timeout=300)
-    return r
 
 
 @pytest.mark.slow
@@ -255,11 +250,11 @@ def test_failed_upload_loses_nothing(tmp_path):
         assert f"ddpm-hf push {out} --hub_model_id ns/later --hub_revision dev --hub_private_repo" in r.stderr
         assert (out / "README.md").is_file() and (out / "metrics.json").is_file()
         assert not hub.repo_exists("ns/later")
-        r = _cli("push", str(out), "--hub_model_id", "ns/later", "--hub_revision", "dev", "--hub_private_repo",
+        r = cli_subprocess("push", str(out), "--hub_model_id", "ns/later", "--hub_revision", "dev", "--hub_private_repo",
                  env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         assert hub.repo_exists("ns/later") and hub.repo_private("ns/later")
-        r = _cli("push", str(out), "--hub_model_id", "ns/later", env=env)  # and main, for the checks below
+        r = cli_subprocess("push", str(out), "--hub_model_id", "ns/later", env=env)  # and main, for the checks below
         assert r.returncode == 0, r.stderr[-3000:]
         stored = Path(hub.repo_dir("ns/later"))
     assert ModelCard.load(out / "README.md").data.model_name == "later"

@@ -18,7 +18,8 @@ from ddpm_hf import DDPMHFImg2ImgPipeline, DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.errors import BadArgument
 from ddpm_hf.sampling import SCHEDULERS, make_scheduler
 
-from helpers import forked_cli, local_env, run_python
+from helpers import RecordingUNet, forked_cli, local_env, run_python
+from helpers import tiny_unet as helpers_tiny_unet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -37,22 +38,8 @@ SWAPS = {
 STEPS = 6
 
 
-class RecordingUNet(UNet2DModel):
-    """A UNet2DModel that records the input and output of every call (the real network runs)."""
-
-    def forward(self, sample, timestep, class_labels=None, return_dict=True):
-        out = super().forward(sample, timestep, class_labels=class_labels, return_dict=return_dict)
-        self.calls.append((sample.clone(), timestep, out.sample.clone() if return_dict else out[0].clone()))
-        return out
-
-
-def tiny_unet(channels, learned, cls=UNet2DModel, **kwargs):
-    torch.manual_seed(channels * 10 + learned)
-    unet = cls(sample_size=8, in_channels=channels, out_channels=channels * (2 if learned else 1),
-               block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-               down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), **kwargs)
-    unet.calls = []
-    return unet.eval()
+def tiny_unet(channels, learned, cls=UNet2DModel):
+    return helpers_tiny_unet(channels, learned, cls=cls, seed=channels * 10 + learned)
 
 
 def pipeline(unet, learned, scheduler_name=None, overrides=None, **scheduler_kwargs):
@@ -177,7 +164,7 @@ def test_ddim_eta_0_update_is_song_eq_12(learned):
     timesteps = pipe.scheduler.timesteps.tolist()
     assert timesteps == [1000 // STEPS * k for k in range(STEPS - 1, -1, -1)]  # "leading", from our config
     for i, t in enumerate(timesteps):
-        x_t, unet_t, output = unet.calls[i]
+        x_t, unet_t, _, output = unet.calls[i]
         assert int(unet_t) == t
         eps = output[:, :3].double()
         a_t = alphabar[t]

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, RePaintPipeline, RePaintScheduler, UNet2DModel
+from diffusers import DDPMScheduler, RePaintPipeline, RePaintScheduler
 from PIL import Image
 from hub_server import HubServer
 from helpers import forked_cli, hub_env, local_env, run_python
+from helpers import tiny_unet as helpers_tiny_unet
 
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.cli import main as cli_main
@@ -32,12 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_unet(channels=1, learned=False, seed=0):
-    torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=8, in_channels=channels, out_channels=channels * (2 if learned else 1),
-        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
+    return helpers_tiny_unet(channels, learned, seed=seed, norm_num_groups=8)
 
 
 def make(cls, channels=1, learned=False, **scheduler_kwargs):

@@ -51,7 +51,7 @@ import os
 import numpy as np
 import torch
 
-from .classifier_metric import SHRINKAGE, Classifier, load_classifier, save_classifier, train_classifier, whitening
+from .classifier_metric import Classifier, load_classifier, save_classifier, train_classifier, whitening
 from .classifier_metric import class_statistics as _class_statistics
 
 CLASSIFIER_VERSION = 2  # bump when the classifier's recipe changes: the cache file name carries it

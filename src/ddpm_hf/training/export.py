@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 
-from ..errors import RunError
 from ..run_dir import PIPELINE_TMP, write_metrics
 from .checkpoints import write_error
 from .flat_parameters import ema_weights
