@@ -1,5 +1,6 @@
 """Bad input (issue 12): each case ends in one error line that names the problem and the fix, exit code 2, no
-traceback, and leaves an existing output folder (and the model folder) exactly as it was.
+traceback, and leaves an existing output folder (and the model folder) exactly as it was. Every command's flag
+errors are in the one table CASES (train, sample, evaluate, the restoration commands).
 
 Training cases run `ddpm-hf train` in this process with `--output_dir` on a finished-looking run and
 `--overwrite_output_dir` (where the flags allow it): the error must come before the old run is deleted. A few cases
@@ -104,6 +105,9 @@ def world(tmp_path_factory):
                                                               beta_schedule="cosine-ish"))
     w["bad_variance"] = damaged("bad_variance", lambda f: edit(f / "scheduler" / "scheduler_config.json",
                                                               variance_type="huge"))
+    for name, shape in (("rgb", (8, 8, 3)), ("small", (4, 4)), ("gray", (8, 8))):  # restoration inputs
+        w[name] = root / f"{name}.png"
+        Image.fromarray(np.zeros(shape, np.uint8)).save(w[name])
     w["notmodel"] = root / "text_files"
     w["samples"] = root / "samples"  # an existing samples folder `sample --output_dir` must leave alone
     w["samples"].mkdir()
@@ -213,6 +217,46 @@ CASES = [
     ("evaluate an unknown metric", "evaluate", ["{model}", "--metrics", "fdi"], ["--metrics fdi: choose from"]),
     ("evaluate a model without weights", "evaluate", ["{no_weights}", "--metrics", "bpd"],
      ["diffusion_pytorch_model"]),
+    ("evaluate a misspelt metric", "evaluate", ["{model}", "--metrics", "fidd"],
+     ["choose from bpd, fid, kid, prc, digits"]),
+    ("evaluate steps that are not integers", "evaluate", ["{model}", "--num_inference_steps", "5,x"],
+     ["integers separated by commas"]),
+    ("evaluate zero samples", "evaluate", ["{model}", "--num_samples", "0"], ["--num_samples must be >= 1"]),
+    ("unknown command", "frobnicate", [], ["invalid choice"]),
+    # recipes and settings that cannot work together, refused at parse time (a fresh output folder, no TINY flags)
+    ("preset resolution", "train-fresh", ["--unet_preset", "ddpm-cifar10-32", "--resolution", "20"],
+     ["divisible by 8 (e.g. 8, 16, 24, 32, 64); got 20"]),
+    ("diffusers recipe resolution", "train-fresh", ["--recipe", "diffusers", "--resolution", "48"],
+     ["divisible by 32"]),
+    ("unknown recipe", "train-fresh", ["--recipe", "nope"], ["invalid choice"]),
+    ("resume from a checkpoint that is not there", "train-fresh", ["--resume_from_checkpoint", "checkpoint-9"],
+     ["no such checkpoint"]),
+    ("resume from a folder that is not there", "train-fresh", ["--resume_from_checkpoint", "{root}/no/such/folder"],
+     ["no such checkpoint"]),
+    ("dropout above 1", "train-fresh", ["--dropout", "1.5"], ["--dropout must be in [0, 1)"]),
+    ("inference steps above a smaller T", "train-fresh", ["--ddpm_num_steps", "500", "--ddpm_num_inference_steps",
+                                                         "501"], ["cannot exceed --ddpm_num_steps"]),
+    ("streaming with image epochs", "train-fresh", ["--streaming", "--max_train_steps", "9", "--save_images_epochs",
+                                                    "2"], ["a --streaming run cannot"]),
+    ("streaming with model epochs", "train-fresh", ["--streaming", "--max_train_steps", "9", "--save_model_epochs",
+                                                    "2"], ["a --streaming run cannot"]),
+    # restoration
+    ("inpaint a colour image with a grayscale model", "inpaint", ["{model}", "--image", "{rgb}", "--mask", "{gray}"],
+     ["ddpm-hf inpaint: error: the image has 3 channels but the model takes 1"]),
+    ("inpaint with a mask of another size", "inpaint", ["{model}", "--image", "{gray}", "--mask", "{small}"],
+     ["ddpm-hf inpaint: error: ", "mask_image is (4, 4) (H, W) but image is (8, 8)"]),
+    ("upscale by a factor the model cannot take", "upscale", ["{model}", "--image", "{small}", "--scale", "3"],
+     ["ddpm-hf upscale: error: ", "cannot take scale 3"]),
+    ("img2img strength above 1", "img2img", ["{model}", "--image", "{gray}", "--strength", "1.5"],
+     ["ddpm-hf img2img: error: ", "strength must be in (0, 1]"]),
+    ("img2img strength 0", "img2img", ["{model}", "--image", "{gray}", "--strength", "0"],
+     ["--strength must be in (0, 1], got 0.0"]),
+    ("denoise a negative noise level", "denoise", ["{model}", "--image", "{gray}", "--noise_level", "-1"],
+     ["--noise_level must be > 0, got -1.0"]),
+    ("denoise an image that is not there", "denoise", ["{model}", "--image", "{root}/missing.png", "--noise_level",
+                                                       "0.1"], ["missing.png does not exist"]),
+    ("upscale with noise by ILVR", "upscale", ["{model}", "--image", "{gray}", "--method", "ilvr", "--noise_level",
+                                               "0.1"], ["only with method='ddnm'"]),
 ]
 
 
@@ -230,7 +274,11 @@ def test_bad_input(case, world, capsys, monkeypatch, tmp_path):
     _, command, argv, parts = case
     argv = [a.format(**{k: str(v) for k, v in world.items()}) for a in argv]
     monkeypatch.chdir(world["root"])
-    if command.startswith("train"):  # a copy per case: a case that wrongly trains spoils no other case
+    if command == "train-fresh":  # parse-time refusals: no TINY flags, a new output folder that must stay empty
+        fresh = tmp_path / "fresh"
+        argv = ["train", "--output_dir", str(fresh), *argv]
+        watched = [fresh]
+    elif command.startswith("train"):  # a copy per case: a case that wrongly trains spoils no other case
         run = tmp_path / "run"
         __import__("shutil").copytree(world["run"], run)
         argv = ["train", *TINY, "--output_dir", str(run), *argv]

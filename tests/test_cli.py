@@ -11,7 +11,7 @@ from PIL import Image
 
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler, build_unet
 
-from helpers import cli_in_process, forked_cli
+from helpers import forked_cli
 
 
 def _run(*args, cwd):
@@ -46,19 +46,6 @@ def test_sample_writes_pngs_grid_and_strip(saved, tmp_path):
     grid, strip = Image.open(out / "grid.png"), Image.open(out / "strip.png")
     assert grid.width >= 2 * 64 and strip.width >= 5 * 64  # upscaled so an 8x8 digit is visible; 5 steps shown
     assert "wrote 3 images" in r.stdout
-
-
-def test_bad_arguments_fail_with_a_message(saved, tmp_path, capsys, monkeypatch):
-    """In process (the command's own entry point; test_sample_writes_pngs_grid_and_strip runs the CLI as a real
-    process, with its exit code)."""
-    _, folder = saved
-    monkeypatch.chdir(tmp_path)
-    code, _, err = cli_in_process(capsys, "sample", folder, "--num_images", "0")
-    assert code == 2 and "--num_images must be >= 1" in err
-    code, _, err = cli_in_process(capsys, "sample", tmp_path / "missing", "--num_images", "1")
-    assert code != 0 and "missing" in err
-    code, _, err = cli_in_process(capsys, "frobnicate")
-    assert code == 2 and "invalid choice" in err
 
 
 # ------------------------------------------------------------------------------------------------ flag names

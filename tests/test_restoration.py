@@ -697,30 +697,14 @@ def test_cli_commands_write_the_result_and_a_labelled_strip(saved, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_errors_are_one_message_and_exit_code_2(saved, tmp_path, capsys):
+def test_cli_error_is_one_message_and_exit_code_2_in_a_real_process(saved, tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
-    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "small.png")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "gray.png")
     proc = forked_cli("inpaint", saved, "--image", tmp_path / "rgb.png", "--mask", tmp_path / "gray.png", timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == \
         "ddpm-hf inpaint: error: the image has 3 channels but the model takes 1"
-    for argv, message in (
-        (["inpaint", "--image", "gray.png", "--mask", "small.png"], "mask_image is (4, 4) (H, W) but image is (8, 8)"),
-        (["upscale", "--image", "small.png", "--scale", "3"], "cannot take scale 3"),
-        (["img2img", "--image", "gray.png", "--strength", "1.5"], "strength must be in (0, 1]"),
-        (["img2img", "--image", "gray.png", "--strength", "0"], "--strength must be in (0, 1], got 0.0"),
-        (["denoise", "--image", "gray.png", "--noise_level", "-1"], "--noise_level must be > 0, got -1.0"),
-        (["denoise", "--image", "missing.png", "--noise_level", "0.1"], "missing.png does not exist"),
-        (["upscale", "--image", "gray.png", "--method", "ilvr", "--noise_level", "0.1"], "only with method='ddnm'"),
-    ):
-        argv = [argv[0], str(saved)] + [str(tmp_path / a) if a.endswith(".png") else a for a in argv[1:]]
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            cli_main(argv)
-        assert exit_info.value.code == 2, argv
-        last = capsys.readouterr().err.strip().splitlines()[-1]
-        assert last.startswith(f"ddpm-hf {argv[0]}: error: ") and message in last, (argv, last)
+    # the other restoration flag errors: test_bad_input's table
 
 
 def test_diffusers_ddpm_scheduler_works_too():
