@@ -74,6 +74,7 @@ def _without_stamp(text):
 @pytest.mark.slow
 def test_local_folder_card_and_cli_rerender(tmp_path, capsys):
     images = png_folder(tmp_path / "my-faces", mode="RGB")
+    (images / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 4)  # skipped, counted
     out = tmp_path / "run"
     run_train("--train_data_dir", str(images), "--resolution", "8", "--output_dir", str(out), "--max_train_steps", "2",
            "--train_batch_size", "4", "--checkpointing_steps", "100", "--variance_type", "fixed_small",
@@ -84,6 +85,9 @@ def test_local_folder_card_and_cli_rerender(tmp_path, capsys):
     assert "a local image folder (`my-faces`)" in text and str(tmp_path) not in text
     assert "not computed (no held-out split)" in text and 'mode "RGB"' in text and "variances are fixed" in text
     assert 'from_pretrained("path/to/this/folder"' in text
+    skipped = json.loads((out / "metrics.json").read_text())["unreadable_images_skipped"]
+    assert skipped == {"train": 1, "held_out": 0, "first": ["broken.png"]}
+    assert "| unreadable files skipped | 1 training, 0 held-out (first: broken.png) |" in text
     # `ddpm-hf card` re-renders it for a repo id; the same run gives the same card otherwise
     code, _, err = cli_in_process(capsys, "card", out, "--hub_model_id", "ns/faces-8")
     assert code == 0, err

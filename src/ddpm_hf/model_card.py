@@ -161,6 +161,10 @@ def _training_rows(args, metrics, data, unet, scheduler):
                     f" ({_count(processes, 'process')}), {metrics['images_per_second']:,.0f} images/s"),
         ("seed", str(args.get("seed"))),
     ]
+    skipped = metrics.get("unreadable_images_skipped")
+    if skipped:  # corrupt files left out of the data (the run's warnings named them)
+        rows.insert(2, ("unreadable files skipped", f"{skipped.get('train', 0)} training, "
+                        f"{skipped.get('held_out', 0)} held-out (first: {', '.join(skipped.get('first', []))})"))
     if metrics.get("versions"):
         rows.append(("software", ", ".join(f"{k} {v}" for k, v in metrics["versions"].items())))
     return rows

@@ -124,7 +124,9 @@ def prepare_data(config, rank, world, progress=True):
 
     Class-conditional runs (``config.class_conditional``): the label column is found by ``find_label_column`` (or
     ``label_column``); ``batches.class_names`` holds the class names in id order (None otherwise), ``batches.labels(k)``
-    the class ids of batch k and ``batches.held_out_labels`` those of the held-out images ((M,) long, or None)."""
+    the class ids of batch k and ``batches.held_out_labels`` those of the held-out images ((M,) long, or None).
+    ``batches.unreadable`` and ``batches.held_out_unreadable`` (``Unreadable``) name the files skipped as corrupt
+    (a stream's grows as the stream reaches them); the run records their count in metrics.json and the card."""
     strict = getattr(config, "strict", False)
     conditional = getattr(config, "class_conditional", False)
     train = load_image_dataset(config.dataset_name, config.dataset_config_name, config.train_data_dir, config.cache_dir,
@@ -144,14 +146,17 @@ def prepare_data(config, rank, world, progress=True):
         if not fits_in_memory(train, resolution, channels):
             raise RunError("the dataset does not fit in memory as uint8 tensors; use {streaming}")
         cache_start = time.time()
+        unreadable = Unreadable(strict, config.split, "split")
         images, kept = cache_images(train, column, resolution, channels, config.center_crop, progress=progress,
-                                    unreadable=Unreadable(strict, config.split, "split"), with_index=True)
+                                    unreadable=unreadable, with_index=True)
         if len(images) == 0:
             raise RunError("no image of {split} {value} could be read: every file is corrupt", value=config.split)
         labels = row_labels(train, label_column, names, kept, f"the split {config.split}") if conditional else None
         batches = EpochBatches(images, config.train_batch_size, config.seed, rank, world, labels)
         batches.transform_seconds = time.time() - cache_start  # decoding and transforms, done once
+        batches.unreadable = unreadable
     batches.class_names, batches.held_out_labels = names, None
+    batches.held_out_unreadable = Unreadable(strict, config.eval_split, "eval_split")
     held_out = None
     if config.eval_split and not config.streaming:
         try:
@@ -162,8 +167,7 @@ def prepare_data(config, rank, world, progress=True):
         if test is not None and len(test):
             test = test.select(range(min(len(test), config.eval_max_images)))
             held_out, kept = cache_images(test, column, resolution, channels, center_crop=True, progress=False,
-                                          unreadable=Unreadable(strict, config.eval_split, "eval_split"),
-                                          with_index=True)
+                                          unreadable=batches.held_out_unreadable, with_index=True)
             if conditional and len(held_out):
                 if label_column not in (test.features or {}):
                     raise RunError("the {eval_split} {value} has no label column {column}, which the training split "

@@ -272,6 +272,11 @@ def run_metrics(config, accelerator, batches, model, flat, counters, first_step_
                "dataset_source": dataset_source(config.dataset_name, config.train_data_dir)}
     if isinstance(batches, EpochBatches):  # cached data: the number of training images is known
         metrics["train_images"] = len(batches.images)
+    skipped = {name: u.names for name, u in (("train", getattr(batches, "unreadable", None)),
+                                             ("held_out", getattr(batches, "held_out_unreadable", None))) if u}
+    if any(skipped.values()):  # corrupt files skipped (without --strict): how many, the first few by file name
+        metrics["unreadable_images_skipped"] = {name: len(names) for name, names in skipped.items()} | {
+            "first": [os.path.basename(n) for names in skipped.values() for n in names][:5]}
     if world > 1:
         checks = torch.tensor([checksum(model.parameters()), first_batch or 0.0], dtype=torch.float64,
                               device=accelerator.device)
