@@ -241,9 +241,9 @@ CASES = [
     ("streaming with model epochs", "train-fresh", ["--streaming", "--max_train_steps", "9", "--save_model_epochs",
                                                     "2"], ["a --streaming run cannot"]),
     # restoration
-    ("inpaint a colour image with a grayscale model", "inpaint", ["{model}", "--image", "{rgb}", "--mask", "{gray}"],
+    ("inpaint a colour image with a grayscale model", "inpaint", ["{model}", "--image", "{rgb}", "--mask_image", "{gray}"],
      ["ddpm-hf inpaint: error: the image has 3 channels but the model takes 1"]),
-    ("inpaint with a mask of another size", "inpaint", ["{model}", "--image", "{gray}", "--mask", "{small}"],
+    ("inpaint with a mask of another size", "inpaint", ["{model}", "--image", "{gray}", "--mask_image", "{small}"],
      ["ddpm-hf inpaint: error: ", "mask_image is (4, 4) (H, W) but image is (8, 8)"]),
     ("upscale by a factor the model cannot take", "upscale", ["{model}", "--image", "{small}", "--scale", "3"],
      ["ddpm-hf upscale: error: ", "cannot take scale 3"]),

@@ -56,6 +56,9 @@ def test_sample_writes_pngs_grid_and_strip(saved, tmp_path):
     (["sample", "m"], ["--num_inference_steps", "5"], ["--ddpm_num_inference_steps", "5"]),
     (["sample", "m"], ["--batch_size", "3"], ["--eval_batch_size", "3"]),
     (["denoise", "m", "--image", "x.png"], ["--noise_level", "0.1"], ["--sigma", "0.1"]),
+    (["inpaint", "m", "--image", "x.png"], ["--mask_image", "m.png"], ["--mask", "m.png"]),
+    (["img2img", "m", "--image", "x.png"], ["--class_labels", "3"], ["--class_label", "3"]),
+    (["evaluate", "m"], ["--split", "validation"], ["--eval_split", "validation"]),
 ])
 def test_the_other_spelling_of_a_flag_is_an_alias(command, canonical, alias):
     """One meaning, one name (diffusers'), the other command's spelling accepted: both give the same arguments,

@@ -181,9 +181,9 @@ def test_example_card_is_what_the_code_renders(card):
 def test_card_and_evaluate_keep_a_hand_edited_card(run_copy, capsys):
     """Found as a user: `ddpm-hf card` and `ddpm-hf evaluate --update_model_card` rendered README.md again, and a
     hand-edited card was gone. A card ddpm-hf wrote ends with the hash of its text; once the text changes, both
-    commands refuse (exit 2, naming --force, nothing written: card, pictures, metrics.json, no evaluation) and
-    --force replaces it. A card without the stamp (an older ddpm-hf's) counts as edited unless it is one ddpm-hf
-    renders for the run."""
+    commands refuse (exit 2, naming --replace_edited_card, nothing written: card, pictures, metrics.json, no
+    evaluation) and --replace_edited_card (or its alias --force) replaces it. A card without the stamp (an older
+    ddpm-hf's) counts as edited unless it is one ddpm-hf renders for the run."""
     from ddpm_hf.run_dir import MODEL_CARD
 
     run, card = run_copy, run_copy / MODEL_CARD
@@ -201,11 +201,12 @@ def test_card_and_evaluate_keep_a_hand_edited_card(run_copy, capsys):
     for argv in (["card", run], ["card", run, "--hub_model_id", TINY_RUN_REPO], evaluate):
         code, _, err = cli_in_process(capsys, *argv)
         last = err.strip().splitlines()[-1]
-        assert code == 2 and "was edited by hand since ddpm-hf wrote it" in last and "--force" in last, err
+        assert code == 2 and "was edited by hand since ddpm-hf wrote it" in last, err
+        assert "--replace_edited_card" in last, err
         assert "Traceback" not in err and [p.read_bytes() for p in watched] == before
     assert not (run / "eval-edit.json").exists()  # refused before the evaluation, not after it
 
-    code, _, err = cli_in_process(capsys, *evaluate, "--force")
+    code, _, err = cli_in_process(capsys, *evaluate, "--replace_edited_card")
     assert code == 0, err[-2000:]
     text = card.read_text()
     assert "Trained on a Tuesday" not in text and not edited_by_hand(run)
@@ -254,8 +255,8 @@ def test_failed_upload_loses_nothing(tmp_path):
         assert f"ddpm-hf push {out} --hub_model_id ns/later --hub_revision dev --hub_private_repo" in r.stderr
         assert (out / "README.md").is_file() and (out / "metrics.json").is_file()
         assert not hub.repo_exists("ns/later")
-        r = cli_subprocess("push", str(out), "--hub_model_id", "ns/later", "--hub_revision", "dev", "--hub_private_repo",
-                 env=env)
+        r = cli_subprocess("push", str(out), "--hub_model_id", "ns/later", "--hub_revision", "dev",
+                           "--hub_private_repo", env=env)
         assert r.returncode == 0, r.stderr[-3000:]
         assert hub.repo_exists("ns/later") and hub.repo_private("ns/later")
         r = cli_subprocess("push", str(out), "--hub_model_id", "ns/later", env=env)  # and main, for the checks below

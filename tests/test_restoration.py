@@ -675,7 +675,7 @@ def test_cli_commands_write_the_result_and_a_labelled_strip(saved, tmp_path):
     Image.fromarray((low * 255).round().astype(np.uint8)).save(tmp_path / "low.png")
     out = tmp_path / "out"
     common = ["--num_inference_steps", "4", "--output_dir", str(out)]
-    cli_main(["inpaint", str(saved), "--image", str(tmp_path / "digit.png"), "--mask", str(tmp_path / "mask.png"),
+    cli_main(["inpaint", str(saved), "--image", str(tmp_path / "digit.png"), "--mask_image", str(tmp_path / "mask.png"),
               "--jump_length", "2", *common])
     cli_main(["upscale", str(saved), "--image", str(tmp_path / "low.png"), "--scale", "2", *common])
     cli_main(["img2img", str(saved), "--image", str(tmp_path / "digit.png"), "--strength", "0.5", *common])

@@ -2,10 +2,11 @@
 
 from ..evaluation import ALL_METRICS
 from ..sampling import SCHEDULERS
+from ..scheduler_names import TIMESTEP_SPACINGS
 from .common import fail
 
 # the evaluation's argument names -> this command's flags, where they differ
-FLAGS = {"steps": "num_inference_steps", "replace_edited_card": "force"}
+FLAGS = {"steps": "num_inference_steps"}
 
 
 def add_parser(sub):
@@ -26,7 +27,7 @@ def add_parser(sub):
                    "(--ddpm_num_inference_steps is the same, as `train` spells it)")
     p.add_argument("--batch_size", "--eval_batch_size", dest="batch_size", type=int, default=256,
                    help="images per forward pass (default 256; --eval_batch_size is the same, as `train` spells it)")
-    p.add_argument("--timestep_spacing", choices=("leading", "trailing", "linspace"), default=None,
+    p.add_argument("--timestep_spacing", choices=TIMESTEP_SPACINGS, default=None,
                    help="how fewer sampling steps are spread over the T timesteps (default: the model's scheduler's)")
     p.add_argument("--scheduler", choices=list(SCHEDULERS), default=None,
                    help="the sampler of the sample metrics, made from the model's scheduler config (default: the "
@@ -39,7 +40,8 @@ def add_parser(sub):
     p.add_argument("--dataset_name", default=None, help="data to score against (default: the run's)")
     p.add_argument("--dataset_config_name", default=None)
     p.add_argument("--train_data_dir", default=None, help="a folder of images to score against")
-    p.add_argument("--split", default="test", help="held-out split for bpd (default test)")
+    p.add_argument("--split", "--eval_split", dest="split", default="test",
+                   help="held-out split for bpd (default test; --eval_split, as `train` spells it, is the same)")
     p.add_argument("--reference_split", default="train",
                    help="the real images the sample metrics compare with (default train)")
     p.add_argument("--max_eval_images", type=int, default=None, help="at most this many images for bpd")
@@ -53,9 +55,10 @@ def add_parser(sub):
     p.add_argument("--name", default=None, help="the evaluation's name: eval-NAME.json (default: today's date)")
     p.add_argument("--output_dir", default=None, help="where eval-NAME.json goes (default: the model's folder)")
     p.add_argument("--update_model_card", action="store_true", help="re-render the run's README.md with the scores "
-                   "(refused at start if the card was edited by hand, unless --force)")
-    p.add_argument("--force", action="store_true", help="with --update_model_card: replace README.md even if it was "
-                   "edited by hand")
+                   "(refused at start if the card was edited by hand, unless --replace_edited_card)")
+    p.add_argument("--replace_edited_card", "--force", dest="replace_edited_card", action="store_true",
+                   help="with --update_model_card: replace README.md even if it was edited by hand (--force is the "
+                   "same)")
     return p
 
 
@@ -84,7 +87,8 @@ def config_from_args(args, parser):
             inception_weights=args.inception_weights, bpd_timesteps=args.bpd_timesteps,
             timestep_spacing=args.timestep_spacing, scheduler=args.scheduler, guidance_scales=guidance_scales,
             name=args.name,
-            output_dir=args.output_dir, update_model_card=args.update_model_card, replace_edited_card=args.force)
+            output_dir=args.output_dir, update_model_card=args.update_model_card,
+            replace_edited_card=args.replace_edited_card)
     except BadArgument as error:
         fail(parser, error, FLAGS)
 

@@ -8,16 +8,16 @@ from .common import fail, flag_message
 
 # the push's argument names -> this command's flags
 FLAGS = {"private": "hub_private_repo", "revision": "hub_revision", "token": "hub_token"}
-CARD_FLAGS = {"replace_edited_card": "force"}
 
 
 def add_card_parser(sub):
     p = sub.add_parser("card", help="(re)write the model card of a training run: OUTPUT_DIR/README.md",
                        description="Render the model card of a finished training run into OUTPUT_DIR/README.md. A "
-                       "card you edited by hand is never replaced without --force.")
+                       "card you edited by hand is never replaced without --replace_edited_card.")
     p.add_argument("output_dir", help="the --output_dir of a finished training run")
     p.add_argument("--hub_model_id", default=None, help="the Hub repo id the card's loading example names")
-    p.add_argument("--force", action="store_true", help="replace README.md even if it was edited by hand")
+    p.add_argument("--replace_edited_card", "--force", dest="replace_edited_card", action="store_true",
+                   help="replace README.md even if it was edited by hand (--force is the same)")
     return p
 
 
@@ -53,9 +53,10 @@ def run_card(args, parser):
     from ..model_card import write_model_card
 
     try:
-        path = write_model_card(args.output_dir, repo_id=args.hub_model_id, replace_edited_card=args.force)
+        path = write_model_card(args.output_dir, repo_id=args.hub_model_id,
+                                replace_edited_card=args.replace_edited_card)
     except CardEdited as error:
-        fail(parser, error, CARD_FLAGS)
+        fail(parser, error)
     print(f"wrote {path}")
 
 

@@ -8,6 +8,7 @@ pipelines' argument names (``--noise_level``, ``--strength``, ...) with the pipe
 import os
 
 from ..sampling import SCHEDULERS
+from ..scheduler_names import INPAINT_METHODS, SUPER_RESOLUTION_METHODS
 from .common import fail
 
 COMMANDS = ("inpaint", "upscale", "img2img", "denoise")
@@ -29,9 +30,10 @@ def _common(p):
 def add_parsers(sub):
     """Add the four subcommands to ``sub`` (argparse subparsers); returns {name: (parser, function)}."""
     inpaint = _common(sub.add_parser("inpaint", help="fill the white region of --mask (RePaint or DDNM)"))
-    inpaint.add_argument("--mask", required=True, help="mask image, same size as --image: white = repaint, black = "
-                         "keep (grey levels are thresholded at 0.5)")
-    inpaint.add_argument("--method", choices=("repaint", "ddnm"), default="repaint",
+    inpaint.add_argument("--mask_image", "--mask", dest="mask_image", required=True,
+                         help="mask image, same size as --image: white = repaint, black = keep (grey levels are "
+                         "thresholded at 0.5); the pipeline's mask_image (--mask is the same)")
+    inpaint.add_argument("--method", choices=INPAINT_METHODS, default="repaint",
                          help="RePaint resampling (Lugmayr et al. CVPR 2022) or DDNM projection (Wang et al. ICLR "
                          "2023); default repaint")
     inpaint.add_argument("--jump_length", type=int, default=10, help="RePaint's jump length j (default 10)")
@@ -41,7 +43,7 @@ def add_parsers(sub):
     upscale.add_argument("--scale", type=int, default=None,
                          help="upscaling factor; the model's resolution must be scale x the image's (default: the "
                          "ratio of the two)")
-    upscale.add_argument("--method", choices=("ddnm", "ilvr"), default="ddnm",
+    upscale.add_argument("--method", choices=SUPER_RESOLUTION_METHODS, default="ddnm",
                          help="DDNM projection (Wang et al. ICLR 2023) or ILVR (Choi et al. ICCV 2021); default ddnm")
     upscale.add_argument("--noise_level", type=float, default=0.0,
                          help="std of Gaussian noise in the input, [0, 1] pixel units (DDNM+, Wang et al. ICLR 2023, "
@@ -54,11 +56,11 @@ def add_parsers(sub):
     denoise.add_argument("--noise_level", "--sigma", dest="noise_level", type=float, required=True,
                          help="the noise std in [0, 1] pixel units (e.g. 0.1; --sigma is the same)")
     for parser in (inpaint, img2img, denoise):
-        parser.add_argument("--class_label", default=None,
-                            help="class-conditional models: the class to restore towards, an id (or a name); default: "
-                            "none (the model's null class)")
+        parser.add_argument("--class_labels", "--class_label", dest="class_labels", default=None,
+                            help="class-conditional models: the class to restore towards, an id (or a name), for "
+                            "every image; default: none (the model's null class); --class_label is the same")
         parser.add_argument("--guidance_scale", type=float, default=None,
-                            help="with --class_label: classifier-free guidance scale, 1 = the conditional model alone "
+                            help="with --class_labels: classifier-free guidance scale, 1 = the conditional model alone "
                             "(default: the pipeline's)")
     for parser in (img2img, denoise):
         parser.add_argument("--scheduler", choices=list(SCHEDULERS), default=None,
@@ -143,7 +145,7 @@ def run(args, parser):
     if args.command == "denoise" and not args.noise_level > 0:
         parser.error(f"--noise_level must be > 0, got {args.noise_level}")
     image = _open_image(parser, args.image, "--image")
-    mask = _open_image(parser, args.mask, "--mask") if args.command == "inpaint" else None
+    mask = _open_image(parser, args.mask_image, "--mask_image") if args.command == "inpaint" else None
     import torch
 
     from ..errors import ModelNotFound
@@ -160,7 +162,7 @@ def run(args, parser):
                "upscale": lambda: dict(scale=args.scale, method=args.method, noise_level=args.noise_level),
                "img2img": lambda: dict(strength=args.strength),
                "denoise": lambda: dict(noise_level=args.noise_level)}[args.command]()
-    label = getattr(args, "class_label", None)
+    label = getattr(args, "class_labels", None)
     if label is not None:
         options["class_labels"] = [int(label) if label.lstrip("-").isdigit() else label]
     if getattr(args, "guidance_scale", None) is not None:

@@ -78,7 +78,8 @@ def build_parser():
     a("--prediction_type", choices=PREDICTION_TYPES,
       help=f"{FROM_RECIPE}; 'sample' is trained with the x_0 error weighted by SNR(t), which equals L_simple in "
       "epsilon space (Ho eq. 14), as train_unconditional.py does")
-    a("--variance_type", choices=("fixed_small", "fixed_large", "learned_range"),
+    a("--variance_type", choices=("fixed_small", "fixed_large", "learned_range"),  # those training supports (of
+      # the scheduler's VARIANCE_TYPES: the _log forms sample alike, "learned" has no training loss here)
       help=f"sigma_t^2 of the reverse process {FROM_RECIPE}; learned_range trains the variances with L_hybrid "
       "(Nichol & Dhariwal sec. 3.1)")
     a("--vlb_weight", type=float, help="weight of L_vlb in L_hybrid (default 0.001)")
