@@ -132,7 +132,11 @@ def test_scheduler_names_are_the_schedulers_own():
     the scheduler checks against."""
     from ddpm_hf import scheduler_names, scheduling_ddpm_hf
 
+    from ddpm_hf import pipeline_ddpm_hf_inpaint, pipeline_ddpm_hf_super_resolution
+
     for name in ("BETA_SCHEDULES", "VARIANCE_TYPES", "PREDICTION_TYPES", "TIMESTEP_SPACINGS"):
         assert getattr(scheduler_names, name) == getattr(scheduling_ddpm_hf, name)
+    assert scheduler_names.INPAINT_METHODS == pipeline_ddpm_hf_inpaint.METHODS == ("repaint", "ddnm")
+    assert scheduler_names.SUPER_RESOLUTION_METHODS == pipeline_ddpm_hf_super_resolution.METHODS == ("ddnm", "ilvr")
     with pytest.raises(AttributeError):
         scheduler_names.NOT_A_NAME
