@@ -38,14 +38,16 @@ def _pipeline(config, unet, noise_scheduler):
     return pipe
 
 
-def save_pipeline(config, model, flat, ema, noise_scheduler):
-    """The pipeline (EMA weights if on) at ``output_dir``. Written beside the run first and moved in when complete: a
-    failed write (disk full) leaves the pipeline saved before it (if any) as it was and raises RunError."""
+def save_pipeline(run):
+    """The pipeline of ``run`` (a registered ``lifecycle.Run``; EMA weights if on) at ``output_dir``. Written beside
+    the run first and moved in when complete: a failed write (disk full) leaves the pipeline saved before it (if any)
+    as it was and raises RunError."""
+    config, model = run.config, run.model
     tmp = os.path.join(config.output_dir, PIPELINE_TMP)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with ema_weights(model, flat, ema) as unet:
-            _pipeline(config, unet, noise_scheduler).save_pretrained(tmp)
+        with ema_weights(model, run.flat, run.ema) as unet:
+            _pipeline(config, unet, run.noise_scheduler).save_pretrained(tmp)
     except Exception as error:  # noqa: BLE001 - reported with the file it was writing
         failure = write_error("the pipeline", tmp, error, config.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -60,20 +62,21 @@ def save_pipeline(config, model, flat, ema, noise_scheduler):
     os.rmdir(tmp)
 
 
-def save_samples(config, accelerator, model, flat, ema, noise_scheduler, epoch, step):
-    """A sample grid of the EMA weights at the end of ``epoch`` in samples-epochN/ (and the tracker); a
+def save_samples(run, epoch, step):
+    """A sample grid of ``run``'s EMA weights at the end of ``epoch`` in samples-epochN/ (and the tracker); a
     class-conditional run draws one labelled row per class at the pipeline's default guidance scale."""
     from ..sampling import generate, write_samples
 
-    with ema_weights(model, flat, ema) as unet:
-        pipe = _pipeline(config, unet, noise_scheduler)
+    config, model = run.config, run.model
+    with ema_weights(model, run.flat, run.ema) as unet:
+        pipe = _pipeline(config, unet, run.noise_scheduler)
         count, labels, titles = _sample_labels(pipe, config.num_sample_images)
         images, _ = generate(pipe, count, config.eval_batch_size, config.ddpm_num_inference_steps, config.seed,
                              class_labels=labels)
         pictures = write_samples(pipe, images, os.path.join(config.output_dir, f"samples-epoch{epoch}"),
                                  f"epoch {epoch}, {config.ddpm_num_inference_steps} steps", row_labels=titles)
     model.train()
-    log_pictures(accelerator, config, pictures, step)
+    log_pictures(run.accelerator, config, pictures, step)
 
 
 def log_pictures(accelerator, config, pictures, step):
@@ -87,8 +90,8 @@ def log_pictures(accelerator, config, pictures, step):
             {f"samples/{name}": [np.asarray(picture.convert("RGB"))] for name, picture in pictures.items()}, step=step)
 
 
-def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metrics):
-    """The main process's outputs at the end: the pipeline, the final samples and strip, the loss plot,
+def finish(run, history, metrics):
+    """The main process's outputs at the end of ``run``: the pipeline, the final samples and strip, the loss plot,
     metrics.json, the model card and the upload. Raises PushFailed (after everything is saved) if the upload fails."""
     from ..images import save_loss_plot
     from ..hub import push_failed, push_run
@@ -96,8 +99,8 @@ def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metr
     from ..pipeline_ddpm_hf import DDPMHFPipeline
     from ..sampling import generate, write_samples
 
-    step = metrics["steps"]
-    save_pipeline(config, model, flat, ema, noise_scheduler)
+    config, accelerator, step = run.config, run.accelerator, metrics["steps"]
+    save_pipeline(run)
     pipe = DDPMHFPipeline.from_pretrained(config.output_dir).to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
     sample_start = time.time()
@@ -106,7 +109,7 @@ def finish(config, accelerator, model, flat, ema, noise_scheduler, history, metr
                              strip=True, class_labels=labels)
     metrics["sampling_seconds"] = round(time.time() - sample_start, 1)
     name = os.path.basename(os.path.normpath(config.dataset_name or config.train_data_dir or "digits"))
-    title = f"{name}: {step} steps, {config.ddpm_num_inference_steps} sampling steps{', EMA' if ema else ''}"
+    title = f"{name}: {step} steps, {config.ddpm_num_inference_steps} sampling steps{', EMA' if run.ema else ''}"
     pictures = write_samples(pipe, images, os.path.join(config.output_dir, "samples"), title, strip,
                              row_labels=titles)
     log_pictures(accelerator, config, pictures, step)

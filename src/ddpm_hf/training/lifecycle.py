@@ -187,9 +187,12 @@ class Run:
             clear_output_dir(self.config.output_dir)
         self.accelerator.wait_for_everyone()
 
-    def register(self, model, flat, ema):
-        """Checkpoints hold unet/ and unet_ema/ as UNet2DModel folders (see checkpoints.register_unet_hooks)."""
-        self.ema = ema
+    def register(self, config, model, flat, ema, noise_scheduler):
+        """Hold what the rest of the run saves, samples and evaluates: the final ``config`` (class names and step
+        budget filled in), the UNet, its flat parameter buffer, the EMA (or None) and the noise scheduler
+        (``export``'s functions and the held-out bound take the run). Checkpoints hold unet/ and unet_ema/ as
+        UNet2DModel folders (see checkpoints.register_unet_hooks)."""
+        self.config, self.model, self.flat, self.ema, self.noise_scheduler = config, model, flat, ema, noise_scheduler
         register_unet_hooks(self.accelerator, model, flat, ema)
 
     def resume(self):

@@ -71,7 +71,7 @@ def train(config):
         view_parameters(model, flat)  # DDP on CPU re-allocates the parameters: views of flat again
         ema = EMAModel([flat], decay=config.ema_max_decay, use_ema_warmup=True, inv_gamma=config.ema_inv_gamma,
                        power=config.ema_power, foreach=True) if config.use_ema else None
-        run.register(model, flat, ema)
+        run.register(config, model, flat, ema, noise_scheduler)
         start_trackers(config, accelerator)
 
         # resume: weights, optimizer, LR schedule, RNG and counters; history.jsonl trimmed to the checkpoint
@@ -140,9 +140,9 @@ def train(config):
                 run.checkpoint("signal", counters)
             periodic = step < config.max_train_steps and step % steps_per_epoch == 0  # the end saves anyway
             if main and periodic and config.save_images_epochs and epoch % config.save_images_epochs == 0:
-                save_samples(config, accelerator, model, flat, ema, noise_scheduler, epoch, step)
+                save_samples(run, epoch, step)
             if main and periodic and config.save_model_epochs and epoch % config.save_model_epochs == 0:
-                save_pipeline(config, model, flat, ema, noise_scheduler)
+                save_pipeline(run)
         progress.close()
         accelerator.wait_for_everyone()
 
@@ -152,14 +152,12 @@ def train(config):
         if run.signalled():  # a signal during the last step
             run.checkpoint("signal", counters)
         if held_out is not None:
-            metrics.update(held_out_bits_per_dim(config, accelerator, model, flat, ema, noise_scheduler, held_out,
-                                                 held_out_labels))
+            metrics.update(held_out_bits_per_dim(run, held_out, held_out_labels))
             accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
         if run.signalled():  # a signal during the evaluation
             run.checkpoint("signal", counters)
         run.stop.restore()  # the main process's final writes: a signal now stops at once (checkpoints are complete)
-        push_error = finish(config, accelerator, model, flat, ema, noise_scheduler, history.records, metrics) \
-            if main else None
+        push_error = finish(run, history.records, metrics) if main else None
         # every rank waits for rank 0's outputs, then all leave the process group together: a rank that destroys it
         # early can leave the others hanging in their own destroy_process_group (seen with gloo under torchrun)
         accelerator.wait_for_everyone()
@@ -194,14 +192,14 @@ def optimization(config, accelerator, flat):
     return optimizer, lr_scheduler
 
 
-def held_out_bits_per_dim(config, accelerator, model, flat, ema, noise_scheduler, held_out, labels=None):
-    """The held-out bits/dim (Ho eq. 5, all T terms) of the weights that are saved (EMA if on), split across ranks,
-    with its terms and the seconds it took; for a class-conditional run the conditional bound of -log p(x | y), the
-    images' class ids ``labels`` (M,) given to the model."""
+def held_out_bits_per_dim(run, held_out, labels=None):
+    """The held-out bits/dim (Ho eq. 5, all T terms) of ``run``'s weights that are saved (EMA if on), split across
+    ranks, with its terms and the seconds it took; for a class-conditional run the conditional bound of
+    -log p(x | y), the images' class ids ``labels`` (M,) given to the model."""
     start = time.time()
-    with ema_weights(model, flat, ema) as ema_unet:
-        result = evaluate_on_all_ranks(accelerator, ema_unet, noise_scheduler, held_out, config.eval_batch_size,
-                                       config.seed, labels=labels)
+    with ema_weights(run.model, run.flat, run.ema) as ema_unet:
+        result = evaluate_on_all_ranks(run.accelerator, ema_unet, run.noise_scheduler, held_out,
+                                       run.config.eval_batch_size, run.config.seed, labels=labels)
     return {**result, "eval_seconds": round(time.time() - start, 1)}
 
 
