@@ -113,12 +113,14 @@ def test_flags_that_need_class_conditional(capsys):
         (["--cond_drop_prob", "0.2"], "--cond_drop_prob only applies with --class_conditional"),
         (["--class_conditional", "--cond_drop_prob", "1"], "--cond_drop_prob must be in [0, 1)"),
         (["--class_conditional", "--cond_drop_prob", "-0.1"], "--cond_drop_prob must be in [0, 1)"),
+        (["--guidance_scale", "2"], "--guidance_scale only applies with --class_conditional"),
+        (["--class_conditional", "--guidance_scale=-1"], "--guidance_scale must be >= 0"),
     ):
         with pytest.raises(SystemExit):
             parse_args(argv)
         assert message in capsys.readouterr().err
     config = parse_args(["--class_conditional"])
-    assert config.cond_drop_prob == 0.1 and config.label_column is None
+    assert config.cond_drop_prob == 0.1 and config.label_column is None and config.guidance_scale is None
 
 
 @pytest.mark.parametrize("streaming", [False, True])
@@ -302,13 +304,15 @@ def test_conditional_run_saves_its_classes_and_the_conditional_bound(tmp_path):
     not with the null class; the card says it is conditional."""
     out = tmp_path / "run"
     run_train("--class_conditional", "--max_train_steps", "3", "--output_dir", str(out), "--checkpointing_steps",
-              "100", cwd=tmp_path)
+              "100", "--guidance_scale", "2.5", cwd=tmp_path)
     unet = json.loads((out / "unet" / "config.json").read_text())
     index = json.loads((out / "model_index.json").read_text())
     assert unet["num_class_embeds"] == 11 and index["null_class_id"] == 10
+    assert index["guidance_scale"] == 2.5  # --guidance_scale: the pipeline's default, saved with it
     assert index["id2label"] == {str(k): str(k) for k in range(10)}
     pipe = DDPMHFPipeline.from_pretrained(out)
     assert pipe.config.null_class_id == 10 and pipe.config.id2label[7] == "7"
+    assert pipe._guidance_scale(None, [3]) == 2.5
     args = json.loads((out / "training_args.json").read_text())
     assert args["class_names"] == [str(k) for k in range(10)] and args["cond_drop_prob"] == 0.1
 
@@ -318,6 +322,7 @@ def test_conditional_run_saves_its_classes_and_the_conditional_bound(tmp_path):
     assert metrics["bits_per_dim"] != pytest.approx(_conditional_bpd(out, 16, torch.full((16,), 10)), rel=1e-6)
     card = (out / "README.md").read_text()
     assert "conditional variational bound" in card and "class-conditional on 10 classes" in card
+    assert "the pipeline's default guidance scale 2.5, saved with it" in card
     # a table row: p(x | y)'s bar escaped, or it would split the cell
     (row,) = [line for line in card.splitlines() if "conditional variational bound" in line]
     assert row.count("|") - row.count("\\|") == 3

@@ -180,7 +180,9 @@ def _conditioning_rows(args, unet):
                              f"the null class, id {unet.get('num_class_embeds', len(names) + 1) - 1} (\"no label\"); "
                              f"each training label replaced by the null class with probability "
                              f"{args.get('cond_drop_prob', 0.1):g} (Ho & Salimans 2022, Algorithm 1), so that one "
-                             "network is both the conditional and the unconditional model")]
+                             "network is both the conditional and the unconditional model"
+                             + (f"; the pipeline's default guidance scale {args['guidance_scale']:g}, saved with it"
+                                if args.get("guidance_scale") is not None else ""))]
 
 
 def model_card(output_dir, repo_id=None):

@@ -63,6 +63,9 @@ def build_parser():
     a("--cond_drop_prob", type=float, help="with --class_conditional: the probability that a training label is "
       "replaced by the null class, which trains the unconditional model guidance needs (p_uncond of Ho & "
       "Salimans 2022; default 0.1)")
+    a("--guidance_scale", type=float, help="with --class_conditional: the default classifier-free guidance scale "
+      f"saved with the pipeline (model_index.json; diffusers' convention, 1 = none) {FROM_RECIPE}, the one measured "
+      "for the recipe's dataset, else the pipelines' DEFAULT_GUIDANCE_SCALE")
     a("--dataloader_num_workers", type=int,
       help="accepted for compatibility with train_unconditional.py; unused: data is cached in memory as uint8 "
       "tensors, or streamed in-process with --streaming")

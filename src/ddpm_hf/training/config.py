@@ -51,6 +51,8 @@ INTERVALS = {
     "ema_power": (0, False, math.inf, False, " (EMA warm-up: decay = 1 - (1 + step / inv_gamma)^-power)"),
     "cond_drop_prob": (0, True, 1, False, " (p_uncond of Ho & Salimans 2022, Algorithm 1: the share of labels "
                        "replaced by the null class)"),
+    "guidance_scale": (0, True, math.inf, False, " (the pipeline's default classifier-free guidance scale, "
+                       "diffusers' convention)"),
 }
 
 
@@ -79,6 +81,7 @@ class TrainConfig:
     class_conditional: bool = False
     label_column: str | None = None
     cond_drop_prob: float = 0.1
+    guidance_scale: float | None = None  # saved with a conditional pipeline as its default (model_index.json)
     # model and diffusion
     unet_preset: str | None = None
     model_config_name_or_path: str | None = None
@@ -228,8 +231,9 @@ class TrainConfig:
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("{push_to_hub} needs {hub_model_id}")
         if not self.class_conditional:
-            for name, default in (("label_column", None), ("cond_drop_prob", 0.1), ("class_names", ())):
-                if getattr(self, name) != default:
+            for name, default in (("label_column", None), ("cond_drop_prob", 0.1), ("class_names", ()),
+                                  ("guidance_scale", None)):
+                if getattr(self, name) != default and name not in self.recipe_filled:  # (a recipe's is ignored)
                     raise ConfigError(f"{{{name}}} only applies with {{class_conditional}}")
         if self.cosine_logsnr_shift is not None and self.ddpm_beta_schedule != "squaredcos_cap_v2":
             raise ConfigError("{cosine_logsnr_shift} shifts the cosine schedule: it needs {ddpm_beta_schedule} "

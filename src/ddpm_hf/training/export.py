@@ -25,14 +25,16 @@ def _sample_labels(pipe, num_images):
 
 
 def _pipeline(config, unet, noise_scheduler):
-    """The pipeline of ``unet``; for a class-conditional run with the class names (id2label) and the null class id
-    (K, the UNet's last class embedding), which model_index.json records."""
+    """The pipeline of ``unet``; for a class-conditional run with the class names (id2label), the null class id (K,
+    the UNet's last class embedding) and the default guidance scale (None: the pipelines' own), which
+    model_index.json records."""
     from ..pipeline_ddpm_hf import DDPMHFPipeline
     from ..scheduling_ddpm_hf import DDPMHFScheduler
 
     classes = {}
     if config.class_conditional:
-        classes = dict(id2label=dict(enumerate(config.class_names)), null_class_id=len(config.class_names))
+        classes = dict(id2label=dict(enumerate(config.class_names)), null_class_id=len(config.class_names),
+                       guidance_scale=config.guidance_scale)
     pipe = DDPMHFPipeline(unet=unet, scheduler=DDPMHFScheduler.from_config(noise_scheduler.config), **classes)
     pipe.set_progress_bar_config(disable=True)
     return pipe
