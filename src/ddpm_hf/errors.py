@@ -66,6 +66,12 @@ class RunError(NamesSettings, DDPMHFError, RuntimeError):
     with flags and exits with code 2 without a traceback."""
 
 
+class StreamFailed(RunError):
+    """A streamed dataset's connection failed more times in a row than the retries allow (``--streaming``). The
+    training loop saves a checkpoint at the last finished step first (one process), so the run resumes with
+    ``resume_from_checkpoint latest`` and nothing trained is lost."""
+
+
 class MissingSplit(RunError):
     """The split asked for does not exist (the held-out split is then skipped; the training split is fatal)."""
 

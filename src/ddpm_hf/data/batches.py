@@ -2,16 +2,17 @@
 across processes and addressed by micro-batch index, so a resumed run reads exactly the batches it would have read.
 """
 
+import sys
 import time
 
 import numpy as np
 import torch
 
-from ..errors import MissingSplit, RunError
+from ..errors import MissingSplit, RunError, StreamFailed
 from .embedded import EMBEDDED
 from .sources import Unreadable, cache_images, class_names, decode, find_image_column, find_label_column
 from .sources import fits_in_memory, image_name, image_to_uint8, infer_channels, label_ids, load_image_dataset
-from .sources import row_labels, undecoded
+from .sources import network_errors, row_labels, undecoded
 
 
 def step_seed(seed, *parts):
@@ -59,7 +60,14 @@ class StreamBatches:
     processes (``datasets.distributed.split_dataset_by_node``). The epoch length is unknown, so ``per_epoch`` is None
     and ``batch(k)`` must be called with k = 0, 1, 2, ... (on resume the first k batches are read and skipped, which
     reproduces the same order). With ``label_column`` and ``names`` (class-conditional runs), ``labels(k)`` gives the
-    class ids of batch k (call it after ``batch(k)``)."""
+    class ids of batch k (call it after ``batch(k)``).
+
+    A connection that fails mid-stream (after huggingface_hub's own retries) is retried up to ``retries`` times in a
+    row, waiting ``retry_wait`` x 1, 2, 4, ... seconds: the epoch's stream is opened again with the same shuffle seed
+    and the rows already read are passed over unread, so the images, their order and the run are the same as without
+    the failure. Past that, ``StreamFailed``."""
+
+    retries, retry_wait = 5, 1.0
 
     def __init__(self, dataset, image_column, resolution, channels, center_crop, batch_size, seed, rank, world,
                  buffer_size=1000, strict=False, label_column=None, names=None):
@@ -79,21 +87,40 @@ class StreamBatches:
         self.transform_seconds = 0.0  # transforms happen per batch, inside the training loop
 
     def _rows(self):
+        network = network_errors()
+        done, readable, failures = 0, 0, 0  # rows of this epoch handled (yielded or skipped), of them readable
         while True:
             self.dataset.set_epoch(self.epoch)
-            empty, n = True, 0
-            for row in self.dataset:
-                value, n = row[self.column], n + 1
-                try:
-                    image = decode(value)
-                except Exception as error:  # noqa: BLE001 - skipped and named (fatal with --strict)
-                    self.unreadable.add(image_name(value, n - 1), error)
-                    continue
-                empty = False
-                yield image, (row[self.label_column] if self.label_column else None)
-            if empty:
+            try:
+                for n, row in enumerate(self.dataset):
+                    if n < done:  # read before the connection failed: the same row, passed over unread
+                        continue
+                    value = row[self.column]
+                    try:
+                        image = decode(value)
+                    except network:
+                        raise
+                    except Exception as error:  # noqa: BLE001 - skipped and named (fatal with --strict)
+                        self.unreadable.add(image_name(value, n), error)
+                        done += 1
+                        continue
+                    done, readable, failures = done + 1, readable + 1, 0
+                    yield image, (row[self.label_column] if self.label_column else None)
+            except network as error:
+                failures += 1
+                text = str(error).strip()
+                cause = f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+                if failures > self.retries:
+                    raise StreamFailed("the streamed dataset's connection failed {count} times in a row ({cause})",
+                                       count=failures, cause=cause) from error
+                wait = self.retry_wait * 2 ** (failures - 1)
+                print(f"warning: the stream failed at image {done} of epoch {self.epoch} ({cause}); retrying in "
+                      f"{wait:g} s ({failures} of {self.retries})", file=sys.stderr)
+                time.sleep(wait)
+                continue
+            if readable == 0:
                 raise RunError("the streamed dataset (this process's shard) holds no readable images")
-            self.epoch += 1
+            self.epoch, done, readable = self.epoch + 1, 0, 0
 
     def batch(self, k):
         if self._iter is None:

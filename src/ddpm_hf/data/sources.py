@@ -197,6 +197,21 @@ def undecoded(dataset, image_column):
     return dataset, False
 
 
+def network_errors():
+    """The exception classes of a lost or failing connection while reading remote data (huggingface_hub's HTTP
+    errors after its own retries, httpx's and requests' transport errors, fsspec's timeouts, and the builtin
+    ConnectionError and TimeoutError); a file that is read but does not decode is none of these."""
+    found = [ConnectionError, TimeoutError]
+    for module, name in (("huggingface_hub.errors", "HfHubHTTPError"), ("httpx", "TransportError"),
+                         ("requests.exceptions", "RequestException"), ("fsspec.exceptions", "FSTimeoutError"),
+                         ("aiohttp", "ClientError")):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def decode(value):
     """A PIL image from a datasets Image value (PIL already, or {"bytes", "path"}), fully read (raises if corrupt)."""
     from datasets import Image as ImageFeature

@@ -21,7 +21,7 @@ import torch
 from .. import __version__
 from ..conditioning import drop_labels
 from ..data import EpochBatches, dataset_source, prepare_data, step_seed, to_model_range
-from ..errors import RunError
+from ..errors import RunError, StreamFailed
 from ..evaluation import evaluate_on_all_ranks, periodic_scores
 from ..run_dir import TRAINING_ARGS, History, latest_checkpoint, read_history, write_json_atomic
 from .checkpoints import any_rank
@@ -88,7 +88,10 @@ def train(config):
         while step < config.max_train_steps:
             total_loss, ks = 0.0, micro_batches(step, accum, per_epoch)
             for n, k in enumerate(ks):  # k: micro-batch index of the whole run
-                raw = batches.batch(k)
+                try:
+                    raw = batches.batch(k)
+                except StreamFailed as error:  # the stream's retries are spent: keep what was trained
+                    raise stream_failed(run, error, counters) from error
                 labels = batches.labels(k) if config.class_conditional else None
                 first_batch = first_batch if first_batch is not None else checksum([raw.float()])
                 sync = n == len(ks) - 1 or world == 1
@@ -226,6 +229,18 @@ def algorithm1_step(config, accelerator, unet, noise_scheduler, raw, rank, k, la
     loss, mse, vlb = diffusion_loss(noise_scheduler, output, x0, noisy, noise, t, config.snr_gamma,
                                     config.vlb_weight)
     return loss, mse, vlb, t
+
+
+def stream_failed(run, error, counters):
+    """``error`` (StreamFailed) with where the run can go on from: one process saves checkpoint-N of the last
+    finished step first; with several, the last periodic checkpoint (every rank would have to save together)."""
+    if run.accelerator.num_processes == 1:
+        run.checkpoint("stream", counters)
+        where = f"saved checkpoint-{counters['step']}"
+    else:
+        where = "the last complete checkpoint in {output_dir} is kept"
+    return StreamFailed(error.template + f"; {where}: run again with {{resume_from_checkpoint}} latest to go on",
+                        **error.values)
 
 
 def non_finite_error(config, step, loss, norm, rank, finite_here):
