@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo demo-mnist model-card test test-fast test-compile bench bench-train clean
+.PHONY: env demo demo-mnist model-card test test-fast test-compile bench bench-train docs clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -62,5 +62,10 @@ bench: env
 bench-train: env
 	$(PY) benchmarks/bench_train.py --rounds 5 --images 3072
 
+# the documentation site (mkdocs.yml: docs/ and the API reference from the docstrings) into site/; --strict fails on a
+# broken link or anchor, a nav entry without its page or a module the API reference cannot find
+docs: env
+	$(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs site

@@ -80,8 +80,8 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
             called as ``unet(x, t, class_labels=ids)`` when conditional (``num_class_embeds`` set). With twice the
             image channels out it also predicts variances (Nichol & Dhariwal sec. 3.1); these are used by
             DDPMHFScheduler / DDPMScheduler with variance_type "learned"/"learned_range" and dropped otherwise.
-        scheduler (`DDPMHFScheduler`, or any diffusers scheduler of the ``KarrasDiffusionSchedulers`` family, e.g.
-            ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``).
+        scheduler (`DDPMHFScheduler` or a diffusers scheduler): ours, or any of the ``KarrasDiffusionSchedulers``
+            family, e.g. ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``.
         id2label (`dict[int, str]`, optional): class-conditional models only: the name of each class id (as
             diffusers' DiT pipeline), saved in model_index.json.
         null_class_id (`int`, optional): class-conditional models only: the class id that means "no label" (the

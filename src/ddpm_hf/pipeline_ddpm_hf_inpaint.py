@@ -85,7 +85,7 @@ class DDPMHFInpaintPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
 
     Args:
         unet (`UNet2DModel`): eps/x_0/v network, with variance channels for learned variances.
-        scheduler (`DDPMHFScheduler` or diffusers' `DDPMScheduler`).
+        scheduler (`DDPMHFScheduler`): ours, or diffusers' `DDPMScheduler` (made ours by ``from_config``).
     """
 
     model_cpu_offload_seq = "unet"
