@@ -1,6 +1,7 @@
 """The documentation cannot go stale: the site (mkdocs.yml, docs/) builds with --strict and its API reference names
 the public classes; every `ddpm-hf ...` (and `scripts/train.py`) command line in README.md and docs/*.md parses with
-the package's real parsers, so a renamed or removed flag fails here; every Python block of docs/*.md runs.
+the package's real parsers, so a renamed or removed flag fails here; every Python block of README.md and docs/*.md
+runs.
 
 How the blocks are read:
 - a fenced block's language is the word after its opening fence; docs/*.md may only hold ```bash blocks (commands:
@@ -10,7 +11,7 @@ How the blocks are read:
 - `ddpm-hf train` lines are parsed and checked as the command does at start (TrainConfig.create); the state they
   assume (a Hub login, a named checkpoint) is provided by the test, see test_command_line_parses;
 - a Python block whose first line is `# docs-test: skip (reason)` is not run. Every other one runs in a fresh
-  namespace, in a temporary working directory, after the substitutions below (README.md's Python blocks are not run).
+  namespace, in a temporary working directory, after the substitutions below.
 """
 
 import pathlib
@@ -115,7 +116,7 @@ def command_cases():
 
 def python_cases():
     cases = []
-    for path in PAGES:
+    for path in [README, *PAGES]:
         index = 0
         for language, start, text in code_blocks(path):
             if language == "python":
