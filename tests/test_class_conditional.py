@@ -323,6 +323,7 @@ def test_conditional_run_saves_its_classes_and_the_conditional_bound(tmp_path):
     card = (out / "README.md").read_text()
     assert "conditional variational bound" in card and "class-conditional on 10 classes" in card
     assert "the pipeline's default guidance scale 2.5, saved with it" in card
+    assert "guidance_scale in diffusers' convention (1: none; this model's default: 2.5)" in card
     # a table row: p(x | y)'s bar escaped, or it would split the cell
     (row,) = [line for line in card.splitlines() if "conditional variational bound" in line]
     assert row.count("|") - row.count("\\|") == 3

@@ -300,6 +300,16 @@ def test_card_names_each_sampler_and_recommends_the_fewest_calls_near_the_best(r
             "(100 steps).") in text
     assert "`pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)`" in text
     assert "--scheduler unipc --num_inference_steps 10" in text
+    # "How to use" samples with the recommended sampler, and its code runs as printed on this run's folder
+    usage = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "from diffusers import DiffusionPipeline, UniPCMultistepScheduler" in usage
+    assert "pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)" in usage
+    assert "pipe(batch_size=16, num_inference_steps=10)" in usage
+    namespace = {}
+    exec(usage.replace("path/to/this/folder", run_copy.as_posix()).replace("batch_size=16", "batch_size=2")  # noqa: S102
+         .replace('images[0].save("sample.png")', ""), namespace)
+    assert len(namespace["images"]) == 2
+    assert type(namespace["pipe"].scheduler).__name__ == "UniPCMultistepScheduler"
     assert "sampler_quality.png" not in text  # not drawn yet: write_model_card draws it
 
     # `ddpm-hf card` draws the comparable scores (1,000 samples) against UNet calls, and the card shows the picture

@@ -4,8 +4,9 @@
 the saved pipeline's configs, the sample grid, denoising strip and loss plot), copies the pictures to
 ``output_dir/images/``, draws the sample scores of ``ddpm-hf evaluate`` against UNet calls there when it has two or
 more to compare (``model_card_sampling``) and renders ``model_card_template.md`` through huggingface_hub's
-``ModelCard`` into ``output_dir/README.md``, beside the pipeline (train_unconditional.py's layout). The card names no local path and no
-token: local datasets appear by their folder's name only. ``ddpm_hf.hub`` uploads it with the run.
+``ModelCard`` into ``output_dir/README.md``, beside the pipeline (train_unconditional.py's layout). Its "How to use"
+code samples with the recommended sampler when one was measured. The card names no local path and no token: local
+datasets appear by their folder's name only. ``ddpm_hf.hub`` uploads it with the run.
 
 A card ddpm-hf writes ends with a stamp, an HTML comment (invisible when rendered) holding the SHA-256 of the text
 above it. A README.md whose text no longer matches its stamp was edited by hand: ``write_model_card`` (``ddpm-hf
@@ -22,7 +23,7 @@ import shutil
 
 from .errors import CardEdited
 from .model_card_sampling import (SAMPLE_METRIC_NAMES, SAMPLER_PLOT, guidance_rows, plot_sampler_scores,
-                                  recommendation_text, sampling_text)
+                                  recommendation_text, recommended_usage, sampling_text)
 from .run_dir import METRICS, MODEL_CARD, TRAINING_ARGS, check_run
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
@@ -170,6 +171,14 @@ def _training_rows(args, metrics, data, unet, scheduler):
     return rows
 
 
+def _guidance_default(args, metrics):
+    """The conditional pipeline's default guidance scale as the card states it: the one saved with it
+    (``--guidance_scale``), else the measured sweep's record of it, else None (the pipelines' own default)."""
+    if args.get("guidance_scale") is not None:
+        return args["guidance_scale"]
+    return (metrics.get("guidance") or {}).get("default_guidance_scale")
+
+
 def _conditioning_rows(args, unet):
     """The class conditioning of a class-conditional run (none for an unconditional one)."""
     if not args.get("class_conditional"):
@@ -231,6 +240,8 @@ def model_card(output_dir, repo_id=None):
         num_classes=len(args.get("class_names") or []) if args.get("class_conditional") else 0,
         eval_rows=_eval_rows(metrics, args, scheduler["num_train_timesteps"]),
         recommendation=recommendation_text(metrics),
+        usage=recommended_usage(metrics, args.get("ddpm_num_inference_steps")),
+        guidance_default=_guidance_default(args, metrics),
         sampler_image=SAMPLER_PLOT if os.path.isfile(os.path.join(pipeline_dir, SAMPLER_PLOT)) else None,
         guidance_intro=guidance[0], guidance_rows=guidance[1], guidance_fd=guidance[2],
         training_rows=_training_rows(args, metrics, data, unet, scheduler))

@@ -67,6 +67,23 @@ def plot_sampler_scores(metrics, path):
     return lines
 
 
+def recommended_usage(metrics, default_steps):
+    """What the card's "How to use" code samples with: {"class": the diffusers scheduler class to swap in (None for
+    the model's own chain), "kwargs": its from_config arguments as source text, "steps": the step count} of the
+    recommended sampler (``recommended_sampler``), or of the model's own chain at ``default_steps`` when none was
+    measured."""
+    from .sampling import SCHEDULERS
+
+    found = recommended_sampler(metrics)
+    if found is None:
+        return {"class": None, "kwargs": "", "steps": default_steps}
+    sampler, steps = found["entry"].get("sampler", "ddpm"), found["entry"]["num_inference_steps"]
+    if sampler == "ddpm" or sampler not in SCHEDULERS:
+        return {"class": None, "kwargs": "", "steps": steps}
+    name, kwargs = SCHEDULERS[sampler]
+    return {"class": name, "kwargs": "".join(f", {k}={v!r}" for k, v in kwargs.items()), "steps": steps}
+
+
 def recommendation_text(metrics):
     """The card's sentence on the fastest measured sampler (``recommended_sampler``), or None."""
     from .sampling import SCHEDULERS, unet_calls
