@@ -275,3 +275,17 @@ def test_site_builds_strict_with_the_api_reference(tmp_path):
     for page in PAGES:
         name = "index.html" if page.stem == "index" else f"{page.stem}/index.html"
         assert (site / name).is_file(), name
+
+
+def test_api_reference_covers_every_module():
+    """Every module of the package but the command line's (ddpm_hf.cli: its reference is `--help`) has its `:::` block
+    on the API page, so a new module cannot be left out of the reference."""
+    package = ROOT / "src" / "ddpm_hf"
+    modules = set()
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        if parts[1:2] == ("cli",) or parts[-1] == "__main__":
+            continue
+        modules.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    documented = set(re.findall(r"^::: ([\w.]+)", (DOCS / "api.md").read_text(), flags=re.M))
+    assert sorted(modules - documented) == []
