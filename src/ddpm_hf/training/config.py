@@ -186,7 +186,8 @@ class TrainConfig:
                     raise ConfigError(f"{{{name}}} {value}: choose from {', '.join(str(c) for c in choices if c)}")
         for name in RECIPE_KEYS:
             if getattr(self, name) is None and name not in ("dropout", "max_train_steps", "num_epochs",
-                                                            "save_images_epochs", "save_model_epochs"):
+                                                            "save_images_epochs", "save_model_epochs",
+                                                            "guidance_scale"):  # (None: the pipelines' default)
                 raise ConfigError(f"{{{name}}} is unset: build the config with TrainConfig.create(...)")
         for name, low in AT_LEAST.items():
             _check_int(name, getattr(self, name), low)
