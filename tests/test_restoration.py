@@ -506,7 +506,7 @@ def test_sigma_starts_the_chain_at_the_matching_t_star_monte_carlo(sigma):
     checked by Monte Carlo against the forward process, and the pipeline's first UNet input is exactly it."""
     scheduler = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2")
     alphabar = scheduler.alphas_cumprod.double()
-    t_star = DDPMHFScheduler.timestep_of_noise_ratio(scheduler.alphas_cumprod, 2 * sigma)
+    t_star = DDPMHFScheduler.timestep_of_noise_ratio(scheduler, 2 * sigma)
     ratio = ((1 - alphabar) / alphabar).sqrt()
     assert (ratio - 2 * sigma).abs().argmin() == t_star and ratio[t_star - 1] < 2 * sigma < ratio[t_star + 1]
     x0 = digits(1, seed=1)[0]

@@ -147,7 +147,7 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
             noise = randn_tensor(y.shape, generator=generator, device=device, dtype=dtype)
             x = scheduler.add_noise(y, noise, chain[:1])  # x_t0 ~ q(x_t0 | y), Ho eq. 4 (in the scheduler's scale)
         else:
-            start = _own_scheduler_class().timestep_of_noise_ratio(scheduler.alphas_cumprod, 2.0 * noise_level)
+            start = _own_scheduler_class().timestep_of_noise_ratio(scheduler, 2.0 * noise_level)
             scheduler.set_timesteps(timesteps=[start] + [int(t) for t in chain if t < start])
             chain = scheduler.timesteps
             # x_t* = sqrt(alphabar_t*) y: the forward marginal with no noise added, in the scheduler's scale

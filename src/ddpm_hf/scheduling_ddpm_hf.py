@@ -622,12 +622,12 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         return q_sample_with(sample, noise, ratio**0.5, (1 - ratio) ** 0.5)
 
     @staticmethod
-    def timestep_of_noise_ratio(alphas_cumprod, sigma):
+    def timestep_of_noise_ratio(scheduler, sigma):
         """The t* whose forward marginal has the noise-to-signal ratio sigma: argmin_t |sqrt((1 - alphabar_t) /
         alphabar_t) - sigma| (Ho eq. 4: x_t / sqrt(alphabar_t) = x_0 + sqrt((1 - alphabar_t) / alphabar_t) eps), so
-        that sqrt(alphabar_t*) (x_0 + sigma n) is distributed as x_t* ~ q(x_t* | x_0). A static method of any
-        scheduler's ``alphas_cumprod`` (the denoising pipeline runs with diffusers' samplers too)."""
-        ab = torch.as_tensor(alphas_cumprod).double()
+        that sqrt(alphabar_t*) (x_0 + sigma n) is distributed as x_t* ~ q(x_t* | x_0). A static method taking any
+        scheduler with ``alphas_cumprod`` (the denoising pipeline runs with diffusers' samplers too)."""
+        ab = torch.as_tensor(scheduler.alphas_cumprod).double()
         return int((((1 - ab) / ab).sqrt() - sigma).abs().argmin())
 
     # ------------------------------------------------------------ diffusers API
