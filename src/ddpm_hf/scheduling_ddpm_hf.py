@@ -610,6 +610,48 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         mean, _, _ = self.posterior_mean_variance(pred_x0, x_t, timesteps)
         return {"mean": mean, "variance": log_variance.exp(), "log_variance": log_variance, "pred_x0": pred_x0}
 
+    def x0_and_noise(self, model_output, x_t, timesteps, clip=False):
+        """The clean image and the noise a model's prediction at x_t implies, batched over timesteps: x0_hat by
+        ``x0_coefficients`` (Ho eq. 15 for "epsilon", Salimans & Ho 2022 for "v_prediction", the output for "sample")
+        and eps_hat = (x_t - sqrt(alphabar_t) x0_hat) / sqrt(1 - alphabar_t) (Ho eq. 4 solved for eps; the output
+        itself for "epsilon" when unclipped).
+
+        Args:
+            model_output: (B, C, H, W) prediction channels (split off variance channels first). x_t: the same shape.
+            timesteps: (B,) code timesteps in [0, T-1].
+            clip: x0_hat as ``clip_x0`` makes it (the config's clip_sample / thresholding), and eps_hat recomputed
+                from the clipped x0_hat, as improved-diffusion's ``ddim_sample`` does (diffusers' DDIMScheduler.step with
+                ``use_clipped_model_output=True``); without it near t = T, where
+                1 / sqrt(alphabar_t) is 2e4 for the cosine schedule, the model's error in eps dominates x0_hat.
+        Returns:
+            (x0_hat, eps_hat), each of x_t's shape and dtype (coefficients from the float64 table).
+        """
+        ab = self._per_sample("alphas_cumprod", timesteps, x_t.double())
+        x0 = x0_from_output(model_output.double(), x_t.double(), x0_coefficients(ab, self.config.prediction_type))
+        if clip:
+            x0 = self.clip_x0(x0)
+        elif self.config.prediction_type == "epsilon":
+            return x0.to(x_t.dtype), model_output
+        eps = (x_t.double() - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return x0.to(x_t.dtype), eps.to(x_t.dtype)
+
+    def ddim_step(self, x0_hat, eps_hat, prev_timesteps):
+        """The deterministic DDIM step to s (Song et al. 2021, eq. 12 with sigma_t = 0), batched: x_s = sqrt(alphabar_s)
+        x0_hat + sqrt(1 - alphabar_s) eps_hat, with (x0_hat, eps_hat) from ``x0_and_noise`` at x_t. It is Ho eq. 4
+        with the predicted noise, the probability-flow ODE's first-order step in the DDPM's discrete time.
+
+        Args:
+            x0_hat, eps_hat: (B, C, H, W). prev_timesteps: (B,) code timesteps s in [-1, T-1]; -1 is the clean image
+                (alphabar := 1, x_s = x0_hat).
+        Returns:
+            x_s, x0_hat's shape and dtype.
+        """
+        s = torch.as_tensor(prev_timesteps).long()
+        clean = (s < 0).to(x0_hat.device).view(-1, *([1] * (x0_hat.ndim - 1)))
+        ab = torch.where(clean, torch.ones((), dtype=torch.float64, device=x0_hat.device),
+                         self._per_sample("alphas_cumprod", s.clamp(min=0), x0_hat.double()))
+        return (ab.sqrt() * x0_hat.double() + (1 - ab).sqrt() * eps_hat.double()).to(x0_hat.dtype)
+
     def q_sample_from(self, sample, noise, timestep, from_timestep):
         """A draw of the forward process from a noisier-than-clean state: x_t ~ q(x_t | x_s) = N(sqrt(alphabar_t /
         alphabar_s) x_s, (1 - alphabar_t / alphabar_s) I) for s < t (Ho eq. 4 over the steps s+1..t; s = -1 is the
