@@ -342,15 +342,18 @@ def test_get_variance_matches_diffusers(variance_type):
     assert checked == (4 + 3 * 3) * 7 * 2
 
 
-@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
-def test_ddim_step_matches_diffusers_ddim(prediction_type):
+
+@pytest.mark.parametrize("prediction_type,clip", [(p, False) for p in PREDICTION_TYPES] + [("epsilon", True)])
+def test_ddim_step_matches_diffusers_ddim(prediction_type, clip):
     """``x0_and_noise`` + ``ddim_step`` (the distillation teacher's ODE step) against diffusers' DDIMScheduler.step
     with eta = 0 (Song et al. 2021 eq. 12) over a 50-step chain, the last step to alphabar = 1 included, every
-    prediction type; and x0_and_noise inverts q_sample (Ho eq. 4)."""
+    prediction type. With clip: x0 clamped to [-1, 1] and the noise recomputed from it, as DDIMScheduler.step with
+    clip_sample=True and use_clipped_model_output=True (improved-diffusion's ddim_sample), on outputs large enough
+    that the clamp acts."""
     from diffusers import DDIMScheduler
 
     config = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
-                  clip_sample=False)
+                  clip_sample=clip)
     ours = DDPMHFScheduler(**config)
     theirs = DDIMScheduler(**config, set_alpha_to_one=True)
     theirs.set_timesteps(50)
@@ -359,36 +362,23 @@ def test_ddim_step_matches_diffusers_ddim(prediction_type):
     timesteps = theirs.timesteps.tolist()
     for i, t in enumerate(timesteps):
         s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        output = torch.randn(x.shape, generator=g)
-        expected = theirs.step(output, t, x, eta=0.0).prev_sample
-        x0, eps = ours.x0_and_noise(output, x, torch.full((4,), t))
+        output = (3 if clip else 1) * torch.randn(x.shape, generator=g)
+        expected = theirs.step(output, t, x, eta=0.0, use_clipped_model_output=clip).prev_sample
+        x0, eps = ours.x0_and_noise(output, x, torch.full((4,), t), clip=clip)
         got = ours.ddim_step(x0, eps, torch.full((4,), s))
         assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4), (t, (got - expected).abs().max())
         x = expected
-    x0 = torch.randn(4, 1, 8, 8, generator=g)
-    noise = torch.randn(x0.shape, generator=g)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_x0_and_noise_inverts_the_forward_process(prediction_type):
+    """x_t = q_sample(x_0, eps, t) (Ho eq. 4) and the output each prediction type would have: x0_and_noise returns
+    (x_0, eps)."""
+    ours = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    g = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
     t = torch.tensor([5, 300, 700, 990])
     x_t = ours.q_sample(x0, noise, t)
     output = {"epsilon": noise, "sample": x0, "v_prediction": ours.get_velocity(x0, noise, t)}[prediction_type]
     x0_hat, eps_hat = ours.x0_and_noise(output, x_t, t)
     assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps_hat, noise, atol=1e-4)
-
-
-def test_ddim_step_with_clipping_matches_diffusers_ddim():
-    """x0_and_noise(clip=True): x0 clamped to [-1, 1] and the noise recomputed from it, as DDIMScheduler.step with
-    clip_sample=True and use_clipped_model_output=True (improved-diffusion's ddim_sample), on model outputs large enough that the clamp acts at every step."""
-    from diffusers import DDIMScheduler
-
-    config = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True)
-    ours, theirs = DDPMHFScheduler(**config), DDIMScheduler(**config, set_alpha_to_one=True)
-    theirs.set_timesteps(20)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 1, 8, 8, generator=g)
-    timesteps = theirs.timesteps.tolist()
-    for i, t in enumerate(timesteps):
-        s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        output = 3 * torch.randn(x.shape, generator=g)
-        expected = theirs.step(output, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
-        got = ours.ddim_step(*ours.x0_and_noise(output, x, torch.full((4,), t), clip=True), torch.full((4,), s))
-        assert torch.allclose(got, expected, atol=2e-5, rtol=1e-4), (t, (got - expected).abs().max())
-        x = expected
