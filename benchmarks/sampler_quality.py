@@ -3,7 +3,8 @@ NUM_SAMPLES samples per seed (the digits metric, ``ddpm_hf.evaluation.digits``, 
 ``--metric mnist`` the MNIST one, ``ddpm_hf.evaluation.mnist``, against the 500 held-out digits), with the
 real-data floor at the same N, for our ancestral chain and diffusers' schedulers swapped in with ``from_config``.
 
-Each RUN is SAMPLER@STEPS[:KEY=VALUE,...] (SAMPLER a name of ``ddpm_hf.sampling.SCHEDULERS``; the optional settings
+Each RUN is SAMPLER@STEPS[:KEY=VALUE,...] (SAMPLER a name of ``ddpm_hf.sampling.SCHEDULERS``, or ``own`` for the
+saved pipeline's scheduler, e.g. a distilled student's; the optional settings
 override the sampler's config, JSON values), e.g. ``ddpm@1000 dpmsolver++@20 dpmsolver++@20:timestep_spacing="trailing"``.
 UNet calls are counted (a forward hook), not assumed: Heun's N steps cost 2N - 1 calls. Seed s draws image i with
 seed ``s * 100000 + i`` (seeds share no image). Samples are cached as .npy in OUTPUT_DIR/samples, so an interrupted
@@ -50,7 +51,9 @@ def load(folder, sampler, overrides):
     from ddpm_hf import DDPMHFPipeline
     from ddpm_hf.sampling import use_scheduler
 
-    pipe = use_scheduler(DDPMHFPipeline.from_pretrained(folder), sampler)
+    pipe = DDPMHFPipeline.from_pretrained(folder)
+    if sampler != "own":  # "own": the saved pipeline's scheduler (a distilled student's LCMScheduler)
+        pipe = use_scheduler(pipe, sampler)
     if overrides:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **overrides)
     pipe.set_progress_bar_config(disable=True)

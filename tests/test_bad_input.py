@@ -54,6 +54,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
     w = {"root": root}
     w["images"] = _images(root / "images")
+    w["rgb_images"] = _images(root / "rgb_images", modes=("RGB",))
     (root / "empty").mkdir()
     (root / "text_files").mkdir()
     (root / "text_files" / "notes.txt").write_text("no images here")
@@ -105,6 +106,12 @@ def world(tmp_path_factory):
                                                               beta_schedule="cosine-ish"))
     w["bad_variance"] = damaged("bad_variance", lambda f: edit(f / "scheduler" / "scheduler_config.json",
                                                               variance_type="huge"))
+
+    def ddim(f):  # a diffusers DDIM pipeline's layout: not a DDPM to distil
+        edit(f / "model_index.json", scheduler=["diffusers", "DDIMScheduler"])
+        edit(f / "scheduler" / "scheduler_config.json", _class_name="DDIMScheduler")
+
+    w["ddim_model"] = damaged("ddim_model", ddim)
     for name, shape in (("rgb", (8, 8, 3)), ("small", (4, 4)), ("gray", (8, 8))):  # restoration inputs
         w[name] = root / f"{name}.png"
         Image.fromarray(np.zeros(shape, np.uint8)).save(w[name])
@@ -240,6 +247,19 @@ CASES = [
                                                     "2"], ["a --streaming run cannot"]),
     ("streaming with model epochs", "train-fresh", ["--streaming", "--max_train_steps", "9", "--save_model_epochs",
                                                     "2"], ["a --streaming run cannot"]),
+    # distillation
+    ("distil a teacher that is not a DDPM", "distill", ["{ddim_model}", "--output_dir", "{root}/distilled"],
+     ["ddpm-hf distill: error: the teacher", "samples with DDIMScheduler", "needs a DDPM teacher"]),
+    ("distil onto a grid of one point", "distill", ["{model}", "--num_teacher_steps", "1", "--output_dir",
+                                                    "{root}/distilled"], ["--num_teacher_steps must be an integer in [2, 20]"]),
+    ("distil a folder that is not a model", "distill", ["{notmodel}", "--output_dir", "{root}/distilled"],
+     ["text_files is not a saved pipeline or training run: no model_index.json"]),
+    ("distil with a negative learning rate", "distill", ["{model}", "--learning_rate=-1", "--output_dir",
+                                                         "{root}/distilled"], ["--learning_rate must be > 0"]),
+    ("distil a grayscale teacher on colour images", "distill", ["{model}", "--dataset_name", "{rgb_images}",
+                                                                "--train_batch_size", "4", "--output_dir",
+                                                                "{root}/distilled"],
+     ["the teacher takes 1x8x8 images, the data is 3x"]),
     # restoration
     ("inpaint a colour image with a grayscale model", "inpaint", ["{model}", "--image", "{rgb}", "--mask_image", "{gray}"],
      ["ddpm-hf inpaint: error: the image has 3 channels but the model takes 1"]),

@@ -87,17 +87,25 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
         null_class_id (`int`, optional): class-conditional models only: the class id that means "no label" (the
             unconditional branch of classifier-free guidance, Ho & Salimans 2022), saved in model_index.json; the
             UNet has ``num_class_embeds = null_class_id + 1``.
+        guidance_scale (`float`, optional): a conditional model's default guidance scale, saved in model_index.json.
+        num_inference_steps (`int`, optional): the model's default number of steps, saved in model_index.json
+            (a distilled few-step student's; None: 1000).
     """
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["image", "model_output"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None,
-                 guidance_scale=None):
+                 guidance_scale=None, num_inference_steps=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         # a conditional model's (an unconditional model's model_index.json is unchanged)
         self._register_conditional(id2label, null_class_id, guidance_scale)
+        if num_inference_steps is not None:  # a few-step student's default (a DDPM's model_index.json is unchanged)
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or \
+                    num_inference_steps < 1:
+                raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+            self.register_to_config(num_inference_steps=num_inference_steps)
 
     # ------------------------------------------------------------------ saving and loading
 
@@ -254,6 +262,10 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
             raise ValueError(f"got a list of {len(generator)} generators for a batch of {batch_size}")
         if timesteps is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        grid = getattr(self.scheduler.config, "original_inference_steps", None)  # a distilled student's grid
+        if timesteps is None and grid is not None and num_inference_steps > grid:
+            raise ValueError(f"num_inference_steps {num_inference_steps}: this few-step model samples on a grid of "
+                             f"{grid} points ({type(self.scheduler).__name__}); give 1 to {grid}")
         check_scheduler_input(self.scheduler, timesteps)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -266,7 +278,7 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
         self,
         batch_size: int | None = None,
         generator=None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
         timesteps=None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -286,7 +298,8 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
         Args:
             batch_size: number of images (default: one per class label, else 1).
             generator: a `torch.Generator`, or a list of `batch_size` of them (one per image), for reproducibility.
-            num_inference_steps: reverse steps (1..T); ignored when `timesteps` is given.
+            num_inference_steps: reverse steps (1..T); ignored when `timesteps` is given. Default: the model's own
+                (model_index.json's ``num_inference_steps``: a distilled student's), else 1000.
             timesteps: explicit descending timesteps, passed to ``scheduler.set_timesteps(timesteps=...)``.
             output_type: "pil" (list of PIL images; mode "L" for one channel), "np" (B, H, W, C) or "pt" (B, C, H, W),
                 values in [0, 1].
@@ -309,6 +322,8 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
         """
         labels = self._class_ids(class_labels, batch_size)
         guidance_scale = self._guidance_scale(guidance_scale, labels)
+        if num_inference_steps is None:
+            num_inference_steps = getattr(self.config, "num_inference_steps", None) or 1000
         batch_size = (1 if labels is None else len(labels)) if batch_size is None else batch_size
         callback_on_step_end_tensor_inputs = list(callback_on_step_end_tensor_inputs or [])
         self.check_inputs(

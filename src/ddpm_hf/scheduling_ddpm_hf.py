@@ -610,7 +610,7 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
         mean, _, _ = self.posterior_mean_variance(pred_x0, x_t, timesteps)
         return {"mean": mean, "variance": log_variance.exp(), "log_variance": log_variance, "pred_x0": pred_x0}
 
-    def x0_and_noise(self, model_output, x_t, timesteps, clip=False):
+    def x0_and_noise(self, model_output, x_t, timesteps, clip=False, prediction_type=None):
         """The clean image and the noise a model's prediction at x_t implies, batched over timesteps: x0_hat by
         ``x0_coefficients`` (Ho eq. 15 for "epsilon", Salimans & Ho 2022 for "v_prediction", the output for "sample")
         and eps_hat = (x_t - sqrt(alphabar_t) x0_hat) / sqrt(1 - alphabar_t) (Ho eq. 4 solved for eps; the output
@@ -623,14 +623,16 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
                 from the clipped x0_hat, as improved-diffusion's ``ddim_sample`` does (diffusers' DDIMScheduler.step with
                 ``use_clipped_model_output=True``); without it near t = T, where
                 1 / sqrt(alphabar_t) is 2e4 for the cosine schedule, the model's error in eps dominates x0_hat.
+            prediction_type: what ``model_output`` is (default: the config's), e.g. "epsilon" for a noise estimate.
         Returns:
             (x0_hat, eps_hat), each of x_t's shape and dtype (coefficients from the float64 table).
         """
+        prediction_type = prediction_type or self.config.prediction_type
         ab = self._per_sample("alphas_cumprod", timesteps, x_t.double())
-        x0 = x0_from_output(model_output.double(), x_t.double(), x0_coefficients(ab, self.config.prediction_type))
+        x0 = x0_from_output(model_output.double(), x_t.double(), x0_coefficients(ab, prediction_type))
         if clip:
             x0 = self.clip_x0(x0)
-        elif self.config.prediction_type == "epsilon":
+        elif prediction_type == "epsilon":
             return x0.to(x_t.dtype), model_output
         eps = (x_t.double() - ab.sqrt() * x0) / (1 - ab).sqrt()
         return x0.to(x_t.dtype), eps.to(x_t.dtype)

@@ -1,5 +1,5 @@
 """The ``ddpm-hf`` command, one parser tree: ``train`` (ddpm_hf.training), ``sample`` from a saved pipeline,
-``evaluate`` a model (ddpm_hf.evaluation), ``card`` and ``push`` a finished training run (ddpm_hf.model_card,
+``evaluate`` a model (ddpm_hf.evaluation), ``distill`` it into a few-step student (ddpm_hf.distillation), ``card`` and ``push`` a finished training run (ddpm_hf.model_card,
 ddpm_hf.hub); ``inpaint``, ``upscale``, ``img2img`` and ``denoise`` an image with a trained model.
 
 One module per command group (sample, evaluate, hub, restoration, train). Building the tree imports nothing heavy:
@@ -10,7 +10,7 @@ typed errors (ddpm_hf.errors) into a message that names a flag; nothing imports 
 import argparse
 import sys
 
-from . import evaluate, hub, restoration, sample
+from . import distill, evaluate, hub, restoration, sample
 
 
 def build_parser():
@@ -22,7 +22,8 @@ def build_parser():
     commands = {"sample": (sample.add_parser(sub), sample.run),
                 "card": (hub.add_card_parser(sub), hub.run_card),
                 "push": (hub.add_push_parser(sub), hub.run_push),
-                "evaluate": (evaluate.add_parser(sub), evaluate.run)}
+                "evaluate": (evaluate.add_parser(sub), evaluate.run),
+                "distill": (distill.add_parser(sub), distill.run)}
     commands.update(restoration.add_parsers(sub))  # inpaint, upscale, img2img, denoise
     return parser, commands
 

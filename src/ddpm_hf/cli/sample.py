@@ -15,7 +15,8 @@ def add_parser(sub):
     p.add_argument("--batch_size", "--eval_batch_size", dest="batch_size", type=int, default=16,
                    help="images per forward pass (default 16; --eval_batch_size is the same, as `train` spells it)")
     p.add_argument("--num_inference_steps", "--ddpm_num_inference_steps", dest="num_inference_steps", type=int,
-                   default=None, help="reverse steps (default: the number of training timesteps, e.g. 1000; "
+                   default=None, help="reverse steps (default: the model's own, e.g. 4 for a distilled student, "
+                   "else the number of training timesteps, e.g. 1000; "
                    "--ddpm_num_inference_steps is the same, as `train` spells it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generators; image i uses seed + i (default 0)")
     p.add_argument("--output_dir", default="samples", help="where the PNGs go (default ./samples)")
@@ -48,9 +49,13 @@ def run(args, parser):
     except ModelNotFound as error:
         fail(parser, error)
     T = pipe.scheduler.config.num_train_timesteps
-    steps = args.num_inference_steps or T
+    steps = args.num_inference_steps or getattr(pipe.config, "num_inference_steps", None) or T
     if steps > T:
         parser.error(f"--num_inference_steps {steps}: the model was trained with {T} timesteps; give at most {T}")
+    grid = getattr(pipe.scheduler.config, "original_inference_steps", None)
+    if args.scheduler is None and grid is not None and steps > grid:
+        parser.error(f"--num_inference_steps {steps}: this distilled model samples on a grid of {grid} points; "
+                     f"give at most {grid}")
     try:
         use_scheduler(pipe, args.scheduler)
         labels, rows = class_rows(pipe, args.class_labels, args.num_images)

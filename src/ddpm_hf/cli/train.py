@@ -225,9 +225,9 @@ def without_token(argv):
     return argv
 
 
-def resume_command(argv):
-    """``ddpm-hf train`` with the given flags and ``--resume_from_checkpoint latest`` (no --overwrite_output_dir, no
-    token)."""
+def resume_command(argv, command="train"):
+    """``ddpm-hf COMMAND`` with the given arguments and ``--resume_from_checkpoint latest`` (no
+    --overwrite_output_dir, no token)."""
     import shlex
 
     out, skip = [], False
@@ -242,7 +242,7 @@ def resume_command(argv):
         if name == "--overwrite_output_dir":
             continue
         out.append(arg)
-    return shlex.join(["ddpm-hf", "train", *out, "--resume_from_checkpoint", "latest"])
+    return shlex.join(["ddpm-hf", command, *out, "--resume_from_checkpoint", "latest"])
 
 
 if __name__ == "__main__":

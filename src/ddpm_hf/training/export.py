@@ -40,16 +40,18 @@ def _pipeline(config, unet, noise_scheduler):
     return pipe
 
 
-def save_pipeline(run):
+def save_pipeline(run, make_pipeline=None):
     """The pipeline of ``run`` (a registered ``lifecycle.Run``; EMA weights if on) at ``output_dir``. Written beside
     the run first and moved in when complete: a failed write (disk full) leaves the pipeline saved before it (if any)
-    as it was and raises RunError."""
+    as it was and raises RunError. ``make_pipeline(unet)``: the pipeline to save (default: the training run's DDPM
+    pipeline; a distillation run gives its student's)."""
     config, model = run.config, run.model
     tmp = os.path.join(config.output_dir, PIPELINE_TMP)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with ema_weights(model, run.flat, run.ema) as unet:
-            _pipeline(config, unet, run.noise_scheduler).save_pretrained(tmp)
+            pipe = make_pipeline(unet) if make_pipeline else _pipeline(config, unet, run.noise_scheduler)
+            pipe.save_pretrained(tmp)
     except Exception as error:  # noqa: BLE001 - reported with the file it was writing
         failure = write_error("the pipeline", tmp, error, config.output_dir)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,99 @@
+"""``ddpm-hf distill TEACHER``: distil a trained DDPM into a few-step student (ddpm_hf.distillation), with the flags
+of ``ddpm-hf train`` for the student's run (output folder, steps, batch, optimizer, EMA, checkpoints, resume)."""
+
+import os
+import signal
+import sys
+
+from .common import fail
+
+
+def add_parser(sub):
+    from ..distillation.config import METHODS, SOLVERS, STUDENT_DEFAULTS
+
+    p = sub.add_parser("distill", help="distil a trained model into a 1-4 step student (consistency distillation)",
+                       description="Distil TEACHER (a ddpm-hf training run or pipeline folder, or a Hub repo id) into "
+                       "a student that samples in 1 to --num_teacher_steps UNet calls, on the teacher's own "
+                       "training data (from its training_args.json; --dataset_name / --train_data_dir otherwise). "
+                       "The student is a pipeline folder like the teacher's (DDPMHFPipeline with diffusers' "
+                       "LCMScheduler), loadable without ddpm_hf.")
+    a = p.add_argument
+    a("teacher", help="the teacher: a `ddpm-hf train` output folder, a saved pipeline folder, or a Hub repo id")
+    a("--output_dir", default="outputs/distill", help="where the student and its records go (default "
+      "outputs/distill)")
+    a("--method", choices=METHODS, default="consistency",
+      help="consistency: consistency distillation (Song et al. 2023) in LCM's discrete time (default)")
+    a("--num_teacher_steps", type=int, default=None,
+      help="N, the teacher's ODE grid (LCM's original_inference_steps): the student samples with at most N calls "
+      "(default 50, or the teacher's T if smaller)")
+    a("--teacher_solver", choices=SOLVERS, default="dpm-solver++",
+      help="the teacher's ODE step between grid points: dpm-solver++ (DPM-Solver++(2S), second order, 2 teacher calls; default) or "
+      "ddim (first order, 1 call)")
+    a("--teacher_guidance_scale", type=float, default=None,
+      help="class-conditional teachers: the guidance scale of the teacher's ODE steps (default: the teacher's own)")
+    a("--overwrite_output_dir", action="store_true", help="replace a run already in --output_dir")
+    a("--resume_from_checkpoint", help='a checkpoint-N folder of --output_dir, or "latest"')
+    a("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    for name, kind in (("max_train_steps", int), ("train_batch_size", int), ("learning_rate", float),
+                       ("lr_warmup_steps", int), ("adam_beta1", float), ("adam_beta2", float),
+                       ("adam_weight_decay", float), ("max_grad_norm", float), ("ema_max_decay", float),
+                       ("checkpointing_steps", int), ("num_sample_images", int)):
+        a(f"--{name}", type=kind, help=f"as `ddpm-hf train --{name}` (default {STUDENT_DEFAULTS[name]}"
+          + ("; the EMA is the consistency target network, its weights are saved" if name == "ema_max_decay" else "")
+          + ")")
+    a("--lr_scheduler", help=f"as `ddpm-hf train` (default {STUDENT_DEFAULTS['lr_scheduler']})")
+    a("--checkpoints_total_limit", type=int, help="as `ddpm-hf train` (default 2)")
+    a("--eval_batch_size", type=int, help="images per forward pass of the sample grids (default: the teacher's)")
+    a("--mixed_precision", choices=("no", "fp16", "bf16"), help="as `ddpm-hf train` (default: the teacher's)")
+    a("--logger", choices=("tensorboard", "wandb", "none"), help="as `ddpm-hf train` (default tensorboard)")
+    a("--logging_dir", help="as `ddpm-hf train` (default logs)")
+    a("--dataset_name", help="the data to distil on, when the teacher has no training_args.json")
+    a("--train_data_dir", help="a folder of images to distil on, as --dataset_name")
+    a("--cache_dir", help="datasets/hub cache directory")
+    return p
+
+
+def config_of(args, parser):
+    """The DistillConfig of parsed ``args``; exits with the parser's message on a bad flag or teacher."""
+    from ..distillation.config import FLAGS, DistillConfig, teacher_training_args
+    from ..errors import ConfigError
+    from ..evaluation.model_source import model_folder, training_args_of
+
+    try:
+        folder = model_folder(args.teacher)
+    except Exception as error:  # noqa: BLE001 - ModelNotFound: a folder without model_index.json
+        fail(parser, error)
+    teacher_args = teacher_training_args(folder) if folder else training_args_of(args.teacher, None)
+    flags = {name: getattr(args, name) for name in FLAGS if hasattr(args, name)}
+    try:
+        return DistillConfig.create(folder or args.teacher, teacher_args, method=args.method,
+                                    num_teacher_steps=args.num_teacher_steps,
+                                    teacher_guidance_scale=args.teacher_guidance_scale,
+                                    teacher_solver=args.teacher_solver, **flags)
+    except ConfigError as error:
+        parser.error(error.message(lambda name: f"--{name}"))
+
+
+def run(args, parser):
+    """Distil; print a typed error as one line and exit (2, or 128 + signal)."""
+    from ..errors import Interrupted, RunError
+    from .common import flag_message
+    from .train import resume_command
+
+    config = config_of(args, parser)
+    from ..distillation import distill
+
+    try:
+        metrics = distill(config)
+    except RunError as error:
+        print(f"ddpm-hf distill: error: {flag_message(error)}", file=sys.stderr)
+        sys.exit(2)
+    except Interrupted as stopped:
+        argv = sys.argv[2:] if sys.argv[1:2] == ["distill"] else sys.argv[1:]
+        print(f"ddpm-hf distill: stopped by {signal.Signals(stopped.signum).name}: saved {stopped.checkpoint}. "
+              f"Resume with: {resume_command(argv, 'distill')}", file=sys.stderr)
+        sys.exit(128 + stopped.signum)
+    out = config.student.output_dir
+    print(f"distilled {metrics['steps']} steps in {metrics['distill_seconds']:.0f}s: the student is in {out} "
+          f"(sample it with `ddpm-hf sample {out} --num_inference_steps 4`; grids in "
+          f"{os.path.join(out, 'samples-4-step')})")

@@ -1,0 +1,119 @@
+"""``DistillConfig``: a distillation run's settings. The student's training settings are a ``TrainConfig`` (the same
+flags and meaning as ``ddpm-hf train``, so the run's folder, checkpoints, resume, EMA, accelerate and records work
+as a training run's), built from the teacher's own training_args.json (its data, resolution, schedule) with the
+distillation's defaults and the user's flags on top; the method's own settings sit beside it."""
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..training.config import TrainConfig
+
+METHODS = ("consistency",)
+DEFAULT_TEACHER_STEPS = 50  # LCM's original_inference_steps
+SOLVERS = ("dpm-solver++", "ddim")  # the teacher's ODE step between grid points (consistency.teacher_ode_step)
+# The distillation defaults of the student's TrainConfig, measured on the `make demo` teacher (BENCHMARKS.md,
+# "Distillation"): the student starts from the teacher's weights, so a small constant learning rate; the EMA is the
+# consistency target f_theta- (Song et al. 2023 Algorithm 2, mu = 0.95 as LCM), whose weights are the ones saved.
+STUDENT_DEFAULTS = dict(max_train_steps=1500, train_batch_size=128, learning_rate=1e-4, lr_scheduler="constant",
+                        lr_warmup_steps=0, adam_beta1=0.9, adam_beta2=0.999, adam_weight_decay=0.0, max_grad_norm=1.0,
+                        use_ema=True, ema_max_decay=0.95, prediction_type="v_prediction", variance_type="fixed_small",
+                        vlb_weight=0.001, snr_gamma=None, num_sample_images=64, checkpointing_steps=500,
+                        eval_metrics=(), eval_steps=None, save_images_epochs=None, save_model_epochs=None)
+# The teacher's training settings the student keeps: what the data is and how it is read, the UNet and the schedule.
+FROM_TEACHER = ("dataset_name", "dataset_config_name", "train_data_dir", "cache_dir", "split", "eval_split",
+                "image_column", "strict", "streaming", "shuffle_buffer_size", "resolution", "center_crop", "random_flip",
+                "channels", "class_conditional", "label_column", "unet_preset", "ddpm_num_steps", "ddpm_beta_schedule",
+                "cosine_logsnr_shift", "eval_batch_size", "mixed_precision", "recipe")
+FLAGS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "seed", "max_train_steps",
+         "train_batch_size", "learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1", "adam_beta2",
+         "adam_weight_decay", "adam_epsilon", "max_grad_norm", "ema_max_decay", "mixed_precision", "dynamo_backend",
+         "checkpointing_steps", "checkpoints_total_limit", "logger", "logging_dir", "num_sample_images",
+         "eval_batch_size", "dataloader_num_workers", "ddp_timeout", "cache_dir", "dataset_name", "train_data_dir")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The settings of one distillation run.
+
+    Args:
+        teacher: the teacher's folder (a ``ddpm-hf train`` run or a saved pipeline) or Hub repo id.
+        student: the student's TrainConfig (output_dir, steps, batch, optimizer, EMA = the consistency target, ...).
+        method: "consistency" (Song et al. 2023 consistency distillation, LCM's discrete-time form).
+        num_teacher_steps: N, the points of the teacher's ODE grid (LCM's ``original_inference_steps``): the teacher
+            steps from t to t - T // N; the student samples with at most N calls.
+        teacher_guidance_scale: a class-conditional teacher's guidance scale w in its ODE steps (default: its own).
+        teacher_solver: the teacher's ODE step, "dpm-solver++" (two calls) or "ddim" (one) (``SOLVERS``).
+    """
+
+    teacher: str
+    student: TrainConfig
+    method: str = "consistency"
+    num_teacher_steps: int = 50
+    teacher_guidance_scale: float | None = None
+    teacher_solver: str = "dpm-solver++"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"{{method}} {self.method}: choose from {', '.join(METHODS)}")
+        if self.teacher_solver not in SOLVERS:
+            raise ConfigError(f"{{teacher_solver}} {self.teacher_solver}: choose from {', '.join(SOLVERS)}")
+        steps = self.student.ddpm_num_steps
+        if isinstance(self.num_teacher_steps, bool) or not isinstance(self.num_teacher_steps, int) or not (
+                2 <= self.num_teacher_steps <= steps):
+            raise ConfigError(f"{{num_teacher_steps}} must be an integer in [2, {steps}] (the teacher's T), got "
+                              f"{self.num_teacher_steps!r}")
+        if self.teacher_guidance_scale is not None and not self.student.class_conditional:
+            raise ConfigError("{teacher_guidance_scale} only applies to a class-conditional teacher")
+
+    @classmethod
+    def create(cls, teacher, teacher_args, method="consistency", num_teacher_steps=None, teacher_guidance_scale=None,
+               teacher_solver="dpm-solver++", **flags):
+        """The config of a run distilling ``teacher`` whose training_args.json is ``teacher_args`` (a dict; {} for a
+        pipeline without one: the data flags must then be given). ``num_teacher_steps`` None: 50, or T if smaller.
+        ``flags``: the student's TrainConfig settings
+        (``FLAGS``); None means the default. Raises ConfigError."""
+        unknown = set(flags) - set(FLAGS)
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        values = {k: teacher_args[k] for k in FROM_TEACHER if teacher_args.get(k) is not None}
+        if flags.get("dataset_name") or flags.get("train_data_dir"):  # the user's data replaces the teacher's
+            values.pop("dataset_name", None), values.pop("train_data_dir", None)
+        values = {**values, **STUDENT_DEFAULTS, **{k: v for k, v in flags.items() if v is not None}}
+        values.setdefault("output_dir", "outputs/distill")
+        student = TrainConfig.create(**values)
+        if num_teacher_steps is None:
+            num_teacher_steps = min(DEFAULT_TEACHER_STEPS, student.ddpm_num_steps)
+        return cls(teacher=teacher, student=student, method=method, num_teacher_steps=num_teacher_steps,
+                   teacher_guidance_scale=teacher_guidance_scale, teacher_solver=teacher_solver)
+
+    def record(self):
+        """training_args.json of the run: the student's settings and, under "distillation", the method's."""
+        return {**self.student.record(), "distillation": {
+            "teacher": self.teacher, "method": self.method, "num_teacher_steps": self.num_teacher_steps,
+            "teacher_guidance_scale": self.teacher_guidance_scale, "teacher_solver": self.teacher_solver}}
+
+
+def teacher_training_args(folder):
+    """The teacher's training_args.json as a dict ({} when the folder has none), with the schedule of the pipeline
+    itself (scheduler/scheduler_config.json: T and the beta schedule), which is what the student distils."""
+    args = {}
+    for path in (os.path.join(folder, "training_args.json"), os.path.join(folder, "..", "training_args.json")):
+        if os.path.isfile(path):
+            with open(path) as f:
+                args = json.load(f)
+            break
+    scheduler = os.path.join(folder, "scheduler", "scheduler_config.json")
+    if os.path.isfile(scheduler):
+        with open(scheduler) as f:
+            config = json.load(f)
+        args.update({k: config[n] for k, n in (("ddpm_num_steps", "num_train_timesteps"),
+                                               ("ddpm_beta_schedule", "beta_schedule")) if n in config})
+    return args
+
+
+def replace_student(config, **changes):
+    """``config`` with its student TrainConfig changed (``dataclasses.replace``)."""
+    return dataclasses.replace(config, student=dataclasses.replace(config.student, **changes))

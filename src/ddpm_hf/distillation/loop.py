@@ -1,0 +1,244 @@
+"""Distil a trained DDPM into a few-step student (``ddpm-hf distill``). ``distill`` reads top to bottom like the
+training loop (ddpm_hf.training.loop), whose run folder, checkpoints, resume, signals, EMA and records it shares:
+teacher and data, the student (the teacher's UNet with as many output channels as the image, initialised from the
+teacher's weights), optimizer, resume, the loop, the end.
+
+The consistency loop (Song et al. 2023 Algorithm 2 in LCM's discrete time, ``consistency``): for a batch x_0, a grid
+point t_{n+1} per image, x_{t_{n+1}} ~ q(x_t | x_0) (Ho eq. 4), the teacher's ODE step to t_n, and the loss
+d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta-(x_hat_{t_n}, t_n)) with f_theta- the EMA (the target network, mu =
+--ema_max_decay), whose weights the student's pipeline saves. Every draw is seeded by (seed, rank, micro-batch), so a
+resumed run is bit-identical to one that never stopped.
+"""
+
+import math
+import os
+import time
+
+import torch
+
+from .. import __version__
+from ..data import prepare_data, step_seed, to_model_range
+from ..errors import RunError
+from ..run_dir import TRAINING_ARGS, History, read_history, write_json_atomic, write_metrics
+from ..training.checkpoints import any_rank
+from ..training.flat_parameters import ema_weights, flatten_parameters, view_parameters
+from ..training.lifecycle import Run, start_trackers
+from ..training.loop import optimization, step_budget
+from .consistency import consistency_function, pseudo_huber, skip_timesteps, teacher_ode_step
+
+
+def distill(config):
+    """Distil ``config.teacher`` into a student with ``config`` (a DistillConfig), then save the student's pipeline
+    (the EMA target's weights) at its output_dir with samples, history.jsonl, training_args.json and metrics.json.
+    Returns the metrics dict. Raises RunError, Interrupted (SIGTERM/SIGINT: a checkpoint of the current step)."""
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    student_config = config.student
+    with Run(student_config) as run:
+        accelerator, main = run.accelerator, run.main
+        rank, world = accelerator.process_index, accelerator.num_processes
+        torch.manual_seed(student_config.seed)
+
+        # teacher, data, student
+        teacher = load_teacher(config.teacher, accelerator.device)
+        with accelerator.main_process_first():
+            batches, _, channels, resolution = prepare_data(student_config, rank, world,
+                                                            accelerator.is_local_main_process)
+        check_teacher_fits(teacher, channels, resolution)
+        run.clear_for_overwrite()
+        student = student_unet(teacher.unet, channels).to(accelerator.device)
+        flat = flatten_parameters(student)
+        student_scheduler = student_noise_scheduler(teacher.scheduler, student_config.prediction_type)
+        labels_on = student_config.class_conditional
+        guidance = config.teacher_guidance_scale or getattr(teacher.config, "guidance_scale", None) or 1.0
+        null_class_id = getattr(teacher.config, "null_class_id", None)
+
+        student_config, steps_per_epoch = step_budget(student_config, batches.per_epoch)
+        config = type(config)(**{**config.__dict__, "student": student_config})
+        if main:
+            write_json_atomic(os.path.join(student_config.output_dir, TRAINING_ARGS), config.record())
+        optimizer, lr_scheduler = optimization(student_config, accelerator, flat)
+        unet, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
+        view_parameters(student, flat)
+        # the target network f_theta-: an EMA of the student with a fixed decay mu (no warm-up), Song et al. Alg. 2
+        ema = EMAModel([flat], decay=student_config.ema_max_decay, min_decay=student_config.ema_max_decay,
+                       use_ema_warmup=False, foreach=True)
+        run.register(student_config, student, flat, ema, student_scheduler)
+        start_trackers(student_config, accelerator)
+        counters = run.resume()
+        step = counters["step"]
+        history = History(student_config.output_dir,
+                          read_history(student_config.output_dir, step) if run.resume_from else [], main)
+        grid = skip_timesteps(student_scheduler.config.num_train_timesteps, config.num_teacher_steps)
+        gap = int(grid[0]) + 1  # k = T // N: t_n = t_{n+1} - k
+
+        # the loop
+        progress = tqdm(total=student_config.max_train_steps, initial=step, desc="distilling",
+                        disable=not accelerator.is_local_main_process)
+        start_time = time.time()
+        unet.train()
+        run.stop.install()
+        while step < student_config.max_train_steps:
+            k = step  # one micro-batch per step (no accumulation)
+            raw = batches.batch(k)
+            labels = batches.labels(k).to(accelerator.device) if labels_on else None
+            g = torch.Generator().manual_seed(step_seed(student_config.seed, rank, k))
+            x0 = to_model_range(raw, student_config.random_flip, g).to(accelerator.device)
+            t = grid[torch.randint(0, len(grid), (x0.shape[0],), generator=g)].to(accelerator.device)
+            noise = torch.randn(x0.shape, generator=g).to(accelerator.device)
+            x_t = student_scheduler.q_sample(x0, noise, t)  # Ho eq. 4
+            x_s = teacher_ode_step(teacher.unet, teacher.scheduler, x_t, t, t - gap, labels, guidance, null_class_id,
+                                   config.teacher_solver)
+            with torch.no_grad(), ema_weights(student, flat, ema) as target:  # f_theta-(x_hat_{t_n}, t_n)
+                aim = consistency_function(target, student_scheduler, x_s, t - gap, labels)
+            unet.train()
+            with accelerator.autocast():
+                prediction = consistency_function(unet, student_scheduler, x_t, t, labels)
+            loss = pseudo_huber(prediction.float(), aim.float()).mean()
+            accelerator.backward(loss)
+            grad_norm = torch.nn.utils.clip_grad_norm_([flat], student_config.max_grad_norm, foreach=False) \
+                if student_config.max_grad_norm > 0 else torch.linalg.vector_norm(flat.grad)
+            bad, signalled = any_rank(accelerator, [not (math.isfinite(loss.item()) and bool(torch.isfinite(grad_norm))),
+                                                    run.stop.signum is not None])
+            if bad:
+                raise RunError("distillation step {step}: the loss is {loss}: stopped before this step changed the "
+                               "weights. Start again with a lower {learning_rate}.", step=step + 1,
+                               loss=f"{loss.item():.6g}")
+            optimizer.step()
+            lr_scheduler.step()
+            flat.grad.zero_()
+            ema.step([flat])
+            step += 1
+            record = {"step": step, "seconds": round(counters["elapsed"] + time.time() - start_time, 3),
+                      "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+            history.append(record)
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+            accelerator.log({k: v for k, v in record.items() if k not in ("step", "seconds")}, step=step)
+            counters = {"step": step, "images_seen": counters["images_seen"] + x0.shape[0] * world,
+                        "elapsed": counters["elapsed"] + time.time() - start_time}
+            start_time = time.time()
+            if step % student_config.checkpointing_steps == 0 and step < student_config.max_train_steps:
+                run.checkpoint("periodic", counters)
+            if signalled:
+                run.checkpoint("signal", counters)
+        progress.close()
+        accelerator.wait_for_everyone()
+
+        # the end: the student's pipeline (the target network's weights), its samples and records
+        import diffusers
+
+        metrics = {"method": config.method, "steps": counters["step"], "images_seen": counters["images_seen"],
+                   "distill_seconds": round(counters["elapsed"], 2), "processes": world,
+                   "teacher": config.teacher, "teacher_train_seconds": teacher_train_seconds(config.teacher),
+                   "versions": {"ddpm-hf": __version__, "diffusers": diffusers.__version__,
+                                "torch": torch.__version__}}
+        if run.signalled():
+            run.checkpoint("signal", counters)
+        run.stop.restore()
+        if main:
+            save_student(run, teacher, config)
+            write_metrics(student_config.output_dir, metrics)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return metrics
+
+
+def load_teacher(teacher, device):
+    """The teacher pipeline (DDPMHFPipeline, our scheduler), frozen, in eval mode; RunError if it is not a DDPM."""
+    from ..pipeline_ddpm_hf import DDPMHFPipeline
+    from ..sampling import load_pipeline
+    from ..scheduling_ddpm_hf import DDPMHFScheduler
+
+    pipe = load_pipeline(DDPMHFPipeline, teacher)
+    if not isinstance(pipe.scheduler, DDPMHFScheduler):
+        raise RunError("the teacher {teacher} samples with {kind}: distillation needs a DDPM teacher (a ddpm-hf or "
+                       "diffusers DDPMScheduler pipeline)", teacher=teacher, kind=type(pipe.scheduler).__name__)
+    pipe.unet.requires_grad_(False).eval().to(device)
+    return pipe
+
+
+def check_teacher_fits(teacher, channels, resolution):
+    """RunError unless the teacher's UNet takes images of the data's channels and resolution."""
+    config = teacher.unet.config
+    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+    if config.in_channels != channels or size != resolution:
+        raise RunError("the teacher takes {c}x{s}x{s} images, the data is {dc}x{r}x{r}: distil on the data the "
+                       "teacher was trained on", c=config.in_channels, s=size, dc=channels, r=resolution)
+
+
+def student_unet(teacher_unet, channels):
+    """The student: the teacher's UNet2DModel configuration with ``channels`` outputs (no variance channels),
+    initialised from the teacher's weights (the output convolution's first ``channels`` filters)."""
+    from diffusers import UNet2DModel
+
+    config = {k: v for k, v in teacher_unet.config.items() if not k.startswith("_")}
+    student = UNet2DModel.from_config({**config, "out_channels": channels})
+    state = teacher_unet.state_dict()
+    for name in ("conv_out.weight", "conv_out.bias"):
+        state[name] = state[name][:channels]
+    student.load_state_dict(state)
+    return student
+
+
+def student_noise_scheduler(teacher_scheduler, prediction_type):
+    """The student's DDPMHFScheduler: the teacher's schedule with the student's prediction type."""
+    from ..scheduling_ddpm_hf import DDPMHFScheduler
+
+    return DDPMHFScheduler.from_config(teacher_scheduler.config, prediction_type=prediction_type,
+                                       variance_type="fixed_small")
+
+
+def student_pipeline(unet, teacher, config):
+    """The student's pipeline: DDPMHFPipeline with diffusers' LCMScheduler on the teacher's schedule and grid
+    (multistep consistency sampling, Song et al. 2023 Algorithm 1), its default steps, and a conditional teacher's
+    classes."""
+    from diffusers import LCMScheduler
+
+    from ..pipeline_ddpm_hf import DDPMHFPipeline
+
+    scheduler = LCMScheduler.from_config(
+        {k: v for k, v in teacher.scheduler.config.items() if k != "variance_type"},
+        prediction_type=config.student.prediction_type, original_inference_steps=config.num_teacher_steps)
+    classes = {k: getattr(teacher.config, k, None) for k in ("id2label", "null_class_id", "guidance_scale")}
+    pipe = DDPMHFPipeline(unet=unet, scheduler=scheduler, num_inference_steps=default_student_steps(config),
+                          **{k: v for k, v in classes.items() if v is not None})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+DEFAULT_STUDENT_STEPS = 4
+
+
+def default_student_steps(config):
+    """The student pipeline's default UNet calls: 4, or the grid's N if smaller."""
+    return min(DEFAULT_STUDENT_STEPS, config.num_teacher_steps)
+
+
+def save_student(run, teacher, config):
+    """The student's pipeline at output_dir (the EMA target's weights) and a labelled sample grid in samples/."""
+    from ..sampling import generate, write_samples
+    from ..training.export import save_pipeline
+
+    save_pipeline(run, lambda unet: student_pipeline(unet, teacher, config))
+    from ..pipeline_ddpm_hf import DDPMHFPipeline
+
+    pipe = DDPMHFPipeline.from_pretrained(config.student.output_dir)
+    pipe.set_progress_bar_config(disable=True)
+    for steps in sorted({1, 2, default_student_steps(config)}):
+        images, _ = generate(pipe, config.student.num_sample_images, config.student.eval_batch_size, steps,
+                             config.student.seed)
+        write_samples(pipe, images, os.path.join(config.student.output_dir, f"samples-{steps}-step"),
+                      f"student, {steps} UNet call{'s' if steps > 1 else ''}")
+
+
+def teacher_train_seconds(teacher):
+    """The teacher's training seconds from its metrics.json, or None."""
+    path = os.path.join(teacher, "metrics.json")
+    if os.path.isfile(path):
+        import json
+
+        with open(path) as f:
+            return json.load(f).get("train_seconds")
+    return None

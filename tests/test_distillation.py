@@ -1,0 +1,227 @@
+"""Consistency distillation (ddpm_hf.distillation, `ddpm-hf distill`): the parameterisation and the time grid against
+diffusers' LCMScheduler (an independent implementation, which samples the student), the teacher's ODE step against
+the closed-form probability-flow ODE of Gaussian data, a short run that learns the teacher's ODE map, resume, and the
+student loading and sampling without ddpm_hf."""
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import LCMScheduler
+
+from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler
+from ddpm_hf.distillation.consistency import (boundary_scalings, consistency_function, skip_timesteps,
+                                              teacher_ode_step)
+from helpers import cli_in_process, local_env, read_weights, run_python
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ------------------------------------------------------------------------------------ the equations
+
+
+@pytest.mark.parametrize("t", [0, 1, 19, 259, 499, 999])
+def test_boundary_scalings_are_lcm_schedulers(t):
+    """c_skip, c_out (Song et al. 2023 eq. 3, LCM eq. 9) as diffusers' LCMScheduler computes them for sampling."""
+    c_skip, c_out = boundary_scalings(torch.tensor([t]))
+    theirs = LCMScheduler().get_scalings_for_boundary_condition_discrete(t)
+    assert float(c_skip) == pytest.approx(float(theirs[0]), rel=1e-12, abs=1e-15)
+    assert float(c_out) == pytest.approx(float(theirs[1]), rel=1e-12, abs=1e-15)
+
+
+def test_the_boundary_condition_holds_for_any_network():
+    """f(x, 0) = x exactly (and at t = -1, the clean image), whatever the network outputs; above 0, c_skip decays
+    and c_out rises to 1 (f is the network's x_0 at large t)."""
+    scheduler = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    net = lambda x, t, class_labels=None: SimpleNamespace(sample=torch.full_like(x, 7.0))  # noqa: E731
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in (0, -1):
+        assert torch.equal(consistency_function(net, scheduler, x, torch.full((3,), t)), x)
+    c_skip, c_out = boundary_scalings(torch.tensor([1, 19, 999]))
+    assert c_skip[0] < 0.01 and c_out[2] > 0.999999 and (c_skip.diff() < 0).all()
+
+
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon", "sample"])
+def test_consistency_function_is_lcm_schedulers_denoised(prediction_type):
+    """f(x_t, t) of a network output equals LCMScheduler.step's ``denoised`` (diffusers' implementation of the same
+    parameterisation) for the same output, at each timestep of its 4-step chain."""
+    ours = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type, clip_sample=False)
+    theirs = LCMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type, clip_sample=False,
+                          original_inference_steps=50)
+    theirs.set_timesteps(4)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, 8, 8, generator=g)
+    for t in theirs.timesteps.tolist():
+        output = torch.randn(x.shape, generator=g)
+        net = lambda x, t, class_labels=None, o=output: SimpleNamespace(sample=o)  # noqa: E731
+        got = consistency_function(net, ours, x, torch.full((2,), t))
+        step = theirs.step(output, t, x, generator=torch.Generator().manual_seed(2))
+        assert torch.allclose(got, step.denoised, atol=1e-5, rtol=1e-5), t
+        x = step.prev_sample
+
+
+@pytest.mark.parametrize("T,N", [(1000, 50), (1000, 4), (20, 4), (20, 2)])
+def test_the_time_grid_is_the_one_lcm_scheduler_samples_on(T, N):
+    theirs = LCMScheduler(num_train_timesteps=T, original_inference_steps=N)
+    theirs.set_timesteps(N)
+    assert skip_timesteps(T, N).tolist() == sorted(theirs.timesteps.tolist())
+
+
+def _gaussian_teacher(scheduler, s2):
+    """The exact noise predictor of data x_0 ~ N(0, s2 I): eps(x_t, t) = sqrt(1 - ab) x_t / (ab s2 + 1 - ab)."""
+    ab = scheduler.alphas_cumprod.double()
+
+    def eps(x, t, class_labels=None):
+        a = ab[t].view(-1, 1, 1, 1)
+        return SimpleNamespace(sample=(1 - a).sqrt() * x / (a * s2 + 1 - a))
+
+    return eps, ab
+
+
+# (t, s, how many times closer than DDIM the second-order step must land): over the default grid's steps of 20
+# (measured 5.3e-5 .. 1.7e-4 relative against 3e-4 .. 2e-3); at t = T - 1 the path is straight (both exact to
+# 1e-4); over half the chain it must still not be worse.
+@pytest.mark.parametrize("t,s,gain", [(999, 979, 1), (499, 479, 20), (199, 179, 20), (59, 39, 5), (999, 499, 1)])
+def test_teacher_second_order_step_beats_ddim_on_gaussian_data(t, s, gain):
+    """For Gaussian data the probability-flow ODE is solved in closed form: in y = x / sqrt(ab), sigma =
+    sqrt((1 - ab) / ab), y(sigma) = y(sigma_t) sqrt((s2 + sigma^2) / (s2 + sigma_t^2)). DPM-Solver++(2S)'s step (two
+    calls) lands closer than DDIM's by ``gain``, and over a grid step of 20 both are within 0.5%."""
+    s2 = 0.25
+    scheduler = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    teacher, ab = _gaussian_teacher(scheduler, s2)
+    x_t = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sigma = ((1 - ab) / ab).sqrt()
+    exact = x_t / ab[t].sqrt() * ((s2 + sigma[s] ** 2) / (s2 + sigma[t] ** 2)).sqrt() * ab[s].sqrt()
+    args = (teacher, scheduler, x_t, torch.full((64,), t), torch.full((64,), s))
+    heun, euler = (teacher_ode_step(*args, solver=solver) for solver in ("dpm-solver++", "ddim"))
+    scale = exact.abs().mean()
+    heun_error, euler_error = (float((x - exact).abs().mean() / scale) for x in (heun, euler))
+    assert heun_error <= euler_error / gain, (heun_error, euler_error)
+    assert t - s > 20 or euler_error < 0.005, euler_error
+
+
+# ------------------------------------------------------------------------------------ a run
+
+
+DISTILL = ["--num_teacher_steps", "4", "--train_batch_size", "16", "--num_sample_images", "4", "--logger", "none",
+           "--eval_batch_size", "16"]
+
+
+def _distill(capsys, teacher, out, *extra):
+    code, _, err = cli_in_process(capsys, "distill", str(teacher), "--output_dir", str(out), *DISTILL, *extra)
+    assert code == 0, err[-3000:]
+
+
+@pytest.fixture(scope="module")
+def student(trained_run, tmp_path_factory):
+    """A student of the session's tiny trained run (T = 20), 4 grid points, 6 steps with checkpoints at 2 and 4."""
+    from accelerate.state import AcceleratorState
+
+    from ddpm_hf.cli import main
+
+    out = tmp_path_factory.mktemp("distill") / "student"
+    try:
+        main(["distill", str(trained_run), "--output_dir", str(out), *DISTILL, "--max_train_steps", "6",
+              "--checkpointing_steps", "2"])
+    finally:
+        AcceleratorState._reset_state(True)
+    return out
+
+
+def test_the_run_leaves_a_pipeline_records_and_labelled_grids(student, trained_run):
+    args = json.loads((student / "training_args.json").read_text())
+    assert args["distillation"]["method"] == "consistency" and args["distillation"]["num_teacher_steps"] == 4
+    assert args["distillation"]["teacher"] == str(trained_run) and args["prediction_type"] == "v_prediction"
+    history = [json.loads(line) for line in (student / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == list(range(1, 7)) and all(np.isfinite(r["loss"]) for r in history)
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["teacher_train_seconds"] > 0
+    index = json.loads((student / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "LCMScheduler"] and index["num_inference_steps"] == 4
+    for steps in (1, 2, 4):
+        assert (student / f"samples-{steps}-step" / "grid.png").is_file()
+    assert sorted(p.name for p in student.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_the_student_samples_in_k_calls_and_refuses_more_than_its_grid(student):
+    pipe = DDPMHFPipeline.from_pretrained(student)
+    assert type(pipe.scheduler).__name__ == "LCMScheduler"
+    calls = []
+    pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    for k in (1, 2, 4):
+        calls.clear()
+        images = pipe(batch_size=2, num_inference_steps=k, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).images
+        assert len(calls) == k and images.shape == (2, 8, 8, 1)
+    calls.clear()
+    pipe(batch_size=1, output_type="np")  # the model's own default: 4 calls
+    assert len(calls) == 4
+    with pytest.raises(ValueError, match="samples on a grid of 4 points"):
+        pipe(batch_size=1, num_inference_steps=5)
+    with pytest.raises(ValueError, match="positive integer"):
+        pipe(batch_size=1, num_inference_steps=0)
+
+
+def test_sample_command_refuses_more_steps_than_the_grid(student, capsys, tmp_path):
+    code, _, err = cli_in_process(capsys, "sample", str(student), "--num_inference_steps", "9", "--output_dir",
+                                  str(tmp_path / "samples"))
+    assert code == 2 and "samples on a grid of 4 points; give at most 4" in err
+
+
+def test_resume_is_bit_identical(student, trained_run, tmp_path, capsys):
+    """The run resumed from its checkpoint-4 ends with the same weights as the run that never stopped."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(student / "checkpoint-4", resumed / "checkpoint-4")
+    _distill(capsys, trained_run, resumed, "--max_train_steps", "6", "--checkpointing_steps", "2",
+             "--resume_from_checkpoint", "latest")
+    ours, straight = read_weights(resumed), read_weights(student)
+    assert ours.keys() == straight.keys() and all(torch.equal(ours[k], straight[k]) for k in ours)
+
+
+@pytest.mark.slow
+def test_the_student_loads_and_samples_without_ddpm_hf(student, tmp_path):
+    expected = DDPMHFPipeline.from_pretrained(student)(batch_size=3, num_inference_steps=2, output_type="np",
+                                                       generator=torch.Generator().manual_seed(5)).images
+    out = run_python(
+        """
+        import torch
+        from diffusers import DiffusionPipeline
+
+        pipe = DiffusionPipeline.from_pretrained(ARGS["folder"], trust_remote_code=True)
+        images = pipe(batch_size=3, num_inference_steps=2, output_type="np",
+                      generator=torch.Generator().manual_seed(5)).images
+        np.save(ARGS["out"], images)
+        result({"pipeline": type(pipe).__module__, "scheduler": type(pipe.scheduler).__name__})
+        """,
+        {"folder": str(student), "out": str(tmp_path / "images.npy")}, env=local_env(tmp_path), block_ddpm_hf=True)
+    assert out["scheduler"] == "LCMScheduler" and out["pipeline"].startswith("diffusers_modules.")
+    np.testing.assert_allclose(np.load(tmp_path / "images.npy"), expected, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_distillation_learns_the_teachers_ode_map(trained_run, tmp_path, capsys):
+    """On 2 grid points the 1-call student must learn the teacher's 2-step ODE solution from the same noise (Heun to
+    t_0, then the step to the clean image): its distance to it falls to a fraction of the initial student's. A
+    target that is not the teacher's ODE step (e.g. the student's own x_t) does not get there."""
+    from ddpm_hf.distillation.loop import student_noise_scheduler, student_unet
+
+    out = tmp_path / "two"
+    _distill(capsys, trained_run, out, "--num_teacher_steps", "2", "--max_train_steps", "150",
+             "--learning_rate", "1e-3", "--ema_max_decay", "0.9")
+    teacher = DDPMHFPipeline.from_pretrained(trained_run)
+    student = DDPMHFPipeline.from_pretrained(out)
+    initial = student_unet(teacher.unet, 1).eval()
+    scheduler = student_noise_scheduler(teacher.scheduler, "v_prediction")
+    z = torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(9))
+    top = torch.full((256,), 19)
+    with torch.no_grad():
+        middle = teacher_ode_step(teacher.unet, teacher.scheduler, z, top, top - 10)
+        solution = teacher_ode_step(teacher.unet, teacher.scheduler, middle, top - 10, top - 20)
+        distances = [float((consistency_function(net, scheduler, z, top).clamp(-1, 1) - solution).pow(2).mean())
+                     for net in (initial, student.unet.eval())]
+    # measured: 0.13 of the initial distance; with the teacher's step replaced by x_t itself 0.27, with the target
+    # at t instead of t - k 1.65
+    assert distances[1] < 0.18 * distances[0], distances
