@@ -225,3 +225,28 @@ def test_distillation_learns_the_teachers_ode_map(trained_run, tmp_path, capsys)
     # measured: 0.13 of the initial distance; with the teacher's step replaced by x_t itself 0.27, with the target
     # at t instead of t - k 1.65
     assert distances[1] < 0.18 * distances[0], distances
+
+
+@pytest.mark.slow
+def test_a_conditional_teacher_gives_a_conditional_student_with_its_guidance_distilled_in(tmp_path, capsys):
+    """The student of a class-conditional teacher takes class labels; the teacher's guided ODE (its default guidance
+    2.5 here) is distilled in, so the student samples a class in one UNet call per step (guidance scale 1 saved, no
+    unconditional branch), with the labels asked for reaching its UNet."""
+    from helpers import run_train
+
+    teacher = tmp_path / "teacher"
+    run_train("--class_conditional", "--max_train_steps", "3", "--output_dir", str(teacher), "--checkpointing_steps",
+              "100", "--guidance_scale", "2.5", cwd=tmp_path)
+    student = tmp_path / "student"
+    _distill(capsys, teacher, student, "--max_train_steps", "3")
+    args = json.loads((student / "training_args.json").read_text())
+    assert args["class_conditional"] and args["distillation"]["teacher_guidance_scale"] is None
+    assert json.loads((student / "metrics.json").read_text())["teacher_guidance_scale"] == 2.5  # the teacher's own
+    index = json.loads((student / "model_index.json").read_text())
+    assert index["null_class_id"] == 10 and index["guidance_scale"] == 1.0 and index["id2label"]["7"] == "7"
+    pipe = DDPMHFPipeline.from_pretrained(student)
+    seen = []
+    pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append((a[0].shape[0], kw["class_labels"].tolist())),
+                                        with_kwargs=True)
+    pipe(class_labels=[3, 7], num_inference_steps=2, output_type="np")
+    assert seen == [(2, [3, 7]), (2, [3, 7])]

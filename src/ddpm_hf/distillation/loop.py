@@ -51,7 +51,8 @@ def distill(config):
         flat = flatten_parameters(student)
         student_scheduler = student_noise_scheduler(teacher.scheduler, student_config.prediction_type)
         labels_on = student_config.class_conditional
-        guidance = config.teacher_guidance_scale or getattr(teacher.config, "guidance_scale", None) or 1.0
+        guidance = 1.0 if not labels_on else config.teacher_guidance_scale if \
+            config.teacher_guidance_scale is not None else teacher._guidance_scale(None, [0])  # the teacher's own
         null_class_id = getattr(teacher.config, "null_class_id", None)
 
         student_config, steps_per_epoch = step_budget(student_config, batches.per_epoch)
@@ -132,6 +133,7 @@ def distill(config):
         metrics = {"method": config.method, "steps": counters["step"], "images_seen": counters["images_seen"],
                    "distill_seconds": round(counters["elapsed"], 2), "processes": world,
                    "teacher": config.teacher, "teacher_train_seconds": teacher_train_seconds(config.teacher),
+                   "teacher_guidance_scale": guidance if labels_on else None,
                    "versions": {"ddpm-hf": __version__, "diffusers": diffusers.__version__,
                                 "torch": torch.__version__}}
         if run.signalled():
@@ -193,7 +195,8 @@ def student_noise_scheduler(teacher_scheduler, prediction_type):
 def student_pipeline(unet, teacher, config):
     """The student's pipeline: DDPMHFPipeline with diffusers' LCMScheduler on the teacher's schedule and grid
     (multistep consistency sampling, Song et al. 2023 Algorithm 1), its default steps, and a conditional teacher's
-    classes."""
+    classes with guidance scale 1: the student learned the teacher's guided ODE (--teacher_guidance_scale), so it
+    samples a class in one call per step, without classifier-free guidance of its own."""
     from diffusers import LCMScheduler
 
     from ..pipeline_ddpm_hf import DDPMHFPipeline
@@ -201,7 +204,9 @@ def student_pipeline(unet, teacher, config):
     scheduler = LCMScheduler.from_config(
         {k: v for k, v in teacher.scheduler.config.items() if k != "variance_type"},
         prediction_type=config.student.prediction_type, original_inference_steps=config.num_teacher_steps)
-    classes = {k: getattr(teacher.config, k, None) for k in ("id2label", "null_class_id", "guidance_scale")}
+    classes = {k: getattr(teacher.config, k, None) for k in ("id2label", "null_class_id")}
+    if classes["null_class_id"] is not None:  # the teacher's guidance is distilled in: one call per step, no CFG
+        classes["guidance_scale"] = 1.0
     pipe = DDPMHFPipeline(unet=unet, scheduler=scheduler, num_inference_steps=default_student_steps(config),
                           **{k: v for k, v in classes.items() if v is not None})
     pipe.set_progress_bar_config(disable=True)
