@@ -144,6 +144,34 @@ def test_the_run_leaves_a_pipeline_records_and_labelled_grids(student, trained_r
     for steps in (1, 2, 4):
         assert (student / f"samples-{steps}-step" / "grid.png").is_file()
     assert sorted(p.name for p in student.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    card = (student / "README.md").read_text()
+    assert "consistency distillation" in card and "with 1 to 4 UNet calls (default 4)" in card
+    assert 'DiffusionPipeline.from_pretrained("path/to/this/folder", trust_remote_code=True)' in card
+    assert f"(the teacher's training: {metrics['teacher_train_seconds']:,.0f} s)" in card
+    assert "![2 UNet calls](samples-2-step/grid.png)" in card and str(trained_run) not in card
+
+
+def test_the_card_shows_the_students_scores_beside_the_teachers(student, trained_run, tmp_path, capsys):
+    """Scores merged by `ddpm-hf evaluate` into the student's and the teacher's metrics.json end up in one table
+    and one plot of the student's card (`ddpm-hf card`)."""
+    folder, teacher = tmp_path / "student", tmp_path / "teacher"
+    shutil.copytree(student, folder)
+    shutil.copytree(trained_run, teacher)
+    args = json.loads((folder / "training_args.json").read_text())
+    args["distillation"]["teacher"] = str(teacher)
+    (folder / "training_args.json").write_text(json.dumps(args))
+    entry = dict(metric="digits_fd", num_samples=100, floor=2.0, floor_std=0.1)
+    for where, scores in ((folder, [(1, None, 3.5), (2, None, 3.0)]), (teacher, [(20, "dpmsolver-sde", 2.2)])):
+        metrics = json.loads((where / "metrics.json").read_text())
+        metrics["sample_metrics"] = [dict(entry, num_inference_steps=n, value=v, **({"sampler": s} if s else {}))
+                                     for n, s, v in scores]
+        (where / "metrics.json").write_text(json.dumps(metrics))
+    code, _, err = cli_in_process(capsys, "card", str(folder), "--replace_edited_card")
+    assert code == 0, err
+    card = (folder / "README.md").read_text()
+    assert "| student | 1 | 3.5 (digits_fd) | 100 | 2 |" in card and "| student | 2 | 3 (digits_fd) | 100 | 2 |" in card
+    assert "| teacher, dpmsolver-sde (20 steps of dpmsolver-sde) | 20 | 2.2 (digits_fd) | 100 | 2 |" in card
+    assert (folder / "images" / "sampler_quality.png").is_file()
 
 
 def test_the_student_samples_in_k_calls_and_refuses_more_than_its_grid(student):

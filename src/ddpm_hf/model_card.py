@@ -200,6 +200,10 @@ def model_card(output_dir, repo_id=None):
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     args = _read_json(os.path.join(output_dir, TRAINING_ARGS))
+    if "distillation" in args:  # a distilled student's card
+        from .distillation.card import student_card
+
+        return student_card(output_dir, repo_id)
     metrics = _read_json(os.path.join(output_dir, METRICS))
     pipeline_dir = output_dir
     unet = _read_json(os.path.join(pipeline_dir, "unet", "config.json"))
@@ -292,7 +296,12 @@ def write_model_card(output_dir, repo_id=None, replace_edited_card=False):
             shutil.copyfile(os.path.join(output_dir, old), os.path.join(output_dir, new))
     plot = os.path.join(output_dir, SAMPLER_PLOT)
     os.makedirs(os.path.dirname(plot), exist_ok=True)
-    if plot_sampler_scores(_read_json(os.path.join(output_dir, METRICS)), plot) is None and os.path.isfile(plot):
+    if "distillation" in _read_json(os.path.join(output_dir, TRAINING_ARGS)):
+        from .distillation.card import plot_student_scores as draw
+    else:
+        def draw(folder, path):
+            return plot_sampler_scores(_read_json(os.path.join(folder, METRICS)), path)
+    if draw(output_dir, plot) is None and os.path.isfile(plot):
         os.remove(plot)  # drawn from scores no longer in metrics.json
     text = card_text(output_dir, repo_id)
     with open(path, "w", newline="", encoding="utf-8") as f:

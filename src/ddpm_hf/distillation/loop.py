@@ -29,7 +29,8 @@ from .consistency import consistency_function, pseudo_huber, skip_timesteps, tea
 
 def distill(config):
     """Distil ``config.teacher`` into a student with ``config`` (a DistillConfig), then save the student's pipeline
-    (the EMA target's weights) at its output_dir with samples, history.jsonl, training_args.json and metrics.json.
+    (the EMA target's weights) at its output_dir with samples, history.jsonl, training_args.json, metrics.json and
+    its model card (README.md, ``distillation.card``).
     Returns the metrics dict. Raises RunError, Interrupted (SIGTERM/SIGINT: a checkpoint of the current step)."""
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -140,8 +141,11 @@ def distill(config):
             run.checkpoint("signal", counters)
         run.stop.restore()
         if main:
+            from ..model_card import write_model_card
+
             save_student(run, teacher, config)
             write_metrics(student_config.output_dir, metrics)
+            write_model_card(student_config.output_dir, replace_edited_card=True)  # README.md (distillation.card)
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return metrics

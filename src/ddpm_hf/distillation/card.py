@@ -1,0 +1,122 @@
+"""The model card of a distilled student (README.md beside its pipeline): what it is and which teacher it came from,
+how to sample it with 1 to N UNet calls (with or without ddpm_hf), its sample grids at 1, 2 and 4 calls, its quality
+against UNet calls next to the teacher's samplers (scores ``ddpm-hf evaluate`` merged into each folder's
+metrics.json; one table and one plot), and the distillation's settings and time beside the teacher's training time.
+``ddpm_hf.model_card`` renders it for a folder whose training_args.json records a distillation."""
+
+import json
+import os
+
+from ..model_card_sampling import SAMPLER_PLOT, comparable_scores, sampling_text
+
+STUDENT_SAMPLER = "student"  # the label of the student's own scores in the table and the plot
+
+
+def _read(path):
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _teacher_metrics(args):
+    """The teacher's metrics.json, when the teacher is a local folder (a Hub teacher's are not fetched)."""
+    return _read(os.path.join(args["distillation"]["teacher"], "metrics.json"))
+
+
+def quality_lines(output_dir):
+    """(metric, {label: [(UNet calls, score, entry), ...]}): the student's comparable scores (``comparable_scores``)
+    and the teacher's of the same metric, one line per sampler; (None, {}) when the student has none."""
+    from ..sampling import unet_calls
+
+    args, metrics = _read(os.path.join(output_dir, "training_args.json")), _read(os.path.join(output_dir, "metrics.json"))
+    metric, scored = comparable_scores(metrics)
+    if not scored:
+        return None, {}
+    lines = {STUDENT_SAMPLER: sorted((e["num_inference_steps"], e["value"], e) for e in scored)}
+    for e in _teacher_metrics(args).get("sample_metrics", []):
+        if e["metric"] == metric and e["num_samples"] == scored[0]["num_samples"]:
+            sampler = e.get("sampler", "ddpm")
+            lines.setdefault(f"teacher, {sampler}", []).append((unet_calls(sampler, e["num_inference_steps"]),
+                                                                e["value"], e))
+    return metric, {k: sorted(v, key=lambda x: x[0]) for k, v in lines.items()}
+
+
+def plot_student_scores(output_dir, path):
+    """The student's and the teacher's scores against UNet calls (``quality_lines``) as one PNG at ``path``; returns
+    the lines drawn, or None (drawing nothing) when the student has fewer than two scores."""
+    from ..evaluation.plots import plot_quality_against_calls
+    from ..model_card_sampling import SAMPLE_METRIC_NAMES
+
+    metric, lines = quality_lines(output_dir)
+    if not lines:
+        return None
+    entries = [e for points in lines.values() for _, _, e in points]
+    floors = [(e["floor"], e.get("floor_std") or 0.0) for e in entries if e.get("floor") is not None]
+    name = SAMPLE_METRIC_NAMES.get(metric, metric)
+    drawn = {label: [(calls, value) for calls, value, _ in points] for label, points in lines.items()}
+    plot_quality_against_calls(drawn, path, f"{name}, {entries[0]['num_samples']:,} samples per score",
+                               ylabel=name.split(" (")[0], floor=floors[0] if floors else None)
+    return drawn
+
+
+def student_card(output_dir, repo_id=None):
+    """The ``huggingface_hub.ModelCard`` of the student in ``output_dir``."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    args = _read(os.path.join(output_dir, "training_args.json"))
+    metrics = _read(os.path.join(output_dir, "metrics.json"))
+    index = _read(os.path.join(output_dir, "model_index.json"))
+    unet = _read(os.path.join(output_dir, "unet", "config.json"))
+    scheduler = _read(os.path.join(output_dir, "scheduler", "scheduler_config.json"))
+    distillation = args["distillation"]
+    teacher = distillation["teacher"]
+    teacher_name = teacher if "/" in teacher and not os.path.isdir(teacher) else os.path.basename(
+        os.path.normpath(teacher))
+    resolution, channels = unet["sample_size"], unet["in_channels"]
+    grid, default_steps = scheduler.get("original_inference_steps"), index.get("num_inference_steps", 4)
+    name = repo_id.split("/")[-1] if repo_id else f"{teacher_name}-student"
+    conditional = index.get("null_class_id") is not None
+    card_data = ModelCardData(library_name="diffusers", pipeline_tag="unconditional-image-generation",
+                              model_name=name, base_model=teacher if "/" in teacher and not os.path.isdir(teacher)
+                              else None, tags=["diffusers", "ddpm-hf", "consistency-distillation", "few-step"])
+    usage = ("images = pipe(class_labels=[0, 1, 2, 3], num_inference_steps=2).images" if conditional else
+             "images = pipe(batch_size=16, num_inference_steps=2).images")
+    lines = [f"# {name}", "",
+             f"A few-step student of the DDPM `{teacher_name}`, distilled with ddpm-hf by consistency distillation "
+             f"(Song et al. 2023, in the discrete-time form of latent consistency models): "
+             f"{resolution}x{resolution} pixels, {'grayscale' if channels == 1 else f'{channels} channels'}"
+             + (", class-conditional, the teacher's classifier-free guidance (scale "
+                f"{metrics.get('teacher_guidance_scale')}) distilled in" if conditional else "")
+             + f". It samples with 1 to {grid} UNet calls (default {default_steps}) through diffusers' "
+             "`LCMScheduler`.", ""]
+    for steps in (1, 2, 4):
+        image = f"samples-{steps}-step/grid.png"
+        if os.path.isfile(os.path.join(output_dir, image)):
+            lines += [f"![{steps} UNet call{'s' if steps > 1 else ''}]({image})", ""]
+    lines += ["## How to use", "", "```python", "from diffusers import DiffusionPipeline", "",
+              f'pipe = DiffusionPipeline.from_pretrained("{repo_id or "path/to/this/folder"}", '
+              "trust_remote_code=True)", usage, "```", ""]
+    metric, quality = quality_lines(output_dir)
+    if quality:
+        lines += ["## Quality against UNet calls", "",
+                  "| model and sampler | UNet calls | score | samples | real-data floor |", "|---|---|---|---|---|"]
+        for label, points in quality.items():
+            for calls, value, e in points:
+                floor = f"{e['floor']:.4g}" if e.get("floor") is not None else ""
+                lines.append(f"| {label}{'' if label == STUDENT_SAMPLER else f' ({sampling_text(e)})'} | {calls} | "
+                             f"{value:.4g} ({metric}) | {e['num_samples']:,} | {floor} |")
+        lines.append("")
+        if os.path.isfile(os.path.join(output_dir, SAMPLER_PLOT)):
+            lines += [f"![quality against UNet calls]({SAMPLER_PLOT})", ""]
+    teacher_seconds = metrics.get("teacher_train_seconds")
+    lines += ["## Distillation", "", "| setting | value |", "|---|---|",
+              f"| teacher | `{teacher_name}` |",
+              f"| method | {distillation['method']}, teacher ODE step {distillation.get('teacher_solver')}, grid of "
+              f"{grid} points |",
+              f"| steps x batch | {metrics.get('steps')} x {args.get('train_batch_size')} |",
+              f"| optimiser | AdamW, learning rate {args.get('learning_rate')}, target EMA {args.get('ema_max_decay')} |",
+              f"| distillation time | {metrics.get('distill_seconds', 0):,.0f} s"
+              + (f" (the teacher's training: {teacher_seconds:,.0f} s)" if teacher_seconds else "") + " |", ""]
+    text = "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)
+    return ModelCard(text)
