@@ -9,7 +9,7 @@ from .common import fail
 
 
 def add_parser(sub):
-    from ..distillation.config import METHODS, SOLVERS, STUDENT_DEFAULTS
+    from ..distillation.config import DEFAULT_TEACHER_STEPS, METHODS, SOLVERS, STUDENT_DEFAULTS
 
     p = sub.add_parser("distill", help="distil a trained model into a 1-4 step student (consistency distillation)",
                        description="Distil TEACHER (a ddpm-hf training run or pipeline folder, or a Hub repo id) into "
@@ -25,7 +25,7 @@ def add_parser(sub):
       help="consistency: consistency distillation (Song et al. 2023) in LCM's discrete time (default)")
     a("--num_teacher_steps", type=int, default=None,
       help="N, the teacher's ODE grid (LCM's original_inference_steps): the student samples with at most N calls "
-      "(default 50, or the teacher's T if smaller)")
+      f"(default {DEFAULT_TEACHER_STEPS}, or the teacher's T if smaller)")
     a("--teacher_solver", choices=SOLVERS, default="dpm-solver++",
       help="the teacher's ODE step between grid points: dpm-solver++ (DPM-Solver++(2S), second order, 2 teacher calls; default) or "
       "ddim (first order, 1 call)")
