@@ -278,3 +278,33 @@ def test_a_conditional_teacher_gives_a_conditional_student_with_its_guidance_dis
                                         with_kwargs=True)
     pipe(class_labels=[3, 7], num_inference_steps=2, output_type="np")
     assert seen == [(2, [3, 7]), (2, [3, 7])]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(trained_run, tmp_path):
+    """A distillation stopped by SIGTERM (a preempted job) writes checkpoint-N of the step it was at, exits 143 and
+    prints the command that resumes it, as a training run does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import THREADS
+
+    out = tmp_path / "student"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ddpm_hf.cli", "distill", str(trained_run), "--output_dir", str(out), *DISTILL,
+         "--max_train_steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, **THREADS))
+    history = out / "history.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (history.is_file() and len(history.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    steps = [json.loads(line)["step"] for line in history.read_text().splitlines()]
+    assert (out / f"checkpoint-{steps[-1]}" / "unet_ema" / "config.json").is_file()
+    assert f"stopped by SIGTERM: saved {out / f'checkpoint-{steps[-1]}'}" in err
+    assert "Resume with: ddpm-hf distill" in err and "--resume_from_checkpoint latest" in err
