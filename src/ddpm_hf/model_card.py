@@ -296,12 +296,13 @@ def write_model_card(output_dir, repo_id=None, replace_edited_card=False):
             shutil.copyfile(os.path.join(output_dir, old), os.path.join(output_dir, new))
     plot = os.path.join(output_dir, SAMPLER_PLOT)
     os.makedirs(os.path.dirname(plot), exist_ok=True)
-    if "distillation" in _read_json(os.path.join(output_dir, TRAINING_ARGS)):
-        from .distillation.card import plot_student_scores as draw
+    if "distillation" in _read_json(os.path.join(output_dir, TRAINING_ARGS)):  # beside its teacher's scores
+        from .distillation.card import plot_student_scores
+
+        drawn = plot_student_scores(output_dir, plot)
     else:
-        def draw(folder, path):
-            return plot_sampler_scores(_read_json(os.path.join(folder, METRICS)), path)
-    if draw(output_dir, plot) is None and os.path.isfile(plot):
+        drawn = plot_sampler_scores(_read_json(os.path.join(output_dir, METRICS)), plot)
+    if drawn is None and os.path.isfile(plot):
         os.remove(plot)  # drawn from scores no longer in metrics.json
     text = card_text(output_dir, repo_id)
     with open(path, "w", newline="", encoding="utf-8") as f:

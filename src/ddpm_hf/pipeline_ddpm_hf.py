@@ -265,7 +265,7 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
         grid = getattr(self.scheduler.config, "original_inference_steps", None)  # a distilled student's grid
         if timesteps is None and grid is not None and num_inference_steps > grid:
             raise ValueError(f"num_inference_steps {num_inference_steps}: this few-step model samples on a grid of "
-                             f"{grid} points ({type(self.scheduler).__name__}); give 1 to {grid}")
+                             f"{grid} points; give at most {grid} (its {type(self.scheduler).__name__})")
         check_scheduler_input(self.scheduler, timesteps)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")

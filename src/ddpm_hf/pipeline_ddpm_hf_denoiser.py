@@ -137,7 +137,8 @@ def denoise(unet, x, t, labels=None, null_class_id=None, guidance_scale=1.0, kee
     eps.
 
     Args:
-        unet: a ``UNet2DModel`` (C in, C or 2C out). x: (B, C, H, W) the scaled model input. t: the timestep.
+        unet: a ``UNet2DModel`` (C in, C or 2C out). x: (B, C, H, W) the scaled model input. t: the timestep, or
+            (B,) timesteps, one per image.
         labels: (B,) long tensor of class ids, or None for an unconditional UNet.
         null_class_id: the "no label" id (needed when guidance_scale != 1).
         guidance_scale: s.
@@ -153,7 +154,8 @@ def denoise(unet, x, t, labels=None, null_class_id=None, guidance_scale=1.0, kee
     elif guidance_scale == 1 or bool((labels == null_class_id).all()):
         output = unet(x, t, class_labels=labels).sample
     else:
-        both = unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, torch.full_like(labels, null_class_id)]))
+        tt = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim == 1 and len(t) > 1 else t  # one t per image
+        both = unet(torch.cat([x, x]), tt, class_labels=torch.cat([labels, torch.full_like(labels, null_class_id)]))
         conditional, unconditional = both.sample.chunk(2)
         cond, uncond = conditional[:, :channels], unconditional[:, :channels]
         guided = uncond + guidance_scale * (cond - uncond)  # Ho & Salimans eq. 6, w = s - 1

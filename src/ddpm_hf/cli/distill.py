@@ -57,13 +57,13 @@ def config_of(args, parser):
     """The DistillConfig of parsed ``args``; exits with the parser's message on a bad flag or teacher."""
     from ..distillation.config import FLAGS, DistillConfig, teacher_training_args
     from ..errors import ConfigError
-    from ..evaluation.model_source import model_folder, training_args_of
+    from ..evaluation.model_source import model_folder
 
     try:
         folder = model_folder(args.teacher)
     except Exception as error:  # noqa: BLE001 - ModelNotFound: a folder without model_index.json
         fail(parser, error)
-    teacher_args = teacher_training_args(folder) if folder else training_args_of(args.teacher, None)
+    teacher_args = teacher_training_args(args.teacher, folder)
     flags = {name: getattr(args, name) for name in FLAGS if hasattr(args, name)}
     try:
         return DistillConfig.create(folder or args.teacher, teacher_args, method=args.method,

@@ -52,12 +52,9 @@ def run(args, parser):
     steps = args.num_inference_steps or getattr(pipe.config, "num_inference_steps", None) or T
     if steps > T:
         parser.error(f"--num_inference_steps {steps}: the model was trained with {T} timesteps; give at most {T}")
-    grid = getattr(pipe.scheduler.config, "original_inference_steps", None)
-    if args.scheduler is None and grid is not None and steps > grid:
-        parser.error(f"--num_inference_steps {steps}: this distilled model samples on a grid of {grid} points; "
-                     f"give at most {grid}")
     try:
         use_scheduler(pipe, args.scheduler)
+        pipe.check_inputs(1, None, steps, None, "np", [])  # e.g. a distilled student's step limit
         labels, rows = class_rows(pipe, args.class_labels, args.num_images)
         if labels is not None:  # checked here, before sampling: unknown ids and names
             pipe._class_ids(labels, None)

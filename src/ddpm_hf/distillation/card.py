@@ -8,20 +8,20 @@ import json
 import os
 
 from ..model_card_sampling import SAMPLER_PLOT, comparable_scores, sampling_text
+from ..run_dir import read_metrics
 
 STUDENT_SAMPLER = "student"  # the label of the student's own scores in the table and the plot
 
 
 def _read(path):
-    if not os.path.isfile(path):
-        return {}
     with open(path) as f:
         return json.load(f)
 
 
 def _teacher_metrics(args):
     """The teacher's metrics.json, when the teacher is a local folder (a Hub teacher's are not fetched)."""
-    return _read(os.path.join(args["distillation"]["teacher"], "metrics.json"))
+    teacher = args["distillation"]["teacher"]
+    return read_metrics(teacher) if os.path.isdir(teacher) else {}
 
 
 def quality_lines(output_dir):
@@ -29,11 +29,11 @@ def quality_lines(output_dir):
     and the teacher's of the same metric, one line per sampler; (None, {}) when the student has none."""
     from ..sampling import unet_calls
 
-    args, metrics = _read(os.path.join(output_dir, "training_args.json")), _read(os.path.join(output_dir, "metrics.json"))
+    args, metrics = _read(os.path.join(output_dir, "training_args.json")), read_metrics(output_dir)
     metric, scored = comparable_scores(metrics)
     if not scored:
         return None, {}
-    lines = {STUDENT_SAMPLER: sorted((e["num_inference_steps"], e["value"], e) for e in scored)}
+    lines = {STUDENT_SAMPLER: [(e["num_inference_steps"], e["value"], e) for e in scored]}
     for e in _teacher_metrics(args).get("sample_metrics", []):
         if e["metric"] == metric and e["num_samples"] == scored[0]["num_samples"]:
             sampler = e.get("sampler", "ddpm")
@@ -65,7 +65,7 @@ def student_card(output_dir, repo_id=None):
     from huggingface_hub import ModelCard, ModelCardData
 
     args = _read(os.path.join(output_dir, "training_args.json"))
-    metrics = _read(os.path.join(output_dir, "metrics.json"))
+    metrics = read_metrics(output_dir)
     index = _read(os.path.join(output_dir, "model_index.json"))
     unet = _read(os.path.join(output_dir, "unet", "config.json"))
     scheduler = _read(os.path.join(output_dir, "scheduler", "scheduler_config.json"))

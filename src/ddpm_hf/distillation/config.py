@@ -3,7 +3,6 @@ flags and meaning as ``ddpm-hf train``, so the run's folder, checkpoints, resume
 as a training run's), built from the teacher's own training_args.json (its data, resolution, schedule) with the
 distillation's defaults and the user's flags on top; the method's own settings sit beside it."""
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -96,24 +95,17 @@ class DistillConfig:
             "teacher_guidance_scale": self.teacher_guidance_scale, "teacher_solver": self.teacher_solver}}
 
 
-def teacher_training_args(folder):
-    """The teacher's training_args.json as a dict ({} when the folder has none), with the schedule of the pipeline
-    itself (scheduler/scheduler_config.json: T and the beta schedule), which is what the student distils."""
-    args = {}
-    for path in (os.path.join(folder, "training_args.json"), os.path.join(folder, "..", "training_args.json")):
-        if os.path.isfile(path):
-            with open(path) as f:
-                args = json.load(f)
-            break
-    scheduler = os.path.join(folder, "scheduler", "scheduler_config.json")
-    if os.path.isfile(scheduler):
+def teacher_training_args(teacher, folder):
+    """The teacher's training_args.json as a dict ({} when there is none; ``evaluation.model_source.training_args_of``:
+    the local ``folder``'s, or the Hub repo ``teacher``'s when ``folder`` is None), with the schedule of a local
+    pipeline itself (scheduler/scheduler_config.json: T and the beta schedule), which is what the student distils."""
+    from ..evaluation.model_source import training_args_of
+
+    args = dict(training_args_of(teacher, folder))
+    scheduler = os.path.join(folder, "scheduler", "scheduler_config.json") if folder else None
+    if scheduler and os.path.isfile(scheduler):
         with open(scheduler) as f:
             config = json.load(f)
         args.update({k: config[n] for k, n in (("ddpm_num_steps", "num_train_timesteps"),
                                                ("ddpm_beta_schedule", "beta_schedule")) if n in config})
     return args
-
-
-def replace_student(config, **changes):
-    """``config`` with its student TrainConfig changed (``dataclasses.replace``)."""
-    return dataclasses.replace(config, student=dataclasses.replace(config.student, **changes))

@@ -47,6 +47,11 @@ def boundary_scalings(timesteps, timestep_scaling=TIMESTEP_SCALING, sigma_data=S
     return sigma_data**2 / denominator, st / denominator.sqrt()
 
 
+def _per_image(values, like):
+    """(B,) values shaped (B, 1, ..., 1) in ``like``'s dtype and device, to broadcast against images."""
+    return values.to(like.device, like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
 def consistency_function(unet, scheduler, x_t, timesteps, class_labels=None, **scalings):
     """f_theta(x_t, t) = c_skip(t) x_t + c_out(t) x0_theta(x_t, t) (``boundary_scalings``), with x0_theta from the
     network's output by ``scheduler``'s prediction type (``DDPMHFScheduler.x0_and_noise``, unclipped).
@@ -60,22 +65,17 @@ def consistency_function(unet, scheduler, x_t, timesteps, class_labels=None, **s
     t = timesteps.clamp(min=0)
     output = unet(x_t, t, class_labels=class_labels).sample
     x0, _ = scheduler.x0_and_noise(output, x_t, t)
-    c_skip, c_out = (c.to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1))) for c in boundary_scalings(timesteps, **scalings))
+    c_skip, c_out = (_per_image(c, x_t) for c in boundary_scalings(timesteps, **scalings))
     return c_skip * x_t + c_out * x0
 
 
 def _teacher_prediction(teacher, scheduler, x, timesteps, class_labels, guidance_scale, null_class_id):
     """The teacher's clipped x_0 and the noise re-derived from it (``x0_and_noise(clip=True)``, as its sampler
-    clips), with classifier-free guidance eps = eps(x, null) + w (eps(x, c) - eps(x, null)) (Ho & Salimans 2022 eq. 6
-    in diffusers' convention) when ``class_labels`` and w != 1."""
-    channels = x.shape[1]
-    if class_labels is not None and guidance_scale != 1.0:
-        both = teacher(torch.cat([x, x]), torch.cat([timesteps, timesteps]),
-                       class_labels=torch.cat([class_labels, torch.full_like(class_labels, null_class_id)])).sample
-        conditional, unconditional = both[:, :channels].chunk(2)
-        output = unconditional + guidance_scale * (conditional - unconditional)
-    else:
-        output = teacher(x, timesteps, class_labels=class_labels).sample[:, :channels]
+    clips), from its output with classifier-free guidance when ``class_labels`` and w != 1 (the pipelines'
+    ``denoise``: Ho & Salimans 2022 eq. 6 in diffusers' convention, variance channels dropped)."""
+    from ..pipeline_ddpm_hf_denoiser import denoise
+
+    output = denoise(teacher, x, timesteps, class_labels, null_class_id, guidance_scale)
     return scheduler.x0_and_noise(output, x, timesteps, clip=True)
 
 
@@ -119,11 +119,11 @@ def teacher_ode_step(teacher, scheduler, x_t, timesteps, prev_timesteps, class_l
     middle = middle.to(x_t.device)
     u = scheduler.ddim_step(x0, eps, middle)
     x0_middle, _ = _teacher_prediction(teacher, scheduler, u, middle, *guidance)
-    weight = (1 / (2 * r)).to(x_t.device, x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
+    weight = _per_image(1 / (2 * r), x_t)
     blend = x0 + weight * (x0_middle - x0)
     _, blend_noise = scheduler.x0_and_noise(blend, x_t, timesteps, prediction_type="sample")
     second = scheduler.ddim_step(blend, blend_noise, prev_timesteps)
-    return torch.where(inner.to(x_t.device).view(-1, *([1] * (x_t.ndim - 1))), second, first)
+    return torch.where(_per_image(inner, x_t).bool(), second, first)
 
 
 def pseudo_huber(a, b):

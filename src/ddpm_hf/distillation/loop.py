@@ -10,6 +10,7 @@ d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta-(x_hat_{t_n}, t_n)) with f_theta- the E
 resumed run is bit-identical to one that never stopped.
 """
 
+import dataclasses
 import math
 import os
 import time
@@ -19,7 +20,7 @@ import torch
 from .. import __version__
 from ..data import prepare_data, step_seed, to_model_range
 from ..errors import RunError
-from ..run_dir import TRAINING_ARGS, History, read_history, write_json_atomic, write_metrics
+from ..run_dir import TRAINING_ARGS, History, read_history, read_metrics, write_json_atomic, write_metrics
 from ..training.checkpoints import any_rank
 from ..training.flat_parameters import ema_weights, flatten_parameters, view_parameters
 from ..training.lifecycle import Run, start_trackers
@@ -57,7 +58,7 @@ def distill(config):
         null_class_id = getattr(teacher.config, "null_class_id", None)
 
         student_config, steps_per_epoch = step_budget(student_config, batches.per_epoch)
-        config = type(config)(**{**config.__dict__, "student": student_config})
+        config = dataclasses.replace(config, student=student_config)
         if main:
             write_json_atomic(os.path.join(student_config.output_dir, TRAINING_ARGS), config.record())
         optimizer, lr_scheduler = optimization(student_config, accelerator, flat)
@@ -121,10 +122,7 @@ def distill(config):
             counters = {"step": step, "images_seen": counters["images_seen"] + x0.shape[0] * world,
                         "elapsed": counters["elapsed"] + time.time() - start_time}
             start_time = time.time()
-            if step % student_config.checkpointing_steps == 0 and step < student_config.max_train_steps:
-                run.checkpoint("periodic", counters)
-            if signalled:
-                run.checkpoint("signal", counters)
+            run.checkpoint_after_step(counters, signalled)
         progress.close()
         accelerator.wait_for_everyone()
 
@@ -243,11 +241,5 @@ def save_student(run, teacher, config):
 
 
 def teacher_train_seconds(teacher):
-    """The teacher's training seconds from its metrics.json, or None."""
-    path = os.path.join(teacher, "metrics.json")
-    if os.path.isfile(path):
-        import json
-
-        with open(path) as f:
-            return json.load(f).get("train_seconds")
-    return None
+    """The teacher's training seconds from its metrics.json (``run_dir.read_metrics``), or None."""
+    return read_metrics(teacher).get("train_seconds") if os.path.isdir(teacher) else None

@@ -220,6 +220,16 @@ class Run:
         """Whether any rank received SIGTERM/SIGINT (one all-reduce; every rank gets the same answer)."""
         return any_rank(self.accelerator, [self.stop.signum is not None])[0]
 
+    def checkpoint_after_step(self, counters, signalled):
+        """The checkpoints due after optimizer step N = counters["step"]: checkpoint-N every --checkpointing_steps
+        (not after the last step, whose weights the end saves), and on a signal checkpoint-N, then stop
+        (``checkpoint``)."""
+        config = self.config
+        if counters["step"] % config.checkpointing_steps == 0 and counters["step"] < config.max_train_steps:
+            self.checkpoint("periodic", counters)
+        if signalled:
+            self.checkpoint("signal", counters)
+
     def checkpoint(self, reason, counters):
         """Write checkpoint-N of step N = counters["step"] on every rank (once per step), then, for reason
         "signal", stop: raise Interrupted naming it. reason "periodic": every --checkpointing_steps."""

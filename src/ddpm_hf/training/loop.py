@@ -137,10 +137,7 @@ def train(config):
             counters = {"step": step, "images_seen": images_seen,
                         "elapsed": counters["elapsed"] + time.time() - start_time}
             start_time = time.time()
-            if step % config.checkpointing_steps == 0 and step < config.max_train_steps:
-                run.checkpoint("periodic", counters)
-            if signalled:
-                run.checkpoint("signal", counters)
+            run.checkpoint_after_step(counters, signalled)
             periodic = step < config.max_train_steps and step % steps_per_epoch == 0  # the end saves anyway
             if main and periodic and config.save_images_epochs and epoch % config.save_images_epochs == 0:
                 save_samples(run, epoch, step)
