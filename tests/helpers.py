@@ -292,6 +292,19 @@ def cli_in_process(capsys, *argv):
     return code, out, err
 
 
+def cli_in_fixture(*argv):
+    """``ddpm-hf ARGV`` by ddpm_hf.cli.main in this process for a module-scoped fixture (no capsys there): raises
+    what the command raises, SystemExit included."""
+    from accelerate.state import AcceleratorState
+
+    from ddpm_hf.cli import main
+
+    try:
+        main([str(a) for a in argv])
+    finally:
+        AcceleratorState._reset_state(True)
+
+
 def read_history(folder):
     with open(os.path.join(folder, "history.jsonl")) as f:
         return [json.loads(line) for line in f]

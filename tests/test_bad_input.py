@@ -260,6 +260,13 @@ CASES = [
                                                                 "--train_batch_size", "4", "--output_dir",
                                                                 "{root}/distilled"],
      ["the teacher takes 1x8x8 images, the data is 3x"]),
+    ("distil progressively from steps that do not halve to the student's", "distill",
+     ["{model}", "--method", "progressive", "--num_teacher_steps", "12", "--output_dir", "{root}/distilled"],
+     ["--num_teacher_steps 12 and --num_student_steps 1: progressive distillation halves the steps",
+      "must be 1 x 2^r"]),
+    ("distil progressively to a student whose grid does not divide T", "distill",
+     ["{model}", "--method", "progressive", "--num_teacher_steps", "16", "--output_dir", "{root}/distilled"],
+     ["a student of 8 steps needs the teacher's T = 20 to be a multiple of 8"]),
     # restoration
     ("inpaint a colour image with a grayscale model", "inpaint", ["{model}", "--image", "{rgb}", "--mask_image", "{gray}"],
      ["ddpm-hf inpaint: error: the image has 3 channels but the model takes 1"]),

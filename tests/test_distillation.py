@@ -15,7 +15,7 @@ from diffusers import LCMScheduler
 from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler
 from ddpm_hf.distillation.consistency import (boundary_scalings, consistency_function, skip_timesteps,
                                               teacher_ode_step)
-from helpers import cli_in_process, local_env, read_weights, run_python
+from helpers import cli_in_fixture, cli_in_process, local_env, read_weights, run_python
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -118,16 +118,9 @@ def _distill(capsys, teacher, out, *extra):
 @pytest.fixture(scope="module")
 def student(trained_run, tmp_path_factory):
     """A student of the session's tiny trained run (T = 20), 4 grid points, 6 steps with checkpoints at 2 and 4."""
-    from accelerate.state import AcceleratorState
-
-    from ddpm_hf.cli import main
-
     out = tmp_path_factory.mktemp("distill") / "student"
-    try:
-        main(["distill", str(trained_run), "--output_dir", str(out), *DISTILL, "--max_train_steps", "6",
-              "--checkpointing_steps", "2"])
-    finally:
-        AcceleratorState._reset_state(True)
+    cli_in_fixture("distill", trained_run, "--output_dir", out, *DISTILL, "--max_train_steps", "6",
+                   "--checkpointing_steps", "2")
     return out
 
 

@@ -654,6 +654,25 @@ class DDPMHFScheduler(SchedulerMixin, ConfigMixin):
                          self._per_sample("alphas_cumprod", s.clamp(min=0), x0_hat.double()))
         return (ab.sqrt() * x0_hat.double() + (1 - ab).sqrt() * eps_hat.double()).to(x0_hat.dtype)
 
+    def ddim_x0_between(self, x_t, timesteps, x_s, prev_timesteps):
+        """The clean image x0_tilde whose DDIM step from x_t at t lands exactly on x_s at s (``ddim_step`` solved for
+        x0: Salimans & Ho 2022, Algorithm 2, the progressive-distillation target): with rho = sqrt(1 - alphabar_s) /
+        sqrt(1 - alphabar_t), x0_tilde = (x_s - rho x_t) / (sqrt(alphabar_s) - rho sqrt(alphabar_t)).
+
+        Args:
+            x_t: (B, C, H, W) at timesteps t (B,) in [0, T-1]. x_s: the same shape at prev_timesteps s (B,) in
+                [-1, t - 1]; -1 is the clean image (alphabar := 1, x0_tilde = x_s).
+        Returns:
+            x0_tilde, x_t's shape and dtype (computed in float64).
+        """
+        s = torch.as_tensor(prev_timesteps).long()
+        clean = (s < 0).to(x_t.device).view(-1, *([1] * (x_t.ndim - 1)))
+        ab_t = self._per_sample("alphas_cumprod", timesteps, x_t.double())
+        ab_s = torch.where(clean, torch.ones((), dtype=torch.float64, device=x_t.device),
+                           self._per_sample("alphas_cumprod", s.clamp(min=0), x_t.double()))
+        rho = ((1 - ab_s) / (1 - ab_t)).sqrt()
+        return ((x_s.double() - rho * x_t.double()) / (ab_s.sqrt() - rho * ab_t.sqrt())).to(x_t.dtype)
+
     def q_sample_from(self, sample, noise, timestep, from_timestep):
         """A draw of the forward process from a noisier-than-clean state: x_t ~ q(x_t | x_s) = N(sqrt(alphabar_t /
         alphabar_s) x_s, (1 - alphabar_t / alphabar_s) I) for s < t (Ho eq. 4 over the steps s+1..t; s = -1 is the

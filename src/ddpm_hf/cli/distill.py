@@ -11,21 +11,27 @@ from .common import fail
 def add_parser(sub):
     from ..distillation.config import DEFAULT_TEACHER_STEPS, METHODS, SOLVERS, STUDENT_DEFAULTS
 
-    p = sub.add_parser("distill", help="distil a trained model into a 1-4 step student (consistency distillation)",
+    p = sub.add_parser("distill", help="distil a trained model into a 1-4 step student (consistency or progressive "
+                       "distillation)",
                        description="Distil TEACHER (a ddpm-hf training run or pipeline folder, or a Hub repo id) into "
-                       "a student that samples in 1 to --num_teacher_steps UNet calls, on the teacher's own "
-                       "training data (from its training_args.json; --dataset_name / --train_data_dir otherwise). "
-                       "The student is a pipeline folder like the teacher's (DDPMHFPipeline with diffusers' "
-                       "LCMScheduler), loadable without ddpm_hf.")
+                       "a student that samples in a few UNet calls, on the teacher's own training data (from its "
+                       "training_args.json; --dataset_name / --train_data_dir otherwise). The student is a pipeline "
+                       "folder like the teacher's (DDPMHFPipeline with diffusers' LCMScheduler for consistency, "
+                       "DDIMScheduler for progressive distillation), loadable without ddpm_hf.")
     a = p.add_argument
     a("teacher", help="the teacher: a `ddpm-hf train` output folder, a saved pipeline folder, or a Hub repo id")
     a("--output_dir", default="outputs/distill", help="where the student and its records go (default "
       "outputs/distill)")
     a("--method", choices=METHODS, default="consistency",
-      help="consistency: consistency distillation (Song et al. 2023) in LCM's discrete time (default)")
+      help="consistency: consistency distillation (Song et al. 2023) in LCM's discrete time, one student that "
+      "samples with 1 to N calls (default); progressive: progressive distillation (Salimans & Ho 2022), rounds "
+      "that halve the steps, each round's student saved in rounds/K-step, the last at --output_dir")
     a("--num_teacher_steps", type=int, default=None,
-      help="N, the teacher's ODE grid (LCM's original_inference_steps): the student samples with at most N calls "
-      f"(default {DEFAULT_TEACHER_STEPS}, or the teacher's T if smaller)")
+      help="N. consistency: the teacher's ODE grid (LCM's original_inference_steps), the student samples with at "
+      f"most N calls (default {DEFAULT_TEACHER_STEPS['consistency']}); progressive: the first teacher's sampler "
+      f"steps, halved each round (default {DEFAULT_TEACHER_STEPS['progressive']}); at most the teacher's T")
+    a("--num_student_steps", type=int, default=None,
+      help="progressive: the last round's student's steps K, N = K x 2^r (default 1)")
     a("--teacher_solver", choices=SOLVERS, default="dpm-solver++",
       help="the teacher's ODE step between grid points: dpm-solver++ (DPM-Solver++(2S), second order, 2 teacher calls; default) or "
       "ddim (first order, 1 call)")
@@ -67,7 +73,7 @@ def config_of(args, parser):
     flags = {name: getattr(args, name) for name in FLAGS if hasattr(args, name)}
     try:
         return DistillConfig.create(folder or args.teacher, teacher_args, method=args.method,
-                                    num_teacher_steps=args.num_teacher_steps,
+                                    num_teacher_steps=args.num_teacher_steps, num_student_steps=args.num_student_steps,
                                     teacher_guidance_scale=args.teacher_guidance_scale,
                                     teacher_solver=args.teacher_solver, **flags)
     except ConfigError as error:
@@ -93,7 +99,7 @@ def run(args, parser):
         print(f"ddpm-hf distill: stopped by {signal.Signals(stopped.signum).name}: saved {stopped.checkpoint}. "
               f"Resume with: {resume_command(argv, 'distill')}", file=sys.stderr)
         sys.exit(128 + stopped.signum)
-    out = config.student.output_dir
+    out, k = config.student.output_dir, metrics.get("student_steps", 4)
     print(f"distilled {metrics['steps']} steps in {metrics['distill_seconds']:.0f}s: the student is in {out} "
-          f"(sample it with `ddpm-hf sample {out} --num_inference_steps 4`; grids in "
-          f"{os.path.join(out, 'samples-4-step')})")
+          f"(sample it with `ddpm-hf sample {out} --num_inference_steps {k}`; grids in "
+          f"{os.path.join(out, f'samples-{k}-step')})")

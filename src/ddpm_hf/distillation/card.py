@@ -77,19 +77,27 @@ def student_card(output_dir, repo_id=None):
     grid, default_steps = scheduler.get("original_inference_steps"), index.get("num_inference_steps", 4)
     name = repo_id.split("/")[-1] if repo_id else f"{teacher_name}-student"
     conditional = index.get("null_class_id") is not None
+    progressive = distillation["method"] == "progressive"
     card_data = ModelCardData(library_name="diffusers", pipeline_tag="unconditional-image-generation",
                               model_name=name, base_model=teacher if "/" in teacher and not os.path.isdir(teacher)
-                              else None, tags=["diffusers", "ddpm-hf", "consistency-distillation", "few-step"])
-    usage = ("images = pipe(class_labels=[0, 1, 2, 3], num_inference_steps=2).images" if conditional else
-             "images = pipe(batch_size=16, num_inference_steps=2).images")
+                              else None, tags=["diffusers", "ddpm-hf", f"{distillation['method']}-distillation",
+                                               "few-step"])
+    usage = (f"images = pipe(class_labels=[0, 1, 2, 3], num_inference_steps={default_steps}).images" if conditional
+             else f"images = pipe(batch_size=16, num_inference_steps={default_steps}).images")
+    how = ("progressive distillation (Salimans & Ho 2022: rounds that each halve the sampler's steps, from the "
+           f"teacher's {distillation['num_teacher_steps']} to {default_steps})" if progressive else
+           "consistency distillation (Song et al. 2023, in the discrete-time form of latent consistency models)")
+    sampling = (f"It samples with {default_steps} deterministic DDIM step{'s' if default_steps > 1 else ''} (one "
+                "UNet call each) through diffusers' `DDIMScheduler` (trailing timesteps, as it was trained); the "
+                "students of the earlier rounds, with more steps, are in `rounds/`." if progressive else
+                f"It samples with 1 to {grid} UNet calls (default {default_steps}) through diffusers' "
+                "`LCMScheduler`.")
     lines = [f"# {name}", "",
-             f"A few-step student of the DDPM `{teacher_name}`, distilled with ddpm-hf by consistency distillation "
-             f"(Song et al. 2023, in the discrete-time form of latent consistency models): "
+             f"A few-step student of the DDPM `{teacher_name}`, distilled with ddpm-hf by {how}: "
              f"{resolution}x{resolution} pixels, {'grayscale' if channels == 1 else f'{channels} channels'}"
              + (", class-conditional, the teacher's classifier-free guidance (scale "
                 f"{metrics.get('teacher_guidance_scale')}) distilled in" if conditional else "")
-             + f". It samples with 1 to {grid} UNet calls (default {default_steps}) through diffusers' "
-             "`LCMScheduler`.", ""]
+             + f". {sampling}", ""]
     for steps in (1, 2, 4):
         image = f"samples-{steps}-step/grid.png"
         if os.path.isfile(os.path.join(output_dir, image)):
@@ -112,10 +120,13 @@ def student_card(output_dir, repo_id=None):
     teacher_seconds = metrics.get("teacher_train_seconds")
     lines += ["## Distillation", "", "| setting | value |", "|---|---|",
               f"| teacher | `{teacher_name}` |",
-              f"| method | {distillation['method']}, teacher ODE step {distillation.get('teacher_solver')}, grid of "
-              f"{grid} points |",
+              (f"| method | progressive, first teacher: {distillation['num_teacher_steps']} steps of "
+               f"{distillation.get('teacher_solver')}, rounds halving to {default_steps} |" if progressive else
+               f"| method | {distillation['method']}, teacher ODE step {distillation.get('teacher_solver')}, grid of "
+               f"{grid} points |"),
               f"| steps x batch | {metrics.get('steps')} x {args.get('train_batch_size')} |",
-              f"| optimiser | AdamW, learning rate {args.get('learning_rate')}, target EMA {args.get('ema_max_decay')} |",
+              f"| optimiser | AdamW, learning rate {args.get('learning_rate')}, "
+              f"{'weights EMA' if progressive else 'target EMA'} {args.get('ema_max_decay')} |",
               f"| distillation time | {metrics.get('distill_seconds', 0):,.0f} s"
               + (f" (the teacher's training: {teacher_seconds:,.0f} s)" if teacher_seconds else "") + " |", ""]
     text = "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)

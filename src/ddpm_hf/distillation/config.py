@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..training.config import TrainConfig
 
-METHODS = ("consistency",)
-DEFAULT_TEACHER_STEPS = 10  # the grid (LCM's original_inference_steps; LCM itself uses 50): measured best
+METHODS = ("consistency", "progressive")
+DEFAULT_TEACHER_STEPS = {"consistency": 10,  # the grid (LCM's original_inference_steps; LCM itself uses 50): measured
+                         "progressive": 16}  # the first teacher's steps: rounds of 8, 4, 2, 1 student steps
 SOLVERS = ("dpm-solver++", "ddim")  # the teacher's ODE step between grid points (consistency.teacher_ode_step)
 # The distillation defaults of the student's TrainConfig, measured on the `make demo` teacher (BENCHMARKS.md,
 # "Distillation": lr 3e-4 with a 10-point grid gave the best 2- and 4-call students, lr 1e-4 and 1e-3 worse); the EMA is the
@@ -50,7 +51,8 @@ class DistillConfig:
     teacher: str
     student: TrainConfig
     method: str = "consistency"
-    num_teacher_steps: int = DEFAULT_TEACHER_STEPS
+    num_teacher_steps: int = DEFAULT_TEACHER_STEPS["consistency"]
+    num_student_steps: int = 1
     teacher_guidance_scale: float | None = None
     teacher_solver: str = "dpm-solver++"
 
@@ -64,14 +66,30 @@ class DistillConfig:
                 2 <= self.num_teacher_steps <= steps):
             raise ConfigError(f"{{num_teacher_steps}} must be an integer in [2, {steps}] (the teacher's T), got "
                               f"{self.num_teacher_steps!r}")
+        if self.method == "progressive":
+            from .progressive import halving_rounds
+
+            try:
+                rounds = halving_rounds(self.num_teacher_steps, self.num_student_steps)
+            except ValueError as error:
+                raise ConfigError(f"{{num_teacher_steps}} {self.num_teacher_steps} and {{num_student_steps}} "
+                                  f"{self.num_student_steps}: {error}") from None
+            uneven = [k for k in rounds if steps % k]
+            if uneven:
+                raise ConfigError(f"{{num_teacher_steps}} {self.num_teacher_steps}: a student of {uneven[0]} steps "
+                                  f"needs the teacher's T = {steps} to be a multiple of {uneven[0]} (DDIM's grid)")
+            if self.student.max_train_steps < len(rounds):
+                raise ConfigError(f"{{max_train_steps}} {self.student.max_train_steps}: progressive distillation "
+                                  f"needs at least one step in each of its {len(rounds)} rounds")
         if self.teacher_guidance_scale is not None and not self.student.class_conditional:
             raise ConfigError("{teacher_guidance_scale} only applies to a class-conditional teacher")
 
     @classmethod
-    def create(cls, teacher, teacher_args, method="consistency", num_teacher_steps=None, teacher_guidance_scale=None,
-               teacher_solver="dpm-solver++", **flags):
+    def create(cls, teacher, teacher_args, method="consistency", num_teacher_steps=None, num_student_steps=None,
+               teacher_guidance_scale=None, teacher_solver="dpm-solver++", **flags):
         """The config of a run distilling ``teacher`` whose training_args.json is ``teacher_args`` (a dict; {} for a
-        pipeline without one: the data flags must then be given). ``num_teacher_steps`` None: ``DEFAULT_TEACHER_STEPS``, or T if smaller.
+        pipeline without one: the data flags must then be given). ``num_teacher_steps`` None: the method's
+        ``DEFAULT_TEACHER_STEPS``, or T if smaller; ``num_student_steps`` None: 1.
         ``flags``: the student's TrainConfig settings
         (``FLAGS``); None means the default. Raises ConfigError."""
         unknown = set(flags) - set(FLAGS)
@@ -84,14 +102,16 @@ class DistillConfig:
         values.setdefault("output_dir", "outputs/distill")
         student = TrainConfig.create(**values)
         if num_teacher_steps is None:
-            num_teacher_steps = min(DEFAULT_TEACHER_STEPS, student.ddpm_num_steps)
+            num_teacher_steps = min(DEFAULT_TEACHER_STEPS.get(method, 2), student.ddpm_num_steps)
         return cls(teacher=teacher, student=student, method=method, num_teacher_steps=num_teacher_steps,
+                   num_student_steps=1 if num_student_steps is None else num_student_steps,
                    teacher_guidance_scale=teacher_guidance_scale, teacher_solver=teacher_solver)
 
     def record(self):
         """training_args.json of the run: the student's settings and, under "distillation", the method's."""
         return {**self.student.record(), "distillation": {
             "teacher": self.teacher, "method": self.method, "num_teacher_steps": self.num_teacher_steps,
+            "num_student_steps": self.num_student_steps if self.method == "progressive" else None,
             "teacher_guidance_scale": self.teacher_guidance_scale, "teacher_solver": self.teacher_solver}}
 
 

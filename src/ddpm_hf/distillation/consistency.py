@@ -69,19 +69,19 @@ def consistency_function(unet, scheduler, x_t, timesteps, class_labels=None, **s
     return c_skip * x_t + c_out * x0
 
 
-def _teacher_prediction(teacher, scheduler, x, timesteps, class_labels, guidance_scale, null_class_id):
-    """The teacher's clipped x_0 and the noise re-derived from it (``x0_and_noise(clip=True)``, as its sampler
-    clips), from its output with classifier-free guidance when ``class_labels`` and w != 1 (the pipelines'
+def _teacher_prediction(teacher, scheduler, x, timesteps, class_labels, guidance_scale, null_class_id, clip=True):
+    """The teacher's x_0, clipped as its sampler clips, and the noise re-derived from it (``x0_and_noise(clip)``),
+    from its output with classifier-free guidance when ``class_labels`` and w != 1 (the pipelines'
     ``denoise``: Ho & Salimans 2022 eq. 6 in diffusers' convention, variance channels dropped)."""
     from ..pipeline_ddpm_hf_denoiser import denoise
 
     output = denoise(teacher, x, timesteps, class_labels, null_class_id, guidance_scale)
-    return scheduler.x0_and_noise(output, x, timesteps, clip=True)
+    return scheduler.x0_and_noise(output, x, timesteps, clip=clip)
 
 
 @torch.no_grad()
 def teacher_ode_step(teacher, scheduler, x_t, timesteps, prev_timesteps, class_labels=None, guidance_scale=1.0,
-                     null_class_id=None, solver="dpm-solver++"):
+                     null_class_id=None, solver="dpm-solver++", clip=True):
     """x_hat_s: one step of the teacher's probability-flow ODE from t to s. In y = x / sqrt(alphabar) and sigma =
     sqrt((1 - alphabar) / alphabar) the ODE is dy / dsigma = (y - x0(y, sigma)) / sigma (Song et al. 2021 eq. 14 with
     eps = (y - x0) / sigma), whose exact solution y_s = (sigma_s / sigma_t) y_t + sigma_s int x0 / sigma^2 dsigma
@@ -102,10 +102,12 @@ def teacher_ode_step(teacher, scheduler, x_t, timesteps, prev_timesteps, class_l
         x_t: (B, C, H, W). timesteps: (B,) in [0, T-1]. prev_timesteps: (B,) in [-1, T-1], below timesteps.
         class_labels: (B,) ids or None. guidance_scale: w. null_class_id: the unconditional branch's id.
         solver: "dpm-solver++" or "ddim" (``SOLVERS``).
+        clip: clip x0 as the scheduler's config says (the teacher's sampler); False for a student-teacher of
+            progressive distillation, whose DDIM sampler does not clip.
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver {solver!r}: choose from {', '.join(SOLVERS)}")
-    guidance = (class_labels, guidance_scale, null_class_id)
+    guidance = (class_labels, guidance_scale, null_class_id, clip)
     x0, eps = _teacher_prediction(teacher, scheduler, x_t, timesteps, *guidance)
     first = scheduler.ddim_step(x0, eps, prev_timesteps)
     inner = (prev_timesteps >= 0) & (timesteps - prev_timesteps >= 2)  # a timestep strictly between t and s

@@ -8,6 +8,12 @@ point t_{n+1} per image, x_{t_{n+1}} ~ q(x_t | x_0) (Ho eq. 4), the teacher's OD
 d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta-(x_hat_{t_n}, t_n)) with f_theta- the EMA (the target network, mu =
 --ema_max_decay), whose weights the student's pipeline saves. Every draw is seeded by (seed, rank, micro-batch), so a
 resumed run is bit-identical to one that never stopped.
+
+The progressive loop (Salimans & Ho 2022 Algorithm 2, ``progressive``): rounds of --max_train_steps / r steps; in
+each, for a batch x_0, a timestep t of the round's K-step grid per image, x_t ~ q(x_t | x_0), the round's teacher's
+two steps to t - T / K, and the loss ||v_theta(x_t, t) - v_tilde||^2 towards the v whose single DDIM step lands
+there. At a round's end its student (the EMA weights) is saved in rounds/K-step/ and becomes the next round's
+teacher; the EMA restarts from the raw weights.
 """
 
 import dataclasses
@@ -22,10 +28,10 @@ from ..data import prepare_data, step_seed, to_model_range
 from ..errors import RunError
 from ..run_dir import TRAINING_ARGS, History, read_history, read_metrics, write_json_atomic, write_metrics
 from ..training.checkpoints import any_rank
-from ..training.flat_parameters import ema_weights, flatten_parameters, view_parameters
+from ..training.flat_parameters import flatten_parameters, view_parameters
 from ..training.lifecycle import Run, start_trackers
 from ..training.loop import optimization, step_budget
-from .consistency import consistency_function, pseudo_huber, skip_timesteps, teacher_ode_step
+from .objectives import Consistency, Progressive, round_folder
 
 
 def distill(config):
@@ -73,8 +79,9 @@ def distill(config):
         step = counters["step"]
         history = History(student_config.output_dir,
                           read_history(student_config.output_dir, step) if run.resume_from else [], main)
-        grid = skip_timesteps(student_scheduler.config.num_train_timesteps, config.num_teacher_steps)
-        gap = int(grid[0]) + 1  # k = T // N: t_n = t_{n+1} - k
+        objective = (Consistency if config.method == "consistency" else Progressive)(
+            config, teacher, student_scheduler, guidance, null_class_id, accelerator.autocast)
+        objective.start(step, student, flat, ema)
 
         # the loop
         progress = tqdm(total=student_config.max_train_steps, initial=step, desc="distilling",
@@ -88,17 +95,7 @@ def distill(config):
             labels = batches.labels(k).to(accelerator.device) if labels_on else None
             g = torch.Generator().manual_seed(step_seed(student_config.seed, rank, k))
             x0 = to_model_range(raw, student_config.random_flip, g).to(accelerator.device)
-            t = grid[torch.randint(0, len(grid), (x0.shape[0],), generator=g)].to(accelerator.device)
-            noise = torch.randn(x0.shape, generator=g).to(accelerator.device)
-            x_t = student_scheduler.q_sample(x0, noise, t)  # Ho eq. 4
-            x_s = teacher_ode_step(teacher.unet, teacher.scheduler, x_t, t, t - gap, labels, guidance, null_class_id,
-                                   config.teacher_solver)
-            with torch.no_grad(), ema_weights(student, flat, ema) as target:  # f_theta-(x_hat_{t_n}, t_n)
-                aim = consistency_function(target, student_scheduler, x_s, t - gap, labels)
-            unet.train()
-            with accelerator.autocast():
-                prediction = consistency_function(unet, student_scheduler, x_t, t, labels)
-            loss = pseudo_huber(prediction.float(), aim.float()).mean()
+            loss = objective.loss(unet, x0, labels, g, step)
             accelerator.backward(loss)
             grad_norm = torch.nn.utils.clip_grad_norm_([flat], student_config.max_grad_norm, foreach=False) \
                 if student_config.max_grad_norm > 0 else torch.linalg.vector_norm(flat.grad)
@@ -113,6 +110,11 @@ def distill(config):
             flat.grad.zero_()
             ema.step([flat])
             step += 1
+            if objective.round_ends(step):  # progressive: save the round's student, the next round's teacher
+                if main:
+                    save_round(run, teacher, config, objective.student_steps(step - 1))
+                accelerator.wait_for_everyone()
+                objective.start(step, student, flat, ema)
             record = {"step": step, "seconds": round(counters["elapsed"] + time.time() - start_time, 3),
                       "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
             history.append(record)
@@ -129,7 +131,7 @@ def distill(config):
         # the end: the student's pipeline (the target network's weights), its samples and records
         import diffusers
 
-        metrics = {"method": config.method, "steps": counters["step"], "images_seen": counters["images_seen"],
+        metrics = {"method": config.method, "student_steps": default_student_steps(config), "steps": counters["step"], "images_seen": counters["images_seen"],
                    "distill_seconds": round(counters["elapsed"], 2), "processes": world,
                    "teacher": config.teacher, "teacher_train_seconds": teacher_train_seconds(config.teacher),
                    "teacher_guidance_scale": guidance if labels_on else None,
@@ -194,22 +196,31 @@ def student_noise_scheduler(teacher_scheduler, prediction_type):
                                        variance_type="fixed_small")
 
 
-def student_pipeline(unet, teacher, config):
-    """The student's pipeline: DDPMHFPipeline with diffusers' LCMScheduler on the teacher's schedule and grid
-    (multistep consistency sampling, Song et al. 2023 Algorithm 1), its default steps, and a conditional teacher's
-    classes with guidance scale 1: the student learned the teacher's guided ODE (--teacher_guidance_scale), so it
-    samples a class in one call per step, without classifier-free guidance of its own."""
-    from diffusers import LCMScheduler
+def student_pipeline(unet, teacher, config, student_steps=None):
+    """The student's pipeline: DDPMHFPipeline on the teacher's schedule with, for consistency distillation,
+    diffusers' LCMScheduler on the grid (multistep consistency sampling, Song et al. 2023 Algorithm 1), for
+    progressive distillation diffusers' DDIMScheduler (eta 0, "trailing" timesteps: the training grid, unclipped as
+    trained) with ``student_steps`` (default: the last round's) as its default; and a conditional teacher's classes
+    with guidance scale 1: the student learned the teacher's guided ODE (--teacher_guidance_scale), so it samples a
+    class in one call per step, without classifier-free guidance of its own."""
+    from diffusers import DDIMScheduler, LCMScheduler
 
     from ..pipeline_ddpm_hf import DDPMHFPipeline
 
-    scheduler = LCMScheduler.from_config(
-        {k: v for k, v in teacher.scheduler.config.items() if k != "variance_type"},
-        prediction_type=config.student.prediction_type, original_inference_steps=config.num_teacher_steps)
+    schedule = {k: v for k, v in teacher.scheduler.config.items() if k != "variance_type"}
+    if config.method == "progressive":
+        scheduler = DDIMScheduler.from_config(schedule, prediction_type=config.student.prediction_type,
+                                              timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True,
+                                              thresholding=False)
+        steps = student_steps or config.num_student_steps
+    else:
+        scheduler = LCMScheduler.from_config(schedule, prediction_type=config.student.prediction_type,
+                                             original_inference_steps=config.num_teacher_steps)
+        steps = default_student_steps(config)
     classes = {k: getattr(teacher.config, k, None) for k in ("id2label", "null_class_id")}
     if classes["null_class_id"] is not None:  # the teacher's guidance is distilled in: one call per step, no CFG
         classes["guidance_scale"] = 1.0
-    pipe = DDPMHFPipeline(unet=unet, scheduler=scheduler, num_inference_steps=default_student_steps(config),
+    pipe = DDPMHFPipeline(unet=unet, scheduler=scheduler, num_inference_steps=steps,
                           **{k: v for k, v in classes.items() if v is not None})
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -219,25 +230,46 @@ DEFAULT_STUDENT_STEPS = 4
 
 
 def default_student_steps(config):
-    """The student pipeline's default UNet calls: 4, or the grid's N if smaller."""
+    """The student pipeline's default UNet calls: consistency 4, or the grid's N if smaller; progressive the last
+    round's student's steps."""
+    if config.method == "progressive":
+        return config.num_student_steps
     return min(DEFAULT_STUDENT_STEPS, config.num_teacher_steps)
 
 
 def save_student(run, teacher, config):
-    """The student's pipeline at output_dir (the EMA target's weights) and a labelled sample grid in samples/."""
-    from ..sampling import generate, write_samples
+    """The student's pipeline at output_dir (the EMA target's weights) and labelled sample grids in
+    samples-K-step/: consistency at 1, 2 and the default K calls, progressive at its K."""
     from ..training.export import save_pipeline
 
     save_pipeline(run, lambda unet: student_pipeline(unet, teacher, config))
-    from ..pipeline_ddpm_hf import DDPMHFPipeline
+    steps = [config.num_student_steps] if config.method == "progressive" else sorted(
+        {1, 2, default_student_steps(config)})
+    write_student_samples(config.student.output_dir, config, steps)
 
-    pipe = DDPMHFPipeline.from_pretrained(config.student.output_dir)
+
+def save_round(run, teacher, config, student_steps):
+    """Progressive distillation: the pipeline of the round whose student samples in ``student_steps`` (the EMA
+    weights) in rounds/K-step/, with its sample grid."""
+    from ..training.export import save_pipeline
+
+    folder = round_folder(config.student.output_dir, student_steps)
+    save_pipeline(run, lambda unet: student_pipeline(unet, teacher, config, student_steps), folder)
+    write_student_samples(folder, config, [student_steps])
+
+
+def write_student_samples(folder, config, steps):
+    """Labelled sample grids of the student pipeline in ``folder`` at each count of UNet calls in ``steps``."""
+    from ..pipeline_ddpm_hf import DDPMHFPipeline
+    from ..sampling import generate, write_samples
+
+    pipe = DDPMHFPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
-    for steps in sorted({1, 2, default_student_steps(config)}):
-        images, _ = generate(pipe, config.student.num_sample_images, config.student.eval_batch_size, steps,
+    for k in steps:
+        images, _ = generate(pipe, config.student.num_sample_images, config.student.eval_batch_size, k,
                              config.student.seed)
-        write_samples(pipe, images, os.path.join(config.student.output_dir, f"samples-{steps}-step"),
-                      f"student, {steps} UNet call{'s' if steps > 1 else ''}")
+        write_samples(pipe, images, os.path.join(folder, f"samples-{k}-step"),
+                      f"student, {k} UNet call{'s' if k > 1 else ''}")
 
 
 def teacher_train_seconds(teacher):

@@ -40,12 +40,13 @@ def _pipeline(config, unet, noise_scheduler):
     return pipe
 
 
-def save_pipeline(run, make_pipeline=None):
-    """The pipeline of ``run`` (a registered ``lifecycle.Run``; EMA weights if on) at ``output_dir``. Written beside
-    the run first and moved in when complete: a failed write (disk full) leaves the pipeline saved before it (if any)
-    as it was and raises RunError. ``make_pipeline(unet)``: the pipeline to save (default: the training run's DDPM
-    pipeline; a distillation run gives its student's)."""
+def save_pipeline(run, make_pipeline=None, folder=None):
+    """The pipeline of ``run`` (a registered ``lifecycle.Run``; EMA weights if on) at ``folder`` (default
+    ``output_dir``). Written beside the run first and moved in when complete: a failed write (disk full) leaves the
+    pipeline saved before it (if any) as it was and raises RunError. ``make_pipeline(unet)``: the pipeline to save
+    (default: the training run's DDPM pipeline; a distillation run gives its student's)."""
     config, model = run.config, run.model
+    folder = folder or config.output_dir
     tmp = os.path.join(config.output_dir, PIPELINE_TMP)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -58,8 +59,9 @@ def save_pipeline(run, make_pipeline=None):
         raise failure from error
     finally:
         model.train()
+    os.makedirs(folder, exist_ok=True)
     for name in os.listdir(tmp):
-        target = os.path.join(config.output_dir, name)
+        target = os.path.join(folder, name)
         if os.path.isdir(target):
             shutil.rmtree(target)
         os.replace(os.path.join(tmp, name), target)

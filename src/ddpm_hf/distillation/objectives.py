@@ -1,0 +1,125 @@
+"""The loss of one distillation step, per method, for the loop (``loop.distill``): ``Consistency`` (Song et al. 2023
+Algorithm 2, ``consistency``) and ``Progressive`` (Salimans & Ho 2022 Algorithm 2, ``progressive``). Each draws its
+timesteps and noise from the step's generator (so a resumed run is bit-identical) and says when a round ends."""
+
+import os
+
+import torch
+
+from ..errors import RunError
+from ..training.flat_parameters import ema_weights
+from .consistency import consistency_function, pseudo_huber, skip_timesteps, teacher_ode_step
+from .progressive import halving_rounds, progressive_target, round_of_step, step_grid, two_teacher_steps
+
+ROUNDS_DIR = "rounds"  # progressive distillation: each round's student pipeline in rounds/K-step/
+
+
+def round_folder(output_dir, student_steps):
+    """Where progressive distillation saves the pipeline of its round whose student samples in ``student_steps``."""
+    return os.path.join(output_dir, ROUNDS_DIR, f"{student_steps}-step")
+
+
+class _Objective:
+    def __init__(self, config, teacher, scheduler, guidance_scale, null_class_id, autocast):
+        self.config, self.teacher, self.scheduler = config, teacher, scheduler
+        self.guidance = dict(guidance_scale=guidance_scale, null_class_id=null_class_id)
+        self.autocast = autocast
+
+    def start(self, step, student, flat, ema):
+        """Before optimizer step ``step`` (0-based; also on resume)."""
+
+    def round_ends(self, step):
+        """Whether a round ends after ``step`` optimizer steps."""
+        return False
+
+    def _draw(self, x0, grid, generator):
+        """(index into ``grid`` (B,), noise of x0's shape) from ``generator``, on x0's device."""
+        index = torch.randint(0, len(grid), (x0.shape[0],), generator=generator)
+        return index, torch.randn(x0.shape, generator=generator).to(x0.device)
+
+
+class Consistency(_Objective):
+    """d(f_theta(x_{t_{n+1}}, t_{n+1}), f_theta-(x_hat_{t_n}, t_n)) on LCM's grid (``consistency``)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.grid = skip_timesteps(self.scheduler.config.num_train_timesteps, self.config.num_teacher_steps)
+        self.gap = int(self.grid[0]) + 1  # k = T // N: t_n = t_{n+1} - k
+
+    def start(self, step, student, flat, ema):
+        self.student, self.flat, self.ema = student, flat, ema
+
+    def loss(self, unet, x0, labels, generator, step):
+        """The batch's mean pseudo-Huber consistency loss (a scalar with the student's graph)."""
+        index, noise = self._draw(x0, self.grid, generator)
+        t = self.grid[index].to(x0.device)
+        x_t = self.scheduler.q_sample(x0, noise, t)  # Ho eq. 4
+        x_s = teacher_ode_step(self.teacher.unet, self.teacher.scheduler, x_t, t, t - self.gap, labels,
+                               solver=self.config.teacher_solver, **self.guidance)
+        with torch.no_grad(), ema_weights(self.student, self.flat, self.ema) as target:  # f_theta-(x_hat_t_n, t_n)
+            aim = consistency_function(target, self.scheduler, x_s, t - self.gap, labels)
+        unet.train()
+        with self.autocast():
+            prediction = consistency_function(unet, self.scheduler, x_t, t, labels)
+        return pseudo_huber(prediction.float(), aim.float()).mean()
+
+
+class Progressive(_Objective):
+    """||v_theta(x_t, t) - v_tilde||^2 towards the round's teacher's two steps (``progressive``), in rounds that
+    halve the student's steps: num_teacher_steps / 2, ..., num_student_steps."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.rounds = halving_rounds(self.config.num_teacher_steps, self.config.num_student_steps)
+        self.max_steps = self.config.student.max_train_steps
+        self.round = None
+
+    def student_steps(self, step):
+        """K, the steps of the student trained at optimizer step ``step`` (0-based)."""
+        return self.rounds[round_of_step(step, self.max_steps, len(self.rounds))]
+
+    def round_ends(self, step):
+        return step == self.max_steps or round_of_step(step, self.max_steps, len(self.rounds)) != round_of_step(
+            step - 1, self.max_steps, len(self.rounds))
+
+    def start(self, step, student, flat, ema):
+        """Set up the round of ``step``: its grid and its teacher (the trained DDPM in round 0, else the previous
+        round's student read back from rounds/); at a round's first step the EMA restarts from the raw weights."""
+        if step >= self.max_steps:
+            return
+        number = round_of_step(step, self.max_steps, len(self.rounds))
+        if number == self.round:
+            return
+        self.round = number
+        T = self.scheduler.config.num_train_timesteps
+        self.grid = step_grid(self.rounds[number], T)
+        if number == 0:
+            self.unet, self.teacher_scheduler = self.teacher.unet, self.teacher.scheduler
+        else:
+            from diffusers import UNet2DModel
+
+            folder = round_folder(self.config.student.output_dir, self.rounds[number - 1])
+            if not os.path.isfile(os.path.join(folder, "unet", "config.json")):
+                raise RunError("step {step} is in round {round} of progressive distillation, whose teacher is the "
+                               "previous round's student in {folder}, which is missing: resume in the folder of the "
+                               "run that wrote the checkpoint", step=step + 1, round=number + 1,
+                               folder=os.path.join(ROUNDS_DIR, f"{self.rounds[number - 1]}-step"))
+            self.unet = UNet2DModel.from_pretrained(os.path.join(folder, "unet")).requires_grad_(False).eval()
+            self.unet.to(flat.device)
+            self.teacher_scheduler = self.scheduler
+        first_step = number * max(1, self.max_steps // len(self.rounds))
+        if step == first_step and ema is not None:
+            ema.shadow_params[0].copy_(flat.detach())
+
+    def loss(self, unet, x0, labels, generator, step):
+        """The batch's mean squared v error against the two-step target (a scalar with the student's graph)."""
+        index, noise = self._draw(x0, self.grid[0], generator)
+        t, middle, s = (g[index].to(x0.device) for g in self.grid)
+        x_t = self.scheduler.q_sample(x0, noise, t)  # Ho eq. 4
+        x_s = two_teacher_steps(self.unet, self.teacher_scheduler, x_t, t, middle, s, self.round == 0, labels,
+                                solver=self.config.teacher_solver, **self.guidance)
+        target = progressive_target(self.scheduler, x_t, t, x_s, s)
+        unet.train()
+        with self.autocast():
+            prediction = unet(x_t, t, class_labels=labels).sample
+        return (prediction.float() - target.float()).pow(2).mean()
