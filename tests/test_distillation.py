@@ -249,28 +249,76 @@ def test_distillation_learns_the_teachers_ode_map(trained_run, tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_a_conditional_teacher_gives_a_conditional_student_with_its_guidance_distilled_in(tmp_path, capsys):
-    """The student of a class-conditional teacher takes class labels; the teacher's guided ODE (its default guidance
-    2.5 here) is distilled in, so the student samples a class in one UNet call per step (guidance scale 1 saved, no
-    unconditional branch), with the labels asked for reaching its UNet."""
+@pytest.mark.parametrize("method", ["consistency", "progressive"])
+def test_a_conditional_teacher_gives_a_student_that_takes_its_guidance_scale_as_an_input(tmp_path, capsys, method):
+    """The student of a class-conditional teacher takes class labels and a guidance scale from its grid (the default
+    grid and the teacher's own default 2.5 here); each class at each scale is one class-embedding id (c M + j),
+    initialised from the teacher's class, so it samples a class at a scale in one UNet call per step (no
+    unconditional branch); a scale off the grid is refused (consistency: LCMScheduler, progressive: the 2-step DDIM
+    student of its last round)."""
     from helpers import run_train
 
     teacher = tmp_path / "teacher"
     run_train("--class_conditional", "--max_train_steps", "3", "--output_dir", str(teacher), "--checkpointing_steps",
               "100", "--guidance_scale", "2.5", cwd=tmp_path)
     student = tmp_path / "student"
-    _distill(capsys, teacher, student, "--max_train_steps", "3")
+    _distill(capsys, teacher, student, "--max_train_steps", "3", "--method", method,
+             *(["--num_student_steps", "2"] if method == "progressive" else []))
     args = json.loads((student / "training_args.json").read_text())
     assert args["class_conditional"] and args["distillation"]["teacher_guidance_scale"] is None
-    assert json.loads((student / "metrics.json").read_text())["teacher_guidance_scale"] == 2.5  # the teacher's own
+    metrics = json.loads((student / "metrics.json").read_text())
+    assert metrics["teacher_guidance_scale"] == 2.5 and metrics["guidance_scales"] == [1, 1.5, 2, 2.5, 3]
     index = json.loads((student / "model_index.json").read_text())
-    assert index["null_class_id"] == 10 and index["guidance_scale"] == 1.0 and index["id2label"]["7"] == "7"
+    assert index["null_class_id"] == 50 and index["guidance_scale"] == 2.5 and index["id2label"]["7"] == "7"
+    assert index["guidance_scales"] == [1, 1.5, 2, 2.5, 3]
     pipe = DDPMHFPipeline.from_pretrained(student)
+    assert pipe.unet.config.num_class_embeds == 51
     seen = []
     pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append((a[0].shape[0], kw["class_labels"].tolist())),
                                         with_kwargs=True)
-    pipe(class_labels=[3, 7], num_inference_steps=2, output_type="np")
-    assert seen == [(2, [3, 7]), (2, [3, 7])]
+    pipe(class_labels=[3, 7], num_inference_steps=2, output_type="np")  # the default, 2.5: j = 3
+    assert seen == [(2, [18, 38]), (2, [18, 38])]
+    seen.clear()
+    pipe(class_labels=[3, 7], num_inference_steps=1, guidance_scale=1.5, output_type="np")
+    assert seen == [(2, [16, 36])]
+    with pytest.raises(ValueError, match=r"at the scales \[1.0, 1.5, 2.0, 2.5, 3.0\] only"):
+        pipe(class_labels=[3], num_inference_steps=1, guidance_scale=1.7)
+    with pytest.raises(ValueError, match="out of range: this model's classes are 0..9"):
+        pipe(class_labels=[12], num_inference_steps=1)
+
+
+def test_the_students_class_embedding_starts_as_the_teachers_class_at_every_scale():
+    from diffusers import UNet2DModel
+
+    from ddpm_hf.distillation.loop import student_unet
+
+    teacher = UNet2DModel(sample_size=8, in_channels=1, out_channels=2, block_out_channels=(8, 8), layers_per_block=1,
+                          down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                          norm_num_groups=4, num_class_embeds=4)  # 3 classes and the null class
+    student = student_unet(teacher, 1, guidance_grid=2)
+    old, new = teacher.class_embedding.weight, student.class_embedding.weight
+    assert new.shape[0] == 7 and torch.equal(new[6], old[3])
+    assert all(torch.equal(new[c * 2 + j], old[c]) for c in range(3) for j in range(2))
+
+
+def test_per_image_guidance_is_each_images_scalar_guidance():
+    """The teacher's guided output with one scale per image (the distillation draws one) is, image by image, the
+    pipelines' guidance with that scale (Ho & Salimans eq. 6)."""
+    from diffusers import UNet2DModel
+
+    from ddpm_hf.pipeline_ddpm_hf_denoiser import denoise
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, num_class_embeds=4).eval()
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([5, 9, 13])
+    labels, scales = torch.tensor([0, 2, 1]), torch.tensor([1.0, 2.5, 0.5])
+    with torch.no_grad():
+        together = denoise(unet, x, t, labels, 3, scales)
+        alone = [denoise(unet, x[i:i + 1], t[i:i + 1], labels[i:i + 1], 3, float(scales[i])) for i in range(3)]
+    torch.testing.assert_close(together, torch.cat(alone), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(alone[1], denoise(unet, x[1:2], t[1:2], labels[1:2], 3, 1.0), atol=1e-3)
 
 
 @pytest.mark.slow

@@ -88,6 +88,9 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
             unconditional branch of classifier-free guidance, Ho & Salimans 2022), saved in model_index.json; the
             UNet has ``num_class_embeds = null_class_id + 1``.
         guidance_scale (`float`, optional): a conditional model's default guidance scale, saved in model_index.json.
+        guidance_scales (`list[float]`, optional): a distilled student that takes its guidance scale as an input:
+            the scales it learned (class c at the j-th scale is class-embedding id c M + j), saved in
+            model_index.json; ``guidance_scale`` must then be one of them, and each step is one UNet call.
         num_inference_steps (`int`, optional): the model's default number of steps, saved in model_index.json
             (a distilled few-step student's; None: 1000).
     """
@@ -96,11 +99,11 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
     _callback_tensor_inputs = ["image", "model_output"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None,
-                 guidance_scale=None, num_inference_steps=None):
+                 guidance_scale=None, num_inference_steps=None, guidance_scales=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         # a conditional model's (an unconditional model's model_index.json is unchanged)
-        self._register_conditional(id2label, null_class_id, guidance_scale)
+        self._register_conditional(id2label, null_class_id, guidance_scale, guidance_scales)
         if num_inference_steps is not None:  # a few-step student's default (a DDPM's model_index.json is unchanged)
             if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or \
                     num_inference_steps < 1:

@@ -79,7 +79,7 @@ def get_label_ids(label, id2label):
     return [names[name] for name in labels]
 
 
-def class_ids(unet, class_labels, id2label, null_class_id, batch_size):
+def class_ids(unet, class_labels, id2label, null_class_id, batch_size, num_labels=None):
     """The class ids (a list of ints, one per image) a call samples, or None for an unconditional UNet.
 
     Args:
@@ -87,6 +87,8 @@ def class_ids(unet, class_labels, id2label, null_class_id, batch_size):
         class_labels: None, or one label per image: ids (int) or names (str, see ``get_label_ids``), mixed freely.
         id2label: {id: name} or None. null_class_id: the "no label" id (Ho & Salimans 2022) or None.
         batch_size: the images asked for, or None (then ``len(class_labels)``, or 1 without labels).
+        num_labels: the classes a caller may ask for, ids 0..num_labels - 1 (default: every id of the class
+            embedding but the null one; a guidance-grid student's embedding holds more, ``guided_class_ids``).
 
     Without ``class_labels`` a conditional model samples the null class (unconditional samples). ValueError for
     class labels given to an unconditional model, an id out of 0..num_class_embeds - 1 or the null id itself, an
@@ -113,13 +115,29 @@ def class_ids(unet, class_labels, id2label, null_class_id, batch_size):
         raise ValueError(f"{len(labels)} class_labels for batch_size {batch_size}: give one label per image (or leave "
                          "batch_size out)")
     ids = [get_label_ids(label, id2label)[0] if isinstance(label, str) else int(label) for label in labels]
-    valid = [i for i in range(num_classes) if i != null_class_id]
+    valid = [i for i in range(num_classes if num_labels is None else num_labels) if i != null_class_id]
     bad = [i for i in ids if i not in valid]
     if bad:
         raise ValueError(f"class ids {bad} out of range: this model's classes are {valid[0]}..{valid[-1]}"
                          + (f" (the null class {null_class_id} is drawn by giving no class_labels)"
                             if null_class_id is not None else ""))
     return ids
+
+
+def guided_class_ids(labels, guidance_scale, guidance_scales, null_class_id):
+    """The class-embedding ids of a student with its guidance scale as an input (``ddpm-hf distill`` of a
+    class-conditional teacher, after Meng et al. 2023, "On distillation of guided diffusion models", on a grid of
+    scales): class c at the grid's j-th scale is id c M + j (M = len(guidance_scales)); the null class (unconditional
+    samples) stays ``null_class_id`` = K M. ValueError for a scale not on the grid.
+
+    Args:
+        labels: (B,) long tensor of class ids in 0..K-1 or the null id. guidance_scale: s, one of guidance_scales.
+    """
+    matches = [j for j, w in enumerate(guidance_scales) if abs(float(w) - float(guidance_scale)) < 1e-6]
+    if not matches:
+        raise ValueError(f"guidance_scale {guidance_scale}: this student learned its teacher's guidance at the scales "
+                         f"{list(guidance_scales)} only; pass one of them")
+    return torch.where(labels == null_class_id, labels, labels * len(guidance_scales) + matches[0])
 
 
 # ------------------------------------------------------------------------------------------------ the model call
@@ -141,7 +159,7 @@ def denoise(unet, x, t, labels=None, null_class_id=None, guidance_scale=1.0, kee
             (B,) timesteps, one per image.
         labels: (B,) long tensor of class ids, or None for an unconditional UNet.
         null_class_id: the "no label" id (needed when guidance_scale != 1).
-        guidance_scale: s.
+        guidance_scale: s, a number or a (B,) tensor of one scale per image.
         keep_variance: keep the variance channels (``keeps_variance_channels(scheduler)``); otherwise the output
             has C channels.
 
@@ -149,15 +167,18 @@ def denoise(unet, x, t, labels=None, null_class_id=None, guidance_scale=1.0, kee
         (B, C, H, W), or (B, 2C, H, W) with ``keep_variance`` and a learned-variance UNet.
     """
     channels = x.shape[1]
+    per_image = torch.is_tensor(guidance_scale) and guidance_scale.ndim > 0
     if labels is None:
         output = unet(x, t).sample
-    elif guidance_scale == 1 or bool((labels == null_class_id).all()):
+    elif (not per_image and guidance_scale == 1) or bool((labels == null_class_id).all()):
         output = unet(x, t, class_labels=labels).sample
     else:
         tt = torch.cat([t, t]) if torch.is_tensor(t) and t.ndim == 1 and len(t) > 1 else t  # one t per image
         both = unet(torch.cat([x, x]), tt, class_labels=torch.cat([labels, torch.full_like(labels, null_class_id)]))
         conditional, unconditional = both.sample.chunk(2)
         cond, uncond = conditional[:, :channels], unconditional[:, :channels]
+        if per_image:
+            guidance_scale = guidance_scale.to(cond.device, cond.dtype).view(-1, *([1] * (cond.ndim - 1)))
         guided = uncond + guidance_scale * (cond - uncond)  # Ho & Salimans eq. 6, w = s - 1
         output = torch.cat([guided, conditional[:, channels:]], dim=1)
     return output if keep_variance else output[:, :channels]
@@ -188,13 +209,15 @@ class DDPMHFDenoiserMixin:
         finally:
             log.removeFilter(notice)
 
-    def _register_conditional(self, id2label, null_class_id, guidance_scale=None):
-        """Register a conditional model's ``id2label`` (int keys: JSON makes them strings), ``null_class_id`` and
-        default ``guidance_scale`` (the one measured for the model; None: ``DEFAULT_GUIDANCE_SCALE``) into the config
-        (model_index.json; ``from_pipe`` hands them on); nothing for an unconditional model.
+    def _register_conditional(self, id2label, null_class_id, guidance_scale=None, guidance_scales=None):
+        """Register a conditional model's ``id2label`` (int keys: JSON makes them strings), ``null_class_id``,
+        default ``guidance_scale`` (the one measured for the model; None: ``DEFAULT_GUIDANCE_SCALE``) and, for a
+        student that takes its guidance scale as an input, its ``guidance_scales`` (``guided_class_ids``) into the
+        config (model_index.json; ``from_pipe`` hands them on); nothing for an unconditional model.
 
         ValueError when they do not fit the UNet: a null class id or a named id outside its class embedding
-        (0..num_class_embeds - 1, ddpm-hf trains the null class as the last id), or the null class given a name."""
+        (0..num_class_embeds - 1, ddpm-hf trains the null class as the last id), or the null class given a name; a
+        guidance grid whose K M + 1 ids are not the class embedding, or without the default scale."""
         unet_config = getattr(getattr(self, "unet", None), "config", None)
         if unet_config is not None and (id2label or null_class_id is not None):
             num_classes = getattr(unet_config, "num_class_embeds", None)
@@ -218,6 +241,16 @@ class DDPMHFDenoiserMixin:
                                     null_class_id=null_class_id)
         if guidance_scale is not None:
             self.register_to_config(guidance_scale=float(guidance_scale))
+        if guidance_scales is not None:
+            scales = [float(w) for w in guidance_scales]
+            num_classes = getattr(unet_config, "num_class_embeds", None) if unet_config is not None else None
+            if not scales or min(scales) < 0 or len(set(scales)) < len(scales) or null_class_id is None or \
+                    int(null_class_id) % len(scales) or (num_classes is not None and num_classes != null_class_id + 1):
+                raise ValueError(f"guidance_scales {scales}: a guidance-grid student needs distinct scales >= 0 and a "
+                                 "class embedding of K x len(guidance_scales) ids plus the null class as the last")
+            guided_class_ids(torch.zeros(1, dtype=torch.long), guidance_scale if guidance_scale is not None
+                             else DEFAULT_GUIDANCE_SCALE, scales, null_class_id)  # the default is on the grid
+            self.register_to_config(guidance_scales=scales)
 
     def _guidance_scale(self, guidance_scale, labels):
         """The guidance scale s a call uses: the one given, else the model's own (its config's ``guidance_scale``),
@@ -234,6 +267,9 @@ class DDPMHFDenoiserMixin:
         guidance_scale = float(guidance_scale)
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance, 0 = unconditional), got {guidance_scale}")
+        grid = getattr(self.config, "guidance_scales", None)
+        if grid:
+            guided_class_ids(labels[:1], guidance_scale, grid, null_id)  # ValueError off the grid
         if guidance_scale != 1 and null_id is None:
             raise ValueError(f"guidance_scale {guidance_scale} needs the unconditional branch, and this pipeline has "
                              "no null_class_id (a ddpm-hf conditional model's is num_class_embeds - 1): pass "
@@ -253,8 +289,9 @@ class DDPMHFDenoiserMixin:
 
     def _class_ids(self, class_labels, batch_size):
         """(B,) long tensor of the class ids sampled (see ``class_ids``), or None for an unconditional UNet."""
-        ids = class_ids(self.unet, class_labels, getattr(self.config, "id2label", None),
-                        getattr(self.config, "null_class_id", None), batch_size)
+        null_id, grid = getattr(self.config, "null_class_id", None), getattr(self.config, "guidance_scales", None)
+        ids = class_ids(self.unet, class_labels, getattr(self.config, "id2label", None), null_id, batch_size,
+                        num_labels=null_id // len(grid) if grid else None)
         return None if ids is None else torch.tensor(ids, dtype=torch.long, device=self._execution_device)
 
     def _model_output(self, x, t, labels=None, guidance_scale=1.0, scheduler=None):
@@ -262,6 +299,8 @@ class DDPMHFDenoiserMixin:
         x scaled by the scheduler's ``scale_model_input``, classifier-free guidance with the class ids ``labels``,
         the variance channels kept only for a scheduler that uses them."""
         scheduler = scheduler or self.scheduler
-        return denoise(self.unet, scheduler.scale_model_input(x, t), t, labels,
-                       getattr(self.config, "null_class_id", None), guidance_scale,
+        null_id, grid = getattr(self.config, "null_class_id", None), getattr(self.config, "guidance_scales", None)
+        if grid and labels is not None:  # a student with its guidance as an input: one call, no unconditional branch
+            labels, guidance_scale = guided_class_ids(labels, guidance_scale, grid, null_id), 1.0
+        return denoise(self.unet, scheduler.scale_model_input(x, t), t, labels, null_id, guidance_scale,
                        keeps_variance_channels(scheduler))

@@ -68,11 +68,11 @@ class DDPMHFImg2ImgPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
     model_cpu_offload_seq = "unet"
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, id2label=None, null_class_id=None,
-                 guidance_scale=None):
+                 guidance_scale=None, guidance_scales=None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         # a conditional model's, kept by from_pipe and saving
-        self._register_conditional(id2label, null_class_id, guidance_scale)
+        self._register_conditional(id2label, null_class_id, guidance_scale, guidance_scales)
         self.image_processor = self._unit_range_processor()  # [0, 1] in, mapped to [-1, 1] here
 
     @torch.no_grad()

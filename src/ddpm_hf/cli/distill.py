@@ -9,7 +9,8 @@ from .common import fail
 
 
 def add_parser(sub):
-    from ..distillation.config import DEFAULT_TEACHER_STEPS, METHODS, SOLVERS, STUDENT_DEFAULTS
+    from ..distillation.config import (DEFAULT_GUIDANCE_SCALES, DEFAULT_TEACHER_STEPS, METHODS, SOLVERS,
+                                       STUDENT_DEFAULTS)
 
     p = sub.add_parser("distill", help="distil a trained model into a 1-4 step student (consistency or progressive "
                        "distillation)",
@@ -36,7 +37,10 @@ def add_parser(sub):
       help="the teacher's ODE step between grid points: dpm-solver++ (DPM-Solver++(2S), second order, 2 teacher calls; default) or "
       "ddim (first order, 1 call)")
     a("--teacher_guidance_scale", type=float, default=None,
-      help="class-conditional teachers: the guidance scale of the teacher's ODE steps (default: the teacher's own)")
+      help="class-conditional teachers: the student's default guidance scale (default: the teacher's own)")
+    a("--guidance_scales", type=float, nargs="+", default=None,
+      help="class-conditional teachers: the guidance scales the student takes as an input, the teacher's ODE guided "
+      f"with each (default {' '.join(map(str, DEFAULT_GUIDANCE_SCALES))} and the default scale)")
     a("--overwrite_output_dir", action="store_true", help="replace a run already in --output_dir")
     a("--resume_from_checkpoint", help='a checkpoint-N folder of --output_dir, or "latest"')
     a("--seed", type=int, default=0, help="seed of every random draw (default 0)")
@@ -75,6 +79,7 @@ def config_of(args, parser):
         return DistillConfig.create(folder or args.teacher, teacher_args, method=args.method,
                                     num_teacher_steps=args.num_teacher_steps, num_student_steps=args.num_student_steps,
                                     teacher_guidance_scale=args.teacher_guidance_scale,
+                                    guidance_scales=args.guidance_scales,
                                     teacher_solver=args.teacher_solver, **flags)
     except ConfigError as error:
         parser.error(error.message(lambda name: f"--{name}"))

@@ -82,7 +82,9 @@ def student_card(output_dir, repo_id=None):
                               model_name=name, base_model=teacher if "/" in teacher and not os.path.isdir(teacher)
                               else None, tags=["diffusers", "ddpm-hf", f"{distillation['method']}-distillation",
                                                "few-step"])
-    usage = (f"images = pipe(class_labels=[0, 1, 2, 3], num_inference_steps={default_steps}).images" if conditional
+    scales = index.get("guidance_scales")
+    usage = (f"images = pipe(class_labels=[0, 1, 2, 3], num_inference_steps={default_steps}"
+             + (f", guidance_scale={scales[-1]}" if scales else "") + ").images" if conditional
              else f"images = pipe(batch_size=16, num_inference_steps={default_steps}).images")
     how = ("progressive distillation (Salimans & Ho 2022: rounds that each halve the sampler's steps, from the "
            f"teacher's {distillation['num_teacher_steps']} to {default_steps})" if progressive else
@@ -95,8 +97,9 @@ def student_card(output_dir, repo_id=None):
     lines = [f"# {name}", "",
              f"A few-step student of the DDPM `{teacher_name}`, distilled with ddpm-hf by {how}: "
              f"{resolution}x{resolution} pixels, {'grayscale' if channels == 1 else f'{channels} channels'}"
-             + (", class-conditional, the teacher's classifier-free guidance (scale "
-                f"{metrics.get('teacher_guidance_scale')}) distilled in" if conditional else "")
+             + (", class-conditional, the teacher's classifier-free guidance distilled in at the scales "
+                f"{', '.join(f'{w:g}' for w in scales or [])} (an input of the student: `guidance_scale=`, default "
+                f"{index.get('guidance_scale')})" if conditional else "")
              + f". {sampling}", ""]
     for steps in (1, 2, 4):
         image = f"samples-{steps}-step/grid.png"

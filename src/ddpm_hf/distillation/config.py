@@ -13,6 +13,9 @@ from ..training.config import TrainConfig
 METHODS = ("consistency", "progressive")
 DEFAULT_TEACHER_STEPS = {"consistency": 10,  # the grid (LCM's original_inference_steps; LCM itself uses 50): measured
                          "progressive": 16}  # the first teacher's steps: rounds of 8, 4, 2, 1 student steps
+# A class-conditional student's guidance scales (its guidance as an input, ``guided_class_ids``), with the teacher's
+# default added: the range where the digits teacher's samples are the requested digit and look like digits.
+DEFAULT_GUIDANCE_SCALES = (1.0, 1.5, 2.0, 3.0)
 SOLVERS = ("dpm-solver++", "ddim")  # the teacher's ODE step between grid points (consistency.teacher_ode_step)
 # The distillation defaults of the student's TrainConfig, measured on the `make demo` teacher (BENCHMARKS.md,
 # "Distillation": lr 3e-4 with a 10-point grid gave the best 2- and 4-call students, lr 1e-4 and 1e-3 worse); the EMA is the
@@ -44,7 +47,11 @@ class DistillConfig:
         method: "consistency" (Song et al. 2023 consistency distillation, LCM's discrete-time form).
         num_teacher_steps: N, the points of the teacher's ODE grid (LCM's ``original_inference_steps``): the teacher
             steps from t to t - T // N; the student samples with at most N calls (default ``DEFAULT_TEACHER_STEPS``).
-        teacher_guidance_scale: a class-conditional teacher's guidance scale w in its ODE steps (default: its own).
+        teacher_guidance_scale: a class-conditional teacher's guidance scale w: the student's default (default: the
+            teacher's own).
+        guidance_scales: a class-conditional student's guidance scales, an input of the student (each class at each
+            scale its own class-embedding id, the teacher's ODE guided with that scale); None:
+            ``DEFAULT_GUIDANCE_SCALES`` and the default w.
         teacher_solver: the teacher's ODE step, "dpm-solver++" (two calls) or "ddim" (one) (``SOLVERS``).
     """
 
@@ -54,6 +61,7 @@ class DistillConfig:
     num_teacher_steps: int = DEFAULT_TEACHER_STEPS["consistency"]
     num_student_steps: int = 1
     teacher_guidance_scale: float | None = None
+    guidance_scales: tuple | None = None
     teacher_solver: str = "dpm-solver++"
 
     def __post_init__(self):
@@ -81,12 +89,16 @@ class DistillConfig:
             if self.student.max_train_steps < len(rounds):
                 raise ConfigError(f"{{max_train_steps}} {self.student.max_train_steps}: progressive distillation "
                                   f"needs at least one step in each of its {len(rounds)} rounds")
-        if self.teacher_guidance_scale is not None and not self.student.class_conditional:
-            raise ConfigError("{teacher_guidance_scale} only applies to a class-conditional teacher")
+        for name in ("teacher_guidance_scale", "guidance_scales"):
+            if getattr(self, name) is not None and not self.student.class_conditional:
+                raise ConfigError(f"{{{name}}} only applies to a class-conditional teacher")
+        scales = self.guidance_scales
+        if scales is not None and (not scales or min(scales) < 0 or len(set(scales)) < len(scales)):
+            raise ConfigError(f"{{guidance_scales}} {' '.join(map(str, scales))}: give distinct scales >= 0")
 
     @classmethod
     def create(cls, teacher, teacher_args, method="consistency", num_teacher_steps=None, num_student_steps=None,
-               teacher_guidance_scale=None, teacher_solver="dpm-solver++", **flags):
+               teacher_guidance_scale=None, teacher_solver="dpm-solver++", guidance_scales=None, **flags):
         """The config of a run distilling ``teacher`` whose training_args.json is ``teacher_args`` (a dict; {} for a
         pipeline without one: the data flags must then be given). ``num_teacher_steps`` None: the method's
         ``DEFAULT_TEACHER_STEPS``, or T if smaller; ``num_student_steps`` None: 1.
@@ -105,14 +117,21 @@ class DistillConfig:
             num_teacher_steps = min(DEFAULT_TEACHER_STEPS.get(method, 2), student.ddpm_num_steps)
         return cls(teacher=teacher, student=student, method=method, num_teacher_steps=num_teacher_steps,
                    num_student_steps=1 if num_student_steps is None else num_student_steps,
-                   teacher_guidance_scale=teacher_guidance_scale, teacher_solver=teacher_solver)
+                   teacher_guidance_scale=teacher_guidance_scale, teacher_solver=teacher_solver,
+                   guidance_scales=None if guidance_scales is None else tuple(float(w) for w in guidance_scales))
 
     def record(self):
         """training_args.json of the run: the student's settings and, under "distillation", the method's."""
         return {**self.student.record(), "distillation": {
             "teacher": self.teacher, "method": self.method, "num_teacher_steps": self.num_teacher_steps,
             "num_student_steps": self.num_student_steps if self.method == "progressive" else None,
-            "teacher_guidance_scale": self.teacher_guidance_scale, "teacher_solver": self.teacher_solver}}
+            "teacher_guidance_scale": self.teacher_guidance_scale, "teacher_solver": self.teacher_solver,
+            "guidance_scales": None if self.guidance_scales is None else list(self.guidance_scales)}}
+
+    def student_guidance_scales(self, default):
+        """The conditional student's guidance scales, sorted: ``guidance_scales``, or ``DEFAULT_GUIDANCE_SCALES``
+        with the teacher's ``default`` w, which is added when missing."""
+        return sorted({*(self.guidance_scales or DEFAULT_GUIDANCE_SCALES), float(default)})
 
 
 def teacher_training_args(teacher, folder):

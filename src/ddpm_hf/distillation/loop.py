@@ -55,13 +55,12 @@ def distill(config):
                                                             accelerator.is_local_main_process)
         check_teacher_fits(teacher, channels, resolution)
         run.clear_for_overwrite()
-        student = student_unet(teacher.unet, channels).to(accelerator.device)
+        labels_on = student_config.class_conditional
+        guidance, scales = student_guidance(teacher, config)
+        null_class_id = getattr(teacher.config, "null_class_id", None)
+        student = student_unet(teacher.unet, channels, len(scales) if scales else 1).to(accelerator.device)
         flat = flatten_parameters(student)
         student_scheduler = student_noise_scheduler(teacher.scheduler, student_config.prediction_type)
-        labels_on = student_config.class_conditional
-        guidance = 1.0 if not labels_on else config.teacher_guidance_scale if \
-            config.teacher_guidance_scale is not None else teacher._guidance_scale(None, [0])  # the teacher's own
-        null_class_id = getattr(teacher.config, "null_class_id", None)
 
         student_config, steps_per_epoch = step_budget(student_config, batches.per_epoch)
         config = dataclasses.replace(config, student=student_config)
@@ -80,7 +79,7 @@ def distill(config):
         history = History(student_config.output_dir,
                           read_history(student_config.output_dir, step) if run.resume_from else [], main)
         objective = (Consistency if config.method == "consistency" else Progressive)(
-            config, teacher, student_scheduler, guidance, null_class_id, accelerator.autocast)
+            config, teacher, student_scheduler, scales, null_class_id, accelerator.autocast)
         objective.start(step, student, flat, ema)
 
         # the loop
@@ -134,7 +133,7 @@ def distill(config):
         metrics = {"method": config.method, "student_steps": default_student_steps(config), "steps": counters["step"], "images_seen": counters["images_seen"],
                    "distill_seconds": round(counters["elapsed"], 2), "processes": world,
                    "teacher": config.teacher, "teacher_train_seconds": teacher_train_seconds(config.teacher),
-                   "teacher_guidance_scale": guidance if labels_on else None,
+                   "teacher_guidance_scale": guidance if labels_on else None, "guidance_scales": scales,
                    "versions": {"ddpm-hf": __version__, "diffusers": diffusers.__version__,
                                 "torch": torch.__version__}}
         if run.signalled():
@@ -174,18 +173,36 @@ def check_teacher_fits(teacher, channels, resolution):
                        "teacher was trained on", c=config.in_channels, s=size, dc=channels, r=resolution)
 
 
-def student_unet(teacher_unet, channels):
+def student_unet(teacher_unet, channels, guidance_grid=1):
     """The student: the teacher's UNet2DModel configuration with ``channels`` outputs (no variance channels),
-    initialised from the teacher's weights (the output convolution's first ``channels`` filters)."""
+    initialised from the teacher's weights (the output convolution's first ``channels`` filters). A conditional
+    teacher's K classes and null class become K ``guidance_grid`` + 1 class-embedding ids (``guided_class_ids``:
+    class c at the j-th guidance scale is c M + j, each starting from the teacher's embedding of c; the null class
+    last)."""
     from diffusers import UNet2DModel
 
     config = {k: v for k, v in teacher_unet.config.items() if not k.startswith("_")}
-    student = UNet2DModel.from_config({**config, "out_channels": channels})
     state = teacher_unet.state_dict()
     for name in ("conv_out.weight", "conv_out.bias"):
         state[name] = state[name][:channels]
+    if config.get("num_class_embeds") and guidance_grid > 1:
+        classes = state["class_embedding.weight"]  # (K + 1, D), the null class last
+        state["class_embedding.weight"] = torch.cat([classes[:-1].repeat_interleave(guidance_grid, 0), classes[-1:]])
+        config["num_class_embeds"] = (config["num_class_embeds"] - 1) * guidance_grid + 1
+    student = UNet2DModel.from_config({**config, "out_channels": channels})
     student.load_state_dict(state)
     return student
+
+
+def student_guidance(teacher, config):
+    """(the student's default guidance scale, its guidance scales) of a class-conditional teacher: the teacher's own
+    default w (or --teacher_guidance_scale) and ``DistillConfig.student_guidance_scales``; (1.0, None) for an
+    unconditional one."""
+    if not config.student.class_conditional:
+        return 1.0, None
+    default = config.teacher_guidance_scale if config.teacher_guidance_scale is not None else \
+        teacher._guidance_scale(None, [0])  # the teacher's own
+    return float(default), config.student_guidance_scales(default)
 
 
 def student_noise_scheduler(teacher_scheduler, prediction_type):
@@ -201,8 +218,8 @@ def student_pipeline(unet, teacher, config, student_steps=None):
     diffusers' LCMScheduler on the grid (multistep consistency sampling, Song et al. 2023 Algorithm 1), for
     progressive distillation diffusers' DDIMScheduler (eta 0, "trailing" timesteps: the training grid, unclipped as
     trained) with ``student_steps`` (default: the last round's) as its default; and a conditional teacher's classes
-    with guidance scale 1: the student learned the teacher's guided ODE (--teacher_guidance_scale), so it samples a
-    class in one call per step, without classifier-free guidance of its own."""
+    with the student's guidance scales (``student_guidance``): it learned the teacher's guided ODE at each, so it
+    samples a class at a scale in one call per step, without classifier-free guidance of its own."""
     from diffusers import DDIMScheduler, LCMScheduler
 
     from ..pipeline_ddpm_hf import DDPMHFPipeline
@@ -217,9 +234,11 @@ def student_pipeline(unet, teacher, config, student_steps=None):
         scheduler = LCMScheduler.from_config(schedule, prediction_type=config.student.prediction_type,
                                              original_inference_steps=config.num_teacher_steps)
         steps = default_student_steps(config)
-    classes = {k: getattr(teacher.config, k, None) for k in ("id2label", "null_class_id")}
-    if classes["null_class_id"] is not None:  # the teacher's guidance is distilled in: one call per step, no CFG
-        classes["guidance_scale"] = 1.0
+    classes = {}
+    default, scales = student_guidance(teacher, config)
+    if scales:  # the teacher's guidance is distilled in at each scale: one call per step, no CFG
+        classes = dict(id2label=teacher.config.id2label, null_class_id=(teacher.config.null_class_id) * len(scales),
+                       guidance_scale=default, guidance_scales=scales)
     pipe = DDPMHFPipeline(unet=unet, scheduler=scheduler, num_inference_steps=steps,
                           **{k: v for k, v in classes.items() if v is not None})
     pipe.set_progress_bar_config(disable=True)

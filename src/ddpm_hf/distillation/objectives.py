@@ -20,10 +20,21 @@ def round_folder(output_dir, student_steps):
 
 
 class _Objective:
-    def __init__(self, config, teacher, scheduler, guidance_scale, null_class_id, autocast):
+    def __init__(self, config, teacher, scheduler, guidance_scales, null_class_id, autocast):
         self.config, self.teacher, self.scheduler = config, teacher, scheduler
-        self.guidance = dict(guidance_scale=guidance_scale, null_class_id=null_class_id)
+        self.scales, self.null_class_id = guidance_scales, null_class_id
         self.autocast = autocast
+
+    def _conditioning(self, labels, generator):
+        """(the student's class ids, the teacher's guidance keywords) of a batch: for a conditional teacher a
+        guidance scale per image drawn from the student's scales (index j), the teacher's ODE guided with it and the
+        student told by the id c M + j (``guided_class_ids``); (None, unguided) for an unconditional one."""
+        if labels is None:
+            return None, {}
+        index = torch.randint(0, len(self.scales), labels.shape, generator=generator).to(labels.device)
+        scales = torch.tensor(self.scales, dtype=torch.float64)[index.cpu()].to(labels.device)
+        return labels * len(self.scales) + index, dict(class_labels=labels, guidance_scale=scales,
+                                                       null_class_id=self.null_class_id)
 
     def start(self, step, student, flat, ema):
         """Before optimizer step ``step`` (0-based; also on resume)."""
@@ -53,14 +64,15 @@ class Consistency(_Objective):
         """The batch's mean pseudo-Huber consistency loss (a scalar with the student's graph)."""
         index, noise = self._draw(x0, self.grid, generator)
         t = self.grid[index].to(x0.device)
+        ids, guidance = self._conditioning(labels, generator)
         x_t = self.scheduler.q_sample(x0, noise, t)  # Ho eq. 4
-        x_s = teacher_ode_step(self.teacher.unet, self.teacher.scheduler, x_t, t, t - self.gap, labels,
-                               solver=self.config.teacher_solver, **self.guidance)
+        x_s = teacher_ode_step(self.teacher.unet, self.teacher.scheduler, x_t, t, t - self.gap,
+                               solver=self.config.teacher_solver, **guidance)
         with torch.no_grad(), ema_weights(self.student, self.flat, self.ema) as target:  # f_theta-(x_hat_t_n, t_n)
-            aim = consistency_function(target, self.scheduler, x_s, t - self.gap, labels)
+            aim = consistency_function(target, self.scheduler, x_s, t - self.gap, ids)
         unet.train()
         with self.autocast():
-            prediction = consistency_function(unet, self.scheduler, x_t, t, labels)
+            prediction = consistency_function(unet, self.scheduler, x_t, t, ids)
         return pseudo_huber(prediction.float(), aim.float()).mean()
 
 
@@ -115,11 +127,14 @@ class Progressive(_Objective):
         """The batch's mean squared v error against the two-step target (a scalar with the student's graph)."""
         index, noise = self._draw(x0, self.grid[0], generator)
         t, middle, s = (g[index].to(x0.device) for g in self.grid)
+        ids, guidance = self._conditioning(labels, generator)
         x_t = self.scheduler.q_sample(x0, noise, t)  # Ho eq. 4
-        x_s = two_teacher_steps(self.unet, self.teacher_scheduler, x_t, t, middle, s, self.round == 0, labels,
-                                solver=self.config.teacher_solver, **self.guidance)
+        if self.round > 0:  # the previous student: the same ids, its guidance built in
+            guidance = dict(class_labels=ids)
+        x_s = two_teacher_steps(self.unet, self.teacher_scheduler, x_t, t, middle, s, self.round == 0,
+                                solver=self.config.teacher_solver, **guidance)
         target = progressive_target(self.scheduler, x_t, t, x_s, s)
         unet.train()
         with self.autocast():
-            prediction = unet(x_t, t, class_labels=labels).sample
+            prediction = unet(x_t, t, class_labels=ids).sample
         return (prediction.float() - target.float()).pow(2).mean()
