@@ -106,7 +106,7 @@ def test_teacher_second_order_step_beats_ddim_on_gaussian_data(t, s, gain):
 # ------------------------------------------------------------------------------------ a run
 
 
-DISTILL = ["--num_teacher_steps", "4", "--train_batch_size", "16", "--num_sample_images", "4", "--logger", "none",
+DISTILL = ["--method", "consistency", "--num_teacher_steps", "4", "--train_batch_size", "16", "--num_sample_images", "4", "--logger", "none",
            "--eval_batch_size", "16"]
 
 

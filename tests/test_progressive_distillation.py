@@ -171,3 +171,14 @@ def test_progressive_distillation_learns_the_teachers_map(trained_run, tmp_path,
     # measured: 0.12 of the initial distance; with the teacher's steps replaced by x_t itself 0.23, with the
     # teacher's second step going nowhere (the target at the middle point) 0.17
     assert distances[1] < 0.145 * distances[0], distances
+
+
+def test_the_default_first_teacher_fits_the_teachers_schedule():
+    """16 steps (students of 8, 4, 2, 1) for T = 1000; halved until every student's steps divide T (T = 20: 8, whose
+    students 4, 2, 1 do); consistency's grid of 10 points is capped at T."""
+    from ddpm_hf.distillation.config import default_teacher_steps
+
+    assert default_teacher_steps("progressive", 1000) == 16 and default_teacher_steps("progressive", 20) == 8
+    assert default_teacher_steps("progressive", 1024, 4) == 64 and default_teacher_steps("progressive", 1000, 4) == 16
+    assert default_teacher_steps("progressive", 3) == 2
+    assert default_teacher_steps("consistency", 1000) == 10 and default_teacher_steps("consistency", 6) == 6

@@ -23,19 +23,22 @@ def add_parser(sub):
     a("teacher", help="the teacher: a `ddpm-hf train` output folder, a saved pipeline folder, or a Hub repo id")
     a("--output_dir", default="outputs/distill", help="where the student and its records go (default "
       "outputs/distill)")
-    a("--method", choices=METHODS, default="consistency",
-      help="consistency: consistency distillation (Song et al. 2023) in LCM's discrete time, one student that "
-      "samples with 1 to N calls (default); progressive: progressive distillation (Salimans & Ho 2022), rounds "
-      "that halve the steps, each round's student saved in rounds/K-step, the last at --output_dir")
+    a("--method", choices=METHODS, default="progressive",
+      help="progressive (default): progressive distillation (Salimans & Ho 2022), rounds that halve the steps, "
+      "each round's student saved in rounds/K-step (DDIMScheduler, K calls), the last also at --output_dir; "
+      "consistency: consistency distillation (Song et al. 2023) in LCM's discrete time, one student that samples "
+      "with 1 to N calls (LCMScheduler)")
     a("--num_teacher_steps", type=int, default=None,
-      help="N. consistency: the teacher's ODE grid (LCM's original_inference_steps), the student samples with at "
-      f"most N calls (default {DEFAULT_TEACHER_STEPS['consistency']}); progressive: the first teacher's sampler "
-      f"steps, halved each round (default {DEFAULT_TEACHER_STEPS['progressive']}); at most the teacher's T")
+      help="N. progressive: the first teacher's sampler steps, halved each round (default "
+      f"{DEFAULT_TEACHER_STEPS['progressive']} x --num_student_steps: students of 8, 4, 2 and 1 steps; halved while a "
+      "student's steps do not divide the teacher's T); consistency: the teacher's ODE grid "
+      "(LCM's original_inference_steps), the student samples with at most N calls (default "
+      f"{DEFAULT_TEACHER_STEPS['consistency']}); at most the teacher's T")
     a("--num_student_steps", type=int, default=None,
       help="progressive: the last round's student's steps K, N = K x 2^r (default 1)")
     a("--teacher_solver", choices=SOLVERS, default="dpm-solver++",
-      help="the teacher's ODE step between grid points: dpm-solver++ (DPM-Solver++(2S), second order, 2 teacher calls; default) or "
-      "ddim (first order, 1 call)")
+      help="the trained teacher's ODE step: dpm-solver++ (DPM-Solver++(2S), second order, 2 teacher calls; "
+      "default) or ddim (first order, 1 call)")
     a("--teacher_guidance_scale", type=float, default=None,
       help="class-conditional teachers: the student's default guidance scale (default: the teacher's own)")
     a("--guidance_scales", type=float, nargs="+", default=None,

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..training.config import TrainConfig
 
-METHODS = ("consistency", "progressive")
-DEFAULT_TEACHER_STEPS = {"consistency": 10,  # the grid (LCM's original_inference_steps; LCM itself uses 50): measured
-                         "progressive": 16}  # the first teacher's steps: rounds of 8, 4, 2, 1 student steps
+# The default first (BENCHMARKS.md "Distillation": on the `make demo` teacher, progressive distillation's 1-, 2- and
+# 4-step students beat the consistency students at every count of UNet calls, in less time).
+METHODS = ("progressive", "consistency")
+DEFAULT_TEACHER_STEPS = {"progressive": 16,  # the first teacher's steps: rounds of 8, 4, 2, 1 student steps
+                         "consistency": 10}  # the grid (LCM's original_inference_steps; LCM itself uses 50): measured
 # A class-conditional student's guidance scales (its guidance as an input, ``guided_class_ids``), with the teacher's
 # default added: the range where the digits teacher's samples are the requested digit and look like digits.
 DEFAULT_GUIDANCE_SCALES = (1.0, 1.5, 2.0, 3.0)
@@ -43,10 +45,15 @@ class DistillConfig:
 
     Args:
         teacher: the teacher's folder (a ``ddpm-hf train`` run or a saved pipeline) or Hub repo id.
-        student: the student's TrainConfig (output_dir, steps, batch, optimizer, EMA = the consistency target, ...).
-        method: "consistency" (Song et al. 2023 consistency distillation, LCM's discrete-time form).
-        num_teacher_steps: N, the points of the teacher's ODE grid (LCM's ``original_inference_steps``): the teacher
-            steps from t to t - T // N; the student samples with at most N calls (default ``DEFAULT_TEACHER_STEPS``).
+        student: the student's TrainConfig (output_dir, steps, batch, optimizer, EMA: the consistency target, or the
+            saved weights of each progressive round, restarted at each round, ...).
+        method: "progressive" (Salimans & Ho 2022 progressive distillation, ``progressive``) or "consistency" (Song
+            et al. 2023 consistency distillation, LCM's discrete-time form, ``consistency``).
+        num_teacher_steps: N. progressive: the first round's teacher sampler's steps, halved each round down to
+            ``num_student_steps``; consistency: the points of the teacher's ODE grid (LCM's
+            ``original_inference_steps``), the teacher steps from t to t - T // N and the student samples with at
+            most N calls (default ``DEFAULT_TEACHER_STEPS`` of the method).
+        num_student_steps: progressive: the last round's student's steps K (N = K 2^r; default 1).
         teacher_guidance_scale: a class-conditional teacher's guidance scale w: the student's default (default: the
             teacher's own).
         guidance_scales: a class-conditional student's guidance scales, an input of the student (each class at each
@@ -57,8 +64,8 @@ class DistillConfig:
 
     teacher: str
     student: TrainConfig
-    method: str = "consistency"
-    num_teacher_steps: int = DEFAULT_TEACHER_STEPS["consistency"]
+    method: str = "progressive"
+    num_teacher_steps: int = DEFAULT_TEACHER_STEPS["progressive"]
     num_student_steps: int = 1
     teacher_guidance_scale: float | None = None
     guidance_scales: tuple | None = None
@@ -97,11 +104,11 @@ class DistillConfig:
             raise ConfigError(f"{{guidance_scales}} {' '.join(map(str, scales))}: give distinct scales >= 0")
 
     @classmethod
-    def create(cls, teacher, teacher_args, method="consistency", num_teacher_steps=None, num_student_steps=None,
+    def create(cls, teacher, teacher_args, method="progressive", num_teacher_steps=None, num_student_steps=None,
                teacher_guidance_scale=None, teacher_solver="dpm-solver++", guidance_scales=None, **flags):
         """The config of a run distilling ``teacher`` whose training_args.json is ``teacher_args`` (a dict; {} for a
-        pipeline without one: the data flags must then be given). ``num_teacher_steps`` None: the method's
-        ``DEFAULT_TEACHER_STEPS``, or T if smaller; ``num_student_steps`` None: 1.
+        pipeline without one: the data flags must then be given). ``num_teacher_steps`` None:
+        ``default_teacher_steps``; ``num_student_steps`` None: 1.
         ``flags``: the student's TrainConfig settings
         (``FLAGS``); None means the default. Raises ConfigError."""
         unknown = set(flags) - set(FLAGS)
@@ -114,7 +121,7 @@ class DistillConfig:
         values.setdefault("output_dir", "outputs/distill")
         student = TrainConfig.create(**values)
         if num_teacher_steps is None:
-            num_teacher_steps = min(DEFAULT_TEACHER_STEPS.get(method, 2), student.ddpm_num_steps)
+            num_teacher_steps = default_teacher_steps(method, student.ddpm_num_steps, num_student_steps or 1)
         return cls(teacher=teacher, student=student, method=method, num_teacher_steps=num_teacher_steps,
                    num_student_steps=1 if num_student_steps is None else num_student_steps,
                    teacher_guidance_scale=teacher_guidance_scale, teacher_solver=teacher_solver,
@@ -132,6 +139,25 @@ class DistillConfig:
         """The conditional student's guidance scales, sorted: ``guidance_scales``, or ``DEFAULT_GUIDANCE_SCALES``
         with the teacher's ``default`` w, which is added when missing."""
         return sorted({*(self.guidance_scales or DEFAULT_GUIDANCE_SCALES), float(default)})
+
+
+def default_teacher_steps(method, num_train_timesteps, num_student_steps=1):
+    """The method's ``DEFAULT_TEACHER_STEPS`` for a teacher of T steps: consistency at most T; progressive halved
+    until it is at most T and every round's student's steps (N/2, N/4, ..., K) divide T (DDIM's grid), down to 2 K."""
+    if method != "progressive":
+        return min(DEFAULT_TEACHER_STEPS.get(method, 2), num_train_timesteps)
+    steps = DEFAULT_TEACHER_STEPS[method] * num_student_steps
+
+    def fits(n):
+        students = []
+        while n > num_student_steps:
+            n //= 2
+            students.append(n)
+        return all(num_train_timesteps % k == 0 for k in students)
+
+    while steps > 2 * num_student_steps and (steps > num_train_timesteps or not fits(steps)):
+        steps //= 2
+    return steps
 
 
 def teacher_training_args(teacher, folder):
