@@ -285,6 +285,14 @@ def test_a_conditional_teacher_gives_a_student_that_takes_its_guidance_scale_as_
         pipe(class_labels=[3], num_inference_steps=1, guidance_scale=1.7)
     with pytest.raises(ValueError, match="out of range: this model's classes are 0..9"):
         pipe(class_labels=[12], num_inference_steps=1)
+    seen.clear()
+    pipe(batch_size=2, num_inference_steps=1, output_type="np")  # unconditional: the null class, trained too
+    assert seen == [(2, [50, 50])]
+    for extra, count in ((["--class_labels", "3", "7", "--guidance_scale", "2"], 2), ([], 10)):  # a row per class
+        out = tmp_path / f"samples{count}"
+        code, _, err = cli_in_process(capsys, "sample", student, "--num_images", "1", "--num_inference_steps", "1",
+                                      "--output_dir", out, *extra)
+        assert code == 0 and len(list(out.glob("sample_*.png"))) == count, err[-2000:]
 
 
 def test_the_students_class_embedding_starts_as_the_teachers_class_at_every_scale():

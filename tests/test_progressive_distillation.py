@@ -19,6 +19,15 @@ from helpers import cli_in_fixture, cli_in_process, read_weights
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _tiny_unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+
+
 def _ddim(prediction_type, steps, T=1000):
     scheduler = DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
                               timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
@@ -94,10 +103,10 @@ def _distill(capsys, teacher, out, *extra):
 @pytest.fixture(scope="module")
 def student(trained_run, tmp_path_factory):
     """A progressive student of the session's tiny run (T = 20): teacher grid 4, rounds of 2 and 1 steps, 3 steps
-    each, checkpoints at 2 and 4 (one in each round)."""
+    each, a checkpoint after every step (1-5)."""
     out = tmp_path_factory.mktemp("progressive") / "student"
     cli_in_fixture("distill", trained_run, "--output_dir", out, *PROGRESSIVE, "--max_train_steps", "6",
-                   "--checkpointing_steps", "2")
+                   "--checkpointing_steps", "1", "--checkpoints_total_limit", "6")
     return out
 
 
@@ -122,18 +131,60 @@ def test_each_round_leaves_a_ddim_pipeline_and_the_last_is_the_student(student):
     assert len(calls) == 1 and "progressive distillation" in (student / "README.md").read_text()
 
 
-@pytest.mark.parametrize("checkpoint", ["checkpoint-2", "checkpoint-4"])
+@pytest.mark.parametrize("checkpoint", ["checkpoint-2", "checkpoint-3", "checkpoint-4"])
 def test_resume_is_bit_identical_across_a_rounds_end(student, trained_run, tmp_path, capsys, checkpoint):
-    """Resumed in round 0 (it crosses the round's end: saves rounds/2-step, which becomes the teacher) or in round 1
-    (its teacher read back from rounds/2-step), the run ends with the weights of the run that never stopped."""
+    """Resumed in round 0 (it crosses the round's end: saves rounds/2-step, which becomes the teacher), at the end of
+    round 0 or inside round 1 (their teacher read back from rounds/2-step), the run ends with the weights of the run
+    that never stopped."""
     resumed = tmp_path / "resumed"
     shutil.copytree(student / checkpoint, resumed / checkpoint)
-    if checkpoint == "checkpoint-4":
+    if checkpoint != "checkpoint-2":
         shutil.copytree(student / "rounds" / "2-step", resumed / "rounds" / "2-step")
     _distill(capsys, trained_run, resumed, "--max_train_steps", "6", "--checkpointing_steps", "2",
              "--resume_from_checkpoint", "latest")
     ours, straight = read_weights(resumed), read_weights(student)
     assert ours.keys() == straight.keys() and all(torch.equal(ours[k], straight[k]) for k in ours)
+
+
+def test_a_later_round_starts_its_student_as_a_copy_of_its_teacher(tmp_path):
+    """Salimans & Ho Algorithm 2: at a later round's first step the student's weights become its teacher's (the
+    previous round's saved EMA weights); inside a round (a resume) nothing is reset."""
+    from diffusers.training_utils import EMAModel
+
+    from ddpm_hf.distillation.objectives import Progressive
+
+    unet = _tiny_unet()
+    unet.save_pretrained(tmp_path / "rounds" / "2-step" / "unet")
+    config = SimpleNamespace(num_teacher_steps=4, num_student_steps=1, teacher_solver="ddim",
+                             student=SimpleNamespace(max_train_steps=6, output_dir=str(tmp_path)))
+    scheduler = DDPMHFScheduler(num_train_timesteps=20, prediction_type="v_prediction")
+    objective = Progressive(config, SimpleNamespace(unet=unet, scheduler=scheduler), scheduler, None, None, None)
+    flat, shadow = torch.zeros(5), torch.arange(5.0)
+    ema = EMAModel([torch.nn.Parameter(shadow.clone())])
+    for step, expected in ((0, torch.zeros(5)), (4, torch.zeros(5)), (3, shadow)):
+        objective.round = None
+        objective.start(step, None, flat, ema)
+        assert torch.equal(flat, expected), step
+    assert objective.round == 1 and objective.grid[0].tolist() == [19]
+
+
+def test_a_conditional_batch_tells_the_student_the_scale_the_teacher_was_guided_with():
+    """Each image's student id is c M + j for the scale j its teacher step is guided with (``guided_class_ids``);
+    about a tenth are the null class (teacher unguided, student id K M)."""
+    from ddpm_hf.distillation.objectives import NULL_FRACTION, _Objective
+    from ddpm_hf.pipeline_ddpm_hf_denoiser import guided_class_ids
+
+    scales = [1.0, 1.5, 2.0, 3.0]
+    objective = _Objective(None, None, None, scales, 10, None)
+    labels = torch.randint(0, 10, (4000,), generator=torch.Generator().manual_seed(0))
+    ids, guidance = objective._conditioning(labels, torch.Generator().manual_seed(1))
+    null = guidance["class_labels"] == 10
+    assert abs(float(null.float().mean()) - NULL_FRACTION) < 0.02 and (ids[null] == 40).all()
+    kept = ~null
+    assert torch.equal(guidance["class_labels"][kept], labels[kept]) and torch.equal(ids[kept] // 4, labels[kept])
+    for j, w in enumerate(scales):
+        at = kept & (guidance["guidance_scale"] == w)
+        assert at.sum() > 700 and torch.equal(ids[at], guided_class_ids(labels[at], w, scales, 10))
 
 
 def test_resuming_a_later_round_without_its_teacher_says_what_is_missing(student, trained_run, tmp_path, capsys):

@@ -133,11 +133,21 @@ def guided_class_ids(labels, guidance_scale, guidance_scales, null_class_id):
     Args:
         labels: (B,) long tensor of class ids in 0..K-1 or the null id. guidance_scale: s, one of guidance_scales.
     """
-    matches = [j for j, w in enumerate(guidance_scales) if abs(float(w) - float(guidance_scale)) < 1e-6]
+    j = guidance_index(guidance_scale, guidance_scales)
+    return torch.where(labels == null_class_id, labels, labels * len(guidance_scales) + j)
+
+
+GUIDANCE_TOLERANCE = 1e-6  # two guidance scales closer than this are the same scale
+
+
+def guidance_index(guidance_scale, guidance_scales):
+    """j, the position of ``guidance_scale`` on a student's grid ``guidance_scales`` (within ``GUIDANCE_TOLERANCE``);
+    ValueError naming the grid for a scale off it."""
+    matches = [j for j, w in enumerate(guidance_scales) if abs(float(w) - float(guidance_scale)) < GUIDANCE_TOLERANCE]
     if not matches:
         raise ValueError(f"guidance_scale {guidance_scale}: this student learned its teacher's guidance at the scales "
                          f"{list(guidance_scales)} only; pass one of them")
-    return torch.where(labels == null_class_id, labels, labels * len(guidance_scales) + matches[0])
+    return matches[0]
 
 
 # ------------------------------------------------------------------------------------------------ the model call
@@ -244,12 +254,15 @@ class DDPMHFDenoiserMixin:
         if guidance_scales is not None:
             scales = [float(w) for w in guidance_scales]
             num_classes = getattr(unet_config, "num_class_embeds", None) if unet_config is not None else None
-            if not scales or min(scales) < 0 or len(set(scales)) < len(scales) or null_class_id is None or \
-                    int(null_class_id) % len(scales) or (num_classes is not None and num_classes != null_class_id + 1):
-                raise ValueError(f"guidance_scales {scales}: a guidance-grid student needs distinct scales >= 0 and a "
-                                 "class embedding of K x len(guidance_scales) ids plus the null class as the last")
-            guided_class_ids(torch.zeros(1, dtype=torch.long), guidance_scale if guidance_scale is not None
-                             else DEFAULT_GUIDANCE_SCALE, scales, null_class_id)  # the default is on the grid
+            distinct = all(abs(a - b) >= GUIDANCE_TOLERANCE for i, a in enumerate(scales) for b in scales[i + 1:])
+            if not scales or min(scales) < 0 or not distinct or null_class_id is None or \
+                    int(null_class_id) % len(scales) or (num_classes is not None and num_classes != null_class_id + 1) \
+                    or any(int(k) >= int(null_class_id) // len(scales) for k in id2label or {}):
+                raise ValueError(f"guidance_scales {scales}: a guidance-grid student needs distinct scales >= 0, a "
+                                 "class embedding of K x len(guidance_scales) ids plus the null class as the last, "
+                                 "and its named classes among the K")
+            guidance_index(guidance_scale if guidance_scale is not None else DEFAULT_GUIDANCE_SCALE,
+                           scales)  # the default is on the grid
             self.register_to_config(guidance_scales=scales)
 
     def _guidance_scale(self, guidance_scale, labels):
@@ -269,13 +282,22 @@ class DDPMHFDenoiserMixin:
             raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance, 0 = unconditional), got {guidance_scale}")
         grid = getattr(self.config, "guidance_scales", None)
         if grid:
-            guided_class_ids(labels[:1], guidance_scale, grid, null_id)  # ValueError off the grid
+            guidance_index(guidance_scale, grid)  # ValueError off the grid
         if guidance_scale != 1 and null_id is None:
             raise ValueError(f"guidance_scale {guidance_scale} needs the unconditional branch, and this pipeline has "
                              "no null_class_id (a ddpm-hf conditional model's is num_class_embeds - 1): pass "
                              "guidance_scale=1, or give the pipeline null_class_id=K if class id K was trained as "
                              "'no label'")
         return guidance_scale
+
+    def class_id_choices(self):
+        """The class ids a caller may ask for (a list; empty for an unconditional model): the class embedding's ids
+        but the null one; for a guidance-grid student the K classes, null_class_id / len(guidance_scales)."""
+        n = getattr(self.unet.config, "num_class_embeds", None)
+        null_id, grid = getattr(self.config, "null_class_id", None), getattr(self.config, "guidance_scales", None)
+        if n is None:
+            return []
+        return list(range(null_id // len(grid))) if grid else [i for i in range(n) if i != null_id]
 
     @property
     def labels(self):
@@ -291,7 +313,7 @@ class DDPMHFDenoiserMixin:
         """(B,) long tensor of the class ids sampled (see ``class_ids``), or None for an unconditional UNet."""
         null_id, grid = getattr(self.config, "null_class_id", None), getattr(self.config, "guidance_scales", None)
         ids = class_ids(self.unet, class_labels, getattr(self.config, "id2label", None), null_id, batch_size,
-                        num_labels=null_id // len(grid) if grid else None)
+                        num_labels=len(self.class_id_choices()) if grid else None)
         return None if ids is None else torch.tensor(ids, dtype=torch.long, device=self._execution_device)
 
     def _model_output(self, x, t, labels=None, guidance_scale=1.0, scheduler=None):

@@ -69,11 +69,9 @@ def class_rows(pipe, class_labels, per_class):
         (labels, titles): a list of len(classes) * per_class ids (or None) and one "id: name" title per class (or
         None).
     """
-    num_classes = getattr(pipe.unet.config, "num_class_embeds", None)
-    if class_labels is None and num_classes is None:
+    if class_labels is None and getattr(pipe.unet.config, "num_class_embeds", None) is None:
         return None, None
-    null = getattr(pipe.config, "null_class_id", None)
-    classes = [i for i in range(num_classes) if i != null] if class_labels is None else list(class_labels)
+    classes = pipe.class_id_choices() if class_labels is None else list(class_labels)
     known = pipe.labels  # {name: id}: a string that is a class name is that class, even when made of digits
     ids = [int(c) if not isinstance(c, str) else known[c] if c in known else int(c) if c.isdigit()
            else pipe.get_label_ids(c)[0] for c in classes]

@@ -102,12 +102,25 @@ def student_card(output_dir, repo_id=None):
                 f"{index.get('guidance_scale')})" if conditional else "")
              + f". {sampling}", ""]
     for steps in (1, 2, 4):
-        image = f"samples-{steps}-step/grid.png"
-        if os.path.isfile(os.path.join(output_dir, image)):
-            lines += [f"![{steps} UNet call{'s' if steps > 1 else ''}]({image})", ""]
+        for image in (f"samples-{steps}-step/grid.png", f"rounds/{steps}-step/samples-{steps}-step/grid.png"):
+            if os.path.isfile(os.path.join(output_dir, image)):
+                lines += [f"![{steps} UNet call{'s' if steps > 1 else ''}]({image})", ""]
+                break
     lines += ["## How to use", "", "```python", "from diffusers import DiffusionPipeline", "",
               f'pipe = DiffusionPipeline.from_pretrained("{repo_id or "path/to/this/folder"}", '
               "trust_remote_code=True)", usage, "```", ""]
+    if progressive:
+        rounds = sorted((int(n.split("-")[0]) for n in os.listdir(os.path.join(output_dir, "rounds"))
+                         if n.endswith("-step")), reverse=True) if os.path.isdir(os.path.join(output_dir, "rounds")) \
+            else []
+        if rounds:
+            k = 4 if 4 in rounds else rounds[0]
+            lines += [f"Each round's student is a pipeline of its own in `rounds/K-step/` (K = "
+                      f"{', '.join(map(str, rounds))}), sampled with its own K steps:", "", "```python",
+                      "from huggingface_hub import snapshot_download", "",
+                      f'folder = snapshot_download("{repo_id or "user/this-repo"}", allow_patterns=["rounds/{k}-step/*"])',
+                      f'pipe = DiffusionPipeline.from_pretrained(f"{{folder}}/rounds/{k}-step", trust_remote_code=True)',
+                      "```", ""]
     metric, quality = quality_lines(output_dir)
     if quality:
         lines += ["## Quality against UNet calls", "",

@@ -165,8 +165,14 @@ def load_teacher(teacher, device):
 
 
 def check_teacher_fits(teacher, channels, resolution):
-    """RunError unless the teacher's UNet takes images of the data's channels and resolution."""
+    """RunError unless the teacher's UNet takes images of the data's channels and resolution, and a conditional
+    teacher's null class is its class embedding's last id (as ddpm-hf trains it; the student's grid of ids needs it)."""
     config = teacher.unet.config
+    null = getattr(teacher.config, "null_class_id", None)
+    if config.num_class_embeds is not None and null != config.num_class_embeds - 1:
+        raise RunError("the teacher's null class id is {null}, not its last class id {last}: distillation needs a "
+                       "class-conditional teacher whose null class is the last (a ddpm-hf --class_conditional run)",
+                       null=null, last=config.num_class_embeds - 1)
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
     if config.in_channels != channels or size != resolution:
         raise RunError("the teacher takes {c}x{s}x{s} images, the data is {dc}x{r}x{r}: distil on the data the "
@@ -186,7 +192,7 @@ def student_unet(teacher_unet, channels, guidance_grid=1):
     for name in ("conv_out.weight", "conv_out.bias"):
         state[name] = state[name][:channels]
     if config.get("num_class_embeds") and guidance_grid > 1:
-        classes = state["class_embedding.weight"]  # (K + 1, D), the null class last
+        classes = state["class_embedding.weight"]  # (K + 1, D), the null class last (check_teacher_fits)
         state["class_embedding.weight"] = torch.cat([classes[:-1].repeat_interleave(guidance_grid, 0), classes[-1:]])
         config["num_class_embeds"] = (config["num_class_embeds"] - 1) * guidance_grid + 1
     student = UNet2DModel.from_config({**config, "out_channels": channels})
@@ -282,13 +288,17 @@ def write_student_samples(folder, config, steps):
     from ..pipeline_ddpm_hf import DDPMHFPipeline
     from ..sampling import generate, write_samples
 
+    from ..training.export import sample_grid_labels
+
     pipe = DDPMHFPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
+    count, labels, titles = sample_grid_labels(pipe, config.student.num_sample_images)  # a row per class, if any
     for k in steps:
-        images, _ = generate(pipe, config.student.num_sample_images, config.student.eval_batch_size, k,
-                             config.student.seed)
+        images, _ = generate(pipe, count, config.student.eval_batch_size, k, config.student.seed,
+                             class_labels=labels)
         write_samples(pipe, images, os.path.join(folder, f"samples-{k}-step"),
-                      f"student, {k} UNet call{'s' if k > 1 else ''}")
+                      f"student, {k} UNet call{'s' if k > 1 else ''}"
+                      + (f", guidance {pipe._guidance_scale(None, [0])}" if labels else ""), row_labels=titles)
 
 
 def teacher_train_seconds(teacher):

@@ -12,6 +12,7 @@ from .consistency import consistency_function, pseudo_huber, skip_timesteps, tea
 from .progressive import halving_rounds, progressive_target, round_of_step, step_grid, two_teacher_steps
 
 ROUNDS_DIR = "rounds"  # progressive distillation: each round's student pipeline in rounds/K-step/
+NULL_FRACTION = 0.1  # a conditional student's images distilled from the teacher's unconditional branch (p_uncond)
 
 
 def round_folder(output_dir, student_steps):
@@ -28,13 +29,20 @@ class _Objective:
     def _conditioning(self, labels, generator):
         """(the student's class ids, the teacher's guidance keywords) of a batch: for a conditional teacher a
         guidance scale per image drawn from the student's scales (index j), the teacher's ODE guided with it and the
-        student told by the id c M + j (``guided_class_ids``); (None, unguided) for an unconditional one."""
+        student told by the id c M + j (``guided_class_ids``); a fraction ``NULL_FRACTION`` of the labels replaced by
+        the null class first (``conditioning.drop_labels``), whose teacher output is its unconditional branch alone
+        (guidance leaves eps(x, null) unchanged) and whose student id is the null id K M, so that the student samples
+        unconditionally too; (None, unguided) for an unconditional teacher."""
         if labels is None:
             return None, {}
+        from ..conditioning import drop_labels
+
+        labels = drop_labels(labels, self.null_class_id, NULL_FRACTION, generator)
         index = torch.randint(0, len(self.scales), labels.shape, generator=generator).to(labels.device)
         scales = torch.tensor(self.scales, dtype=torch.float64)[index.cpu()].to(labels.device)
-        return labels * len(self.scales) + index, dict(class_labels=labels, guidance_scale=scales,
-                                                       null_class_id=self.null_class_id)
+        null = labels == self.null_class_id
+        ids = torch.where(null, labels * len(self.scales), labels * len(self.scales) + index)
+        return ids, dict(class_labels=labels, guidance_scale=scales, null_class_id=self.null_class_id)
 
     def start(self, step, student, flat, ema):
         """Before optimizer step ``step`` (0-based; also on resume)."""
@@ -96,7 +104,9 @@ class Progressive(_Objective):
 
     def start(self, step, student, flat, ema):
         """Set up the round of ``step``: its grid and its teacher (the trained DDPM in round 0, else the previous
-        round's student read back from rounds/); at a round's first step the EMA restarts from the raw weights."""
+        round's student, its EMA weights, read back from rounds/); at a later round's first step the student's raw
+        weights become its teacher's (Salimans & Ho Algorithm 2: the student starts as a copy of the teacher), which
+        the EMA already holds."""
         if step >= self.max_steps:
             return
         number = round_of_step(step, self.max_steps, len(self.rounds))
@@ -114,14 +124,16 @@ class Progressive(_Objective):
             if not os.path.isfile(os.path.join(folder, "unet", "config.json")):
                 raise RunError("step {step} is in round {round} of progressive distillation, whose teacher is the "
                                "previous round's student in {folder}, which is missing: resume in the folder of the "
-                               "run that wrote the checkpoint", step=step + 1, round=number + 1,
+                               "run that wrote the checkpoint (every machine of a multi-node run reads it there: a "
+                               "shared filesystem)", step=step + 1, round=number + 1,
                                folder=os.path.join(ROUNDS_DIR, f"{self.rounds[number - 1]}-step"))
             self.unet = UNet2DModel.from_pretrained(os.path.join(folder, "unet")).requires_grad_(False).eval()
             self.unet.to(flat.device)
             self.teacher_scheduler = self.scheduler
         first_step = number * max(1, self.max_steps // len(self.rounds))
-        if step == first_step and ema is not None:
-            ema.shadow_params[0].copy_(flat.detach())
+        if step == first_step and number > 0:  # Algorithm 2: the student starts as a copy of its teacher
+            with torch.no_grad():
+                flat.copy_(ema.shadow_params[0])
 
     def loss(self, unet, x0, labels, generator, step):
         """The batch's mean squared v error against the two-step target (a scalar with the student's graph)."""

@@ -300,7 +300,7 @@ def evaluate(model, config=None, progress=True, log=print):
 
         sampler = use_scheduler(DDPMHFPipeline.from_pipe(pipe, torch_dtype=None), c.scheduler)
         sampler.set_progress_bar_config(**pipe._progress_bar_config)
-        per_class = max(1, num_samples // null_class_id(pipe.unet))
+        per_class = max(1, num_samples // len(pipe.class_id_choices()))
         sweep = conditional_report(sampler, out, name, c.guidance_scales, per_class, steps[0], batch_size, seed, log,
                                    metric=guidance_metric)
         report["guidance"] = {"metric": guidance_metric, "summary": sweep["summary"], "table": sweep["table"],

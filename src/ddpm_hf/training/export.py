@@ -12,7 +12,7 @@ from .checkpoints import write_error
 from .flat_parameters import ema_weights
 
 
-def _sample_labels(pipe, num_images):
+def sample_grid_labels(pipe, num_images):
     """(count, class labels, row titles) of a run's sample grid: ``num_images`` unlabelled images for an
     unconditional model; for a conditional one a row per class of max(1, num_images // K) images."""
     from ..sampling import class_rows
@@ -76,7 +76,7 @@ def save_samples(run, epoch, step):
     config, model = run.config, run.model
     with ema_weights(model, run.flat, run.ema) as unet:
         pipe = _pipeline(config, unet, run.noise_scheduler)
-        count, labels, titles = _sample_labels(pipe, config.num_sample_images)
+        count, labels, titles = sample_grid_labels(pipe, config.num_sample_images)
         images, _ = generate(pipe, count, config.eval_batch_size, config.ddpm_num_inference_steps, config.seed,
                              class_labels=labels)
         pictures = write_samples(pipe, images, os.path.join(config.output_dir, f"samples-epoch{epoch}"),
@@ -110,7 +110,7 @@ def finish(run, history, metrics):
     pipe = DDPMHFPipeline.from_pretrained(config.output_dir).to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
     sample_start = time.time()
-    count, labels, titles = _sample_labels(pipe, config.num_sample_images)  # conditional: a row per class
+    count, labels, titles = sample_grid_labels(pipe, config.num_sample_images)  # conditional: a row per class
     images, strip = generate(pipe, count, config.eval_batch_size, config.ddpm_num_inference_steps, config.seed,
                              strip=True, class_labels=labels)
     metrics["sampling_seconds"] = round(time.time() - sample_start, 1)
