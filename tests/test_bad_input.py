@@ -267,6 +267,12 @@ CASES = [
     ("distil progressively to a student whose grid does not divide T", "distill",
      ["{model}", "--method", "progressive", "--num_teacher_steps", "16", "--output_dir", "{root}/distilled"],
      ["a student of 8 steps needs the teacher's T = 20 to be a multiple of 8"]),
+    ("ask consistency distillation for a progressive student's steps", "distill",
+     ["{model}", "--method", "consistency", "--num_student_steps", "2", "--output_dir", "{root}/distilled"],
+     ["--num_student_steps is progressive distillation's"]),
+    ("give guidance scales to the student of an unconditional teacher", "distill",
+     ["{model}", "--guidance_scales", "1", "2", "--output_dir", "{root}/distilled"],
+     ["--guidance_scales only applies to a class-conditional teacher"]),
     # restoration
     ("inpaint a colour image with a grayscale model", "inpaint", ["{model}", "--image", "{rgb}", "--mask_image", "{gray}"],
      ["ddpm-hf inpaint: error: the image has 3 channels but the model takes 1"]),
