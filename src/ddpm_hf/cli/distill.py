@@ -12,8 +12,8 @@ def add_parser(sub):
     from ..distillation.config import (DEFAULT_GUIDANCE_SCALES, DEFAULT_TEACHER_STEPS, METHODS, SOLVERS,
                                        STUDENT_DEFAULTS)
 
-    p = sub.add_parser("distill", help="distil a trained model into a 1-4 step student (consistency or progressive "
-                       "distillation)",
+    p = sub.add_parser("distill", help="distil a trained model into students of 1 to 8 UNet calls (progressive or "
+                       "consistency distillation)",
                        description="Distil TEACHER (a ddpm-hf training run or pipeline folder, or a Hub repo id) into "
                        "a student that samples in a few UNet calls, on the teacher's own training data (from its "
                        "training_args.json; --dataset_name / --train_data_dir otherwise). The student is a pipeline "
@@ -107,7 +107,7 @@ def run(args, parser):
         print(f"ddpm-hf distill: stopped by {signal.Signals(stopped.signum).name}: saved {stopped.checkpoint}. "
               f"Resume with: {resume_command(argv, 'distill')}", file=sys.stderr)
         sys.exit(128 + stopped.signum)
-    out, k = config.student.output_dir, metrics.get("student_steps", 4)
+    out, k = config.student.output_dir, metrics["student_steps"]
     print(f"distilled {metrics['steps']} steps in {metrics['distill_seconds']:.0f}s: the student is in {out} "
           f"(sample it with `ddpm-hf sample {out} --num_inference_steps {k}`; grids in "
           f"{os.path.join(out, f'samples-{k}-step')})")

@@ -13,7 +13,7 @@ The progressive loop (Salimans & Ho 2022 Algorithm 2, ``progressive``): rounds o
 each, for a batch x_0, a timestep t of the round's K-step grid per image, x_t ~ q(x_t | x_0), the round's teacher's
 two steps to t - T / K, and the loss ||v_theta(x_t, t) - v_tilde||^2 towards the v whose single DDIM step lands
 there. At a round's end its student (the EMA weights) is saved in rounds/K-step/ and becomes the next round's
-teacher; the EMA restarts from the raw weights.
+teacher, and the next student starts from those weights.
 """
 
 import dataclasses
@@ -130,8 +130,8 @@ def distill(config):
         # the end: the student's pipeline (the target network's weights), its samples and records
         import diffusers
 
-        metrics = {"method": config.method, "student_steps": default_student_steps(config), "steps": counters["step"], "images_seen": counters["images_seen"],
-                   "distill_seconds": round(counters["elapsed"], 2), "processes": world,
+        metrics = {"method": config.method, "student_steps": default_student_steps(config), "steps": counters["step"],
+                   "images_seen": counters["images_seen"], "distill_seconds": round(counters["elapsed"], 2), "processes": world,
                    "teacher": config.teacher, "teacher_train_seconds": teacher_train_seconds(config.teacher),
                    "teacher_guidance_scale": guidance if labels_on else None, "guidance_scales": scales,
                    "versions": {"ddpm-hf": __version__, "diffusers": diffusers.__version__,
@@ -243,7 +243,7 @@ def student_pipeline(unet, teacher, config, student_steps=None):
     classes = {}
     default, scales = student_guidance(teacher, config)
     if scales:  # the teacher's guidance is distilled in at each scale: one call per step, no CFG
-        classes = dict(id2label=teacher.config.id2label, null_class_id=(teacher.config.null_class_id) * len(scales),
+        classes = dict(id2label=teacher.config.id2label, null_class_id=teacher.config.null_class_id * len(scales),
                        guidance_scale=default, guidance_scales=scales)
     pipe = DDPMHFPipeline(unet=unet, scheduler=scheduler, num_inference_steps=steps,
                           **{k: v for k, v in classes.items() if v is not None})
@@ -287,7 +287,6 @@ def write_student_samples(folder, config, steps):
     """Labelled sample grids of the student pipeline in ``folder`` at each count of UNet calls in ``steps``."""
     from ..pipeline_ddpm_hf import DDPMHFPipeline
     from ..sampling import generate, write_samples
-
     from ..training.export import sample_grid_labels
 
     pipe = DDPMHFPipeline.from_pretrained(folder)

@@ -9,7 +9,8 @@ import torch
 from ..errors import RunError
 from ..training.flat_parameters import ema_weights
 from .consistency import consistency_function, pseudo_huber, skip_timesteps, teacher_ode_step
-from .progressive import halving_rounds, progressive_target, round_of_step, step_grid, two_teacher_steps
+from .progressive import (halving_rounds, progressive_target, round_of_step, round_start, step_grid,
+                          two_teacher_steps)
 
 ROUNDS_DIR = "rounds"  # progressive distillation: each round's student pipeline in rounds/K-step/
 NULL_FRACTION = 0.1  # a conditional student's images distilled from the teacher's unconditional branch (p_uncond)
@@ -130,8 +131,7 @@ class Progressive(_Objective):
             self.unet = UNet2DModel.from_pretrained(os.path.join(folder, "unet")).requires_grad_(False).eval()
             self.unet.to(flat.device)
             self.teacher_scheduler = self.scheduler
-        first_step = number * max(1, self.max_steps // len(self.rounds))
-        if step == first_step and number > 0:  # Algorithm 2: the student starts as a copy of its teacher
+        if step == round_start(number, self.max_steps, len(self.rounds)) and number > 0:  # Algorithm 2: the student starts as a copy of its teacher
             with torch.no_grad():
                 flat.copy_(ema.shadow_params[0])
 

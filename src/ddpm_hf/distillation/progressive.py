@@ -37,10 +37,15 @@ def halving_rounds(num_teacher_steps, num_student_steps):
     return rounds
 
 
+def round_start(number, max_train_steps, num_rounds):
+    """The first optimizer step (0-based) of round ``number``: the steps split evenly over the rounds, the remainder
+    in the last."""
+    return number * max(1, max_train_steps // num_rounds)
+
+
 def round_of_step(step, max_train_steps, num_rounds):
-    """The round (0-based) an optimizer step (0-based) belongs to: the steps split evenly over the rounds, the
-    remainder in the last."""
-    return min(step // max(1, max_train_steps // num_rounds), num_rounds - 1)
+    """The round (0-based) an optimizer step (0-based) belongs to (``round_start``)."""
+    return min(step // round_start(1, max_train_steps, num_rounds), num_rounds - 1)
 
 
 def trailing_timesteps(num_steps, num_train_timesteps):
