@@ -110,6 +110,39 @@ def test_stratified_estimate_is_unbiased_for_the_full_bound():
     assert strata == [(t, t + 1) for t in range(1, 20)] and per_stratum.shape == (19,)
 
 
+@pytest.mark.parametrize("estimate", [None, 5])
+def test_a_stop_request_ends_the_bound_at_its_next_term_on_every_rank(estimate):
+    """``evaluate_on_all_ranks(should_stop=...)`` (a training run's signal flag) asks before every term: once it
+    says stop, no further UNet call is made and None is returned (no partial score); never asked to stop, it
+    returns the full bound of ``held_out_bits``."""
+    from accelerate import Accelerator
+
+    from ddpm_hf.evaluation.bound import evaluate_on_all_ranks, summarize_bits
+
+    torch.manual_seed(0)
+    unet = build_unet("cpu-8", learned_variance=True).eval()
+    scheduler = DDPMHFScheduler(num_train_timesteps=20, variance_type="learned_range")
+    images = digits_arrays("test")[0][:12]
+    calls = []
+    unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    asked = []
+
+    def stop_after_7():
+        asked.append(1)
+        return len(asked) > 7
+
+    accelerator = Accelerator(cpu=True)
+    with torch.no_grad():
+        assert evaluate_on_all_ranks(accelerator, unet, scheduler, images, 4, 0, estimate,
+                                     should_stop=stop_after_7) is None
+        assert len(calls) == 7  # terms of the first batch only, then nothing
+        calls.clear()
+        result = evaluate_on_all_ranks(accelerator, unet, scheduler, images, 4, 0, estimate, should_stop=lambda: False)
+        assert len(calls) == 3 * (estimate or 20)
+        if estimate is None:
+            assert result == summarize_bits(held_out_bits(unet, scheduler, images, 4, 0))
+
+
 # ---------------------------------------------------------------------------------------------- the command
 
 

@@ -125,6 +125,29 @@ def test_killed_three_times_and_stopped_twice_then_resume_is_bit_identical(tmp_p
     assert not list(out.glob("*.tmp")) and not (out / LOCK_NAME).exists()
 
 
+def test_sigterm_during_the_end_of_run_bound_stops_it_at_once(tmp_path):
+    """A SIGTERM while the end-of-run held-out bound runs (here 4,000 terms for each of 23 batches, minutes of work)
+    stops the bound at its next term: the run checkpoints its last step, prints the resume command and exits 143
+    within seconds, writing neither metrics.json nor the pipeline. Before, the flag was read only after the bound
+    (33 minutes at 28x28), so a preemption's grace period ran out first."""
+    out = tmp_path / "run"
+    proc = ForkedTrain(["--output_dir", str(out), "--max_train_steps", "2", "--checkpointing_steps", "100",
+                        "--ddpm_num_steps", "4000", "--eval_max_images", "180", "--eval_batch_size", "8"],
+                       tmp_path, stdout=tmp_path / "run.log")
+    _wait(proc, lambda: 2 in _steps(out))
+    time.sleep(1.0)  # inside the bound (history.jsonl's last line is written right before it starts)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    signalled = time.time()
+    proc.wait(timeout=60)
+    log = (tmp_path / "run.log").read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert time.time() - signalled < 60
+    assert f"stopped by SIGTERM: saved {out / 'checkpoint-2'}" in log, log[-3000:]
+    assert checkpoint_dirs(str(out)) == ["checkpoint-2"]
+    assert not (out / "metrics.json").exists() and not (out / "model_index.json").exists()
+
+
 def _copy_with(straight, dst, keep):
     """A copy of the straight run with only checkpoint-`keep` (as if it had stopped after it)."""
     shutil.copytree(straight, dst)

@@ -107,6 +107,10 @@ def vlb_term_at(model, scheduler, x_start, t, generator=None, class_labels=None,
     return vlb_terms(scheduler, out, x_start, x_t, t, clip_denoised=clip_denoised).double().cpu()
 
 
+class BoundStopped(Exception):
+    """The bound's loop was asked to stop (its ``should_stop`` returned True) before it finished."""
+
+
 @dataclass
 class BitsPerDim:
     """The full T-step variational bound (Ho eq. 5) in bits per dimension, per image.
@@ -122,7 +126,8 @@ class BitsPerDim:
 
 
 @torch.no_grad()
-def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, progress=True, class_labels=None):
+def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, progress=True, class_labels=None,
+                 should_stop=None):
     """Bits per dimension of images under the full T-step variational bound: L_vlb / (D ln 2), D = C*H*W (Ho eq. 5).
 
     For each t = T-1..0 one x_t ~ q(x_t | x_0) is drawn with fresh noise and the term L_{t-1} evaluated (Monte
@@ -136,6 +141,8 @@ def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, 
         progress: show a tqdm bar over the T timesteps.
         class_labels: (B,) long class ids of the images for a class-conditional model (called as
             ``model(x_t, t, class_labels=...)``): the bound is then the conditional one, on -log p(x_0 | y).
+        should_stop: a callable asked before each of the T terms; when it returns True the bound stops with
+            ``BoundStopped`` (a training run's SIGTERM during its end-of-run bound).
     """
     from tqdm.auto import tqdm
 
@@ -146,6 +153,8 @@ def bits_per_dim(model, scheduler, x_start, generator=None, clip_denoised=None, 
     batch, dims = x_start.shape[0], x_start[0].numel()
     terms = torch.zeros(batch, num_t, dtype=torch.float64)
     for i in tqdm(range(num_t - 1, -1, -1), desc="bits/dim", disable=not progress, leave=False):
+        if should_stop is not None and should_stop():
+            raise BoundStopped(f"stopped at t = {i} of the bound's {num_t} terms")
         t = torch.full((batch,), i, dtype=torch.long, device=x_start.device)
         terms[:, i] = vlb_term_at(model, scheduler, x_start, t, generator, class_labels, clip_denoised)
     prior = prior_kl(scheduler, x_start).double().cpu()

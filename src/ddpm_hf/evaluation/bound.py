@@ -8,11 +8,13 @@ import torch
 from ..errors import BadArgument
 
 
-def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per_timestep=False, labels=None):
+def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per_timestep=False, labels=None,
+                  should_stop=None):
     """Per-image bits/dim of uint8 images (N, C, H, W) under the full T-step bound (Ho eq. 5), as a (N, 3) float64
     tensor of [total, prior term, decoder term]; with ``per_timestep`` also the mean term L_{t-1} of each code
     timestep t = 0..T-1, a (T,) tensor in bits/dim. ``labels``: the images' class ids (N,) for a class-conditional
-    model (the conditional bound, on -log p(x | y))."""
+    model (the conditional bound, on -log p(x | y)). ``should_stop``: see ``likelihood.bits_per_dim`` (raises
+    ``BoundStopped``)."""
     from ..data import to_model_range
     from ..likelihood import bits_per_dim
 
@@ -22,7 +24,7 @@ def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per
     for start in range(0, len(images), batch_size):
         x = to_model_range(images[start : start + batch_size]).to(device)
         y = None if labels is None else labels[start : start + batch_size].to(device)
-        r = bits_per_dim(unet, scheduler, x, generator=g, progress=progress, class_labels=y)
+        r = bits_per_dim(unet, scheduler, x, generator=g, progress=progress, class_labels=y, should_stop=should_stop)
         rows.append(torch.stack([r.total, r.prior, r.decoder], 1).double().cpu())
         terms_sum = terms_sum + r.terms.sum(dim=0)
     rows = torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.float64)
@@ -30,7 +32,8 @@ def held_out_bits(unet, scheduler, images, batch_size, seed, progress=False, per
 
 
 @torch.no_grad()
-def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, progress=False, labels=None):
+def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, progress=False, labels=None,
+                    should_stop=None):
     """An unbiased estimate of the bound (Ho eq. 5) from ``num_timesteps`` of its T terms per image: the decoder
     L_0 exactly, and the T - 1 KL terms by stratified sampling (1..T-1 cut into ``num_timesteps - 1`` equal strata, one
     uniform t per stratum and image, each term weighted by its stratum's size). Independent draws per image make the
@@ -38,11 +41,11 @@ def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, pr
 
     Returns ((N, 3) float64 rows [total, prior, decoder] as ``held_out_bits``, the strata's (start, end) bounds, and
     the (K-1,) mean per-timestep term of each stratum in bits/dim, for the plot). ``labels``: as in
-    ``held_out_bits``."""
+    ``held_out_bits``. ``should_stop``: as in ``held_out_bits``."""
     from tqdm.auto import tqdm
 
     from ..data import to_model_range
-    from ..likelihood import LOG2, as_ddpm_hf, prior_kl, vlb_term_at
+    from ..likelihood import LOG2, BoundStopped, as_ddpm_hf, prior_kl, vlb_term_at
 
     scheduler = as_ddpm_hf(scheduler)
     T = scheduler.config.num_train_timesteps
@@ -62,6 +65,8 @@ def stratified_bits(unet, scheduler, images, batch_size, seed, num_timesteps, pr
             y = None if labels is None else labels[start : start + batch_size].to(device)
 
             def term(t):  # L_{t-1} per image, in nats, at code timesteps t (B,)
+                if should_stop is not None and should_stop():
+                    raise BoundStopped("stopped during the bound's estimate")
                 bar.update(b)
                 return vlb_term_at(unet, scheduler, x, t, g, y)
 
@@ -95,19 +100,34 @@ def evaluate_bits_per_dim(unet, scheduler, held_out, batch_size, seed, progress)
     return summarize_bits(held_out_bits(unet, scheduler, held_out, batch_size, seed, progress))
 
 
-def evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, batch_size, seed, bpd_timesteps=None, labels=None):
+def evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, batch_size, seed, bpd_timesteps=None, labels=None,
+                          should_stop=None):
     """``evaluate_bits_per_dim`` split across processes: rank r scores every world-th image from r (with its own
     noise seed) and the rows are gathered, so no rank idles, or times out in a collective, while one evaluates.
     With ``bpd_timesteps``, the stratified estimate (``stratified_bits``) instead of all T terms. ``labels``: the
-    held-out images' class ids (M,) for a class-conditional model (the conditional bound)."""
+    held-out images' class ids (M,) for a class-conditional model (the conditional bound).
+
+    ``should_stop``: a callable each rank asks before every term (a training run's signal flag); a rank it stops
+    skips the rest of its share, and None is returned on every rank when any rank stopped. No collective runs per
+    term: the ranks meet only in the final gather, so a rank not signalled finishes its share first (a preemption
+    signals every rank: torchrun forwards SIGTERM to all workers)."""
     from accelerate.utils import gather_object
+
+    from ..likelihood import BoundStopped
 
     rank, world = accelerator.process_index, accelerator.num_processes
     mine, progress = held_out[rank::world], accelerator.is_local_main_process
     my_labels = None if labels is None else labels[rank::world]
-    if bpd_timesteps and bpd_timesteps < scheduler.config.num_train_timesteps:
-        terms = stratified_bits(unet, scheduler, mine, batch_size, seed + rank, bpd_timesteps, progress,
-                                labels=my_labels)[0]
-    else:
-        terms = held_out_bits(unet, scheduler, mine, batch_size, seed + rank, progress=progress, labels=my_labels)
-    return summarize_bits(torch.cat(gather_object([terms])))
+    try:
+        if bpd_timesteps and bpd_timesteps < scheduler.config.num_train_timesteps:
+            terms = stratified_bits(unet, scheduler, mine, batch_size, seed + rank, bpd_timesteps, progress,
+                                    labels=my_labels, should_stop=should_stop)[0]
+        else:
+            terms = held_out_bits(unet, scheduler, mine, batch_size, seed + rank, progress=progress,
+                                  labels=my_labels, should_stop=should_stop)
+    except BoundStopped:
+        terms = None
+    gathered = gather_object([terms])
+    if any(t is None for t in gathered):
+        return None
+    return summarize_bits(torch.cat(gathered))

@@ -4,18 +4,22 @@ the digits metric and FID of a few samples."""
 from .bound import evaluate_on_all_ranks
 
 
-def periodic_scores(accelerator, unet, scheduler, held_out, config, inception=None, held_out_labels=None):
+def periodic_scores(accelerator, unet, scheduler, held_out, config, inception=None, held_out_labels=None,
+                    should_stop=None):
     """A training run's ``eval_metrics``, as {"eval/<name>": value}: held-out bits/dim (all ranks; an estimate from
     ``eval_bpd_timesteps`` terms when set), and on the main process the digits metric and FID of ``eval_num_samples``
     samples with ``eval_inference_steps`` steps (FID against the held-out images; the digits FD with
     ``eval/digits_fd_floor``, real digits' FD at the same sample count). ``config``: the run's typed training
     config (those fields, ``eval_batch_size`` and ``seed``). A class-conditional model: the bound is the conditional
     one (``held_out_labels``, the held-out images' class ids) and the samples cycle through the classes at the
-    pipeline's default guidance scale."""
+    pipeline's default guidance scale. ``should_stop``: the run's signal flag; when it stops the bound (see
+    ``evaluate_on_all_ranks``), no scores are returned and the run checkpoints at this step."""
     scores = {}
     if "bpd" in config.eval_metrics and held_out is not None:
         result = evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, config.eval_batch_size, config.seed,
-                                       config.eval_bpd_timesteps, labels=held_out_labels)
+                                       config.eval_bpd_timesteps, labels=held_out_labels, should_stop=should_stop)
+        if result is None:
+            return scores
         key = "eval/bits_per_dim_estimate" if config.eval_bpd_timesteps else "eval/bits_per_dim"
         scores[key] = result["bits_per_dim"]
     wanted = [m for m in ("digits", "fid") if m in config.eval_metrics and (m != "fid" or inception is not None)]

@@ -52,6 +52,10 @@ class StopSignals:
                          "(send it again to stop at once)\n")
         sys.stderr.flush()
 
+    def requested(self):
+        """Whether this process received SIGTERM/SIGINT (no collective: the bound's loop asks it per term)."""
+        return self.signum is not None
+
     def restore(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

@@ -126,7 +126,7 @@ def train(config):
             if config.eval_steps and step % config.eval_steps == 0 and step < config.max_train_steps:
                 with ema_weights(model, flat, ema) as ema_unet:
                     record.update(periodic_scores(accelerator, ema_unet, noise_scheduler, held_out, config,
-                                                  inception, held_out_labels))
+                                                  inception, held_out_labels, run.stop.requested))
                 model.train()
             history.append(record)
             progress.update(1)
@@ -152,9 +152,11 @@ def train(config):
         if run.signalled():  # a signal during the last step
             run.checkpoint("signal", counters)
         if held_out is not None:
-            metrics.update(held_out_bits_per_dim(run, held_out, held_out_labels))
-            accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
-        if run.signalled():  # a signal during the evaluation
+            bound = held_out_bits_per_dim(run, held_out, held_out_labels)
+            metrics.update(bound or {})
+            if bound:
+                accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
+        if run.signalled():  # a signal during the evaluation (which stopped it: ``should_stop``)
             run.checkpoint("signal", counters)
         run.stop.restore()  # the main process's final writes: a signal now stops at once (checkpoints are complete)
         push_error = finish(run, history.records, metrics) if main else None
@@ -195,12 +197,14 @@ def optimization(config, accelerator, flat):
 def held_out_bits_per_dim(run, held_out, labels=None):
     """The held-out bits/dim (Ho eq. 5, all T terms) of ``run``'s weights that are saved (EMA if on), split across
     ranks, with its terms and the seconds it took; for a class-conditional run the conditional bound of
-    -log p(x | y), the images' class ids ``labels`` (M,) given to the model."""
+    -log p(x | y), the images' class ids ``labels`` (M,) given to the model. None when a signal stopped it (each
+    rank stops its share at the next term instead of finishing a bound that can take half an hour)."""
     start = time.time()
     with ema_weights(run.model, run.flat, run.ema) as ema_unet:
         result = evaluate_on_all_ranks(run.accelerator, ema_unet, run.noise_scheduler, held_out,
-                                       run.config.eval_batch_size, run.config.seed, labels=labels)
-    return {**result, "eval_seconds": round(time.time() - start, 1)}
+                                       run.config.eval_batch_size, run.config.seed, labels=labels,
+                                       should_stop=run.stop.requested)
+    return None if result is None else {**result, "eval_seconds": round(time.time() - start, 1)}
 
 
 def algorithm1_step(config, accelerator, unet, noise_scheduler, raw, rank, k, labels=None):
