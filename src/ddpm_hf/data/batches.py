@@ -10,9 +10,9 @@ import torch
 
 from ..errors import MissingSplit, RunError, StreamFailed
 from .embedded import EMBEDDED
-from .sources import Unreadable, cache_images, class_names, decode, find_image_column, find_label_column
-from .sources import fits_in_memory, image_name, image_to_uint8, infer_channels, label_ids, load_image_dataset
-from .sources import network_errors, row_labels, undecoded
+from .labels import class_names, find_label_column, label_ids, row_labels
+from .sources import Unreadable, cache_images, decode, find_image_column, fits_in_memory, image_name, image_to_uint8
+from .sources import infer_channels, load_image_dataset, network_errors, undecoded
 
 
 def step_seed(seed, *parts):
