@@ -4,7 +4,9 @@ NUM_SAMPLES samples per seed (the digits metric, ``ddpm_hf.evaluation.digits``, 
 real-data floor at the same N, for our ancestral chain and diffusers' schedulers swapped in with ``from_config``.
 
 Each RUN is SAMPLER@STEPS[:KEY=VALUE,...] (SAMPLER a name of ``ddpm_hf.sampling.SCHEDULERS``, or ``own`` for the
-saved pipeline's scheduler, e.g. a distilled student's; the optional settings
+saved pipeline's scheduler, e.g. a distilled student's, or ``2s-path`` for K steps of the teacher's DPM-Solver++(2S)
+on the K-step trailing grid, 2K calls: the path the first round of progressive distillation teaches a K/2-step
+student, ``ddpm_hf.distillation.consistency.teacher_ode_step``; the optional settings
 override the sampler's config, JSON values), e.g. ``ddpm@1000 dpmsolver++@20 dpmsolver++@20:timestep_spacing="trailing"``.
 UNet calls are counted (a forward hook), not assumed: Heun's N steps cost 2N - 1 calls. Seed s draws image i with
 seed ``s * 100000 + i`` (seeds share no image). Samples are cached as .npy in OUTPUT_DIR/samples, so an interrupted
@@ -72,12 +74,41 @@ def samples(folder, label, run, seed, num_samples, batch_size, output_dir):
     if os.path.isfile(path):
         cached = np.load(path)
         return cached["images"], int(cached["calls"]), float(cached["seconds"])
-    pipe, calls = load(folder, sampler, overrides)
-    images, seconds = generate_uint8(pipe, num_samples, batch_size, steps, seed * SEED_STRIDE)
+    pipe, calls = load(folder, "own" if sampler == "2s-path" else sampler, overrides)
+    if sampler == "2s-path":
+        images, seconds = two_s_path(pipe, num_samples, batch_size, steps, seed * SEED_STRIDE)
+    else:
+        images, seconds = generate_uint8(pipe, num_samples, batch_size, steps, seed * SEED_STRIDE)
     calls_per_batch = calls[0] // -(-num_samples // batch_size)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     np.savez(path, images=images.numpy(), calls=calls_per_batch, seconds=seconds)
     return images.numpy(), calls_per_batch, seconds
+
+
+@torch.no_grad()
+def two_s_path(pipe, num_images, batch_size, steps, seed):
+    """uint8 (N, C, H, W) samples of ``steps`` DPM-Solver++(2S) steps of the pipeline's (unconditional) model on the
+    trailing grid (progressive distillation's first-round target path), from the noise the pipeline would draw
+    (image i: its own generator seeded seed + i), and the seconds it took."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from ddpm_hf.distillation.consistency import teacher_ode_step
+    from ddpm_hf.distillation.progressive import trailing_timesteps
+    from ddpm_hf.images import to_uint8
+
+    T = pipe.scheduler.config.num_train_timesteps
+    grid = trailing_timesteps(steps, T)
+    unet, size = pipe.unet, pipe.unet.config.sample_size
+    start, images = time.time(), []
+    for first in range(0, num_images, batch_size):
+        n = min(batch_size, num_images - first)
+        generators = [torch.Generator().manual_seed(seed + first + i) for i in range(n)]
+        x = randn_tensor((n, unet.config.in_channels, size, size), generator=generators)
+        for t in grid.tolist():
+            x = teacher_ode_step(unet, pipe.scheduler, x, torch.full((n,), t), torch.full((n,), t - T // steps))
+        images.append(pipe._to_output(x, "np"))
+    seconds = time.time() - start
+    return torch.from_numpy(to_uint8(np.concatenate(images)).transpose(0, 3, 1, 2).copy()), seconds
 
 
 def score(images, parts):
