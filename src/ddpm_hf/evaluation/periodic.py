@@ -13,7 +13,7 @@ def periodic_scores(accelerator, unet, scheduler, held_out, config, inception=No
     config (those fields, ``eval_batch_size`` and ``seed``). A class-conditional model: the bound is the conditional
     one (``held_out_labels``, the held-out images' class ids) and the samples cycle through the classes at the
     pipeline's default guidance scale. ``should_stop``: the run's signal flag; when it stops the bound (see
-    ``evaluate_on_all_ranks``), no scores are returned and the run checkpoints at this step."""
+    ``evaluate_on_all_ranks``), no scores are returned and the run checkpoints after its next step."""
     scores = {}
     if "bpd" in config.eval_metrics and held_out is not None:
         result = evaluate_on_all_ranks(accelerator, unet, scheduler, held_out, config.eval_batch_size, config.seed,
