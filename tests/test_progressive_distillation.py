@@ -131,6 +131,32 @@ def test_each_round_leaves_a_ddim_pipeline_and_the_last_is_the_student(student):
     assert len(calls) == 1 and "progressive distillation" in (student / "README.md").read_text()
 
 
+def test_sample_eta_is_the_pipelines_ddim_eta(student, capsys, tmp_path):
+    """`ddpm-hf sample STUDENT --eta 1` writes the images of `pipe(eta=1.0)` with the same generators (image i: seed
+    + i), which differ from the deterministic ones; a sampler without eta (euler) is refused with the flag named."""
+    import numpy as np
+    from PIL import Image
+
+    folder = student / "rounds" / "2-step"
+    pipe = DDPMHFPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    expected = {}
+    for eta in (0.0, 1.0):
+        out = tmp_path / f"eta{eta}"
+        code, _, err = cli_in_process(capsys, "sample", str(folder), "--num_images", "3", "--seed", "5", "--eta",
+                                      str(eta), "--output_dir", str(out))
+        assert code == 0, err[-2000:]
+        written = np.stack([np.asarray(Image.open(out / f"sample_{i:04d}.png")) for i in range(3)])
+        images = pipe(batch_size=3, eta=eta, output_type="np",
+                      generator=[torch.Generator().manual_seed(5 + i) for i in range(3)]).images
+        assert np.abs(written.astype(int) - (images[..., 0] * 255).round().astype(int)).max() <= 1
+        expected[eta] = written
+    assert np.abs(expected[0.0].astype(int) - expected[1.0].astype(int)).max() > 10
+    code, _, err = cli_in_process(capsys, "sample", str(folder), "--scheduler", "euler", "--eta", "1",
+                                  "--output_dir", str(tmp_path / "euler"))
+    assert code == 2 and "--eta: the sampler EulerDiscreteScheduler takes no eta" in err
+
+
 @pytest.mark.parametrize("checkpoint", ["checkpoint-2", "checkpoint-3", "checkpoint-4"])
 def test_resume_is_bit_identical_across_a_rounds_end(student, trained_run, tmp_path, capsys, checkpoint):
     """Resumed in round 0 (it crosses the round's end: saves rounds/2-step, which becomes the teacher), at the end of

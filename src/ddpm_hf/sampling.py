@@ -101,17 +101,19 @@ def load_pipeline(cls, model, **kwargs):
 
 
 def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=False, columns=10, rows=8,
-             class_labels=None, guidance_scale=None):
+             class_labels=None, guidance_scale=None, eta=0.0):
     """Images (N, H, W, C) in [0, 1]; image i is drawn with its own generator seeded seed + i, so the result does
     not depend on the batch size. With ``strip``, also ``(states, labels)``: the first ``rows`` images of the first
     batch at ``columns`` evenly spaced points of the chain, recorded by a step callback (the chain is not kept).
     ``class_labels``: one class id per image (N of them) for a class-conditional model, with ``guidance_scale``
-    (None: the pipeline's default)."""
+    (None: the pipeline's default). ``eta``: DDIM's eta, for a scheduler whose step takes it (0: leave it out)."""
     import numpy as np
     import torch
 
     steps = num_inference_steps or pipe.scheduler.config.num_train_timesteps
-    guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    options = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+    if eta:
+        options["eta"] = eta
     images, states, labels = [], [], []
 
     def record(p, i, t, tensors):
@@ -128,7 +130,7 @@ def generate(pipe, num_images, batch_size, num_inference_steps, seed, strip=Fals
         callback = record if strip and start == 0 else None
         classes = None if class_labels is None else list(class_labels[start:start + n])
         out = pipe(batch_size=n, generator=generators, num_inference_steps=steps, output_type="np",
-                   callback_on_step_end=callback, class_labels=classes, **guidance)
+                   callback_on_step_end=callback, class_labels=classes, **options)
         images.append(out.images)
     return np.concatenate(images), ((states, labels) if strip else None)
 

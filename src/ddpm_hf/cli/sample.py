@@ -1,5 +1,6 @@
 """``ddpm-hf sample``: images from a saved pipeline (a folder or a Hub repo id)."""
 
+import inspect
 import os
 import time
 
@@ -25,6 +26,9 @@ def add_parser(sub):
     p.add_argument("--scheduler", choices=list(SCHEDULERS), default=None,
                    help="the sampler, made from the model's scheduler config as diffusers' from_config swaps them "
                    "(default: the model's own; ddpm is ddpm-hf's ancestral sampler)")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM's eta (Song et al. 2021 eq. 16) for samplers whose step takes it (ddim, a distilled "
+                   "student): 0 = deterministic (default), 1 = as much fresh noise as the ancestral chain")
     p.add_argument("--class_labels", nargs="+", default=None,
                    help="class-conditional models: the classes to draw, as ids (or names), --num_images of each, one "
                    "labelled grid row per class (default: every class)")
@@ -60,16 +64,23 @@ def run(args, parser):
             pipe._class_ids(labels, None)
     except ValueError as error:
         fail(parser, error)
+    if args.eta and "eta" not in inspect.signature(pipe.scheduler.step).parameters:
+        parser.error(f"--eta: the sampler {type(pipe.scheduler).__name__} takes no eta (ddim and distilled students "
+                     "do); leave it out")
+    if args.eta < 0:
+        parser.error(f"--eta must be >= 0, got {args.eta}")
     if args.guidance_scale is not None and labels is None:
         parser.error("--guidance_scale: this model is unconditional (no class embeddings); leave it out")
     start = time.time()
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     count = len(labels) if labels is not None else args.num_images
     images, strip = generate(pipe, count, args.batch_size, steps, args.seed, strip=args.strip, class_labels=labels,
-                             guidance_scale=args.guidance_scale)
+                             guidance_scale=args.guidance_scale, eta=args.eta)
     name = os.path.basename(os.path.normpath(args.model))
     sampler = args.scheduler or type(pipe.scheduler).__name__
     title = f"{name}: {count} samples, {sampler}, {steps} steps, seed {args.seed}"
+    if args.eta:
+        title += f", eta {args.eta:g}"
     if labels is not None:
         title += f", guidance {pipe._guidance_scale(args.guidance_scale, labels)}"
     write_samples(pipe, images, args.output_dir, title, strip, row_labels=rows)
