@@ -207,6 +207,34 @@ def launch_lock():
     return FileLock(os.path.join(tempfile.gettempdir(), "ddpm-hf-tests-launch.lock"))
 
 
+def abort_with_stacks(pids):
+    """The processes ``pids`` and all their descendants (a launcher's workers sit in process groups of their own):
+    SIGABRT first, so that each Python process started with PYTHONFAULTHANDLER=1 prints every thread's stack to its
+    stderr (where a hang sat), then SIGKILL."""
+    import signal
+    import time
+
+    import psutil  # accelerate's dependency
+
+    tree = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            tree.append(psutil.Process(pid))
+    tree += [child for p in list(tree) for child in p.children(recursive=True)]
+    for sig in (signal.SIGABRT, signal.SIGKILL):
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(sig)
+        time.sleep(3)
+
+
+def without_progress_bars(text):
+    """``text`` without tqdm's carriage-return redraws (the last state of each bar is kept) and faulthandler's list
+    of extension modules."""
+    lines = (line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+    return "\n".join(line for line in lines if not line.startswith("Extension modules:"))
+
+
 def run_train(*args, cwd, launcher=None, timeout=300, env=None, fresh=False):
     """A tiny run (TINY + ARGS) to its end, asserted to exit 0; returns an object with stdout/stderr/returncode.
     With ``launcher`` (e.g. torchrun; under ``launch_lock``) or ``fresh`` it is a fresh interpreter, else a forked
@@ -217,14 +245,15 @@ def run_train(*args, cwd, launcher=None, timeout=300, env=None, fresh=False):
         return r
     cmd = (launcher or [sys.executable]) + [TRAIN, *TINY, *args]
     with launch_lock() if launcher else contextlib.nullcontext():
-        proc = subprocess.Popen(cmd, cwd=cwd, env=dict(train_env(), **(env or {})), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=dict(train_env(), PYTHONFAULTHANDLER="1", **(env or {})),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:  # the whole group (a launcher's workers too), then what it had printed
-            os.killpg(proc.pid, 9)
+        except subprocess.TimeoutExpired:  # every process prints its stacks, then dies; then what it had printed
+            abort_with_stacks([proc.pid])
             stdout, stderr = proc.communicate()
-            raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)}\n{stdout[-2000:]}\n{stderr[-4000:]}")
+            raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)}\n{stdout[-2000:]}\n"
+                                 f"{without_progress_bars(stderr)[-12000:]}")
     assert proc.returncode == 0, stderr[-3000:]
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 

@@ -1,10 +1,8 @@
 """Training as a user runs it: real processes (python, torchrun), real files; tiny runs of seconds each."""
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,8 +21,8 @@ from ddpm_hf.cli.train import parse_args
 from ddpm_hf.training import micro_batches
 from ddpm_hf.unet_configs import unet_config
 
-from helpers import (TINY, TINY_RUN_TOKEN, TRAIN, kill_after_checkpoint, launch_lock, png_folder, read_history, read_weights, run_train, run_trains,
-                     train_env)
+from helpers import (TINY, TINY_RUN_TOKEN, TRAIN, abort_with_stacks, kill_after_checkpoint, launch_lock, png_folder,
+                     read_history, read_weights, run_train, run_trains, train_env, without_progress_bars)
 
 
 def _held_out_bpd(folder, num_images, ranks=1):
@@ -288,13 +286,6 @@ class TwoNodesHang(AssertionError):
     """Two simulated nodes did not finish in TWO_NODES_TIMEOUT s (the message has both nodes' output and stacks)."""
 
 
-def _without_progress_bars(text):
-    """``text`` without tqdm's carriage-return redraws (the last state of each bar is kept) and faulthandler's list
-    of extension modules."""
-    lines = (line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
-    return "\n".join(line for line in lines if not line.startswith("Extension modules:"))
-
-
 def _two_nodes(*args, cwd):
     """The same run as two one-process torchrun "nodes" (node ranks 0 and 1) meeting on 127.0.0.1, as two machines
     would; returns both nodes' (stdout, stderr), written to files (a pipe read one node at a time could fill and block
@@ -315,17 +306,9 @@ def _two_nodes(*args, cwd):
         try:
             for p in procs:
                 p.wait(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:  # both nodes' whole groups
+        except subprocess.TimeoutExpired:  # both nodes' agents and workers
             timed_out = True
-            import psutil  # accelerate's dependency
-
-            tree = [psutil.Process(p.pid) for p in procs if p.poll() is None]
-            tree += [child for p in list(tree) for child in p.children(recursive=True)]  # workers: own groups
-            for sig in (signal.SIGABRT, signal.SIGKILL):
-                for process in tree:
-                    with contextlib.suppress(psutil.Error):
-                        process.send_signal(sig)
-                time.sleep(3)
+            abort_with_stacks([p.pid for p in procs if p.poll() is None])
             for p in procs:
                 p.wait()
         results = []
@@ -334,7 +317,7 @@ def _two_nodes(*args, cwd):
             results.append((out.read(), err.read()))
             out.close(), err.close()
     if timed_out:
-        text = "\n".join(f"--- node {i}:\n{out[-2000:]}\n{_without_progress_bars(err)[-6000:]}"
+        text = "\n".join(f"--- node {i}:\n{out[-2000:]}\n{without_progress_bars(err)[-6000:]}"
                          for i, (out, err) in enumerate(results))
         raise TwoNodesHang(f"two nodes timed out after {TWO_NODES_TIMEOUT} s\n{text}")
     for p, (_, err) in zip(procs, results):
