@@ -27,7 +27,7 @@ from ..run_dir import TRAINING_ARGS, History, latest_checkpoint, read_history, w
 from .checkpoints import any_rank
 from .export import finish, save_pipeline, save_samples
 from .flat_parameters import ema_weights, flatten_parameters, view_parameters
-from .lifecycle import Run, start_trackers
+from .lifecycle import Run, exit_launched_worker, start_trackers
 from .model_setup import shifted_betas, unet_for_data
 
 
@@ -166,7 +166,8 @@ def train(config):
         accelerator.end_training()
         if push_error:
             raise push_error
-        return metrics
+    exit_launched_worker(accelerator)  # a launched worker of several ends here (teardown can hang: see there)
+    return metrics
 
 
 def step_budget(config, per_epoch):
