@@ -152,10 +152,10 @@ def train(config):
         if run.signalled():  # a signal during the last step
             run.checkpoint("signal", counters)
         if held_out is not None:
-            bound = held_out_bits_per_dim(run, held_out, held_out_labels)
-            metrics.update(bound or {})
+            bound = held_out_bits_per_dim(run, held_out, held_out_labels)  # None: a signal stopped it
             if bound:
-                accelerator.log({"eval/bits_per_dim": metrics["bits_per_dim"]}, step=step)
+                metrics.update(bound)
+                accelerator.log({"eval/bits_per_dim": bound["bits_per_dim"]}, step=step)
         if run.signalled():  # a signal during the evaluation (which stopped it: ``should_stop``)
             run.checkpoint("signal", counters)
         run.stop.restore()  # the main process's final writes: a signal now stops at once (checkpoints are complete)
