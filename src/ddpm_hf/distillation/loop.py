@@ -29,7 +29,7 @@ from ..errors import RunError
 from ..run_dir import TRAINING_ARGS, History, read_history, read_metrics, write_json_atomic, write_metrics
 from ..training.checkpoints import any_rank
 from ..training.flat_parameters import flatten_parameters, view_parameters
-from ..training.lifecycle import Run, start_trackers
+from ..training.lifecycle import Run, exit_launched_worker, start_trackers
 from ..training.loop import optimization, step_budget
 from .objectives import Consistency, Progressive, round_folder
 
@@ -147,7 +147,8 @@ def distill(config):
             write_model_card(student_config.output_dir, replace_edited_card=True)  # README.md (distillation.card)
         accelerator.wait_for_everyone()
         accelerator.end_training()
-        return metrics
+    exit_launched_worker(accelerator)  # as a training run's launched worker (its teardown can hang)
+    return metrics
 
 
 def load_teacher(teacher, device):
