@@ -9,8 +9,8 @@ from .common import fail
 
 
 def add_parser(sub):
-    from ..distillation.config import (DEFAULT_GUIDANCE_SCALES, DEFAULT_TEACHER_STEPS, METHODS, SOLVERS,
-                                       STUDENT_DEFAULTS)
+    from ..distillation.config import (DEFAULT_GUIDANCE_SCALES, DEFAULT_TEACHER_STEPS, FAKE_LEARNING_RATE,
+                                       FAKE_UPDATES, METHOD_DEFAULTS, METHODS, SOLVERS, STUDENT_DEFAULTS)
 
     p = sub.add_parser("distill", help="distil a trained model into students of 1 to 8 UNet calls (progressive or "
                        "consistency distillation)",
@@ -27,7 +27,9 @@ def add_parser(sub):
       help="progressive (default): progressive distillation (Salimans & Ho 2022), rounds that halve the steps, "
       "each round's student saved in rounds/K-step (DDIMScheduler, K calls), the last also at --output_dir; "
       "consistency: consistency distillation (Song et al. 2023) in LCM's discrete time, one student that samples "
-      "with 1 to N calls (LCMScheduler)")
+      "with 1 to N calls (LCMScheduler); distribution_matching: refines the progressive student of "
+      "--init_student (DMD, Yin et al. 2024: its samples' distribution moved to the teacher's, not its path "
+      "copied), same sampler and steps")
     a("--num_teacher_steps", type=int, default=None,
       help="N. progressive: the first teacher's sampler steps, halved each round (default "
       f"{DEFAULT_TEACHER_STEPS['progressive']} x --num_student_steps: students of 8, 4, 2 and 1 steps; halved while a "
@@ -36,6 +38,13 @@ def add_parser(sub):
       f"{DEFAULT_TEACHER_STEPS['consistency']}); at most the teacher's T")
     a("--num_student_steps", type=int, default=None,
       help="progressive: the last round's student's steps K, N = K x 2^r (default 1)")
+    a("--init_student", help="distribution_matching: the progressive student to refine, a pipeline folder of "
+      "`ddpm-hf distill` (its rounds/K-step, or its output); the refined student samples in its K steps")
+    a("--fake_learning_rate", type=float, default=None,
+      help=f"distribution_matching: the learning rate of the fake model (a copy of the teacher trained on the "
+      f"student's samples; default {FAKE_LEARNING_RATE})")
+    a("--fake_updates", type=int, default=None,
+      help=f"distribution_matching: fake-model updates per student step (default {FAKE_UPDATES})")
     a("--teacher_solver", choices=SOLVERS, default="dpm-solver++",
       help="the trained teacher's ODE step: dpm-solver++ (DPM-Solver++(2S), second order, 2 teacher calls; "
       "default) or ddim (first order, 1 call)")
@@ -51,7 +60,9 @@ def add_parser(sub):
                        ("lr_warmup_steps", int), ("adam_beta1", float), ("adam_beta2", float),
                        ("adam_weight_decay", float), ("max_grad_norm", float), ("ema_max_decay", float),
                        ("checkpointing_steps", int), ("num_sample_images", int)):
+        dm = METHOD_DEFAULTS["distribution_matching"].get(name)
         a(f"--{name}", type=kind, help=f"as `ddpm-hf train --{name}` (default {STUDENT_DEFAULTS[name]}"
+          + (f"; distribution_matching {dm}" if dm is not None else "")
           + ("; the EMA is the consistency target network, its weights are saved" if name == "ema_max_decay" else "")
           + ")")
     a("--lr_scheduler", help=f"as `ddpm-hf train` (default {STUDENT_DEFAULTS['lr_scheduler']})")
@@ -83,7 +94,9 @@ def config_of(args, parser):
                                     num_teacher_steps=args.num_teacher_steps, num_student_steps=args.num_student_steps,
                                     teacher_guidance_scale=args.teacher_guidance_scale,
                                     guidance_scales=args.guidance_scales,
-                                    teacher_solver=args.teacher_solver, **flags)
+                                    teacher_solver=args.teacher_solver, init_student=args.init_student,
+                                    fake_learning_rate=args.fake_learning_rate, fake_updates=args.fake_updates,
+                                    **flags)
     except ConfigError as error:
         parser.error(error.message(lambda name: f"--{name}"))
 

@@ -77,7 +77,8 @@ def student_card(output_dir, repo_id=None):
     grid, default_steps = scheduler.get("original_inference_steps"), index.get("num_inference_steps", 4)
     name = repo_id.split("/")[-1] if repo_id else f"{teacher_name}-student"
     conditional = index.get("null_class_id") is not None
-    progressive = distillation["method"] == "progressive"
+    matching = distillation["method"] == "distribution_matching"
+    progressive = distillation["method"] == "progressive" or matching  # a refined progressive student samples alike
     card_data = ModelCardData(library_name="diffusers", pipeline_tag="unconditional-image-generation",
                               model_name=name, base_model=teacher if "/" in teacher and not os.path.isdir(teacher)
                               else None, tags=["diffusers", "ddpm-hf", f"{distillation['method']}-distillation",
@@ -86,12 +87,17 @@ def student_card(output_dir, repo_id=None):
     usage = (f"images = pipe(class_labels=[0, 1, 2, 3], num_inference_steps={default_steps}"
              + (f", guidance_scale={scales[-1]}" if scales else "") + ").images" if conditional
              else f"images = pipe(batch_size=16, num_inference_steps={default_steps}).images")
-    how = ("progressive distillation (Salimans & Ho 2022: rounds that each halve the sampler's steps, from the "
+    how = ("distribution matching (Yin et al. 2024, DMD: the samples of a progressive student's "
+           f"{default_steps}-step sampler moved towards the teacher's distribution, with a second model trained on "
+           f"the student's samples; the student refined: `{_student_name(distillation.get('init_student'))}`)"
+           if matching else
+           "progressive distillation (Salimans & Ho 2022: rounds that each halve the sampler's steps, from the "
            f"teacher's {distillation['num_teacher_steps']} to {default_steps})" if progressive else
            "consistency distillation (Song et al. 2023, in the discrete-time form of latent consistency models)")
     sampling = (f"It samples with {default_steps} deterministic DDIM step{'s' if default_steps > 1 else ''} (one "
-                "UNet call each) through diffusers' `DDIMScheduler` (trailing timesteps, as it was trained); the "
-                "students of the earlier rounds, with more steps, are in `rounds/`." if progressive else
+                "UNet call each) through diffusers' `DDIMScheduler` (trailing timesteps, as it was trained)"
+                + ("." if matching else "; the students of the earlier rounds, with more steps, are in `rounds/`.")
+                if progressive else
                 f"It samples with 1 to {grid} UNet calls (default {default_steps}) through diffusers' "
                 "`LCMScheduler`.")
     lines = [f"# {name}", "",
@@ -136,7 +142,10 @@ def student_card(output_dir, repo_id=None):
     teacher_seconds = metrics.get("teacher_train_seconds")
     lines += ["## Distillation", "", "| setting | value |", "|---|---|",
               f"| teacher | `{teacher_name}` |",
-              (f"| method | progressive, first teacher: {distillation['num_teacher_steps']} steps of "
+              (f"| method | distribution matching of a {default_steps}-step progressive student, "
+               f"{distillation.get('fake_updates')} fake-model updates per step at learning rate "
+               f"{distillation.get('fake_learning_rate')} |" if matching else
+               f"| method | progressive, first teacher: {distillation['num_teacher_steps']} steps of "
                f"{distillation.get('teacher_solver')}, rounds halving to {default_steps} |" if progressive else
                f"| method | {distillation['method']}, teacher ODE step {distillation.get('teacher_solver')}, grid of "
                f"{grid} points |"),
@@ -147,3 +156,9 @@ def student_card(output_dir, repo_id=None):
               + (f" (the teacher's training: {teacher_seconds:,.0f} s)" if teacher_seconds else "") + " |", ""]
     text = "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)
     return ModelCard(text)
+
+
+def _student_name(folder):
+    """A refined student's folder as the card names it, without the machine's path: RUN/rounds/K-step or RUN."""
+    parts = os.path.normpath(folder or "").split(os.sep)
+    return "/".join(parts[-3:]) if len(parts) >= 3 and parts[-2] == "rounds" else parts[-1]

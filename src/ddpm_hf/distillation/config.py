@@ -12,7 +12,7 @@ from ..training.config import TrainConfig
 
 # The default first (BENCHMARKS.md "Distillation": on the `make demo` teacher, progressive distillation's 1-, 2- and
 # 4-step students beat the consistency students at every count of UNet calls, in less time).
-METHODS = ("progressive", "consistency")
+METHODS = ("progressive", "consistency", "distribution_matching")
 DEFAULT_TEACHER_STEPS = {"progressive": 16,  # the first teacher's steps: rounds of 8, 4, 2, 1 student steps
                          "consistency": 10}  # the grid (LCM's original_inference_steps; LCM itself uses 50): measured
 # A class-conditional student's guidance scales (its guidance as an input, ``guided_class_ids``), with the teacher's
@@ -28,6 +28,11 @@ STUDENT_DEFAULTS = dict(max_train_steps=1200, train_batch_size=128, learning_rat
                         use_ema=True, ema_max_decay=0.95, prediction_type="v_prediction", variance_type="fixed_small",
                         vlb_weight=0.001, snr_gamma=None, num_sample_images=64, checkpointing_steps=500,
                         eval_metrics=(), eval_steps=None, save_images_epochs=None, save_model_epochs=None)
+# Distribution matching refines a progressive student (--init_student) with the student's own optimizer settings:
+# DMD2's Adam beta1 0 and a small learning rate (BENCHMARKS.md "Distribution matching").
+METHOD_DEFAULTS = {"distribution_matching": dict(max_train_steps=200, learning_rate=2e-5, adam_beta1=0.0)}
+FAKE_LEARNING_RATE = 1e-4  # the fake model's (DMD sec. 3.3), 5x the student's as in the measured runs
+FAKE_UPDATES = 5  # fake-model updates per student step (DMD2 sec. 4.1, two time-scale update rule; DMD2 used 5)
 # The teacher's training settings the student keeps: what the data is and how it is read, the UNet and the schedule.
 FROM_TEACHER = ("dataset_name", "dataset_config_name", "train_data_dir", "cache_dir", "split", "eval_split",
                 "image_column", "strict", "streaming", "shuffle_buffer_size", "resolution", "center_crop", "random_flip",
@@ -61,6 +66,10 @@ class DistillConfig:
             scale its own class-embedding id, the teacher's ODE guided with that scale); None:
             ``DEFAULT_GUIDANCE_SCALES`` and the default w.
         teacher_solver: the teacher's ODE step, "dpm-solver++" (two calls) or "ddim" (one) (``SOLVERS``).
+        init_student: distribution_matching: the progressive student it refines (a pipeline folder of
+            ``ddpm-hf distill``: rounds/K-step, or the output of a run); its K steps are ``num_student_steps``.
+        fake_learning_rate, fake_updates: distribution_matching: the fake model's learning rate and its updates per
+            student step.
     """
 
     teacher: str
@@ -71,6 +80,9 @@ class DistillConfig:
     teacher_guidance_scale: float | None = None
     guidance_scales: tuple | None = None
     teacher_solver: str = "dpm-solver++"
+    init_student: str | None = None
+    fake_learning_rate: float = FAKE_LEARNING_RATE
+    fake_updates: int = FAKE_UPDATES
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -82,7 +94,20 @@ class DistillConfig:
                 2 <= self.num_teacher_steps <= steps):
             raise ConfigError(f"{{num_teacher_steps}} must be an integer in [2, {steps}] (the teacher's T), got "
                               f"{self.num_teacher_steps!r}")
-        if self.method != "progressive" and self.num_student_steps != 1:
+        if self.method == "distribution_matching":
+            if self.init_student is None:
+                raise ConfigError("{method} distribution_matching refines a progressive student: give its folder "
+                                  "with {init_student} (e.g. rounds/4-step of a `ddpm-hf distill` run)")
+            if self.student.class_conditional:
+                raise ConfigError("{method} distribution_matching takes unconditional teachers only: distil a "
+                                  "class-conditional teacher with progressive or consistency")
+            if isinstance(self.fake_updates, bool) or not isinstance(self.fake_updates, int) or self.fake_updates < 1:
+                raise ConfigError(f"{{fake_updates}} must be an integer >= 1, got {self.fake_updates!r}")
+            if not self.fake_learning_rate > 0:
+                raise ConfigError(f"{{fake_learning_rate}} must be > 0, got {self.fake_learning_rate!r}")
+        elif self.init_student is not None:
+            raise ConfigError("{init_student} is distribution_matching's (the student it refines)")
+        if self.method not in ("progressive", "distribution_matching") and self.num_student_steps != 1:
             raise ConfigError(f"{{num_student_steps}} is progressive distillation's; {self.method} distillation gives "
                               "one student for 1 to {num_teacher_steps} calls")
         if self.method == "progressive":
@@ -109,19 +134,28 @@ class DistillConfig:
 
     @classmethod
     def create(cls, teacher, teacher_args, method="progressive", num_teacher_steps=None, num_student_steps=None,
-               teacher_guidance_scale=None, teacher_solver="dpm-solver++", guidance_scales=None, **flags):
+               teacher_guidance_scale=None, teacher_solver="dpm-solver++", guidance_scales=None, init_student=None,
+               fake_learning_rate=None, fake_updates=None, **flags):
         """The config of a run distilling ``teacher`` whose training_args.json is ``teacher_args`` (a dict; {} for a
         pipeline without one: the data flags must then be given). ``num_teacher_steps`` None:
         ``default_teacher_steps``; ``num_student_steps`` None: 1.
         ``flags``: the student's TrainConfig settings
-        (``FLAGS``); None means the default. Raises ConfigError."""
+        (``FLAGS``); None means the default. distribution_matching: ``init_student``'s steps are the student's
+        (``progressive_student_steps``). Raises ConfigError."""
         unknown = set(flags) - set(FLAGS)
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
         values = {k: teacher_args[k] for k in FROM_TEACHER if teacher_args.get(k) is not None}
         if flags.get("dataset_name") or flags.get("train_data_dir"):  # the user's data replaces the teacher's
             values.pop("dataset_name", None), values.pop("train_data_dir", None)
-        values = {**values, **STUDENT_DEFAULTS, **{k: v for k, v in flags.items() if v is not None}}
+        values = {**values, **STUDENT_DEFAULTS, **METHOD_DEFAULTS.get(method, {}),
+                  **{k: v for k, v in flags.items() if v is not None}}
+        if method == "distribution_matching" and init_student is not None:
+            steps = progressive_student_steps(init_student)
+            if num_student_steps not in (None, steps):
+                raise ConfigError(f"{{num_student_steps}} {num_student_steps}: the student in {init_student} samples "
+                                  f"in {steps} steps (distribution matching keeps its sampler)")
+            num_student_steps = steps
         values.setdefault("output_dir", "outputs/distill")
         student = TrainConfig.create(**values)
         if num_teacher_steps is None:
@@ -129,15 +163,20 @@ class DistillConfig:
         return cls(teacher=teacher, student=student, method=method, num_teacher_steps=num_teacher_steps,
                    num_student_steps=1 if num_student_steps is None else num_student_steps,
                    teacher_guidance_scale=teacher_guidance_scale, teacher_solver=teacher_solver,
-                   guidance_scales=None if guidance_scales is None else tuple(float(w) for w in guidance_scales))
+                   guidance_scales=None if guidance_scales is None else tuple(float(w) for w in guidance_scales),
+                   init_student=init_student,
+                   fake_learning_rate=FAKE_LEARNING_RATE if fake_learning_rate is None else fake_learning_rate,
+                   fake_updates=FAKE_UPDATES if fake_updates is None else fake_updates)
 
     def record(self):
         """training_args.json of the run: the student's settings and, under "distillation", the method's."""
         return {**self.student.record(), "distillation": {
             "teacher": self.teacher, "method": self.method, "num_teacher_steps": self.num_teacher_steps,
-            "num_student_steps": self.num_student_steps if self.method == "progressive" else None,
+            "num_student_steps": self.num_student_steps if self.method != "consistency" else None,
             "teacher_guidance_scale": self.teacher_guidance_scale, "teacher_solver": self.teacher_solver,
-            "guidance_scales": None if self.guidance_scales is None else list(self.guidance_scales)}}
+            "guidance_scales": None if self.guidance_scales is None else list(self.guidance_scales),
+            **({"init_student": self.init_student, "fake_learning_rate": self.fake_learning_rate,
+                "fake_updates": self.fake_updates} if self.method == "distribution_matching" else {})}}
 
     def student_guidance_scales(self, default):
         """The conditional student's guidance scales, sorted: ``guidance_scales``, or ``DEFAULT_GUIDANCE_SCALES``
@@ -178,3 +217,25 @@ def teacher_training_args(teacher, folder):
         args.update({k: config[n] for k, n in (("ddpm_num_steps", "num_train_timesteps"),
                                                ("ddpm_beta_schedule", "beta_schedule")) if n in config})
     return args
+
+
+def progressive_student_steps(folder):
+    """K, the steps of the progressive student pipeline in ``folder`` (its model_index.json's num_inference_steps;
+    its scheduler diffusers' DDIMScheduler, "trailing", v prediction, as ``loop.student_pipeline`` saves it).
+    ConfigError naming what is wrong otherwise."""
+    def read(name):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise ConfigError(f"{{init_student}} {folder}: no {name}: give the folder of a progressive student "
+                              "(rounds/K-step of a `ddpm-hf distill` run, or its output)")
+        with open(path) as f:
+            return json.load(f)
+
+    index, scheduler = read("model_index.json"), read(os.path.join("scheduler", "scheduler_config.json"))
+    steps = index.get("num_inference_steps")
+    if scheduler.get("_class_name") != "DDIMScheduler" or scheduler.get("timestep_spacing") != "trailing" or \
+            scheduler.get("prediction_type") != "v_prediction" or not isinstance(steps, int):
+        raise ConfigError(f"{{init_student}} {folder} is not a progressive student (DDIMScheduler, trailing "
+                          f"timesteps, v prediction, num_inference_steps in model_index.json): its scheduler is "
+                          f"{scheduler.get('_class_name')}")
+    return steps

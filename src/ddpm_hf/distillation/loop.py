@@ -31,7 +31,7 @@ from ..training.checkpoints import any_rank
 from ..training.flat_parameters import flatten_parameters, view_parameters
 from ..training.lifecycle import Run, exit_launched_worker, start_trackers
 from ..training.loop import optimization, step_budget
-from .objectives import Consistency, Progressive, round_folder
+from .objectives import OBJECTIVES, round_folder
 
 
 def distill(config):
@@ -58,7 +58,8 @@ def distill(config):
         labels_on = student_config.class_conditional
         guidance, scales = student_guidance(teacher, config)
         null_class_id = getattr(teacher.config, "null_class_id", None)
-        student = student_unet(teacher.unet, channels, len(scales) if scales else 1).to(accelerator.device)
+        student = (student_unet(teacher.unet, channels, len(scales) if scales else 1) if config.init_student is None
+                   else load_student_unet(config.init_student)).to(accelerator.device)
         flat = flatten_parameters(student)
         student_scheduler = student_noise_scheduler(teacher.scheduler, student_config.prediction_type)
 
@@ -73,13 +74,14 @@ def distill(config):
         ema = EMAModel([flat], decay=student_config.ema_max_decay, min_decay=student_config.ema_max_decay,
                        use_ema_warmup=False, foreach=True)
         run.register(student_config, student, flat, ema, student_scheduler)
+        objective = OBJECTIVES[config.method](config, teacher, student_scheduler, scales, null_class_id,
+                                              accelerator.autocast)
+        objective.register(accelerator, accelerator.device)  # its own state in the checkpoints, if any
         start_trackers(student_config, accelerator)
         counters = run.resume()
         step = counters["step"]
         history = History(student_config.output_dir,
                           read_history(student_config.output_dir, step) if run.resume_from else [], main)
-        objective = (Consistency if config.method == "consistency" else Progressive)(
-            config, teacher, student_scheduler, scales, null_class_id, accelerator.autocast)
         objective.start(step, student, flat, ema)
 
         # the loop
@@ -115,7 +117,8 @@ def distill(config):
                 accelerator.wait_for_everyone()
                 objective.start(step, student, flat, ema)
             record = {"step": step, "seconds": round(counters["elapsed"] + time.time() - start_time, 3),
-                      "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+                      "loss": loss.item(), "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                      **objective.record()}
             history.append(record)
             progress.update(1)
             progress.set_postfix(loss=f"{record['loss']:.4f}")
@@ -201,6 +204,17 @@ def student_unet(teacher_unet, channels, guidance_grid=1):
     return student
 
 
+def load_student_unet(folder):
+    """distribution_matching: the progressive student's UNet2DModel from ``folder``/unet (RunError if unreadable)."""
+    from diffusers import UNet2DModel
+
+    try:
+        return UNet2DModel.from_pretrained(os.path.join(folder, "unet"))
+    except Exception as error:  # noqa: BLE001 - missing or damaged weights: one clear line
+        raise RunError("cannot load the student to refine from {folder}/unet: {cause}", folder=folder,
+                       cause=f"{type(error).__name__}: {str(error).strip()[:300]}") from error
+
+
 def student_guidance(teacher, config):
     """(the student's default guidance scale, its guidance scales) of a class-conditional teacher: the teacher's own
     default w (or --teacher_guidance_scale) and ``DistillConfig.student_guidance_scales``; (1.0, None) for an
@@ -232,7 +246,7 @@ def student_pipeline(unet, teacher, config, student_steps=None):
     from ..pipeline_ddpm_hf import DDPMHFPipeline
 
     schedule = {k: v for k, v in teacher.scheduler.config.items() if k != "variance_type"}
-    if config.method == "progressive":
+    if config.method in ("progressive", "distribution_matching"):
         scheduler = DDIMScheduler.from_config(schedule, prediction_type=config.student.prediction_type,
                                               timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True,
                                               thresholding=False)
@@ -258,7 +272,7 @@ DEFAULT_STUDENT_STEPS = 4
 def default_student_steps(config):
     """The student pipeline's default UNet calls: consistency 4, or the grid's N if smaller; progressive the last
     round's student's steps."""
-    if config.method == "progressive":
+    if config.method != "consistency":
         return config.num_student_steps
     return min(DEFAULT_STUDENT_STEPS, config.num_teacher_steps)
 
@@ -269,7 +283,7 @@ def save_student(run, teacher, config):
     from ..training.export import save_pipeline
 
     save_pipeline(run, lambda unet: student_pipeline(unet, teacher, config))
-    steps = [config.num_student_steps] if config.method == "progressive" else sorted(
+    steps = [config.num_student_steps] if config.method != "consistency" else sorted(
         {1, 2, default_student_steps(config)})
     write_student_samples(config.student.output_dir, config, steps)
 

@@ -1,5 +1,6 @@
 """The loss of one distillation step, per method, for the loop (``loop.distill``): ``Consistency`` (Song et al. 2023
-Algorithm 2, ``consistency``) and ``Progressive`` (Salimans & Ho 2022 Algorithm 2, ``progressive``). Each draws its
+Algorithm 2, ``consistency``), ``Progressive`` (Salimans & Ho 2022 Algorithm 2, ``progressive``) and
+``DistributionMatching`` (Yin et al. 2024 DMD / DMD2, ``distribution_matching``). Each draws its
 timesteps and noise from the step's generator (so a resumed run is bit-identical) and says when a round ends."""
 
 import os
@@ -8,6 +9,7 @@ import torch
 
 from ..errors import RunError
 from ..training.flat_parameters import ema_weights
+from . import distribution_matching as dm
 from .consistency import consistency_function, pseudo_huber, skip_timesteps, teacher_ode_step
 from .progressive import (halving_rounds, progressive_target, round_of_step, round_start, step_grid,
                           two_teacher_steps)
@@ -44,6 +46,13 @@ class _Objective:
         null = labels == self.null_class_id
         ids = torch.where(null, labels * len(self.scales), labels * len(self.scales) + index)
         return ids, dict(class_labels=labels, guidance_scale=scales, null_class_id=self.null_class_id)
+
+    def register(self, accelerator, device):
+        """Before the run resumes: the objective's own trained state, registered for checkpoints (none here)."""
+
+    def record(self):
+        """The objective's own numbers of the last step for history.jsonl (none here)."""
+        return {}
 
     def start(self, step, student, flat, ema):
         """Before optimizer step ``step`` (0-based; also on resume)."""
@@ -150,3 +159,62 @@ class Progressive(_Objective):
         with self.autocast():
             prediction = unet(x_t, t, class_labels=ids).sample
         return (prediction.float() - target.float()).pow(2).mean()
+
+
+class DistributionMatching(_Objective):
+    """Distribution matching (``distribution_matching``) of a progressive student's K-step sampler: per step,
+    ``fake_updates`` DDPM-loss updates of the fake model on the student's samples, then the student's DMD loss."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        T = self.scheduler.config.num_train_timesteps
+        self.grid = step_grid(self.config.num_student_steps, T)
+        self.t_range = (int(dm.T_RANGE[0] * T), min(int(dm.T_RANGE[1] * T), T - 1))  # [20, 980] for T = 1000
+        self.channels = self.teacher.unet.config.in_channels
+
+    def register(self, accelerator, device):
+        """The fake model (a trainable copy of the teacher's UNet, DMD sec. 3.3) and its optimizer, registered for
+        checkpoints; before the run resumes."""
+        import copy
+
+        fake = copy.deepcopy(self.teacher.unet).requires_grad_(True).train().to(device)
+        if accelerator.num_processes > 1:
+            fake = accelerator.prepare_model(fake)
+        self.fake = dm.FakeScore(fake, self.config.fake_learning_rate,
+                                 (self.config.student.adam_beta1, self.config.student.adam_beta2))
+        accelerator.register_for_checkpointing(self.fake)
+
+    def loss(self, unet, x0, labels, generator, step):
+        """The student's DMD loss (a scalar with the student's graph through its K steps); the fake model's updates
+        happen here, on the same samples (detached)."""
+        z = torch.randn(x0.shape, generator=generator).to(x0.device)
+        unet.train()
+        with self.autocast():
+            x = dm.student_sample(unet, self.scheduler, z, self.grid)
+        fake = self.fake.unet
+        for _ in range(self.config.fake_updates):  # DMD2's two time-scale rule: the fake model keeps up
+            t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x.shape[0],), generator=generator)
+            noise = torch.randn(x.shape, generator=generator).to(x.device)
+            with self.autocast():
+                fake_loss = dm.fake_score_loss(fake, self.teacher.scheduler, x, t.to(x.device), noise, self.channels)
+            self.fake.optimizer.zero_grad(set_to_none=True)
+            fake_loss.backward()
+            torch.nn.utils.clip_grad_norm_(fake.parameters(), self.config.student.max_grad_norm)
+            self.fake.optimizer.step()
+        self.fake_loss = fake_loss.item()
+        t = torch.randint(self.t_range[0], self.t_range[1] + 1, (x.shape[0],), generator=generator).to(x.device)
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        with torch.no_grad(), self.autocast():
+            x_t = self.scheduler.q_sample(x.detach(), noise, t)  # Ho eq. 4
+            real = dm.x0_prediction(self.teacher.unet, self.teacher.scheduler, x_t, t, self.channels)
+            fake.eval()
+            mine = dm.x0_prediction(fake, self.teacher.scheduler, x_t, t, self.channels)
+            fake.train()
+            gradient = dm.distribution_matching_gradient(x.detach().float(), real.float(), mine.float())
+        return dm.distribution_matching_loss(x, gradient)
+
+    def record(self):
+        return {"fake_loss": self.fake_loss}
+
+
+OBJECTIVES = {"consistency": Consistency, "progressive": Progressive, "distribution_matching": DistributionMatching}
