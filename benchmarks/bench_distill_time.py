@@ -7,7 +7,10 @@ the machine during one of them shows instead of passing for the method's cost.
     python benchmarks/bench_distill_time.py --teacher outputs/demo --output_dir outputs/bench-distill-time \\
         [--distill_args "--max_train_steps 1200 --learning_rate 3e-4"] [--together]
 
-The fresh training run writes OUTPUT_DIR/train (same flags as `make demo`); the student OUTPUT_DIR/student.
+The fresh training run writes OUTPUT_DIR/train (same flags as `make demo`); the student OUTPUT_DIR/student. Several
+--distill_args run one distillation after the other (OUTPUT_DIR/student, student-2, ...; ``{previous}`` in one stands
+for the previous one's folder, e.g. a progressive run then distribution matching of its ``{previous}/rounds/4-step``),
+timed as one: the table gives each and their sum.
 """
 
 import argparse
@@ -22,18 +25,25 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", default="outputs/demo", help="a finished teacher to distil (default outputs/demo)")
     p.add_argument("--output_dir", default="outputs/bench-distill-time")
-    p.add_argument("--distill_args", default="", help="extra flags of ddpm-hf distill")
+    p.add_argument("--distill_args", action="append", default=None,
+                   help="extra flags of ddpm-hf distill; given again, a second distillation after the first "
+                   "({previous}: the previous one's output folder)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of each process (default 1)")
     p.add_argument("--together", action="store_true", help="start both at once instead of one after the other")
     args = p.parse_args()
     cli = [sys.executable, "-m", "ddpm_hf.cli"]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    train_dir, student_dir = (os.path.join(args.output_dir, name) for name in ("train", "student"))
+    train_dir = os.path.join(args.output_dir, "train")
+    student_dirs, chain = [], []
+    for i, extra in enumerate(args.distill_args or [""]):
+        student_dirs.append(os.path.join(args.output_dir, "student" if i == 0 else f"student-{i + 1}"))
+        extra = extra.replace("{previous}", student_dirs[-2]) if i else extra
+        chain.append(cli + ["distill", args.teacher, "--output_dir", student_dirs[-1], "--overwrite_output_dir",
+                            "--logger", "none", *shlex.split(extra)])
     commands = {
         "teacher training (make demo)": cli + ["train", "--output_dir", train_dir, "--overwrite_output_dir",
                                                "--logger", "none"],
-        "distillation": cli + ["distill", args.teacher, "--output_dir", student_dir, "--overwrite_output_dir",
-                               "--logger", "none", *shlex.split(args.distill_args)],
+        "distillation": ["sh", "-c", " && ".join(shlex.join(c) for c in chain)],
     }
     processes = {}
     for name, command in commands.items():
@@ -46,16 +56,21 @@ def main():
             finish(name, process)
     with open(os.path.join(train_dir, "metrics.json")) as f:
         train = json.load(f)
-    with open(os.path.join(student_dir, "metrics.json")) as f:
-        student = json.load(f)
+    rows = [("teacher training", train_dir, train, train["train_seconds"])]
+    for folder in student_dirs:
+        with open(os.path.join(folder, "metrics.json")) as f:
+            student = json.load(f)
+        rows.append((f"distillation ({student['method']})", folder, student, student["distill_seconds"]))
     print(f"{'together' if args.together else 'one after the other'}, {args.threads} thread(s) each")
     print("| run | steps x batch | loop seconds | / teacher training | median step s | longest step s |")
     print("|---|---|---|---|---|---|")
-    for name, folder, metrics, seconds in (("teacher training", train_dir, train, train["train_seconds"]),
-                                           ("distillation", student_dir, student, student["distill_seconds"])):
+    for name, folder, metrics, seconds in rows:
         median, longest = step_seconds(folder)
         print(f"| {name} | {metrics['steps']} x {metrics['images_seen'] // metrics['steps']} | {seconds:.0f} | "
               f"{seconds / train['train_seconds']:.2f} | {median:.3f} | {longest:.2f} |")
+    if len(rows) > 2:
+        total = sum(r[3] for r in rows[1:])
+        print(f"| distillation, all | | {total:.0f} | **{total / train['train_seconds']:.2f}** | | |")
 
 
 def finish(name, process):

@@ -166,6 +166,8 @@ def test_the_refined_student_keeps_its_sampler_and_records_the_fake_model(refine
     card = (out / "README.md").read_text()
     assert "distribution matching" in card and "student refined: `progressive/rounds/2-step`" in card
     assert str(refined.init.parent) not in card  # no machine path
+    progressive = json.loads((refined.init.parent.parent / "metrics.json").read_text())["distill_seconds"]
+    assert f"s of distribution matching, after {progressive:,.0f} s of the progressive run it refines" in card
 
 
 @pytest.mark.parametrize("checkpoint", ["checkpoint-1", "checkpoint-3"])

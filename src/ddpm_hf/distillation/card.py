@@ -153,6 +153,8 @@ def student_card(output_dir, repo_id=None):
               f"| optimiser | AdamW, learning rate {args.get('learning_rate')}, "
               f"{'weights EMA' if progressive else 'target EMA'} {args.get('ema_max_decay')} |",
               f"| distillation time | {metrics.get('distill_seconds', 0):,.0f} s"
+              + (f" of distribution matching, after {_refined_run_seconds(distillation):,.0f} s of the progressive run "
+                 "it refines" if matching and _refined_run_seconds(distillation) else "")
               + (f" (the teacher's training: {teacher_seconds:,.0f} s)" if teacher_seconds else "") + " |", ""]
     text = "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)
     return ModelCard(text)
@@ -162,3 +164,11 @@ def _student_name(folder):
     """A refined student's folder as the card names it, without the machine's path: RUN/rounds/K-step or RUN."""
     parts = os.path.normpath(folder or "").split(os.sep)
     return "/".join(parts[-3:]) if len(parts) >= 3 and parts[-2] == "rounds" else parts[-1]
+
+
+def _refined_run_seconds(distillation):
+    """The distill_seconds of the progressive run whose student distribution matching refined (its metrics.json, in
+    the student's folder or two levels up from rounds/K-step), or None."""
+    folder = os.path.normpath(distillation.get("init_student") or "")
+    run = os.path.dirname(os.path.dirname(folder)) if os.path.basename(os.path.dirname(folder)) == "rounds" else folder
+    return read_metrics(run).get("distill_seconds") if os.path.isdir(run) else None
