@@ -13,12 +13,13 @@ def add_parser(sub):
                                        FAKE_UPDATES, METHOD_DEFAULTS, METHODS, SOLVERS, STUDENT_DEFAULTS)
 
     p = sub.add_parser("distill", help="distil a trained model into students of 1 to 8 UNet calls (progressive or "
-                       "consistency distillation)",
+                       "consistency distillation; distribution matching refines a progressive student)",
                        description="Distil TEACHER (a ddpm-hf training run or pipeline folder, or a Hub repo id) into "
                        "a student that samples in a few UNet calls, on the teacher's own training data (from its "
                        "training_args.json; --dataset_name / --train_data_dir otherwise). The student is a pipeline "
                        "folder like the teacher's (DDPMHFPipeline with diffusers' LCMScheduler for consistency, "
-                       "DDIMScheduler for progressive distillation), loadable without ddpm_hf.")
+                       "DDIMScheduler for progressive distillation and distribution matching), loadable without "
+                       "ddpm_hf.")
     a = p.add_argument
     a("teacher", help="the teacher: a `ddpm-hf train` output folder, a saved pipeline folder, or a Hub repo id")
     a("--output_dir", default="outputs/distill", help="where the student and its records go (default "
