@@ -53,15 +53,15 @@ def _match(sign=1.0, steps=300):
         x = a + log_b.exp() * torch.randn(256, 1, 2, 2, generator=g)
         for _ in range(5):
             t = torch.randint(0, T, (256,), generator=g)
-            loss = dm.fake_score_loss(fake, scheduler, x, t, torch.randn(x.shape, generator=g), 1)
+            loss = dm.fake_score_loss(fake, scheduler, x, t, torch.randn(x.shape, generator=g))
             opt_f.zero_grad()
             loss.backward()
             opt_f.step()
         t = torch.randint(20, 981, (256,), generator=g)
         with torch.no_grad():
             x_t = scheduler.q_sample(x.detach(), torch.randn(x.shape, generator=g), t)
-            gradient = dm.distribution_matching_gradient(x.detach(), dm.x0_prediction(real, scheduler, x_t, t, 1),
-                                                         dm.x0_prediction(fake, scheduler, x_t, t, 1))
+            gradient = dm.distribution_matching_gradient(x.detach(), dm.x0_prediction(real, scheduler, x_t, t),
+                                                         dm.x0_prediction(fake, scheduler, x_t, t))
         opt_g.zero_grad()
         dm.distribution_matching_loss(x, sign * gradient).backward()
         opt_g.step()
@@ -87,7 +87,7 @@ def test_the_fake_score_loss_fits_the_samples_distribution():
     for _ in range(400):
         x = 0.7 + 0.2 * torch.randn(256, 1, 2, 2, generator=g)
         t = torch.randint(0, T, (256,), generator=g)
-        loss = dm.fake_score_loss(fake, scheduler, x, t, torch.randn(x.shape, generator=g), 1)
+        loss = dm.fake_score_loss(fake, scheduler, x, t, torch.randn(x.shape, generator=g))
         opt.zero_grad()
         loss.backward()
         opt.step()

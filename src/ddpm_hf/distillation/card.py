@@ -140,6 +140,7 @@ def student_card(output_dir, repo_id=None):
         if os.path.isfile(os.path.join(output_dir, SAMPLER_PLOT)):
             lines += [f"![quality against UNet calls]({SAMPLER_PLOT})", ""]
     teacher_seconds = metrics.get("teacher_train_seconds")
+    refined_seconds = _refined_run_seconds(distillation) if matching else None
     lines += ["## Distillation", "", "| setting | value |", "|---|---|",
               f"| teacher | `{teacher_name}` |",
               (f"| method | distribution matching of a {default_steps}-step progressive student, "
@@ -153,8 +154,8 @@ def student_card(output_dir, repo_id=None):
               f"| optimiser | AdamW, learning rate {args.get('learning_rate')}, "
               f"{'weights EMA' if progressive else 'target EMA'} {args.get('ema_max_decay')} |",
               f"| distillation time | {metrics.get('distill_seconds', 0):,.0f} s"
-              + (f" of distribution matching, after {_refined_run_seconds(distillation):,.0f} s of the progressive run "
-                 "it refines" if matching and _refined_run_seconds(distillation) else "")
+              + (f" of distribution matching, after {refined_seconds:,.0f} s of the progressive run it refines"
+                 if refined_seconds else "")
               + (f" (the teacher's training: {teacher_seconds:,.0f} s)" if teacher_seconds else "") + " |", ""]
     text = "---\n" + card_data.to_yaml() + "\n---\n\n" + "\n".join(lines)
     return ModelCard(text)

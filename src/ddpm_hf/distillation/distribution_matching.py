@@ -63,24 +63,26 @@ def student_sample(unet, scheduler, z, grid, class_labels=None):
     return x
 
 
-def x0_prediction(unet, scheduler, x_t, timesteps, channels):
-    """The x0 the teacher's UNet (or the fake model, a copy of it) predicts at x_t: its first ``channels`` output
-    channels (learned variance channels dropped) read with ``scheduler``'s prediction type (Ho eq. 15 for epsilon),
-    unclipped."""
-    return scheduler.x0_and_noise(unet(x_t, timesteps).sample[:, :channels], x_t, timesteps)[0]
+def x0_prediction(unet, scheduler, x_t, timesteps):
+    """The x0 the teacher's UNet (or the fake model, a copy of it) predicts at x_t: its prediction channels
+    (``denoise``: learned variance channels dropped) read with ``scheduler``'s prediction type (Ho eq. 15 for
+    epsilon), unclipped."""
+    from ..pipeline_ddpm_hf_denoiser import denoise
+
+    return scheduler.x0_and_noise(denoise(unet, x_t, timesteps), x_t, timesteps)[0]
 
 
-def fake_score_loss(fake, scheduler, x, timesteps, noise, channels):
+def fake_score_loss(fake, scheduler, x, timesteps, noise):
     """The fake model's DDPM loss on the student's samples x (detached): the mean squared error of its prediction
-    at x_t ~ q(x_t | x) against the target of ``scheduler``'s prediction type (the noise: Ho eq. 14, the simple
-    loss; v: Salimans & Ho 2022; the sample), a scalar with the fake model's graph."""
+    at x_t ~ q(x_t | x) against ``losses.training_target`` of ``scheduler``'s prediction type (the noise: Ho eq. 14,
+    the simple loss), a scalar with the fake model's graph."""
+    from ..losses import training_target
+    from ..pipeline_ddpm_hf_denoiser import denoise
+
     x = x.detach()
     x_t = scheduler.q_sample(x, noise, timesteps)
-    kind = scheduler.config.prediction_type
-    target = {"epsilon": noise, "sample": x}.get(kind)
-    if target is None:
-        target = scheduler.get_velocity(x, noise, timesteps)
-    return (fake(x_t, timesteps).sample[:, :channels].float() - target.float()).pow(2).mean()
+    target = training_target(scheduler, x, noise, timesteps)
+    return (denoise(fake, x_t, timesteps).float() - target.float()).pow(2).mean()
 
 
 class FakeScore:

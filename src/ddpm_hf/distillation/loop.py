@@ -76,7 +76,7 @@ def distill(config):
         run.register(student_config, student, flat, ema, student_scheduler)
         objective = OBJECTIVES[config.method](config, teacher, student_scheduler, scales, null_class_id,
                                               accelerator.autocast)
-        objective.register(accelerator, accelerator.device)  # its own state in the checkpoints, if any
+        objective.register(accelerator)  # its own state in the checkpoints, if any
         start_trackers(student_config, accelerator)
         counters = run.resume()
         step = counters["step"]

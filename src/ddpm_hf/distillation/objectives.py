@@ -47,7 +47,7 @@ class _Objective:
         ids = torch.where(null, labels * len(self.scales), labels * len(self.scales) + index)
         return ids, dict(class_labels=labels, guidance_scale=scales, null_class_id=self.null_class_id)
 
-    def register(self, accelerator, device):
+    def register(self, accelerator):
         """Before the run resumes: the objective's own trained state, registered for checkpoints (none here)."""
 
     def record(self):
@@ -170,14 +170,13 @@ class DistributionMatching(_Objective):
         T = self.scheduler.config.num_train_timesteps
         self.grid = step_grid(self.config.num_student_steps, T)
         self.t_range = (int(dm.T_RANGE[0] * T), min(int(dm.T_RANGE[1] * T), T - 1))  # [20, 980] for T = 1000
-        self.channels = self.teacher.unet.config.in_channels
 
-    def register(self, accelerator, device):
+    def register(self, accelerator):
         """The fake model (a trainable copy of the teacher's UNet, DMD sec. 3.3) and its optimizer, registered for
         checkpoints; before the run resumes."""
         import copy
 
-        fake = copy.deepcopy(self.teacher.unet).requires_grad_(True).train().to(device)
+        fake = copy.deepcopy(self.teacher.unet).requires_grad_(True).train().to(accelerator.device)
         if accelerator.num_processes > 1:
             fake = accelerator.prepare_model(fake)
         self.fake = dm.FakeScore(fake, self.config.fake_learning_rate,
@@ -196,7 +195,7 @@ class DistributionMatching(_Objective):
             t = torch.randint(0, self.scheduler.config.num_train_timesteps, (x.shape[0],), generator=generator)
             noise = torch.randn(x.shape, generator=generator).to(x.device)
             with self.autocast():
-                fake_loss = dm.fake_score_loss(fake, self.teacher.scheduler, x, t.to(x.device), noise, self.channels)
+                fake_loss = dm.fake_score_loss(fake, self.teacher.scheduler, x, t.to(x.device), noise)
             self.fake.optimizer.zero_grad(set_to_none=True)
             fake_loss.backward()
             torch.nn.utils.clip_grad_norm_(fake.parameters(), self.config.student.max_grad_norm)
@@ -206,9 +205,9 @@ class DistributionMatching(_Objective):
         noise = torch.randn(x.shape, generator=generator).to(x.device)
         with torch.no_grad(), self.autocast():
             x_t = self.scheduler.q_sample(x.detach(), noise, t)  # Ho eq. 4
-            real = dm.x0_prediction(self.teacher.unet, self.teacher.scheduler, x_t, t, self.channels)
+            real = dm.x0_prediction(self.teacher.unet, self.teacher.scheduler, x_t, t)
             fake.eval()
-            mine = dm.x0_prediction(fake, self.teacher.scheduler, x_t, t, self.channels)
+            mine = dm.x0_prediction(fake, self.teacher.scheduler, x_t, t)
             fake.train()
             gradient = dm.distribution_matching_gradient(x.detach().float(), real.float(), mine.float())
         return dm.distribution_matching_loss(x, gradient)
