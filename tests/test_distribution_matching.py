@@ -181,3 +181,84 @@ def test_resume_is_bit_identical_with_the_fake_models_state(refined, trained_run
     assert code == 0, err[-3000:]
     ours, straight = read_weights(resumed), read_weights(refined.out)
     assert all(torch.equal(ours[k], straight[k]) for k in ours)
+
+
+# ------------------------------------------------------------------ one command: progressive, then the refinement
+
+ONE_COMMAND = [a for a in MATCHING if a not in ("--method", "distribution_matching")] + [
+    "--num_teacher_steps", "4", "--num_student_steps", "2", "--progressive_round_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def one_command(trained_run, tmp_path_factory):
+    """``ddpm-hf distill TEACHER`` with the default method (distribution matching, no --init_student): progressive
+    distillation 4 -> 2 steps (one round of one step) in progressive/, then 4 refinement steps."""
+    out = tmp_path_factory.mktemp("one") / "student"
+    cli_in_fixture("distill", trained_run, "--output_dir", out, *ONE_COMMAND, "--checkpointing_steps", "1",
+                   "--checkpoints_total_limit", "4")
+    return out
+
+
+def test_one_command_equals_progressive_then_distribution_matching(one_command, refined):
+    """The default command's two phases give, bit for bit, the students of the two commands it replaces: its
+    progressive phase the separate run's 2-step round (the same first round: the same seed and batches), its
+    refinement the separate refinement of that student."""
+    first = one_command / "progressive"
+    assert json.loads((first / "model_index.json").read_text())["num_inference_steps"] == 2
+    ours, theirs = read_weights(first), read_weights(refined.init)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    ours, theirs = read_weights(one_command), read_weights(refined.out)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    args = json.loads((one_command / "training_args.json").read_text())["distillation"]
+    assert args["method"] == "distribution_matching" and args["progressive_phase"] is True
+    card = (one_command / "README.md").read_text()
+    seconds = json.loads((first / "metrics.json").read_text())["distill_seconds"]
+    assert f"after {seconds:,.0f} s of the progressive run it refines" in card
+    assert "the student refined: `progressive/`, this run's first phase of progressive distillation" in card
+    assert str(one_command.parent) not in card  # no machine path
+
+
+def test_one_command_resumes_in_its_second_phase_without_running_the_first_again(one_command, trained_run, tmp_path,
+                                                                                 capsys):
+    """Stopped after the progressive phase (its folder complete, the refinement at checkpoint-2), the same command
+    with --resume_from_checkpoint latest leaves the first phase's files untouched and ends at the weights of the
+    run that never stopped."""
+    resumed = tmp_path / "student"
+    shutil.copytree(one_command / "progressive", resumed / "progressive")
+    shutil.copytree(one_command / "checkpoint-2", resumed / "checkpoint-2")
+    before = {p.name: p.stat().st_mtime_ns for p in (resumed / "progressive").iterdir()}
+    code, _, err = cli_in_process(capsys, "distill", str(trained_run), "--output_dir", str(resumed), *ONE_COMMAND,
+                                  "--resume_from_checkpoint", "latest")
+    assert code == 0, err[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (resumed / "progressive").iterdir()} == before
+    ours, straight = read_weights(resumed), read_weights(one_command)
+    assert all(torch.equal(ours[k], straight[k]) for k in straight)
+
+
+@pytest.mark.slow
+def test_one_command_stopped_in_its_first_phase_resumes_there(trained_run, tmp_path, capsys):
+    """Stopped inside the progressive phase (rounds of 2 steps: only its checkpoint-1 saved), the resumed command
+    finishes that phase, then runs the refinement: the same student as the run that never stopped. Without
+    --resume_from_checkpoint or --overwrite_output_dir the folder is refused before anything runs; with
+    --overwrite_output_dir both phases run again, to the same weights."""
+    flags = [*ONE_COMMAND[:-1], "2", "--checkpointing_steps", "1"]  # --progressive_round_steps 2
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert cli_in_process(capsys, "distill", str(trained_run), "--output_dir", str(straight), *flags)[0] == 0
+    reference = read_weights(straight)
+    shutil.copytree(straight / "progressive" / "checkpoint-1", resumed / "progressive" / "checkpoint-1")
+    files = sorted(resumed.rglob("*"))
+    code, _, err = cli_in_process(capsys, "distill", str(trained_run), "--output_dir", str(resumed), *flags)
+    assert code == 2 and "already holds a distillation run (progressive): add --resume_from_checkpoint" in err
+    assert sorted(resumed.rglob("*")) == files  # refused before anything was written
+    code, _, err = cli_in_process(capsys, "distill", str(trained_run), "--output_dir", str(resumed), *flags,
+                                  "--resume_from_checkpoint", "latest")
+    assert code == 0, err[-3000:]
+    ours = read_weights(resumed)
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+    stamp = (resumed / "progressive" / "metrics.json").stat().st_mtime_ns
+    code, _, err = cli_in_process(capsys, "distill", str(trained_run), "--output_dir", str(resumed), *flags,
+                                  "--overwrite_output_dir")
+    assert code == 0, err[-3000:]
+    assert (resumed / "progressive" / "metrics.json").stat().st_mtime_ns != stamp
+    ours = read_weights(resumed)
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)

@@ -107,11 +107,12 @@ def check_output_dir(output_dir):
                              "the file away)", path=output_dir)
 
 
-def clear_output_dir(output_dir):
-    """Delete everything in ``output_dir`` but the lock (--overwrite_output_dir, once the data is known to load)."""
+def clear_output_dir(output_dir, keep=()):
+    """Delete everything in ``output_dir`` but the lock and the names in ``keep`` (--overwrite_output_dir, once the
+    data is known to load)."""
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
-        if name != LOCK_NAME:
+        if name != LOCK_NAME and name not in keep:
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
 

@@ -10,10 +10,11 @@ from .common import fail
 
 def add_parser(sub):
     from ..distillation.config import (DEFAULT_GUIDANCE_SCALES, DEFAULT_TEACHER_STEPS, FAKE_LEARNING_RATE,
-                                       FAKE_UPDATES, METHOD_DEFAULTS, METHODS, SOLVERS, STUDENT_DEFAULTS)
+                                       FAKE_UPDATES, METHOD_DEFAULTS, METHODS, PROGRESSIVE_FOLDER,
+                                       PROGRESSIVE_ROUND_STEPS, REFINED_STUDENT_STEPS, SOLVERS, STUDENT_DEFAULTS)
 
-    p = sub.add_parser("distill", help="distil a trained model into students of 1 to 8 UNet calls (progressive or "
-                       "consistency distillation; distribution matching refines a progressive student)",
+    p = sub.add_parser("distill", help="distil a trained model into a student of 1 to 8 UNet calls (default: "
+                       "progressive distillation to 4 steps, then distribution matching)",
                        description="Distil TEACHER (a ddpm-hf training run or pipeline folder, or a Hub repo id) into "
                        "a student that samples in a few UNet calls, on the teacher's own training data (from its "
                        "training_args.json; --dataset_name / --train_data_dir otherwise). The student is a pipeline "
@@ -24,13 +25,15 @@ def add_parser(sub):
     a("teacher", help="the teacher: a `ddpm-hf train` output folder, a saved pipeline folder, or a Hub repo id")
     a("--output_dir", default="outputs/distill", help="where the student and its records go (default "
       "outputs/distill)")
-    a("--method", choices=METHODS, default="progressive",
-      help="progressive (default): progressive distillation (Salimans & Ho 2022), rounds that halve the steps, "
-      "each round's student saved in rounds/K-step (DDIMScheduler, K calls), the last also at --output_dir; "
-      "consistency: consistency distillation (Song et al. 2023) in LCM's discrete time, one student that samples "
-      "with 1 to N calls (LCMScheduler); distribution_matching: refines the progressive student of "
-      "--init_student (DMD, Yin et al. 2024: its samples' distribution moved to the teacher's, not its path "
-      "copied), same sampler and steps")
+    a("--method", choices=METHODS, default=None,
+      help="distribution_matching (default; progressive for a class-conditional teacher): DMD (Yin et al. 2024) "
+      "refines a progressive student, its samples' distribution moved to the teacher's instead of its path copied, "
+      "same sampler and steps: the student of --init_student, or, without it, one that the same command makes "
+      f"first by progressive distillation to --num_student_steps (default {REFINED_STUDENT_STEPS}) in "
+      f"OUTPUT_DIR/{PROGRESSIVE_FOLDER}; progressive: progressive distillation (Salimans & Ho 2022), rounds that "
+      "halve the steps, each round's student saved in rounds/K-step (DDIMScheduler, K calls), the last also at "
+      "--output_dir; consistency: consistency distillation (Song et al. 2023) in LCM's discrete time, one student "
+      "that samples with 1 to N calls (LCMScheduler)")
     a("--num_teacher_steps", type=int, default=None,
       help="N. progressive: the first teacher's sampler steps, halved each round (default "
       f"{DEFAULT_TEACHER_STEPS['progressive']} x --num_student_steps: students of 8, 4, 2 and 1 steps; halved while a "
@@ -38,7 +41,12 @@ def add_parser(sub):
       "(LCM's original_inference_steps), the student samples with at most N calls (default "
       f"{DEFAULT_TEACHER_STEPS['consistency']}); at most the teacher's T")
     a("--num_student_steps", type=int, default=None,
-      help="progressive: the last round's student's steps K, N = K x 2^r (default 1)")
+      help="progressive: the last round's student's steps K, N = K x 2^r (default 1); distribution_matching "
+      f"without --init_student: the refined student's steps (default {REFINED_STUDENT_STEPS})")
+    a("--progressive_round_steps", type=int, default=None,
+      help="distribution_matching without --init_student: steps of each halving round of its progressive phase "
+      f"(default {PROGRESSIVE_ROUND_STEPS}; its other settings are progressive's defaults: the optimisation flags "
+      "below but --train_batch_size are the refinement's)")
     a("--init_student", help="distribution_matching: the progressive student to refine, a pipeline folder of "
       "`ddpm-hf distill` (its rounds/K-step, or its output); the refined student samples in its K steps")
     a("--fake_learning_rate", type=float, default=None,
@@ -62,8 +70,9 @@ def add_parser(sub):
                        ("adam_weight_decay", float), ("max_grad_norm", float), ("ema_max_decay", float),
                        ("checkpointing_steps", int), ("num_sample_images", int)):
         dm = METHOD_DEFAULTS["distribution_matching"].get(name)
-        a(f"--{name}", type=kind, help=f"as `ddpm-hf train --{name}` (default {STUDENT_DEFAULTS[name]}"
-          + (f"; distribution_matching {dm}" if dm is not None else "")
+        a(f"--{name}", type=kind, help=f"as `ddpm-hf train --{name}` (default "
+          + (f"{dm} for distribution_matching, {STUDENT_DEFAULTS[name]} for the others" if dm is not None
+             else f"{STUDENT_DEFAULTS[name]}")
           + ("; the EMA is the consistency target network, its weights are saved" if name == "ema_max_decay" else "")
           + ")")
     a("--lr_scheduler", help=f"as `ddpm-hf train` (default {STUDENT_DEFAULTS['lr_scheduler']})")
@@ -97,7 +106,7 @@ def config_of(args, parser):
                                     guidance_scales=args.guidance_scales,
                                     teacher_solver=args.teacher_solver, init_student=args.init_student,
                                     fake_learning_rate=args.fake_learning_rate, fake_updates=args.fake_updates,
-                                    **flags)
+                                    progressive_round_steps=args.progressive_round_steps, **flags)
     except ConfigError as error:
         parser.error(error.message(lambda name: f"--{name}"))
 
@@ -122,6 +131,8 @@ def run(args, parser):
               f"Resume with: {resume_command(argv, 'distill')}", file=sys.stderr)
         sys.exit(128 + stopped.signum)
     out, k = config.student.output_dir, metrics["student_steps"]
-    print(f"distilled {metrics['steps']} steps in {metrics['distill_seconds']:.0f}s: the student is in {out} "
+    first = (f"progressive distillation in {metrics['progressive_seconds']:.0f}s "
+             f"({config.progressive.student.output_dir}), then " if metrics.get("progressive_seconds") else "")
+    print(f"{first}distilled {metrics['steps']} steps in {metrics['distill_seconds']:.0f}s: the student is in {out} "
           f"(sample it with `ddpm-hf sample {out} --num_inference_steps {k}`; grids in "
           f"{os.path.join(out, f'samples-{k}-step')})")

@@ -1,11 +1,11 @@
 """Few-step students distilled from a trained DDPM (``ddpm-hf distill``): the method's maths (``consistency``), the
-run's settings (``config``) and its loop (``loop``).
+run's settings (``config``), its loop (``loop``) and the default command's two phases (``phases``).
 
 The names below are imported on first use (PEP 562): the command line reads the settings' choices without torch."""
 
 import importlib
 
-_EXPORTS = {"config": ("METHODS", "SOLVERS", "DistillConfig", "teacher_training_args"), "loop": ("distill",)}
+_EXPORTS = {"config": ("METHODS", "SOLVERS", "DistillConfig", "teacher_training_args"), "phases": ("distill",)}
 __all__ = [name for names in _EXPORTS.values() for name in names]
 
 

@@ -89,7 +89,9 @@ def student_card(output_dir, repo_id=None):
              else f"images = pipe(batch_size=16, num_inference_steps={default_steps}).images")
     how = ("distribution matching (Yin et al. 2024, DMD: the samples of a progressive student's "
            f"{default_steps}-step sampler moved towards the teacher's distribution, with a second model trained on "
-           f"the student's samples; the student refined: `{_student_name(distillation.get('init_student'))}`)"
+           f"the student's samples; the student refined: "
+           + ("`progressive/`, this run's first phase of progressive distillation)" if distillation.get(
+               "progressive_phase") else f"`{_student_name(distillation.get('init_student'))}`)")
            if matching else
            "progressive distillation (Salimans & Ho 2022: rounds that each halve the sampler's steps, from the "
            f"teacher's {distillation['num_teacher_steps']} to {default_steps})" if progressive else

@@ -11,8 +11,15 @@ from ..errors import ConfigError
 from ..training.config import TrainConfig
 
 # The default first (BENCHMARKS.md "Distillation": on the `make demo` teacher, progressive distillation's 1-, 2- and
-# 4-step students beat the consistency students at every count of UNet calls, in less time).
-METHODS = ("progressive", "consistency", "distribution_matching")
+# 4-step students beat the consistency students at every count of UNet calls, in less time, and distribution
+# matching of a progressive student beats both: 1.01x / 1.08x / 1.30x the teacher's chain at 4 / 2 / 1 calls against
+# progressive's 1.18x / 1.37x / 1.72x). Without --init_student, distribution matching runs progressive distillation
+# to its K steps first, in OUTPUT_DIR/progressive (``PROGRESSIVE_FOLDER``); class-conditional teachers, which it does
+# not take, get progressive distillation by default.
+METHODS = ("distribution_matching", "progressive", "consistency")
+PROGRESSIVE_FOLDER = "progressive"
+REFINED_STUDENT_STEPS = 4  # distribution matching's default K: the 4-call student, within 1.01x of the chain
+PROGRESSIVE_ROUND_STEPS = 300  # steps per halving round of that first phase (the progressive default: 1,200 / 4)
 DEFAULT_TEACHER_STEPS = {"progressive": 16,  # the first teacher's steps: rounds of 8, 4, 2, 1 student steps
                          "consistency": 10}  # the grid (LCM's original_inference_steps; LCM itself uses 50): measured
 # A class-conditional student's guidance scales (its guidance as an input, ``guided_class_ids``), with the teacher's
@@ -69,6 +76,8 @@ class DistillConfig:
         teacher_solver: the teacher's ODE step, "dpm-solver++" (two calls) or "ddim" (one) (``SOLVERS``).
         init_student: distribution_matching: the progressive student it refines (a pipeline folder of
             ``ddpm-hf distill``: rounds/K-step, or the output of a run); its K steps are ``num_student_steps``.
+        progressive: distribution_matching without a student given: the config of the progressive run that makes it
+            first, into output_dir/progressive (``init_student``), or None.
         fake_learning_rate, fake_updates: distribution_matching: the fake model's learning rate and its updates per
             student step.
     """
@@ -84,6 +93,7 @@ class DistillConfig:
     init_student: str | None = None
     fake_learning_rate: float = FAKE_LEARNING_RATE
     fake_updates: int = FAKE_UPDATES
+    progressive: "DistillConfig | None" = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -134,24 +144,36 @@ class DistillConfig:
             raise ConfigError(f"{{guidance_scales}} {' '.join(map(str, scales))}: give distinct scales >= 0")
 
     @classmethod
-    def create(cls, teacher, teacher_args, method="progressive", num_teacher_steps=None, num_student_steps=None,
+    def create(cls, teacher, teacher_args, method=None, num_teacher_steps=None, num_student_steps=None,
                teacher_guidance_scale=None, teacher_solver="dpm-solver++", guidance_scales=None, init_student=None,
-               fake_learning_rate=None, fake_updates=None, **flags):
+               fake_learning_rate=None, fake_updates=None, progressive_round_steps=None, **flags):
         """The config of a run distilling ``teacher`` whose training_args.json is ``teacher_args`` (a dict; {} for a
-        pipeline without one: the data flags must then be given). ``num_teacher_steps`` None:
-        ``default_teacher_steps``; ``num_student_steps`` None: 1.
-        ``flags``: the student's TrainConfig settings
-        (``FLAGS``); None means the default. distribution_matching: ``init_student``'s steps are the student's
-        (``progressive_student_steps``). Raises ConfigError."""
+        pipeline without one: the data flags must then be given). ``method`` None: ``default_method``;
+        ``num_teacher_steps`` None: ``default_teacher_steps``; ``num_student_steps`` None: 1 (distribution matching
+        ``REFINED_STUDENT_STEPS``). ``flags``: the student's TrainConfig settings (``FLAGS``); None means the default.
+        distribution_matching: ``init_student``'s steps are the student's (``progressive_student_steps``); without
+        it, ``progressive`` holds the run that makes it (``progressive_phase``: ``progressive_round_steps`` per
+        round, default ``PROGRESSIVE_ROUND_STEPS``). Raises ConfigError."""
         unknown = set(flags) - set(FLAGS)
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        method = method or default_method(teacher_args)
+        if progressive_round_steps is not None and (method != "distribution_matching" or init_student is not None):
+            raise ConfigError("{progressive_round_steps} is the progressive phase's of distribution_matching without "
+                              "{init_student}")
+        progressive = None
+        if method == "distribution_matching" and init_student is None:
+            progressive = progressive_phase(teacher, teacher_args, num_teacher_steps,
+                                            num_student_steps or REFINED_STUDENT_STEPS, teacher_solver,
+                                            progressive_round_steps, flags)
+            init_student, num_student_steps = progressive.student.output_dir, progressive.num_student_steps
+            num_teacher_steps = None
         values = {k: teacher_args[k] for k in FROM_TEACHER if teacher_args.get(k) is not None}
         if flags.get("dataset_name") or flags.get("train_data_dir"):  # the user's data replaces the teacher's
             values.pop("dataset_name", None), values.pop("train_data_dir", None)
         values = {**values, **STUDENT_DEFAULTS, **METHOD_DEFAULTS.get(method, {}),
                   **{k: v for k, v in flags.items() if v is not None}}
-        if method == "distribution_matching" and init_student is not None:
+        if method == "distribution_matching" and progressive is None:
             steps = progressive_student_steps(init_student)
             if num_student_steps not in (None, steps):
                 raise ConfigError(f"{{num_student_steps}} {num_student_steps}: the student in {init_student} samples "
@@ -167,7 +189,7 @@ class DistillConfig:
                    guidance_scales=None if guidance_scales is None else tuple(float(w) for w in guidance_scales),
                    init_student=init_student,
                    fake_learning_rate=FAKE_LEARNING_RATE if fake_learning_rate is None else fake_learning_rate,
-                   fake_updates=FAKE_UPDATES if fake_updates is None else fake_updates)
+                   fake_updates=FAKE_UPDATES if fake_updates is None else fake_updates, progressive=progressive)
 
     def record(self):
         """training_args.json of the run: the student's settings and, under "distillation", the method's."""
@@ -177,12 +199,49 @@ class DistillConfig:
             "teacher_guidance_scale": self.teacher_guidance_scale, "teacher_solver": self.teacher_solver,
             "guidance_scales": None if self.guidance_scales is None else list(self.guidance_scales),
             **({"init_student": self.init_student, "fake_learning_rate": self.fake_learning_rate,
-                "fake_updates": self.fake_updates} if self.method == "distribution_matching" else {})}}
+                "fake_updates": self.fake_updates, "progressive_phase": self.progressive is not None}
+               if self.method == "distribution_matching" else {})}}
 
     def student_guidance_scales(self, default):
         """The conditional student's guidance scales, sorted: ``guidance_scales``, or ``DEFAULT_GUIDANCE_SCALES``
         with the teacher's ``default`` w, which is added when missing."""
         return sorted({*(self.guidance_scales or DEFAULT_GUIDANCE_SCALES), float(default)})
+
+
+def default_method(teacher_args):
+    """The method of ``ddpm-hf distill`` without --method: distribution_matching (the best measured), or progressive
+    for a class-conditional teacher (which distribution matching does not take)."""
+    return "progressive" if teacher_args.get("class_conditional") else METHODS[0]
+
+
+def progressive_phase(teacher, teacher_args, num_teacher_steps, num_student_steps, teacher_solver, round_steps,
+                      flags):
+    """The progressive run that distribution matching without --init_student makes its student with: into
+    output_dir/progressive, from ``num_teacher_steps`` (default: progressive's first teacher, 16 steps, halved to fit
+    T) to ``num_student_steps`` K, ``round_steps`` (default ``PROGRESSIVE_ROUND_STEPS``) per round, with the
+    progressive defaults (the user's optimisation flags are the refinement's); the run's seed, batch size, data,
+    precision, checkpointing and logging flags are shared."""
+    from .progressive import halving_rounds
+
+    if num_teacher_steps is None:
+        num_teacher_steps = max(default_teacher_steps("progressive", int(teacher_args.get("ddpm_num_steps") or 1000)),
+                                2 * num_student_steps)
+    try:
+        rounds = len(halving_rounds(num_teacher_steps, num_student_steps))
+    except (TypeError, ValueError):
+        rounds = 1  # the progressive config's own checks below name what is wrong
+    if isinstance(round_steps, bool) or not isinstance(round_steps, (int, type(None))) or (round_steps or 1) < 1:
+        raise ConfigError(f"{{progressive_round_steps}} must be an integer >= 1, got {round_steps!r}")
+    shared = ("overwrite_output_dir", "resume_from_checkpoint", "seed", "train_batch_size", "mixed_precision",
+              "dynamo_backend", "checkpointing_steps", "checkpoints_total_limit", "logger", "logging_dir",
+              "num_sample_images", "eval_batch_size", "dataloader_num_workers", "ddp_timeout", "cache_dir",
+              "dataset_name", "train_data_dir")
+    out = flags.get("output_dir") or "outputs/distill"
+    return DistillConfig.create(teacher, teacher_args, method="progressive", num_teacher_steps=num_teacher_steps,
+                                num_student_steps=num_student_steps, teacher_solver=teacher_solver,
+                                output_dir=os.path.join(out, PROGRESSIVE_FOLDER),
+                                max_train_steps=(round_steps or PROGRESSIVE_ROUND_STEPS) * rounds,
+                                **{k: flags.get(k) for k in shared})
 
 
 def default_teacher_steps(method, num_train_timesteps, num_student_steps=1):

@@ -34,22 +34,27 @@ from ..training.loop import optimization, step_budget
 from .objectives import OBJECTIVES, round_folder
 
 
-def distill(config):
+def distill_run(config, last=True, keep=()):
     """Distil ``config.teacher`` into a student with ``config`` (a DistillConfig), then save the student's pipeline
     (the EMA target's weights) at its output_dir with samples, history.jsonl, training_args.json, metrics.json and
-    its model card (README.md, ``distillation.card``).
+    its model card (README.md, ``distillation.card``). ``last``: False for a first phase (``phases.distill``): the
+    trackers are closed but the process group stays for the next. ``keep``: names in output_dir that
+    --overwrite_output_dir leaves (the first phase's folder).
     Returns the metrics dict. Raises RunError, Interrupted (SIGTERM/SIGINT: a checkpoint of the current step)."""
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     student_config = config.student
-    with Run(student_config) as run:
+    with Run(student_config, keep=keep) as run:
         accelerator, main = run.accelerator, run.main
         rank, world = accelerator.process_index, accelerator.num_processes
         torch.manual_seed(student_config.seed)
 
         # teacher, data, student
         teacher = load_teacher(config.teacher, accelerator.device)
+        if config.method == "distribution_matching" and teacher.unet.config.num_class_embeds is not None:
+            raise RunError("the teacher {teacher} is class-conditional: distribution matching takes unconditional "
+                           "teachers only; distil it with {method} progressive", teacher=config.teacher)
         with accelerator.main_process_first():
             batches, _, channels, resolution = prepare_data(student_config, rank, world,
                                                             accelerator.is_local_main_process)
@@ -149,6 +154,10 @@ def distill(config):
             write_metrics(student_config.output_dir, metrics)
             write_model_card(student_config.output_dir, replace_edited_card=True)  # README.md (distillation.card)
         accelerator.wait_for_everyone()
+        if not last:  # the next phase's run uses the same process group
+            for tracker in accelerator.trackers:
+                tracker.finish()
+            return metrics
         accelerator.end_training()
     exit_launched_worker(accelerator)  # as a training run's launched worker (its teardown can hang)
     return metrics

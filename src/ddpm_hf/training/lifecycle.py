@@ -157,8 +157,8 @@ class Run:
     checkpoint to resume from is verified, all before anything is written; on exit the signal handlers and the lock
     are released (and a folder this run created stays only if something was written in it)."""
 
-    def __init__(self, config):
-        self.config, self.accelerator = config, make_accelerator(config)
+    def __init__(self, config, keep=()):
+        self.config, self.accelerator, self.keep = config, make_accelerator(config), tuple(keep)
         self.main = self.accelerator.is_main_process
         self.lock, self.stop = OutputLock(config.output_dir), StopSignals()
         self.resume_from, self.saved_step, self.created = None, None, False
@@ -203,9 +203,9 @@ class Run:
         return False
 
     def clear_for_overwrite(self):
-        """--overwrite_output_dir: empty the folder (the lock stays), once the data is known to load."""
+        """--overwrite_output_dir: empty the folder (the lock and ``keep`` stay), once the data is known to load."""
         if self.main and self.config.overwrite_output_dir:
-            clear_output_dir(self.config.output_dir)
+            clear_output_dir(self.config.output_dir, self.keep)
         self.accelerator.wait_for_everyone()
 
     def register(self, config, model, flat, ema, noise_scheduler):
