@@ -262,3 +262,26 @@ def test_one_command_stopped_in_its_first_phase_resumes_there(trained_run, tmp_p
     assert (resumed / "progressive" / "metrics.json").stat().st_mtime_ns != stamp
     ours = read_weights(resumed)
     assert all(torch.equal(ours[k], reference[k]) for k in reference)
+
+
+@pytest.mark.slow
+def test_one_command_with_two_processes(trained_run, tmp_path):
+    """torchrun with 2 processes: both phases run in one launch (the first keeps the process group for the second),
+    every rank's student, and in the refinement its fake model, the same at the end (DDP)."""
+    import subprocess
+    import sys
+
+    from helpers import launch_lock, train_env
+
+    out = tmp_path / "student"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "ddpm_hf.cli", "distill", str(trained_run), "--output_dir", str(out), *ONE_COMMAND]
+    with launch_lock():
+        r = subprocess.run(cmd, env=dict(train_env(), PYTHONFAULTHANDLER="1"), capture_output=True, text=True,
+                           timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for folder in (out / "progressive", out):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["processes"] == 2 and metrics["weights_identical_across_ranks"] is True, folder
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [1, 2, 3, 4] and all(h["fake_loss"] > 0 for h in history)

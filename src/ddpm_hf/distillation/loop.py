@@ -30,7 +30,7 @@ from ..run_dir import TRAINING_ARGS, History, read_history, read_metrics, write_
 from ..training.checkpoints import any_rank
 from ..training.flat_parameters import flatten_parameters, view_parameters
 from ..training.lifecycle import Run, exit_launched_worker, start_trackers
-from ..training.loop import optimization, step_budget
+from ..training.loop import checksum, optimization, step_budget
 from .objectives import OBJECTIVES, round_folder
 
 
@@ -144,6 +144,11 @@ def distill_run(config, last=True, keep=()):
                    "teacher_guidance_scale": guidance if labels_on else None, "guidance_scales": scales,
                    "versions": {"ddpm-hf": __version__, "diffusers": diffusers.__version__,
                                 "torch": torch.__version__}}
+        if world > 1:  # DDP keeps every rank's student (and fake model) the same: checked, as a training run does
+            sums = torch.tensor([checksum(m.parameters()) for m in [student, *objective.trained_models()]],
+                                dtype=torch.float64, device=accelerator.device)
+            gathered = accelerator.gather(sums[None]).view(world, -1).cpu()
+            metrics["weights_identical_across_ranks"] = bool((gathered == gathered[0]).all())
         if run.signalled():
             run.checkpoint("signal", counters)
         run.stop.restore()

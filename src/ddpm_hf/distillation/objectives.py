@@ -54,6 +54,10 @@ class _Objective:
         """The objective's own numbers of the last step for history.jsonl (none here)."""
         return {}
 
+    def trained_models(self):
+        """The objective's own trained modules (checked identical across ranks at the end; none here)."""
+        return []
+
     def start(self, step, student, flat, ema):
         """Before optimizer step ``step`` (0-based; also on resume)."""
 
@@ -214,6 +218,9 @@ class DistributionMatching(_Objective):
 
     def record(self):
         return {"fake_loss": self.fake_loss}
+
+    def trained_models(self):
+        return [self.fake.unet]
 
 
 OBJECTIVES = {"consistency": Consistency, "progressive": Progressive, "distribution_matching": DistributionMatching}
