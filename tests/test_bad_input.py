@@ -289,11 +289,11 @@ CASES = [
     ("inpaint a colour image with a grayscale model", "inpaint", ["{model}", "--image", "{rgb}", "--mask_image", "{gray}"],
      ["ddpm-hf inpaint: error: the image has 3 channels but the model takes 1"]),
     ("inpaint with a mask of another size", "inpaint", ["{model}", "--image", "{gray}", "--mask_image", "{small}"],
-     ["ddpm-hf inpaint: error: ", "mask_image is (4, 4) (H, W) but image is (8, 8)"]),
+     ["ddpm-hf inpaint: error: ", "--mask_image is (4, 4) (H, W) but image is (8, 8)"]),
     ("upscale by a factor the model cannot take", "upscale", ["{model}", "--image", "{small}", "--scale", "3"],
-     ["ddpm-hf upscale: error: ", "cannot take scale 3"]),
+     ["ddpm-hf upscale: error: ", "cannot take --scale 3"]),
     ("img2img strength above 1", "img2img", ["{model}", "--image", "{gray}", "--strength", "1.5"],
-     ["ddpm-hf img2img: error: ", "strength must be in (0, 1]"]),
+     ["ddpm-hf img2img: error: --strength must be in (0, 1]"]),
     ("img2img strength 0", "img2img", ["{model}", "--image", "{gray}", "--strength", "0"],
      ["--strength must be in (0, 1], got 0.0"]),
     ("denoise a negative noise level", "denoise", ["{model}", "--image", "{gray}", "--noise_level", "-1"],
@@ -301,7 +301,7 @@ CASES = [
     ("denoise an image that is not there", "denoise", ["{model}", "--image", "{root}/missing.png", "--noise_level",
                                                        "0.1"], ["missing.png does not exist"]),
     ("upscale with noise by ILVR", "upscale", ["{model}", "--image", "{gray}", "--method", "ilvr", "--noise_level",
-                                               "0.1"], ["only with method='ddnm'"]),
+                                               "0.1"], ["--noise_level must be >= 0, and > 0 only with --method ddnm"]),
 ]
 
 

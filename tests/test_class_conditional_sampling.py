@@ -388,3 +388,26 @@ def test_cli_img2img_with_a_class_label_a_guidance_scale_and_a_scheduler(saved, 
         cli_main(["img2img", str(folder), "--image", str(tmp_path / "grey.png"), "--class_label", "9",
                   "--num_inference_steps", "2", "--output_dir", str(tmp_path / "bad")])
     assert "class ids [9] out of range" in capsys.readouterr().err
+
+
+def test_cli_upscale_takes_a_class_name_made_of_digits_and_a_guidance_scale(tmp_path, capsys):
+    """`ddpm-hf upscale --class_labels 12` on a model whose classes are named "10".."13" restores towards class "12"
+    (id 2), not id 12, with the guidance scale given: the pipeline's own result for class id 2 at that scale."""
+    from ddpm_hf.cli import main as cli_main
+
+    folder = tmp_path / "named"
+    DDPMHFPipeline(unet=tiny_unet(cls=UNet2DModel), scheduler=DDPMHFScheduler(),
+                   id2label={0: "10", 1: "11", 2: "12", 3: "13"}, null_class_id=NULL).save_pretrained(folder)
+    Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) * 16).save(tmp_path / "low.png")
+    cli_main(["upscale", str(folder), "--image", str(tmp_path / "low.png"), "--class_labels", "12",
+              "--guidance_scale", "2", "--num_inference_steps", str(STEPS), "--seed", "3", "--output_dir",
+              str(tmp_path / "out")])
+    pipe = DDPMHFSuperResolutionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(Image.open(tmp_path / "low.png"), class_labels=[2], guidance_scale=2.0, num_inference_steps=STEPS,
+                generator=torch.Generator().manual_seed(3), output_type="np").images
+    got = np.asarray(Image.open(tmp_path / "out" / "low_upscale.png"), dtype=int)
+    assert np.abs(got - np.round(want[0, ..., 0] * 255)).max() <= 1
+    other = pipe(Image.open(tmp_path / "low.png"), class_labels=[3], guidance_scale=2.0, num_inference_steps=STEPS,
+                 generator=torch.Generator().manual_seed(3), output_type="np").images
+    assert np.abs(got - np.round(other[0, ..., 0] * 255)).max() > 1  # the label matters here

@@ -76,9 +76,11 @@ class DDPMHFSuperResolutionPipeline(DDPMHFTaskPipelineMixin, DiffusionPipeline):
       thresholded as the scheduler does) is replaced by x^_0|t = x_0|t - A+(A x_0|t - y) (range-space from y,
       null-space from the model), not clipped again, so A x^_0|t = y at every step; x_s ~ p(x_s | x_t, x^_0|t) is the
       scheduler's step with that x_0 (``x0_transform``; posterior mean Ho eq. 7, the model's variance). With
-      ``noise_level`` sigma_y > 0 it is DDNM+ (sec. 3.3, Eq. 17 and 19): x^_0|t = x_0|t - lambda_t A+(A x_0|t - y)
-      and the step's noise is shrunk to variance Phi_t = sigma_t^2 - (a_t lambda_t sigma_y)^2, with a_t the x_0
-      coefficient of the posterior mean and lambda_t = min(1, sigma_t / (a_t sigma_y)).
+      ``noise_level`` sigma_y > 0 it is DDNM+ (sec. 3.3, Eq. 17 and 19) per singular component, as the authors' code:
+      x^_0|t = x_0|t - lambda_t A+(A x_0|t - y) with lambda_t = min(1, sigma_t / (a_t r sigma_y)) (A+ n has std
+      r sigma_y along each block-constant direction, r = ``scale``; a_t the x_0 coefficient of the posterior mean),
+      and the step's noise keeps variance sigma_t^2 in the null space and Phi_t = sigma_t^2 - (a_t lambda_t r
+      sigma_y)^2 along each range direction (``_ddnm_plus_step``).
     - "ilvr" (Choi et al. ICCV 2021, Alg. 1): x'_s ~ p(x_s | x_t) (the scheduler's step), y_s ~ q(y_s | A+ y)
       (Ho eq. 4),       x_s = phi(y_s) + x'_s - phi(x'_s) with the low-pass filter phi = A+ A.
 

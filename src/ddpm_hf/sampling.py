@@ -72,12 +72,20 @@ def class_rows(pipe, class_labels, per_class):
     if class_labels is None and getattr(pipe.unet.config, "num_class_embeds", None) is None:
         return None, None
     classes = pipe.class_id_choices() if class_labels is None else list(class_labels)
-    known = pipe.labels  # {name: id}: a string that is a class name is that class, even when made of digits
-    ids = [int(c) if not isinstance(c, str) else known[c] if c in known else int(c) if c.isdigit()
-           else pipe.get_label_ids(c)[0] for c in classes]
+    ids = [label_id(pipe, c) for c in classes]
     names = dict(getattr(pipe.config, "id2label", None) or {})
     titles = [f"{i}: {names[i]}" if names.get(i, str(i)) != str(i) else str(i) for i in ids]
     return [i for i in ids for _ in range(per_class)], titles
+
+
+def label_id(pipe, label):
+    """The class id of ``label`` (an int, or a string from the command line): a string that is one of the model's
+    class names is that class, even when made of digits (an image folder's sub-folder "10"), else an id if made of
+    digits, else a name (``DDPMHFPipeline.get_label_ids`` raises ValueError naming the known ones)."""
+    if not isinstance(label, str):
+        return int(label)
+    known = pipe.labels  # {name: id}
+    return known[label] if label in known else int(label) if label.isdigit() else pipe.get_label_ids(label)[0]
 
 
 def load_pipeline(cls, model, **kwargs):

@@ -55,7 +55,7 @@ def add_parsers(sub):
     denoise = _common(sub.add_parser("denoise", help="remove Gaussian noise of a known std from an image"))
     denoise.add_argument("--noise_level", "--sigma", dest="noise_level", type=float, required=True,
                          help="the noise std in [0, 1] pixel units (e.g. 0.1; --sigma is the same)")
-    for parser in (inpaint, img2img, denoise):
+    for parser in (inpaint, upscale, img2img, denoise):
         parser.add_argument("--class_labels", "--class_label", dest="class_labels", default=None,
                             help="class-conditional models: the class to restore towards, an id (or a name), for "
                             "every image; default: none (the model's null class); --class_label is the same")
@@ -150,7 +150,7 @@ def run(args, parser):
 
     from ..errors import ModelNotFound
     from ..pipeline_ddpm_hf import DDPMHFPipeline
-    from ..sampling import load_pipeline, use_scheduler
+    from ..sampling import label_id, load_pipeline, use_scheduler
 
     try:
         base = load_pipeline(DDPMHFPipeline, args.model, **({"revision": args.revision} if args.revision else {}))
@@ -162,10 +162,9 @@ def run(args, parser):
                "upscale": lambda: dict(scale=args.scale, method=args.method, noise_level=args.noise_level),
                "img2img": lambda: dict(strength=args.strength),
                "denoise": lambda: dict(noise_level=args.noise_level)}[args.command]()
-    label = getattr(args, "class_labels", None)
-    if label is not None:
-        options["class_labels"] = [int(label) if label.lstrip("-").isdigit() else label]
-    if getattr(args, "guidance_scale", None) is not None:
+    if args.class_labels is not None:  # a class name, even one made of digits, else an id
+        options["class_labels"] = [label_id(base, args.class_labels)]
+    if args.guidance_scale is not None:
         options["guidance_scale"] = args.guidance_scale
     stem = f"{os.path.splitext(os.path.basename(args.image))[0]}_{args.command}"
     try:
@@ -173,5 +172,16 @@ def run(args, parser):
         paths = restore(base, args.command, image, args.output_dir, stem, args.num_inference_steps, args.seed,
                         mask=mask, **options)
     except ValueError as error:
-        parser.error(str(error))
+        parser.error(flags_spelled(str(error), parser))
     print(f"wrote {paths[0]} and {paths[1]}")
+
+
+def flags_spelled(message, parser):
+    """A pipeline's error message with each of its argument names that is also a flag of this command spelled as
+    the flag (``mask_image`` -> ``--mask_image``, ``method='ddnm'`` -> ``--method ddnm``)."""
+    import re
+
+    flags = {action.dest for action in parser._actions}
+    message = re.sub(r"\b([a-z_]+)='([^']*)'", lambda m: f"--{m[1]} {m[2]}" if m[1] in flags else m[0], message)
+    return re.sub(r"(?<![-\w])([a-z]+_[a-z_]+|strength|scale|method)\b(?!=)",
+                  lambda m: f"--{m[1]}" if m[1] in flags else m[1], message)
