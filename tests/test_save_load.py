@@ -128,6 +128,7 @@ def test_save_pretrained_layout(saved):
         "pipeline_ddpm_hf_hub.py",
         "pipeline_ddpm_hf_img2img.py",
         "pipeline_ddpm_hf_inpaint.py",
+        "pipeline_ddpm_hf_layout.py",
         "pipeline_ddpm_hf_super_resolution.py",
         "pipeline_ddpm_hf_task_base.py",
         "scheduler/scheduler_config.json",
@@ -480,7 +481,7 @@ def test_from_pretrained_logs_the_ddpm_scheduler_conversion(saved, tmp_path, cap
     assert json.loads((folder / "model_index.json").read_text())["scheduler"] == ["diffusers", "DDPMScheduler"]
     marker = tmp_path / "MARKER"
     make_hostile(folder, marker)
-    logger_name = pipeline_module.__name__
+    logger_name = "ddpm_hf.pipeline_ddpm_hf_layout"  # where from_pretrained lives (DDPMHFLayoutMixin)
 
     def conversions(**kwargs):
         caplog.clear()

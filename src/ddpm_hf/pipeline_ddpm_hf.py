@@ -2,59 +2,25 @@
 """DDPM image generation (Ho et al. 2020, Algorithm 2), unconditional or class-conditional with classifier-free
 guidance (Ho & Salimans 2022), with any diffusers scheduler swapped in, as a diffusers ``DiffusionPipeline``.
 
-This file imports torch, numpy, diffusers and its siblings ``pipeline_ddpm_hf_denoiser.py`` and
-``pipeline_ddpm_hf_hub.py`` (the upload) only: ``save_pretrained`` copies them, and the scheduler's source file, into
-the saved folder, so that a process without ddpm_hf installed can
-load the folder or its Hub repository with ``DiffusionPipeline.from_pretrained(path_or_repo_id,
-trust_remote_code=True)`` (diffusers' remote-code loader follows the relative import).
+This file imports torch, numpy, diffusers and its siblings ``pipeline_ddpm_hf_denoiser.py`` (guidance and the
+scheduler step) and ``pipeline_ddpm_hf_layout.py`` (saving and loading) only: ``save_pretrained`` copies them, and the
+scheduler's source file, into the saved folder, so that a process without ddpm_hf installed can load the folder or
+its Hub repository with ``DiffusionPipeline.from_pretrained(path_or_repo_id, trust_remote_code=True)`` (diffusers'
+remote-code loader follows the relative imports).
 """
 
-import importlib
-import inspect
-import json
-import os
-import shutil
 from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
-from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_hf_denoiser import DEFAULT_GUIDANCE_SCALE, DDPMHFDenoiserMixin, check_scheduler_input, step_kwargs
-from .pipeline_ddpm_hf_hub import upload_folder_to_hub
-
-logger = logging.get_logger(__name__)
+from .pipeline_ddpm_hf_hub import upload_folder_to_hub  # noqa: F401 (the remote-code loader copies direct imports)
+from .pipeline_ddpm_hf_layout import (SCHEDULER_MODULE, SIBLING_MODULES, TASK_PIPELINES,  # noqa: F401 (re-exported)
+                                      DDPMHFLayoutMixin, _own_scheduler_class)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
-SCHEDULER_MODULE = "scheduling_ddpm_hf"  # file stem of the scheduler's source, beside this file
-# File stems of the task pipelines beside this file (inpainting, super-resolution, img2img/denoising): save_pretrained
-# copies them into the folder, where DiffusionPipeline.from_pretrained(..., custom_pipeline=stem) finds them.
-TASK_PIPELINES = ("pipeline_ddpm_hf_inpaint", "pipeline_ddpm_hf_super_resolution", "pipeline_ddpm_hf_img2img")
-# File stems of the modules beside this file that it and the task pipelines import relatively (no pipeline class).
-SIBLING_MODULES = ("pipeline_ddpm_hf_denoiser", "pipeline_ddpm_hf_task_base", "pipeline_ddpm_hf_hub")
-# Scheduler classes of a saved pipeline that this module loads as its own DDPMHFScheduler (with the same config).
-_OWN_SCHEDULER_NAMES = ("DDPMScheduler", "DDPMHFScheduler")
-# from_pretrained arguments that locate a Hub repository's files (DiffusionPipeline.download's own names).
-_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
-
-
-def _edit_json(path, edit):
-    """Apply ``edit(dict)`` to a JSON file in place."""
-    with open(path, encoding="utf-8") as f:
-        content = json.load(f)
-    edit(content)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
-def _own_scheduler_class():
-    """DDPMHFScheduler from the module beside this one: ``ddpm_hf.scheduling_ddpm_hf`` when this file is the installed
-    package's, ``diffusers_modules.<...>.scheduling_ddpm_hf`` when it was loaded as remote code."""
-    package = __name__.rpartition(".")[0]
-    module = importlib.import_module(f"{package}.{SCHEDULER_MODULE}" if package else SCHEDULER_MODULE)
-    return module.DDPMHFScheduler
 
 
 @dataclass
@@ -71,7 +37,7 @@ class DDPMHFPipelineOutput(ImagePipelineOutput):
     intermediates: list | None = None
 
 
-class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
+class DDPMHFPipeline(DDPMHFLayoutMixin, DDPMHFDenoiserMixin, DiffusionPipeline):
     """Pipeline for image generation with a DDPM, unconditional or class-conditional (``class_labels``, classifier-free
     guidance ``guidance_scale``).
 
@@ -109,136 +75,6 @@ class DDPMHFPipeline(DDPMHFDenoiserMixin, DiffusionPipeline):
                     num_inference_steps < 1:
                 raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
             self.register_to_config(num_inference_steps=num_inference_steps)
-
-    # ------------------------------------------------------------------ saving and loading
-
-    def save_pretrained(self, save_directory, safe_serialization=True, variant=None, push_to_hub=False, **kwargs):
-        """Save in the remote-code layout, loadable with or without ddpm_hf installed:
-
-        model_index.json  ``_class_name: ["pipeline_ddpm_hf", "DDPMHFPipeline"]``, ``scheduler: ["scheduling_ddpm_hf",
-        "DDPMHFScheduler"]`` (a diffusers scheduler keeps its ``["diffusers", Class]`` entry), ``unet: ["diffusers",
-        "UNet2DModel"]``; pipeline_ddpm_hf.py (this file), the task pipelines beside it (``TASK_PIPELINES``) and the
-        modules they import (``SIBLING_MODULES``);
-        scheduler/scheduling_ddpm_hf.py and scheduler_config.json;
-        unet/config.json and diffusion_pytorch_model.safetensors.
-
-        With ``push_to_hub=True`` the folder is then uploaded (kwargs: repo_id, private, token, commit_message).
-        """
-        hub_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "private", "token", "commit_message") if k in kwargs}
-        super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant, **kwargs)
-        # from_pretrained records where each component came from; a saved (or pushed) folder must not carry that path
-        for config_name in (os.path.join("unet", "config.json"), os.path.join("scheduler", "scheduler_config.json")):
-            config_path = os.path.join(save_directory, config_name)
-            if os.path.isfile(config_path):
-                _edit_json(config_path, lambda config: config.pop("_name_or_path", None))
-        pipeline_source = inspect.getsourcefile(type(self))
-        pipeline_stem = os.path.splitext(os.path.basename(pipeline_source))[0]
-        shutil.copyfile(pipeline_source, os.path.join(save_directory, pipeline_stem + ".py"))
-        for stem in TASK_PIPELINES + SIBLING_MODULES:
-            task_source = os.path.join(os.path.dirname(pipeline_source), stem + ".py")
-            if os.path.isfile(task_source):
-                shutil.copyfile(task_source, os.path.join(save_directory, stem + ".py"))
-        scheduler_source = inspect.getsourcefile(type(self.scheduler))
-        ours = os.path.basename(scheduler_source) == SCHEDULER_MODULE + ".py"
-        if ours:
-            shutil.copyfile(scheduler_source, os.path.join(save_directory, "scheduler", SCHEDULER_MODULE + ".py"))
-
-        def point_at_sources(index):
-            index.pop("_name_or_path", None)
-            index["_class_name"] = [pipeline_stem, type(self).__name__]
-            if ours:
-                index["scheduler"] = [SCHEDULER_MODULE, type(self.scheduler).__name__]
-
-        _edit_json(os.path.join(save_directory, "model_index.json"), point_at_sources)
-        if push_to_hub:
-            repo_id = hub_kwargs.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))
-            upload_folder_to_hub(save_directory, repo_id, **hub_kwargs)
-
-    @classmethod
-    def download(cls, pretrained_model_name, **kwargs):
-        """Download a Hub repository (``huggingface_hub.snapshot_download``) and return its local folder.
-
-        ``DiffusionPipeline.download`` resolves the pipeline class while it downloads, which for our layout means
-        importing the repository's ``pipeline_ddpm_hf.py`` (or refusing without ``trust_remote_code``); this class
-        needs no class from the repository, so it only fetches the files.
-
-        Args:
-            pretrained_model_name: a Hub repo id ("namespace/name").
-            kwargs: revision, cache_dir, token, local_files_only, force_download, proxies; the other arguments of
-                ``DiffusionPipeline.download`` (variant, use_safetensors, ...) are accepted and do not narrow the
-                download.
-        """
-        from huggingface_hub import snapshot_download
-
-        hub = {k: kwargs[k] for k in _HUB_KWARGS if kwargs.get(k) is not None}
-        return snapshot_download(str(pretrained_model_name), **hub)
-
-    @classmethod
-    def load_config(cls, pretrained_model_name_or_path, return_unused_kwargs=False, return_commit_hash=False,
-                    **kwargs):
-        """``model_index.json`` as this class loads it (see ``_as_installed``): ``ConfigMixin.load_config`` with the
-        entries that name code saved in the folder replaced by this process's own classes."""
-        outputs = super().load_config(pretrained_model_name_or_path, return_unused_kwargs=return_unused_kwargs,
-                                      return_commit_hash=return_commit_hash, **kwargs)
-        if isinstance(outputs, tuple):
-            return (cls._as_installed(outputs[0]), *outputs[1:])
-        return cls._as_installed(outputs)
-
-    @classmethod
-    def _as_installed(cls, index):
-        """Rewrite a model_index.json dict so that DiffusionPipeline.from_pretrained imports nothing from the folder:
-
-        - ``_class_name`` becomes ``cls.__name__``: a list ``["pipeline_ddpm_hf", "DDPMHFPipeline"]`` would make
-          diffusers import the folder's ``pipeline_ddpm_hf.py`` as a custom pipeline;
-        - a ``DDPMScheduler`` or ``DDPMHFScheduler`` scheduler entry (``["diffusers", "DDPMScheduler"]``,
-          ``["scheduling_ddpm_hf", "DDPMHFScheduler"]``) becomes ``[module, "DDPMHFScheduler"]`` with the module this
-          file imports its scheduler from (``ddpm_hf.scheduling_ddpm_hf`` when installed), already imported, which
-          diffusers resolves in-process (``_get_library_or_raise``) like any component class saved from an imported
-          module. Other entries (``["diffusers", "DDIMScheduler"]``, ``["diffusers", "UNet2DModel"]``) are kept.
-        """
-        index = dict(index)
-        if "_class_name" in index:
-            index["_class_name"] = cls.__name__
-        entry = index.get("scheduler")
-        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] in _OWN_SCHEDULER_NAMES:
-            scheduler_class = _own_scheduler_class()
-            index["scheduler"] = [scheduler_class.__module__, scheduler_class.__name__]
-        return index
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved pipeline (a folder or a Hub repo id) as this class, with ``DiffusionPipeline.from_pretrained``.
-
-        All of diffusers' arguments work as they do there (torch_dtype/dtype, device_map, low_cpu_mem_usage, variant,
-        use_safetensors, revision, token, ready ``unet=`` / ``scheduler=`` components, ...; unknown ones are warned
-        about and ignored), with two differences, so that no code from the folder or repository runs and no
-        ``trust_remote_code`` is needed:
-
-        - the pipeline class is always ``cls``, and a saved ``DDPMScheduler`` or ``DDPMHFScheduler`` becomes this
-          module's ``DDPMHFScheduler`` with the same config (see ``load_config``); any other diffusers scheduler is
-          loaded as its own class. This reads our layout (see ``save_pretrained``) and diffusers' DDPMPipeline layout
-          (e.g. google/ddpm-cifar10-32).
-        - a Hub repository is fetched with ``download`` (a plain snapshot). ``trust_remote_code`` is accepted and
-          ignored (diffusers is never asked to run remote code); ``custom_pipeline`` is refused.
-        """
-        if kwargs.pop("custom_pipeline", None) is not None:
-            raise ValueError(
-                f"{cls.__name__}.from_pretrained always loads {cls.__name__} and runs no code from the folder; use "
-                "DiffusionPipeline.from_pretrained(..., custom_pipeline=...) to load a custom pipeline"
-            )
-        kwargs.pop("trust_remote_code", None)
-        name_or_path = str(pretrained_model_name_or_path)
-        folder = name_or_path if os.path.isdir(name_or_path) else cls.download(name_or_path, **kwargs)
-        if "scheduler" not in kwargs:
-            entry = super().load_config(folder).get("scheduler")  # as saved, before _as_installed
-            if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] == "DDPMScheduler":
-                logger.info(
-                    f"{name_or_path}: loading the saved diffusers DDPMScheduler ({entry[0]}.{entry[1]}) as "
-                    f"{_own_scheduler_class().__name__} with the same config"
-                )
-        pipe = super().from_pretrained(folder, **kwargs)
-        pipe.register_to_config(_name_or_path=name_or_path)
-        return pipe
 
     # ------------------------------------------------------------------ sampling
 

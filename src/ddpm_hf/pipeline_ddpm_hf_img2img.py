@@ -21,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .pipeline_ddpm_hf import OUTPUT_TYPES, _own_scheduler_class
 from .pipeline_ddpm_hf_denoiser import step_kwargs
 from .pipeline_ddpm_hf_hub import upload_folder_to_hub  # noqa: F401
+from .pipeline_ddpm_hf_layout import DDPMHFLayoutMixin  # noqa: F401
 from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
 

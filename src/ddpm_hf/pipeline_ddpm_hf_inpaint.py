@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .pipeline_ddpm_hf import OUTPUT_TYPES
 from .pipeline_ddpm_hf_denoiser import denoise  # noqa: F401
 from .pipeline_ddpm_hf_hub import upload_folder_to_hub  # noqa: F401
+from .pipeline_ddpm_hf_layout import DDPMHFLayoutMixin  # noqa: F401
 from .pipeline_ddpm_hf_task_base import DDPMHFTaskPipelineMixin
 
 METHODS = ("repaint", "ddnm")
