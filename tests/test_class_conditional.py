@@ -276,6 +276,21 @@ def test_bound_is_conditional_on_the_labels_given():
         sa = stratified_bits(unet, scheduler, images, 4, seed=0, num_timesteps=4, labels=a)[0]
         sb = stratified_bits(unet, scheduler, images, 4, seed=0, num_timesteps=4, labels=b)[0]
         assert not torch.allclose(sa[:, 0], sb[:, 0])
+        # term by term: every L_{t-1} (decoder t = 0 included) with labels a is the term of a model that has a built
+        # in (so each term's UNet call got the labels), and every term moves when the labels change
+        from ddpm_hf.data import to_model_range
+        from ddpm_hf.likelihood import bits_per_dim
+
+        x = to_model_range(images)
+        labels_a = torch.tensor([0, 1, 2, 0, 1, 2])
+        given = bits_per_dim(unet, scheduler, x, torch.Generator().manual_seed(1), progress=False,
+                             class_labels=labels_a)
+        built_in = bits_per_dim(lambda x_t, t: unet(x_t, t, class_labels=labels_a), scheduler, x,
+                                torch.Generator().manual_seed(1), progress=False)
+        other = bits_per_dim(unet, scheduler, x, torch.Generator().manual_seed(1), progress=False,
+                             class_labels=torch.full((6,), 3))
+        assert given.terms.shape == (6, 10) and torch.equal(given.terms, built_in.terms)
+        assert bool((given.terms != other.terms).all())  # each image, each of the T terms
 
 
 # ------------------------------------------------------------------------------------------------ runs

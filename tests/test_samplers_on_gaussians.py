@@ -43,12 +43,14 @@ def gaussian_eps(x, ab, mu, s):
 
 class GaussianUNet(UNet2DModel):
     """A UNet2DModel (a tiny real one, for its config and dtype) whose output is the optimal eps of Gaussian data, per
-    class when ``means`` has one entry per class (the last id is the null class: the equal mixture of the others).
+    class when ``means`` has one entry per class (the last id is the null class: the equal mixture of the others, or
+    the Gaussian of mean ``null_mean`` when given).
     With ``learned`` it also returns variance channels v = -1, which learned_range reads as the posterior variance
     beta~_t (Nichol & Dhariwal eq. 15 at v = 0 on their [0, 1] scale)."""
 
-    def setup(self, alphas_cumprod, means, s, learned=False):
+    def setup(self, alphas_cumprod, means, s, learned=False, null_mean=None):
         self.alphas_cumprod, self.means, self.s, self.learned = alphas_cumprod, means, s, learned
+        self.null_mean = null_mean
         self.previous = None  # {t: s} of a respaced chain, to return the exact reverse variance (test below)
         return self
 
@@ -79,7 +81,8 @@ class GaussianUNet(UNet2DModel):
             var = ab * self.s**2 + 1 - ab
             logp = torch.stack([-((sample - ab.sqrt() * m) ** 2).sum((1, 2, 3), keepdim=True) / (2 * var)
                                 for m in self.means])
-            mixture = (torch.softmax(logp, dim=0) * per_class).sum(0)
+            mixture = (torch.softmax(logp, dim=0) * per_class).sum(0) if self.null_mean is None else \
+                gaussian_eps(sample, ab, self.null_mean, self.s)
             labels = class_labels.long().tolist()
             eps = torch.stack([mixture[i] if c == len(self.means) else per_class[c, i] for i, c in enumerate(labels)])
         if self.learned:
@@ -89,11 +92,11 @@ class GaussianUNet(UNet2DModel):
         return UNet2DOutput(sample=out) if return_dict else (out,)
 
 
-def gaussian_unet(scheduler, means=(MU,), learned=False, conditional=False):
+def gaussian_unet(scheduler, means=(MU,), learned=False, conditional=False, null_mean=None):
     unet = GaussianUNet(sample_size=4, in_channels=1, out_channels=2 if learned else 1, block_out_channels=(4,),
                         layers_per_block=1, norm_num_groups=2, down_block_types=("DownBlock2D",),
                         up_block_types=("UpBlock2D",), num_class_embeds=len(means) + 1 if conditional else None)
-    return unet.setup(scheduler.alphas_cumprod.double(), means, S, learned).eval()
+    return unet.setup(scheduler.alphas_cumprod.double(), means, S, learned, null_mean).eval()
 
 
 def moments(images):
@@ -212,6 +215,22 @@ def test_guidance_between_two_gaussian_classes(name):
                         means[1] + S * torch.randn(200_000, generator=torch.Generator().manual_seed(3))]).clamp(-1, 1))
     assert abs(mixed.mean().item() - truth.mean().item()) < 4 * 0.65 / math.sqrt(mixed.numel()) + 0.01
     assert abs(mixed.var().item() - truth.var().item()) < 0.02, (mixed.var(), truth.var())
+
+
+@pytest.mark.parametrize("name", ["ddpm", "dpmsolver++"])
+def test_guidance_above_one_is_the_extrapolated_gaussian(name):
+    """With class 0 ~ N(m_c, s^2) and the null class N(m_u, s^2), the optimal eps is linear in the mean, so the guided
+    eps_u + w (eps_c - eps_u) (Ho & Salimans 2022 eq. 6, diffusers' convention) is the optimal eps of
+    N(m_u + w (m_c - m_u), s^2): at w = 2.5 the samples' mean is that extrapolation (a w^2 or a (1 + w) formula lands
+    0.75 or 0.2 away)."""
+    ours = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    m_c, m_u, w = 0.1, -0.1, 2.5
+    unet = gaussian_unet(ours, means=(m_c,), conditional=True, null_mean=m_u)
+    pipe = DDPMHFPipeline(unet=unet, scheduler=make_scheduler(name, ours.config), null_class_id=1)
+    out = sample(pipe, STEPS[name], class_labels=[0] * N, guidance_scale=w) * 2 - 1
+    truth = clipped_truth(m_u + w * (m_c - m_u))
+    assert abs(out.mean().item() - truth[0]) < 4 * S / math.sqrt(out.numel()) + 0.01, (out.mean(), truth)
+    assert abs(out.var().item() - truth[1]) < 4 * S**2 * math.sqrt(2 / out.numel()) + 0.01, (out.var(), truth)
 
 
 def test_img2img_from_the_data_keeps_the_gaussian():
