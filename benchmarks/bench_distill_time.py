@@ -10,7 +10,8 @@ the machine during one of them shows instead of passing for the method's cost.
 The fresh training run writes OUTPUT_DIR/train (same flags as `make demo`); the student OUTPUT_DIR/student. Several
 --distill_args run one distillation after the other (OUTPUT_DIR/student, student-2, ...; ``{previous}`` in one stands
 for the previous one's folder, e.g. a progressive run then distribution matching of its ``{previous}/rounds/4-step``),
-timed as one: the table gives each and their sum.
+timed as one: the table gives each and their sum. The default command's two phases (progressive/ then distribution
+matching) are two rows.
 """
 
 import argparse
@@ -57,10 +58,12 @@ def main():
     with open(os.path.join(train_dir, "metrics.json")) as f:
         train = json.load(f)
     rows = [("teacher training", train_dir, train, train["train_seconds"])]
-    for folder in student_dirs:
-        with open(os.path.join(folder, "metrics.json")) as f:
-            student = json.load(f)
-        rows.append((f"distillation ({student['method']})", folder, student, student["distill_seconds"]))
+    for folder in student_dirs:  # the default command's first phase (progressive/) is a row of its own
+        first = os.path.join(folder, "progressive")
+        for run in [first, folder] if os.path.isdir(first) else [folder]:
+            with open(os.path.join(run, "metrics.json")) as f:
+                student = json.load(f)
+            rows.append((f"distillation ({student['method']})", run, student, student["distill_seconds"]))
     print(f"{'together' if args.together else 'one after the other'}, {args.threads} thread(s) each")
     print("| run | steps x batch | loop seconds | / teacher training | median step s | longest step s |")
     print("|---|---|---|---|---|---|")

@@ -5,6 +5,10 @@ of each and their ratio, then, from one profiled run of each, the seconds spent 
 cumulative time of the scheduler's ``step``), the number that isolates the schedulers from the UNet.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_step_in_pipeline.py --batch_size 500 --steps 100 --repeats 3
+    OMP_NUM_THREADS=1 python benchmarks/bench_step_in_pipeline.py --model outputs/demo --batch_size 1000 --steps 100
+
+With ``--model`` the UNet and scheduler config are a saved pipeline's (the trained `make demo` model: its weights,
+its schedule), diffusers' DDPMScheduler made from the same config.
 """
 
 import argparse
@@ -22,6 +26,7 @@ def main():
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--preset", default="cpu-8-small")
+    p.add_argument("--model", help="a saved pipeline folder (its UNet and scheduler config) instead of --preset")
     args = p.parse_args()
 
     from diffusers import DDPMScheduler
@@ -29,8 +34,12 @@ def main():
     from ddpm_hf import DDPMHFPipeline, DDPMHFScheduler, build_unet
 
     torch.manual_seed(0)
-    unet = build_unet(args.preset, channels=1, learned_variance=True).eval()
-    ours = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
+    if args.model:
+        saved = DDPMHFPipeline.from_pretrained(args.model)
+        unet, ours = saved.unet.eval(), saved.scheduler
+    else:
+        unet = build_unet(args.preset, channels=1, learned_variance=True).eval()
+        ours = DDPMHFScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
     pipes = {"ours": DDPMHFPipeline(unet=unet, scheduler=ours),
              "diffusers": DDPMHFPipeline(unet=unet, scheduler=DDPMScheduler.from_config(ours.config))}
     for pipe in pipes.values():
@@ -55,7 +64,7 @@ def main():
         profile.disable()
         step[name] = sum(entry[3] for (path, _, function), entry in pstats.Stats(profile).stats.items()
                          if function == "step" and "schedul" in path)
-    print(f"{args.preset}, batch {args.batch_size}, {args.steps} steps, {torch.get_num_threads()} thread(s), "
+    print(f"{args.model or args.preset}, batch {args.batch_size}, {args.steps} steps, {torch.get_num_threads()} thread(s), "
           f"{args.repeats} interleaved repeats")
     print("| scheduler in DDPMHFPipeline | pipeline s (median) | / diffusers | inside step, s (one profiled run) "
           "| / diffusers |\n|---|---|---|---|---|")
