@@ -60,6 +60,8 @@ def world(tmp_path_factory):
     (root / "text_files" / "notes.txt").write_text("no images here")
     corrupt = _images(root / "corrupt", n=8)
     (corrupt / "03.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    truncated = (corrupt / "05.png").read_bytes()
+    (corrupt / "05.png").write_bytes(truncated[: len(truncated) // 2])  # a download cut off half-way
     w["corrupt"] = corrupt
     _images(root / "all_corrupt", n=2)
     for p in (root / "all_corrupt").iterdir():
@@ -387,8 +389,8 @@ def test_as_a_real_command(world, tmp_path):
 
 
 def test_corrupt_image_is_skipped_and_named(world, capsys):
-    """Without --strict a corrupt file is skipped, named and counted; the other images are used (cached or
-    streamed)."""
+    """Without --strict a corrupt file and a truncated one are skipped, named and counted; the other images are used
+    (cached or streamed)."""
     from argparse import Namespace
 
     from ddpm_hf.data import prepare_data
@@ -399,14 +401,14 @@ def test_corrupt_image_is_skipped_and_named(world, capsys):
                      shuffle_buffer_size=10)
     batches, _, channels, _ = prepare_data(args, 0, 1, progress=False)
     err = capsys.readouterr().err
-    assert len(batches.images) == 7 and channels == 1
-    assert "skipped an unreadable image of --split train:" in err and "03.png" in err
-    assert "skipped 1 of 8 images of --split train that could not be read" in err
+    assert len(batches.images) == 6 and channels == 1
+    assert "skipped an unreadable image of --split train:" in err and "03.png" in err and "05.png" in err
+    assert "skipped 2 of 8 images of --split train that could not be read" in err
     args.streaming = True  # streamed: skipped and named as the stream reaches it, every pass
     batches, _, _, _ = prepare_data(args, 0, 1, progress=False)
     assert [tuple(batches.batch(k).shape) for k in range(4)] == [(2, 1, 8, 8)] * 4
     err = capsys.readouterr().err
-    assert "skipped an unreadable image of the stream:" in err and "03.png" in err
+    assert "skipped an unreadable image of the stream:" in err and "03.png" in err and "05.png" in err
 
 
 def test_mixed_image_modes_train_in_colour(tmp_path, capsys):
