@@ -165,6 +165,16 @@ def test_the_card_shows_the_students_scores_beside_the_teachers(student, trained
     assert "| student | 1 | 3.5 (digits_fd) | 100 | 2 |" in card and "| student | 2 | 3 (digits_fd) | 100 | 2 |" in card
     assert "| teacher, dpmsolver-sde (20 steps of dpmsolver-sde) | 20 | 2.2 (digits_fd) | 100 | 2 |" in card
     assert (folder / "images" / "sampler_quality.png").is_file()
+    # a K-step student (progressive, distribution matching) has one count of calls: its one score is shown too
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["sample_metrics"] = metrics["sample_metrics"][1:]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "images" / "sampler_quality.png").unlink()
+    assert cli_in_process(capsys, "card", str(folder), "--replace_edited_card")[0] == 0
+    card = (folder / "README.md").read_text()
+    assert "| student | 2 | 3 (digits_fd) | 100 | 2 |" in card and "| student | 1 |" not in card
+    assert "| teacher, dpmsolver-sde (20 steps of dpmsolver-sde) | 20 | 2.2 (digits_fd) | 100 | 2 |" in card
+    assert (folder / "images" / "sampler_quality.png").is_file()
 
 
 def test_the_student_samples_in_k_calls_and_refuses_more_than_its_grid(student):

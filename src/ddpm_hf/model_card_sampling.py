@@ -16,17 +16,17 @@ def sampling_text(entry):
     return f"{entry['num_inference_steps']} steps" + ("" if sampler == "ddpm" else f" of {sampler}")
 
 
-def comparable_scores(metrics):
+def comparable_scores(metrics, minimum=2):
     """The sample scores ``ddpm-hf evaluate`` merged into metrics.json (``sample_metrics``) that can be compared with
-    each other: those of the digits metric if it has two or more, else of the MNIST metric, else of FID, at the
-    largest sample count measured.
-    (metric name, [entries]), or (None, []) with fewer than two scores of one metric."""
+    each other: those of the digits metric if it has ``minimum`` or more, else of the MNIST metric, else of FID, at
+    the largest sample count measured.
+    (metric name, [entries]), or (None, []) with fewer than ``minimum`` scores of one metric."""
     entries = metrics.get("sample_metrics", [])
     for metric in ("digits_fd", "mnist_fd", "fid"):
         scored = [e for e in entries if e["metric"] == metric]
         n = max((e["num_samples"] for e in scored), default=0)
         scored = [e for e in scored if e["num_samples"] == n]
-        if len(scored) >= 2:
+        if len(scored) >= minimum:
             return metric, scored
     return None, []
 

@@ -25,12 +25,12 @@ def _teacher_metrics(args):
 
 
 def quality_lines(output_dir):
-    """(metric, {label: [(UNet calls, score, entry), ...]}): the student's comparable scores (``comparable_scores``)
-    and the teacher's of the same metric, one line per sampler; (None, {}) when the student has none."""
+    """(metric, {label: [(UNet calls, score, entry), ...]}): the student's comparable scores (``comparable_scores``,
+    one or more) and the teacher's of the same metric, one line per sampler; (None, {}) when the student has none."""
     from ..sampling import unet_calls
 
     args, metrics = _read(os.path.join(output_dir, "training_args.json")), read_metrics(output_dir)
-    metric, scored = comparable_scores(metrics)
+    metric, scored = comparable_scores(metrics, minimum=1)  # a K-step student has one count of calls
     if not scored:
         return None, {}
     lines = {STUDENT_SAMPLER: [(e["num_inference_steps"], e["value"], e) for e in scored]}
@@ -44,7 +44,7 @@ def quality_lines(output_dir):
 
 def plot_student_scores(output_dir, path):
     """The student's and the teacher's scores against UNet calls (``quality_lines``) as one PNG at ``path``; returns
-    the lines drawn, or None (drawing nothing) when the student has fewer than two scores."""
+    the lines drawn, or None (drawing nothing) when the student has no score."""
     from ..evaluation.plots import plot_quality_against_calls
     from ..model_card_sampling import SAMPLE_METRIC_NAMES
 
