@@ -14,8 +14,8 @@ from .config import PROGRESSIVE_FOLDER
 
 def distill(config):
     """Run ``config`` (a DistillConfig), its progressive phase first when it has one; returns the last run's metrics
-    (with ``progressive_seconds``, the first phase's time, when there were two; its model card states both). Raises RunError, OutputDirError,
-    Interrupted (a checkpoint of the phase that was running)."""
+    (with ``progressive_seconds``, the first phase's time, when there were two; its model card states both).
+    Raises RunError, OutputDirError, Interrupted (a checkpoint of the phase that was running)."""
     from .loop import distill_run
 
     first = config.progressive
