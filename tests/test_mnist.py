@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from diffusers import DDPMScheduler
+
 from ddpm_hf.data import dataset_source, load_image_dataset, load_mnist_dataset
 from ddpm_hf.errors import MissingSplit, RunError
 from ddpm_hf.training.config import TrainConfig
@@ -100,6 +102,19 @@ def test_mnist_recipe_is_the_default_for_mnist():
     assert TrainConfig.create(class_conditional=True, output_dir="x").guidance_scale is None
     given = TrainConfig.create(dataset_name="mnist", class_conditional=True, guidance_scale=3.0, output_dir="x")
     assert given.guidance_scale == 3.0 and "guidance_scale" in given.recipe_overrides
+    # the noisier schedule the recipe search chose (log-SNR shifted by -1.39), stored as trained betas; --cosine_logsnr_shift
+    # 0 is the cosine schedule itself, and a schedule given in its place drops the recipe's shift (no error)
+    assert config.cosine_logsnr_shift == -1.39 and "cosine_logsnr_shift" in config.recipe_filled
+    assert TrainConfig.create(output_dir="x").cosine_logsnr_shift is None  # the digits recipe: no shift
+    for unshifted in (dict(cosine_logsnr_shift=0.0), dict(ddpm_beta_schedule="linear")):
+        assert TrainConfig.create(dataset_name="mnist", output_dir="x", **unshifted).cosine_logsnr_shift is None
+    from ddpm_hf.training.model_setup import shifted_betas
+
+    betas = np.array(shifted_betas(config))
+    alphabar = np.cumprod(1 - betas)
+    cosine = np.cumprod(1 - DDPMScheduler(beta_schedule="squaredcos_cap_v2").betas.numpy())
+    logit = lambda a: np.log(a / (1 - a))  # noqa: E731
+    assert np.allclose(logit(alphabar[:900]) - logit(cosine[:900]), -1.39, atol=2e-3)  # (beta capped at the end)
 
 
 @pytest.mark.slow

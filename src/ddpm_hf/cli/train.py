@@ -89,7 +89,8 @@ def build_parser():
     a("--snr_gamma", type=float, help="min-SNR-gamma loss weighting (e.g. 5.0)")
     a("--cosine_logsnr_shift", type=float,
       help="shift the cosine schedule's log-SNR by this constant (Hoogeboom et al. 2023, sec. 3.1: 2 log(64/d) for "
-      "d x d images; > 0 less noise); stored as the scheduler's trained_betas, so diffusers loads the model as it is")
+      "d x d images; > 0 less noise; 0 none); stored as the scheduler's trained_betas, so diffusers loads the model as "
+      f"it is {FROM_RECIPE}")
     # optimisation
     a("--train_batch_size", type=int, help=f"per-process batch size {FROM_RECIPE}")
     a("--eval_batch_size", type=int,

@@ -170,6 +170,11 @@ class TrainConfig:
                     raise ConfigError(f"{{{name}}} counts epochs, which a {{streaming}} run cannot; use "
                                       "{checkpointing_steps} (the end of the run saves the pipeline and a sample grid)")
                 values[name] = None  # the recipe's value does not apply to a stream
+        if values["cosine_logsnr_shift"] is not None and (
+                values["cosine_logsnr_shift"] == 0  # the cosine schedule itself: diffusers' squaredcos_cap_v2 betas
+                or ("cosine_logsnr_shift" in values["recipe_filled"]  # a recipe's shift of a schedule replaced
+                    and values["ddpm_beta_schedule"] != "squaredcos_cap_v2")):
+            values["cosine_logsnr_shift"] = None
         values["recipe_overrides"], values["recipe_filled"], values["class_names"] = (
             tuple(values["recipe_overrides"]), tuple(values["recipe_filled"]), tuple(values["class_names"]))
         return cls(**values)
@@ -187,7 +192,8 @@ class TrainConfig:
         for name in RECIPE_KEYS:
             if getattr(self, name) is None and name not in ("dropout", "max_train_steps", "num_epochs",
                                                             "save_images_epochs", "save_model_epochs",
-                                                            "guidance_scale"):  # (None: the pipelines' default)
+                                                            "guidance_scale", "cosine_logsnr_shift"):
+                # (None: the pipelines' default guidance; no shift)
                 raise ConfigError(f"{{{name}}} is unset: build the config with TrainConfig.create(...)")
         for name, low in AT_LEAST.items():
             _check_int(name, getattr(self, name), low)
