@@ -97,8 +97,8 @@ def test_mnist_recipe_is_the_default_for_mnist():
     # the guidance scale measured for MNIST: a conditional run saves it with its pipeline; an unconditional one
     # carries the recipe's value unused (no error); the digits recipe leaves the pipelines' default
     conditional = TrainConfig.create(dataset_name="mnist", class_conditional=True, output_dir="x")
-    assert conditional.guidance_scale == 1.5 and "guidance_scale" in conditional.recipe_filled
-    assert config.guidance_scale == 1.5 and not config.class_conditional
+    assert conditional.guidance_scale == 1.1 and "guidance_scale" in conditional.recipe_filled
+    assert config.guidance_scale == 1.1 and not config.class_conditional
     assert TrainConfig.create(class_conditional=True, output_dir="x").guidance_scale is None
     given = TrainConfig.create(dataset_name="mnist", class_conditional=True, guidance_scale=3.0, output_dir="x")
     assert given.guidance_scale == 3.0 and "guidance_scale" in given.recipe_overrides
