@@ -19,7 +19,6 @@ from ..training.config import TrainConfig
 METHODS = ("distribution_matching", "progressive", "consistency")
 PROGRESSIVE_FOLDER = "progressive"
 REFINED_STUDENT_STEPS = 4  # distribution matching's default K: the 4-call student, within 1.01x of the chain
-PROGRESSIVE_ROUND_STEPS = 300  # steps per halving round of that first phase (the progressive default: 1,200 / 4)
 DEFAULT_TEACHER_STEPS = {"progressive": 16,  # the first teacher's steps: rounds of 8, 4, 2, 1 student steps
                          "consistency": 10}  # the grid (LCM's original_inference_steps; LCM itself uses 50): measured
 # A class-conditional student's guidance scales (its guidance as an input, ``guided_class_ids``), with the teacher's
@@ -38,6 +37,9 @@ STUDENT_DEFAULTS = dict(max_train_steps=1200, train_batch_size=128, learning_rat
 # Distribution matching refines a progressive student (--init_student) with DMD2's Adam beta1 0 and a small learning
 # rate; 100 steps: on the digits 4-step student 1.01x the teacher's chain against 0.99x at 200 steps, in half the
 # time (BENCHMARKS.md "Distribution matching of the progressive students"); 2 fake updates instead of 5: 1.03x.
+# Steps per halving round of distribution matching's progressive phase: the default progressive run's (1,200 steps
+# over its 4 rounds, 16 -> 1), so that phase's students are that run's rounds.
+PROGRESSIVE_ROUND_STEPS = STUDENT_DEFAULTS["max_train_steps"] // 4
 METHOD_DEFAULTS = {"distribution_matching": dict(max_train_steps=100, learning_rate=2e-5, adam_beta1=0.0)}
 FAKE_LEARNING_RATE = 1e-4  # the fake model's (DMD sec. 3.3), 5x the student's as in the measured runs
 FAKE_UPDATES = 5  # fake-model updates per student step (DMD2 sec. 4.1, two time-scale update rule; DMD2 used 5)
